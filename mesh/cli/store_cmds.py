@@ -1,0 +1,212 @@
+"""Commands on the local store: add, ls, cat, tag, verify, gc."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mesh.cli import output
+from mesh.cli.main import Context
+from mesh.content.cid import Cid
+from mesh.drivers.filestore import AddedFile, FileStore
+from mesh.errors import UsageError
+from mesh.state.records import AssetRecord, normalize_tag
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _tags(values: tuple[str, ...]) -> list[str]:
+    try:
+        return sorted({normalize_tag(value) for value in values})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _parse_cid(text: str) -> Cid:
+    try:
+        return Cid.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{text!r} is not a CID ({exc}); copy one from `mesh ls`") from None
+
+
+def _files_under(paths: tuple[Path, ...]) -> list[Path]:
+    """Every regular file named or inside a named directory, in a stable order."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or directory")
+        if path.is_dir():
+            files.extend(sorted(_walk(path)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: not a regular file or directory")
+    return files
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for directory, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
+        dirnames.sort()
+        for name in filenames:
+            candidate = Path(directory) / name
+            if candidate.is_file():
+                yield candidate
+
+
+def _raise_walk_error(exc: OSError) -> None:
+    raise exc
+
+
+def _asset_json(record: AssetRecord) -> dict:
+    return {
+        "cid": record.cid,
+        "name": record.name,
+        "size": record.size,
+        "media_type": record.media_type,
+        "tags": sorted(record.tags),
+        "added_at": record.added_at,
+        "added_by": record.added_by,
+        "retention_s": record.retention_s,
+    }
+
+
+def open_store(ctx: Context) -> tuple[FileStore, str]:
+    home = ctx.home()
+    return FileStore(home.store_path), home.info.node_id
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tag", "tags", multiple=True, help="Tag every added asset (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print [{cid, path, size, tags}] as JSON.")
+@pass_context
+def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], as_json: bool) -> None:
+    """Import files or directories into the store."""
+    tag_list = _tags(tags)
+    store, node_id = open_store(ctx)
+    files = _files_under(paths)
+    total = sum(path.stat().st_size for path in files)
+    added: list[AddedFile] = []
+    with store.importing(), output.byte_progress("adding", total, as_json) as advance:
+        try:
+            for path in files:
+                added.append(store.add_file(path, node_id, tag_list, on_bytes=advance))
+            store.commit()
+        except BaseException:
+            store.discard()
+            raise
+    if as_json:
+        output.print_json([
+            {"cid": a.cid, "path": a.path, "size": a.size, "tags": tag_list} for a in added
+        ])
+        return
+    for item in added:
+        output.stdout.print(f"{item.cid}  {item.size:>12,}  {item.path}")
+    new = sum(item.new_bytes for item in added)
+    output.stderr.print(f"added {len(added)} file(s), {total:,} bytes ({new:,} new)")
+
+
+@click.command(name="ls")
+@click.option("--tag", default=None, help="Only assets with this tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print the asset records as JSON.")
+@pass_context
+def ls(ctx: Context, tag: str | None, as_json: bool) -> None:
+    """List assets."""
+    store, _ = open_store(ctx)
+    records = store.assets(_tags((tag,))[0] if tag else None)
+    if as_json:
+        output.print_json([_asset_json(record) for record in records])
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("cid", "size", "name", "tags", "added"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for r in records:
+        added = datetime.fromtimestamp(r.added_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        table.add_row(r.cid, f"{r.size:,}", r.name, ",".join(sorted(r.tags)), added)
+    output.stdout.print(table)
+
+
+@click.command()
+@click.argument("cids", nargs=-1, required=True)
+@pass_context
+def cat(ctx: Context, cids: tuple[str, ...]) -> None:
+    """Write files' bytes to stdout, one after another (every chunk verified)."""
+    parsed = [_parse_cid(cid) for cid in cids]
+    store, _ = open_store(ctx)
+    for cid in parsed:
+        store.object_chunks(cid)  # fail before writing anything if one is unknown
+    out = sys.stdout.buffer
+    for cid in parsed:
+        for data in store.iter_object(cid):
+            out.write(data)
+    out.flush()
+
+
+@click.command()
+@click.argument("cid")
+@click.option("--add", "to_add", multiple=True, help="Tag to add (repeatable).")
+@click.option("--remove", "to_remove", multiple=True, help="Tag to remove (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the updated asset as JSON.")
+@pass_context
+def tag(ctx: Context, cid: str, to_add: tuple[str, ...], to_remove: tuple[str, ...], as_json: bool) -> None:
+    """Add or remove tags on an asset."""
+    _parse_cid(cid)
+    if not to_add and not to_remove:
+        raise UsageError("nothing to do: give --add TAG and/or --remove TAG")
+    store, _ = open_store(ctx)
+    record = store.tag_asset(cid, _tags(to_add), _tags(to_remove))
+    if as_json:
+        output.print_json(_asset_json(record))
+    else:
+        output.stdout.print(f"{record.cid}  tags: {', '.join(sorted(record.tags)) or '(none)'}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print {checked, corrupt, missing} as JSON.")
+@pass_context
+def verify(ctx: Context, as_json: bool) -> None:
+    """Re-hash every stored chunk; exit 1 and quarantine any that is corrupt."""
+    store, _ = open_store(ctx)
+    _, total = store.usage()
+    with output.byte_progress("verifying", total, as_json) as advance:
+        report = store.verify(on_chunk=advance)
+    if as_json:
+        output.print_json({
+            "checked": report.checked, "corrupt": list(report.corrupt), "missing": list(report.missing),
+        })
+    else:
+        for cid in report.corrupt:
+            output.stdout.print(f"corrupt  {cid}  (quarantined)")
+        for cid in report.missing:
+            output.stdout.print(f"missing  {cid}")
+        bad = len(report.corrupt) + len(report.missing)
+        output.stderr.print(f"checked {report.checked} chunk(s): {bad or 'none'} bad")
+    if report.corrupt or report.missing:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+@pass_context
+def gc(ctx: Context, as_json: bool) -> None:
+    """Delete chunks no asset or release needs, and leftovers of interrupted imports."""
+    store, _ = open_store(ctx)
+    report = store.gc()
+    if as_json:
+        output.print_json({
+            "chunks_removed": report.chunks_removed, "bytes_freed": report.bytes_freed,
+            "orphans_removed": report.orphans_removed,
+        })
+    else:
+        output.stdout.print(
+            f"removed {report.chunks_removed} chunk(s), {report.bytes_freed:,} bytes; "
+            f"{report.orphans_removed} leftover file(s)"
+        )
+
+

@@ -1,0 +1,589 @@
+"""The secure channel: Noise XX over any trio stream, authenticated by membership credentials.
+
+Theory of operation:
+
+- The handshake is `Noise_XX_25519_ChaChaPoly_BLAKE2s` from the `noiseprotocol` package, with the
+  prologue `PROLOGUE`. Each side makes a fresh X25519 static key per connection.
+- Each side's handshake payload (responder: message 2, initiator: message 3, both encrypted) is CBOR
+  `{"key": Ed25519 public key, "chain": credential chain, "sig": signature}`, where `sig` is the node
+  key's Ed25519 signature over `STATIC_KEY_CONTEXT + noise static public key` (as libp2p-noise
+  does). The signature binds the Noise session to the node key; the injected `authenticate(chain,
+  key)` binds the node key to a valid, unrevoked membership and returns the peer's `Member`.
+- Once the responder has accepted message 3 it sends one empty transport record; the initiator
+  waits for it, so `secure_connect` returning means both sides accepted (a refused initiator sees
+  the connection close instead, and the reason is only logged by the responder).
+- Any failure (bad bytes, bad signature, refused credential, timeout, size) closes the transport
+  before a single application byte is read and raises `HandshakeError` with a reason.
+- After the handshake every record is a 2-byte big-endian length, then one Noise transport message
+  (ciphertext with its 16-byte tag, at most 65535 bytes). A record that fails to decrypt or has an
+  impossible length breaks the stream (`SecureChannelError`, also a `trio.BrokenResourceError`).
+- Every handshake message travels in the same length-prefixed form.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from noise.connection import Keypair, NoiseConnection
+
+from mesh.errors import CredentialError, RemoteProtocolError
+from mesh.ids import node_id_from_public_key, short
+from mesh.state.membership import (
+    CHAIN_BYTES_MAX,
+    InviteLedger,
+    Member,
+    RevocationList,
+    verify_chain,
+)
+
+log = logging.getLogger("mesh.channel")
+
+NOISE_CHACHA = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
+NOISE_AESGCM = b"Noise_XX_25519_AESGCM_SHA256"
+NOISE_PROTOCOL_DEFAULT = NOISE_CHACHA
+PROLOGUE = b"assetmesh/channel/v1"
+STATIC_KEY_CONTEXT = b"assetmesh/channel/v1/noise-static-key\x00"
+
+LENGTH_PREFIX_BYTES = 2
+TAG_BYTES = 16
+NOISE_MESSAGE_BYTES_MAX = 65535  # Noise spec section 3: a message is at most 65535 bytes
+RECORD_PLAINTEXT_BYTES_MAX = NOISE_MESSAGE_BYTES_MAX - TAG_BYTES
+HANDSHAKE_MESSAGE_1_BYTES = 32  # XX message 1 is the initiator's bare X25519 ephemeral key
+HANDSHAKE_PAYLOAD_BYTES_MAX = CHAIN_BYTES_MAX + 256  # {key, chain, sig} around a chain
+HANDSHAKE_TIMEOUT_S_DEFAULT = 10.0
+HANDSHAKES_IN_FLIGHT_MAX = 64  # serve_secure refuses new connections beyond this many handshakes
+SEND_BATCH_BYTES_MAX = 4 * 65537  # records joined into one transport write
+RECEIVE_BYTES_MAX = 256 * 1024  # bytes asked of the transport per read; bounds buffered plaintext
+ED25519_SIGNATURE_BYTES = 64
+ED25519_PUBLIC_KEY_BYTES = 32
+
+# (credential chain, node public key) -> the peer's Member; raises CredentialError to refuse
+Authenticate = Callable[[bytes, bytes], Member]
+
+
+class HandshakeError(RemoteProtocolError):
+    """The peer failed the secure-channel handshake; the connection has been closed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"secure handshake failed: {reason}")
+        self.reason = reason
+
+
+class SecureChannelError(RemoteProtocolError, trio.BrokenResourceError):
+    """The peer sent a record that is malformed or fails authentication; the stream is broken."""
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    """What this node proves about itself in a handshake."""
+
+    node_key: Ed25519PrivateKey  # the node's long-term Ed25519 identity key
+    chain: bytes  # its membership credential chain, as `mesh.state.membership` encodes it
+
+
+def membership_authenticator(
+    authority_public_key: bytes,
+    revocations: RevocationList | None = None,
+    invite_ledger: InviteLedger | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Authenticate:
+    """The production `authenticate`: `verify_chain` against this mesh, now, with the live
+    revocation list and invite ledger (both read at each handshake, so later additions count)."""
+
+    def authenticate(chain: bytes, node_public_key: bytes) -> Member:
+        return verify_chain(
+            chain,
+            authority_public_key,
+            clock(),
+            revocations=revocations,
+            invite_ledger=invite_ledger,
+            expected_node_public_key=node_public_key,
+        )
+
+    return authenticate
+
+
+# ---- handshake -------------------------------------------------------------------------------
+
+
+def _new_noise(initiator: bool, protocol_name: bytes) -> NoiseConnection:
+    """A Noise XX state with a fresh static key, ready to start."""
+    noise = NoiseConnection.from_name(protocol_name)
+    if initiator:
+        noise.set_as_initiator()
+    else:
+        noise.set_as_responder()
+    static = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, static)
+    noise.set_prologue(PROLOGUE)
+    noise.start_handshake()
+    return noise
+
+
+def _static_public_key(noise: NoiseConnection) -> bytes:
+    """Our own Noise static public key."""
+    return noise.noise_protocol.keypairs["s"].public_bytes
+
+
+def _identity_payload(local: LocalIdentity, static_public_key: bytes) -> bytes:
+    """The CBOR payload proving our node key and membership, bound to this Noise session."""
+    key = local.node_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    sig = local.node_key.sign(STATIC_KEY_CONTEXT + static_public_key)
+    return cbor2.dumps({"key": key, "chain": local.chain, "sig": sig})
+
+
+def _parse_identity_payload(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """(node public key, chain, signature) from the peer's payload; HandshakeError if malformed."""
+    if len(payload) > HANDSHAKE_PAYLOAD_BYTES_MAX:
+        raise HandshakeError("identity payload too large")
+    try:
+        doc = cbor2.loads(payload)
+    except Exception:  # cbor2 raises many types on hostile input
+        raise HandshakeError("identity payload is not CBOR") from None
+    if not isinstance(doc, dict) or set(doc) != {"key", "chain", "sig"}:
+        raise HandshakeError("identity payload has the wrong fields")
+    key, chain, sig = doc["key"], doc["chain"], doc["sig"]
+    if not all(isinstance(value, bytes) for value in (key, chain, sig)):
+        raise HandshakeError("identity payload fields must be bytes")
+    if len(key) != ED25519_PUBLIC_KEY_BYTES or len(sig) != ED25519_SIGNATURE_BYTES:
+        raise HandshakeError("identity payload key or signature has the wrong size")
+    if len(chain) > CHAIN_BYTES_MAX:
+        raise HandshakeError("credential chain too large")
+    return key, chain, sig
+
+
+def _check_identity(
+    payload: bytes, remote_static: bytes, authenticate: Authenticate
+) -> tuple[Member, bytes]:
+    """Verify the peer's payload against its Noise static key; return (member, node public key)."""
+    key, chain, sig = _parse_identity_payload(payload)
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(sig, STATIC_KEY_CONTEXT + remote_static)
+    except (InvalidSignature, ValueError):
+        raise HandshakeError("static-key signature does not verify") from None
+    try:
+        member = authenticate(chain, key)
+    except CredentialError as exc:
+        raise HandshakeError(f"credential refused: {exc}") from None
+    if member.node_id != node_id_from_public_key(key):
+        raise HandshakeError("credential names another node")
+    return member, key
+
+
+async def _send_message(stream: trio.abc.Stream, message: bytes) -> None:
+    """Write one length-prefixed handshake message."""
+    await stream.send_all(len(message).to_bytes(LENGTH_PREFIX_BYTES, "big") + message)
+
+
+async def _receive_exactly(stream: trio.abc.Stream, count: int, on_eof: str) -> bytes:
+    """Read exactly `count` bytes; HandshakeError(on_eof) if the stream ends first."""
+    buffer = bytearray()
+    while len(buffer) < count:
+        data = await stream.receive_some(count - len(buffer))
+        if not data:
+            raise HandshakeError(on_eof)
+        buffer += data
+    return bytes(buffer)
+
+
+async def _receive_message(stream: trio.abc.Stream, on_eof: str) -> bytes:
+    """Read one length-prefixed handshake message (never a byte past it)."""
+    header = await _receive_exactly(stream, LENGTH_PREFIX_BYTES, on_eof)
+    length = int.from_bytes(header, "big")
+    if length == 0:
+        raise HandshakeError("empty handshake message")
+    return await _receive_exactly(stream, length, on_eof)
+
+
+def _noise_step(step: Callable[[], Any], what: str) -> Any:
+    """Run one noiseprotocol call on remote bytes, turning its failures into HandshakeError."""
+    try:
+        return step()
+    except Exception as exc:  # noiseprotocol and cryptography raise assorted types on bad input
+        raise HandshakeError(f"{what}: {type(exc).__name__}") from None
+
+
+def _read_identity_message(
+    noise: NoiseConnection, message: bytes, what: str, authenticate: Authenticate
+) -> tuple[Member, bytes]:
+    """Process a handshake message carrying the peer's `s` and identity; check both."""
+    state = noise.noise_protocol.handshake_state  # the last read_message drops it; keep `rs`
+    payload = _noise_step(lambda: bytes(noise.read_message(message)), what)
+    return _check_identity(payload, state.rs.public_bytes, authenticate)
+
+
+async def _initiator_handshake(
+    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, protocol_name: bytes
+) -> tuple[NoiseConnection, Member, bytes]:
+    """-> e; <- e, ee, s, es + responder identity; -> s, se + our identity; <- accepted."""
+    noise = _new_noise(True, protocol_name)
+    await _send_message(stream, bytes(noise.write_message()))
+    message = await _receive_message(stream, "the peer closed the connection")
+    member, key = _read_identity_message(noise, message, "bad handshake message 2", authenticate)
+    mine = _identity_payload(local, _static_public_key(noise))
+    await _send_message(stream, bytes(noise.write_message(mine)))
+    message = await _receive_message(stream, "the peer refused us (closed after message 3)")
+    if _noise_step(lambda: noise.decrypt(message), "bad acceptance record") != b"":
+        raise HandshakeError("acceptance record is not empty")
+    return noise, member, key
+
+
+async def _responder_handshake(
+    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, protocol_name: bytes
+) -> tuple[NoiseConnection, Member, bytes]:
+    """<- e; -> e, ee, s, es + our identity; <- s, se + initiator identity; -> accepted."""
+    noise = _new_noise(False, protocol_name)
+    message = await _receive_message(stream, "the peer closed the connection")
+    if len(message) != HANDSHAKE_MESSAGE_1_BYTES:
+        raise HandshakeError(
+            f"handshake message 1 has {len(message)} bytes, expected {HANDSHAKE_MESSAGE_1_BYTES}"
+        )
+    _noise_step(lambda: noise.read_message(message), "bad handshake message 1")
+    mine = _identity_payload(local, _static_public_key(noise))
+    await _send_message(stream, bytes(noise.write_message(mine)))
+    message = await _receive_message(stream, "the peer closed the connection after message 2")
+    member, key = _read_identity_message(noise, message, "bad handshake message 3", authenticate)
+    await _send_message(stream, noise.encrypt(b""))
+    return noise, member, key
+
+
+async def _secure(
+    stream: trio.abc.Stream,
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    handshake_timeout_s: float,
+    initiator: bool,
+    protocol_name: bytes,
+) -> SecureStream:
+    """Run one side of the handshake under a deadline; close the transport on any failure."""
+    run = _initiator_handshake if initiator else _responder_handshake
+    try:
+        with trio.fail_after(handshake_timeout_s):
+            noise, member, key = await run(stream, local, authenticate, protocol_name)
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise HandshakeError(f"no handshake within {handshake_timeout_s} s") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await trio.aclose_forcefully(stream)
+        raise HandshakeError("connection lost during handshake") from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return SecureStream(stream, noise, member, key)
+
+
+async def secure_connect(
+    stream: trio.abc.Stream,
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
+    *,
+    protocol_name: bytes = NOISE_PROTOCOL_DEFAULT,
+) -> SecureStream:
+    """Handshake as the initiator over `stream`; the peer's `Member` is on the result."""
+    return await _secure(stream, local, authenticate, handshake_timeout_s, True, protocol_name)
+
+
+async def secure_accept(
+    stream: trio.abc.Stream,
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
+    *,
+    protocol_name: bytes = NOISE_PROTOCOL_DEFAULT,
+) -> SecureStream:
+    """Handshake as the responder over `stream`; the peer's `Member` is on the result."""
+    return await _secure(stream, local, authenticate, handshake_timeout_s, False, protocol_name)
+
+
+# ---- transport -------------------------------------------------------------------------------
+
+
+class _Busy:
+    """Raises trio.BusyResourceError when two tasks use one direction of a stream at once."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what} on this stream")
+        self._held = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False
+
+
+class SecureStream(trio.abc.Stream):
+    """An authenticated, encrypted `trio.abc.Stream` to one mesh member (no half-close)."""
+
+    def __init__(
+        self, transport: trio.abc.Stream, noise: NoiseConnection, peer: Member, peer_key: bytes
+    ) -> None:
+        self.transport = transport  # the underlying byte stream (TCP)
+        self.peer = peer  # the authenticated peer's membership
+        self.peer_public_key = peer_key  # the peer's raw Ed25519 node public key
+        self._encrypt = noise.noise_protocol.cipher_state_encrypt.encrypt_with_ad
+        self._decrypt = noise.noise_protocol.cipher_state_decrypt.decrypt_with_ad
+        self._send_busy = _Busy("sending")
+        self._receive_busy = _Busy("receiving")
+        self._rx = bytearray()  # transport bytes not yet forming a whole record
+        self._plain: deque[bytes] = deque()  # decrypted plaintext not yet returned
+        self._eof = False
+        self._closed = False
+        self._send_broken = False
+        self._receive_broken = False
+
+    # -- sending --
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send all of `data`, in records of at most 65519 plaintext bytes."""
+        with self._send_busy:
+            self._check_can_send()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            view = memoryview(data).cast("B")
+            if not view:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            self._send_broken = True  # until every record we encrypted is on the wire
+            try:
+                for batch in self._seal(view):
+                    await self.transport.send_all(batch)
+            except trio.ClosedResourceError:
+                self._closed = True
+                raise
+            self._send_broken = False
+
+    def _seal(self, view: memoryview) -> Any:
+        """Yield transport writes of up to SEND_BATCH_BYTES_MAX holding `view` as records."""
+        parts: list[bytes] = []
+        size = 0
+        for start in range(0, len(view), RECORD_PLAINTEXT_BYTES_MAX):
+            piece = view[start : start + RECORD_PLAINTEXT_BYTES_MAX]
+            sealed = self._encrypt(None, piece)
+            parts.append(len(sealed).to_bytes(LENGTH_PREFIX_BYTES, "big"))
+            parts.append(sealed)
+            size += LENGTH_PREFIX_BYTES + len(sealed)
+            if size >= SEND_BATCH_BYTES_MAX:
+                yield b"".join(parts)
+                parts, size = [], 0
+        if parts:
+            yield b"".join(parts)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Block until the transport would accept more bytes."""
+        with self._send_busy:
+            self._check_can_send()
+            await self.transport.wait_send_all_might_not_block()
+
+    def _check_can_send(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this secure stream was closed")
+        if self._send_broken:
+            raise trio.BrokenResourceError("an earlier send failed part way; the stream is broken")
+
+    # -- receiving --
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Return decrypted bytes (at most `max_bytes`), or b"" once the peer closed cleanly."""
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._receive_busy:
+            self._check_can_receive()
+            if self._plain or self._eof:
+                await trio.lowlevel.checkpoint()
+            while not self._plain and not self._eof:
+                await self._fill()
+            return self._take(max_bytes)
+
+    async def _fill(self) -> None:
+        """Read from the transport once and decrypt every whole record that arrived."""
+        try:
+            data = await self.transport.receive_some(RECEIVE_BYTES_MAX)
+        except trio.ClosedResourceError:
+            self._closed = True
+            raise
+        if not data:
+            if self._rx:
+                self._break("connection closed in the middle of a record")
+            self._eof = True
+            return
+        view = memoryview(data)
+        if self._rx:
+            view = self._complete_partial(view)
+        if not self._rx:  # records are opened straight from `data`; only a tail is copied
+            used = self._open_records(view)
+            self._rx += view[used:]
+
+    def _complete_partial(self, view: memoryview) -> memoryview:
+        """Move bytes from `view` into the partial record; open it once whole. Returns the rest."""
+        rx = self._rx
+        if len(rx) < LENGTH_PREFIX_BYTES:
+            take = LENGTH_PREFIX_BYTES - len(rx)
+            rx += view[:take]
+            view = view[take:]
+            if len(rx) < LENGTH_PREFIX_BYTES:
+                return view
+        length = self._record_length(rx[0], rx[1])
+        need = LENGTH_PREFIX_BYTES + length - len(rx)
+        rx += view[:need]
+        if len(rx) == LENGTH_PREFIX_BYTES + length:
+            self._open_one(memoryview(rx)[LENGTH_PREFIX_BYTES:])
+            rx.clear()
+        return view[need:]
+
+    def _open_records(self, view: memoryview) -> int:
+        """Decrypt the whole records at the front of `view`; return how many bytes they took."""
+        pos, end = 0, len(view)
+        while end - pos >= LENGTH_PREFIX_BYTES:
+            length = self._record_length(view[pos], view[pos + 1])
+            start = pos + LENGTH_PREFIX_BYTES
+            if end - start < length:
+                break
+            self._open_one(view[start : start + length])
+            pos = start + length
+        return pos
+
+    def _record_length(self, high: int, low: int) -> int:
+        """A record's ciphertext length from its prefix; breaks the stream if impossible."""
+        length = (high << 8) | low
+        if length < TAG_BYTES:
+            self._break(f"record length {length} is shorter than a tag")
+        return length
+
+    def _open_one(self, sealed: memoryview) -> None:
+        """Decrypt one record into the plaintext queue; breaks the stream if it fails."""
+        try:
+            plain = self._decrypt(None, sealed)
+        except Exception:  # cryptography InvalidTag, or nonce exhaustion
+            self._break("record failed authentication")
+        if plain:
+            self._plain.append(plain)
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        """Pop up to `max_bytes` of buffered plaintext (b"" at EOF)."""
+        if not self._plain:
+            return b""
+        head = self._plain[0]
+        if max_bytes is None or max_bytes >= len(head):
+            return self._plain.popleft()
+        self._plain[0] = head[max_bytes:]
+        return head[:max_bytes]
+
+    def _break(self, reason: str) -> None:
+        self._receive_broken = True
+        self._send_broken = True
+        self._rx.clear()
+        self._plain.clear()
+        raise SecureChannelError(f"peer {short(self.peer.node_id)}: {reason}")
+
+    def _check_can_receive(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this secure stream was closed")
+        if self._receive_broken:
+            raise trio.BrokenResourceError("the peer sent a bad record; the stream is broken")
+
+    # -- closing --
+
+    async def aclose(self) -> None:
+        """Close the transport; the peer sees EOF."""
+        self._closed = True
+        self._plain.clear()
+        await self.transport.aclose()
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+
+async def _serve_one(
+    stream: trio.abc.Stream,
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    handler: Callable[[SecureStream], Awaitable[None]],
+    handshake_timeout_s: float,
+    gate: trio.CapacityLimiter,
+    logger: logging.Logger,
+) -> None:
+    """Handshake one accepted connection, then hand it to `handler`; never raises (but Cancelled)."""
+    addr = _peer_addr(stream)
+    try:
+        gate.acquire_nowait()
+    except trio.WouldBlock:
+        logger.info("peer.refused reason=%s addr=%s", "too-many-handshakes", addr)
+        await trio.aclose_forcefully(stream)
+        return
+    try:
+        secure = await secure_accept(stream, local, authenticate, handshake_timeout_s)
+    except HandshakeError as exc:
+        logger.info("peer.refused reason=%r addr=%s", exc.reason, addr)
+        return
+    finally:
+        gate.release()
+    logger.info("peer.accepted node=%s role=%s addr=%s", secure.peer.node_id, secure.peer.role, addr)
+    await _run_handler(handler, secure, addr, logger)
+
+
+async def _run_handler(
+    handler: Callable[[SecureStream], Awaitable[None]],
+    secure: SecureStream,
+    addr: str,
+    logger: logging.Logger,
+) -> None:
+    """Run `handler`, log how it ended, and close the stream."""
+    try:
+        await handler(secure)
+    except Exception as exc:
+        logger.warning(
+            "peer.session_failed node=%s addr=%s error=%r", secure.peer.node_id, addr, exc
+        )
+    finally:
+        await trio.aclose_forcefully(secure)
+
+
+def _peer_addr(stream: trio.abc.Stream) -> str:
+    """host:port of a socket stream's peer, or "?"."""
+    try:
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    except Exception:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def serve_secure(
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    handler: Callable[[SecureStream], Awaitable[None]],
+    *,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
+    handshakes_in_flight_max: int = HANDSHAKES_IN_FLIGHT_MAX,
+    logger: logging.Logger = log,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept forever: handshake each connection, log refusals, run `handler` for members."""
+    gate = trio.CapacityLimiter(handshakes_in_flight_max)
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        await _serve_one(stream, local, authenticate, handler, handshake_timeout_s, gate, logger)
+
+    await trio.serve_listeners(serve, listeners, task_status=task_status)

@@ -1,0 +1,609 @@
+"""The on-disk chunk store: one file per chunk plus a SQLite index.
+
+Rules that make it crash-safe (a `kill -9` at any instant leaves a consistent store):
+
+1. A chunk's bytes are written under `tmp/`, flushed to disk (fsync, or one `syncfs` for a batch of
+   small files), then renamed to `chunks/XX/CID`, and the directories are flushed.
+2. Only then does one SQLite transaction index the batch (chunk rows, objects, assets).
+3. So an index row never points at missing or unflushed bytes. What a crash can leave behind is
+   invisible: files in `tmp/` or renamed chunk files without a row; `gc` removes both, and a re-run
+   of `add` simply writes them again.
+
+Every read that leaves the node is re-hashed (`read_chunk(..., verify=True)`); `verify` re-hashes
+everything and moves corrupt chunks to `quarantine/` and out of the index, so a later fetch can
+replace them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import mimetypes
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from mesh.content.chunking import chunk_bytes_for, iter_chunks
+from mesh.content.cid import Cid, cid_for_raw
+from mesh.content.manifest import FileManifest, file_cid
+from mesh.errors import CorruptChunkError, NotFoundError, StoreError
+from mesh.state.records import AssetRecord
+
+BATCH_BYTES_MAX = 64 * 1024 * 1024  # flush a batch once this many chunk bytes are staged
+BATCH_CHUNKS_MAX = 512  # ... or this many chunk files
+SYNCFS_CHUNKS_MIN = 8  # below this many files, fsync each one instead of flushing the filesystem
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    cid TEXT PRIMARY KEY,          -- CID of the chunk bytes
+    size INTEGER NOT NULL,         -- bytes in the chunk file
+    stored_at REAL NOT NULL        -- unix seconds
+);
+CREATE TABLE IF NOT EXISTS objects (
+    cid TEXT PRIMARY KEY,          -- file CID: a manifest CID, or the single chunk's CID
+    size INTEGER NOT NULL,         -- file size in bytes
+    manifest TEXT                  -- CID of the manifest chunk, NULL for single-chunk files
+);
+CREATE TABLE IF NOT EXISTS object_chunks (
+    object TEXT NOT NULL,          -- file CID
+    seq INTEGER NOT NULL,          -- chunk position in the file
+    chunk TEXT NOT NULL,           -- chunk CID
+    PRIMARY KEY (object, seq)
+);
+CREATE INDEX IF NOT EXISTS object_chunks_chunk ON object_chunks(chunk);
+CREATE TABLE IF NOT EXISTS assets (
+    cid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    added_by TEXT NOT NULL,
+    retention_s REAL,
+    thumbnail TEXT
+);
+CREATE TABLE IF NOT EXISTS asset_tags (
+    cid TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (cid, tag)
+);
+CREATE TABLE IF NOT EXISTS asset_subjects (
+    cid TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    PRIMARY KEY (cid, subject)
+);
+CREATE TABLE IF NOT EXISTS pins (
+    cid TEXT NOT NULL,             -- object CID kept by gc
+    reason TEXT NOT NULL,          -- why, e.g. "release:<id>"
+    PRIMARY KEY (cid, reason)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    cid TEXT PRIMARY KEY,
+    found_at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class AddedFile:
+    """The result of importing one file."""
+
+    cid: str  # the file's CID
+    path: str  # the path as given by the user
+    size: int  # bytes
+    new_bytes: int  # bytes that were not in the store before (dedup)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify` found."""
+
+    checked: int  # chunks re-hashed
+    corrupt: tuple[str, ...]  # CIDs whose bytes no longer match (now quarantined)
+    missing: tuple[str, ...]  # CIDs indexed but whose file is gone (now dropped from the index)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What `gc` removed."""
+
+    chunks_removed: int  # indexed chunks no object or pin referenced
+    bytes_freed: int  # their total size
+    orphans_removed: int  # files left by interrupted writes (tmp/ or unindexed chunks)
+
+
+@dataclass
+class _Batch:
+    """Chunks written to tmp/ and waiting to be flushed, renamed and indexed together."""
+
+    staged: dict[str, tuple[Path, int]] = field(default_factory=dict)  # cid -> (tmp path, size)
+    staged_bytes: int = 0  # sum of staged sizes
+    objects: list[tuple[str, int, str | None, list[str]]] = field(default_factory=list)
+    assets: list[AssetRecord] = field(default_factory=list)
+
+
+def _os_error(exc: OSError, doing: str) -> StoreError:
+    """One clear line for the disk errors a user can do something about."""
+    if exc.errno == errno.ENOSPC:
+        return StoreError(f"disk full while {doing}: free some space and run the command again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"permission denied while {doing}: {exc.filename or ''}".rstrip(": "))
+    return StoreError(f"I/O error while {doing}: {exc.strerror or exc}")
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), which flushes one filesystem with one call; None where unavailable."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        func = ctypes.CDLL(name, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    return func
+
+
+_SYNCFS = _load_syncfs()
+
+
+def media_type_for(name: str) -> str:
+    """Media type from a file name; a generic binary type when unknown."""
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+class FileStore:
+    """Chunks on disk, an index in SQLite, and asset records (until they move to shared state)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._chunks = self.root / "chunks"
+        self._tmp = self.root / "tmp"
+        self._quarantine = self.root / "quarantine"
+        try:
+            for directory in (self._chunks, self._tmp, self._quarantine):
+                directory.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.root / "index.sqlite", timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except OSError as exc:
+            raise _os_error(exc, "opening the store") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store index: {exc}") from None
+        self._batch = _Batch()
+        self._lock_path = self.root / "store.lock"
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        """Writers share the store lock; gc takes it alone, so it never sees a half-done import."""
+        with open(self._lock_path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def importing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while adding files, from the first `add_file` until `commit`."""
+        return self._locked(fcntl.LOCK_SH)
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    def _chunk_path(self, cid: str) -> Path:
+        return self._chunks / cid[-2:] / cid
+
+    # ---- chunk interface (the ChunkStore protocol) --------------------------------------------
+
+    def has(self, cid: Cid) -> bool:
+        return self._has_text(str(cid))
+
+    def _has_text(self, cid: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM chunks WHERE cid = ?", (cid,)).fetchone()
+        return row is not None
+
+    def size(self, cid: Cid) -> int:
+        row = self._db.execute("SELECT size FROM chunks WHERE cid = ?", (str(cid),)).fetchone()
+        if row is None:
+            raise NotFoundError(f"chunk {cid} is not in this store")
+        return int(row[0])
+
+    def cids(self) -> Iterator[Cid]:
+        rows = self._db.execute("SELECT cid FROM chunks ORDER BY cid").fetchall()
+        return (Cid.parse(row[0]) for row in rows)
+
+    def get(self, cid: Cid) -> bytes:
+        return self.read_chunk(cid, verify=True)
+
+    def read_chunk(self, cid: Cid, verify: bool = True) -> bytes:
+        """The bytes of one chunk; re-hashed unless the caller verifies them itself."""
+        text = str(cid)
+        if not self._has_text(text):
+            raise NotFoundError(f"chunk {text} is not in this store")
+        try:
+            data = self._chunk_path(text).read_bytes()
+        except FileNotFoundError:
+            raise CorruptChunkError(text, f"chunk {text} is indexed but its file is missing") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading chunk {text}") from None
+        if verify and not cid.verify(data):
+            raise CorruptChunkError(text)
+        return data
+
+    def put(self, cid: Cid, data: bytes) -> bool:
+        """Verify and store one chunk durably; True if it was not stored before."""
+        if not cid.verify(data):
+            raise CorruptChunkError(str(cid), f"bytes do not match {cid}")
+        text = str(cid)
+        if self._has_text(text) or text in self._batch.staged:
+            return False
+        with self.importing():
+            self._stage(text, data)
+            self.commit()
+        return True
+
+    def delete(self, cid: Cid) -> bool:
+        text = str(cid)
+        with self._transaction():
+            gone = self._db.execute("DELETE FROM chunks WHERE cid = ?", (text,)).rowcount > 0
+        with contextlib.suppress(FileNotFoundError):
+            self._chunk_path(text).unlink()
+        return gone
+
+    # ---- importing files ------------------------------------------------------------------------
+
+    def _stage(self, cid: str, data: bytes | memoryview) -> None:
+        """Write a chunk under tmp/ (not yet durable, not yet visible)."""
+        tmp_path = self._tmp / f"{cid}.{os.getpid()}.tmp"
+        try:
+            with open(tmp_path, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise _os_error(exc, "writing a chunk") from None
+        self._batch.staged[cid] = (tmp_path, len(data))
+        self._batch.staged_bytes += len(data)
+
+    def _batch_full(self) -> bool:
+        batch = self._batch
+        return batch.staged_bytes >= BATCH_BYTES_MAX or len(batch.staged) >= BATCH_CHUNKS_MAX
+
+    def _store_chunk(self, data: bytes) -> tuple[str, int]:
+        """Stage a chunk unless it is already stored; returns (cid, new bytes)."""
+        cid = str(cid_for_raw(data))
+        if self._has_text(cid) or cid in self._batch.staged:
+            return cid, 0
+        self._stage(cid, data)
+        if self._batch_full():
+            self._flush_chunks()
+        return cid, len(data)
+
+    def add_stream(
+        self, stream: BinaryIO, size: int, on_bytes: Callable[[int], None] | None = None
+    ) -> tuple[str, int]:
+        """Chunk a stream into the store; returns (file CID, new bytes). Call `commit` after."""
+        chunk_cids: list[str] = []
+        new_bytes = 0
+        chunk_bytes = chunk_bytes_for(size)
+        for data in iter_chunks(stream, size):
+            cid, fresh = self._store_chunk(data)
+            chunk_cids.append(cid)
+            new_bytes += fresh
+            if on_bytes is not None:
+                on_bytes(len(data))
+        cids = [Cid.parse(text) for text in chunk_cids]
+        object_cid, manifest = file_cid(cids, size, chunk_bytes)
+        manifest_cid = None
+        if manifest is not None:
+            encoded = manifest.encode()
+            manifest_cid = str(object_cid)
+            if not (self._has_text(manifest_cid) or manifest_cid in self._batch.staged):
+                self._stage(manifest_cid, encoded)
+        self._batch.objects.append((str(object_cid), size, manifest_cid, chunk_cids))
+        return str(object_cid), new_bytes
+
+    def add_file(
+        self,
+        path: Path,
+        added_by: str,
+        tags: Iterable[str] = (),
+        now: float | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> AddedFile:
+        """Import one file and record it as an asset; durable after `commit`."""
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                cid, new_bytes = self.add_stream(handle, size, on_bytes)
+        except OSError as exc:
+            raise _os_error(exc, f"reading {path}") from None
+        record = AssetRecord(
+            cid=cid,
+            name=path.name,
+            size=size,
+            media_type=media_type_for(path.name),
+            added_at=time.time() if now is None else now,
+            added_by=added_by,
+            tags=frozenset(tags),
+        )
+        self._batch.assets.append(record)
+        return AddedFile(cid=cid, path=str(path), size=size, new_bytes=new_bytes)
+
+    def _flush_chunks(self) -> None:
+        """Make staged chunks durable and visible: flush, rename, flush dirs, index."""
+        batch = self._batch
+        if not batch.staged:
+            return
+        try:
+            self._sync_files([path for path, _ in batch.staged.values()])
+            touched = set()
+            for cid, (tmp_path, _) in batch.staged.items():
+                final = self._chunk_path(cid)
+                final.parent.mkdir(exist_ok=True)
+                os.replace(tmp_path, final)
+                touched.add(final.parent)
+            self._sync_dirs(touched | {self._tmp})
+        except OSError as exc:
+            raise _os_error(exc, "flushing chunks to disk") from None
+        now = time.time()
+        rows = [(cid, size, now) for cid, (_, size) in batch.staged.items()]
+        with self._transaction():
+            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", rows)
+        batch.staged.clear()
+        batch.staged_bytes = 0
+
+    def _sync_files(self, paths: list[Path]) -> None:
+        if _SYNCFS is not None and len(paths) >= SYNCFS_CHUNKS_MIN:
+            fd = os.open(self._tmp, os.O_RDONLY)
+            try:
+                if _SYNCFS(fd) != 0:
+                    raise OSError(ctypes.get_errno(), "syncfs failed")
+            finally:
+                os.close(fd)
+            return
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _sync_dirs(directories: Iterable[Path]) -> None:
+        for directory in directories:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def commit(self) -> None:
+        """Flush staged chunks, then index the objects and assets added since the last commit."""
+        self._flush_chunks()
+        batch = self._batch
+        with self._transaction():
+            for cid, size, manifest, chunk_cids in batch.objects:
+                self._index_object(cid, size, manifest, chunk_cids)
+            for record in batch.assets:
+                self._index_asset(record)
+        batch.objects.clear()
+        batch.assets.clear()
+
+    def discard(self) -> None:
+        """Forget an unfinished batch (its tmp files are removed)."""
+        for tmp_path, _ in self._batch.staged.values():
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+        self._batch = _Batch()
+
+    def _index_object(self, cid: str, size: int, manifest: str | None, chunks: list[str]) -> None:
+        self._db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", (cid, size, manifest))
+        rows = [(cid, seq, chunk) for seq, chunk in enumerate(chunks)]
+        self._db.executemany("INSERT OR IGNORE INTO object_chunks VALUES (?, ?, ?)", rows)
+
+    def _index_asset(self, record: AssetRecord) -> None:
+        row = (
+            record.cid, record.name, record.size, record.media_type, record.added_at,
+            record.added_by, record.retention_s, record.thumbnail,
+        )
+        self._db.execute("INSERT OR IGNORE INTO assets VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        self._db.executemany(
+            "INSERT OR IGNORE INTO asset_tags VALUES (?, ?)", [(record.cid, t) for t in record.tags]
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO asset_subjects VALUES (?, ?)",
+            [(record.cid, s) for s in record.subjects],
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StoreError("disk full while updating the index: free some space") from None
+            raise StoreError(f"store index error: {exc}") from None
+
+    # ---- reading objects --------------------------------------------------------------------------
+
+    def object_chunks(self, cid: Cid | str) -> tuple[int, list[str]]:
+        """(file size, chunk CIDs in order) of a stored file; NotFoundError if unknown."""
+        text = str(cid)
+        row = self._db.execute("SELECT size FROM objects WHERE cid = ?", (text,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no file with CID {text} in this store (see `mesh ls`)")
+        chunks = self._db.execute(
+            "SELECT chunk FROM object_chunks WHERE object = ? ORDER BY seq", (text,)
+        ).fetchall()
+        return int(row[0]), [chunk for (chunk,) in chunks]
+
+    def iter_object(self, cid: Cid | str) -> Iterator[bytes]:
+        """Stream a file's bytes, chunk by chunk, every chunk re-hashed before it is yielded."""
+        _, chunks = self.object_chunks(cid)
+        for chunk in chunks:
+            yield self.read_chunk(Cid.parse(chunk), verify=True)
+
+    # ---- assets -------------------------------------------------------------------------------
+
+    def assets(self, tag: str | None = None) -> list[AssetRecord]:
+        if tag is None:
+            rows = self._db.execute("SELECT * FROM assets ORDER BY added_at, cid").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT a.* FROM assets a JOIN asset_tags t ON a.cid = t.cid "
+                "WHERE t.tag = ? ORDER BY a.added_at, a.cid",
+                (tag,),
+            ).fetchall()
+        return [self._asset_from_row(row) for row in rows]
+
+    def asset(self, cid: str) -> AssetRecord | None:
+        row = self._db.execute("SELECT * FROM assets WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else self._asset_from_row(row)
+
+    def _asset_from_row(self, row: tuple) -> AssetRecord:
+        cid = row[0]
+        tags = self._db.execute("SELECT tag FROM asset_tags WHERE cid = ?", (cid,)).fetchall()
+        subjects = self._db.execute(
+            "SELECT subject FROM asset_subjects WHERE cid = ?", (cid,)
+        ).fetchall()
+        return AssetRecord(
+            cid=cid, name=row[1], size=row[2], media_type=row[3], added_at=row[4],
+            added_by=row[5], retention_s=row[6], thumbnail=row[7],
+            tags=frozenset(t for (t,) in tags), subjects=frozenset(s for (s,) in subjects),
+        )
+
+    def tag_asset(self, cid: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> AssetRecord:
+        """Add and remove tags on an asset; returns the updated record."""
+        if self.asset(cid) is None:
+            raise NotFoundError(f"no asset with CID {cid} (see `mesh ls`)")
+        with self._transaction():
+            self._db.executemany("INSERT OR IGNORE INTO asset_tags VALUES (?, ?)", [(cid, t) for t in add])
+            self._db.executemany("DELETE FROM asset_tags WHERE cid = ? AND tag = ?", [(cid, t) for t in remove])
+        record = self.asset(cid)
+        assert record is not None
+        return record
+
+    # ---- integrity and space ------------------------------------------------------------------
+
+    def verify(self, on_chunk: Callable[[int], None] | None = None) -> VerifyReport:
+        """Re-hash every indexed chunk; quarantine corrupt ones and drop missing ones."""
+        rows = self._db.execute("SELECT cid, size FROM chunks ORDER BY cid").fetchall()
+        corrupt: list[str] = []
+        missing: list[str] = []
+        for cid, size in rows:
+            problem = self._check_chunk(cid)
+            if problem == "missing":
+                missing.append(cid)
+            elif problem == "corrupt":
+                corrupt.append(cid)
+            if on_chunk is not None:
+                on_chunk(size)
+        self._quarantine_chunks(corrupt, missing)
+        return VerifyReport(checked=len(rows), corrupt=tuple(corrupt), missing=tuple(missing))
+
+    def _check_chunk(self, cid: str) -> str | None:
+        try:
+            data = self._chunk_path(cid).read_bytes()
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            raise _os_error(exc, f"reading chunk {cid}") from None
+        return None if Cid.parse(cid).verify(data) else "corrupt"
+
+    def _quarantine_chunks(self, corrupt: list[str], missing: list[str]) -> None:
+        now = time.time()
+        for cid in corrupt:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self._chunk_path(cid), self._quarantine / cid)
+        with self._transaction():
+            for cid, reason in [(c, "corrupt") for c in corrupt] + [(m, "missing") for m in missing]:
+                self._db.execute("DELETE FROM chunks WHERE cid = ?", (cid,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?)", (cid, now, reason)
+                )
+
+    def missing_chunks(self, cid: Cid | str) -> list[str]:
+        """Chunks of a stored file that are not (or no longer) in the store."""
+        _, chunks = self.object_chunks(cid)
+        return [chunk for chunk in chunks if not self._has_text(chunk)]
+
+    def pin(self, cid: str, reason: str) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (cid, reason))
+
+    def gc(self) -> GcReport:
+        """Delete chunks no asset or pin needs, and files left by interrupted writes."""
+        with self._locked(fcntl.LOCK_EX):
+            return self._gc_locked()
+
+    def _gc_locked(self) -> GcReport:
+        live = self._live_chunks()
+        rows = self._db.execute("SELECT cid, size FROM chunks").fetchall()
+        dead = [(cid, size) for cid, size in rows if cid not in live]
+        with self._transaction():
+            self._db.executemany("DELETE FROM chunks WHERE cid = ?", [(cid,) for cid, _ in dead])
+            self._db.execute(
+                "DELETE FROM object_chunks WHERE object NOT IN (SELECT cid FROM assets) "
+                "AND object NOT IN (SELECT cid FROM pins)"
+            )
+            self._db.execute(
+                "DELETE FROM objects WHERE cid NOT IN (SELECT cid FROM assets) "
+                "AND cid NOT IN (SELECT cid FROM pins)"
+            )
+        for cid, _ in dead:
+            with contextlib.suppress(FileNotFoundError):
+                self._chunk_path(cid).unlink()
+        orphans = self._remove_orphans()
+        return GcReport(
+            chunks_removed=len(dead), bytes_freed=sum(size for _, size in dead), orphans_removed=orphans
+        )
+
+    def _live_chunks(self) -> set[str]:
+        roots = "SELECT cid FROM assets UNION SELECT cid FROM pins"
+        chunk_rows = self._db.execute(
+            f"SELECT chunk FROM object_chunks WHERE object IN ({roots})"
+        ).fetchall()
+        manifest_rows = self._db.execute(
+            f"SELECT manifest FROM objects WHERE manifest IS NOT NULL AND cid IN ({roots})"
+        ).fetchall()
+        return {c for (c,) in chunk_rows} | {m for (m,) in manifest_rows}
+
+    def _remove_orphans(self) -> int:
+        """Files in tmp/ from other (dead) runs, and chunk files with no index row."""
+        removed = 0
+        for path in self._tmp.iterdir():  # no importer runs: gc holds the store lock alone
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        indexed = {cid for (cid,) in self._db.execute("SELECT cid FROM chunks").fetchall()}
+        for shard in self._chunks.iterdir():
+            for path in shard.iterdir():
+                if path.name not in indexed:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed += 1
+        return removed
+
+    def usage(self) -> tuple[int, int]:
+        """(chunk count, bytes) indexed in the store."""
+        count, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
+        return int(count), int(total)
+

@@ -1,0 +1,607 @@
+"""The shared state of one mesh: one Automerge document with typed reads and mutations.
+
+Theory of operation:
+- Every replica starts from the same genesis change (a fixed actor, timestamp 0, the root maps), so
+  the root maps are one object on every replica and never conflict, and heads compare equal.
+- An asset's map, with its `tags` and `subjects` maps, is created by a *skeleton* change whose actor
+  is derived from the CID and whose only dependency is genesis. Two replicas that add the same CID
+  concurrently create the very same change (same hash), so nothing they write into it is lost.
+- Scalars are last-writer-wins per field (Automerge's rule). Tags and subjects are map keys: a
+  concurrent add and remove of one tag keeps the add; adds of different tags both survive.
+- Members, tag descriptions and the current release are whole maps, last-writer-wins as a unit.
+- The binding shows only the winner of a conflict, so invite uses are kept as one key per
+  (invite, node); readers pick the smallest (at, node_id), the same on every replica.
+- Reads trust nothing: a member may write anything with another Automerge implementation. An entry
+  of the wrong type is skipped, never raised. Signatures are checked by the callers.
+- Pure: no I/O, no clock, no randomness. Time and the actor id are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import automerge.core as am
+import blake3
+
+from mesh.errors import LocalProtocolError, NotFoundError, RemoteProtocolError, UsageError
+from mesh.ids import public_key_from_node_id
+from mesh.state.records import TAGS_PER_ASSET_MAX, AssetRecord, normalize_tag
+
+SCHEMA_VERSION = 1
+GENESIS_ACTOR = bytes(16)  # never used for anything but the genesis change
+ROOT_MAPS = ("members", "revocations", "invite_uses", "tags", "assets", "releases")
+ACTOR_SUFFIX_BYTES_MAX = 16
+SUBJECTS_PER_ASSET_MAX = 256
+CHANGE_HASH_BYTES = 32
+_CHUNK_MAGIC = bytes([0x85, 0x6F, 0x4A, 0x83])  # Automerge storage chunk magic
+_SYNC_MESSAGE_V1 = 0x42  # Automerge sync message type byte, version 1
+_INVITE_KEY_SEP = "/"
+
+_S = am.ScalarType
+_MAP = am.ObjType.Map
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member entry as written in the document; its chain is verified by the reader."""
+
+    node_id: str  # the member's node id
+    chain: bytes  # credential chain (signed bytes), unverified here
+    role: str  # "organizer", "hub" or "edge" as claimed by the chain
+    name: str  # human name
+    joined_at: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class CurrentRelease:
+    """The mesh's current-release pointer."""
+
+    id: str  # release id
+    set_by: str  # node id that moved the pointer
+    at: float  # unix seconds when it was moved
+
+
+def actor_id(node_id: str, suffix: bytes) -> bytes:
+    """The Automerge actor of one process of a node: its public key plus a per-process suffix.
+
+    A node id that is not a public key (tests) is hashed instead. The suffix must be random per
+    process, so the agent and short CLI commands of one node never share an actor.
+    """
+    if not 1 <= len(suffix) <= ACTOR_SUFFIX_BYTES_MAX:
+        raise LocalProtocolError(f"an actor suffix has 1 to {ACTOR_SUFFIX_BYTES_MAX} bytes")
+    try:
+        prefix = public_key_from_node_id(node_id)
+    except ValueError:
+        prefix = blake3.blake3(b"assetmesh/actor/v1\x00" + node_id.encode()).digest()
+    return prefix + suffix
+
+
+def _is_binding_error(exc: BaseException) -> bool:
+    """The binding raises plain Exception, and pyo3's PanicException (a BaseException) on todo!()."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _guard(call: Callable[[], _T], default: _T) -> _T:
+    """Run a binding read; any binding failure (even a Rust panic) yields `default`."""
+    try:
+        return call()
+    except BaseException as exc:
+        if not _is_binding_error(exc):
+            raise
+        return default
+
+
+def _uleb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_uleb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise RemoteProtocolError("truncated length in change data")
+
+
+def split_chunks(data: bytes) -> list[bytes]:
+    """Split concatenated Automerge storage chunks (magic, checksum, type, uleb length, body)."""
+    chunks = []
+    pos = 0
+    while pos < len(data):
+        if data[pos : pos + 4] != _CHUNK_MAGIC or len(data) < pos + 9:
+            raise RemoteProtocolError("change data is not a sequence of Automerge chunks")
+        length, body = _read_uleb128(data, pos + 9)
+        if body + length > len(data):
+            raise RemoteProtocolError("truncated Automerge chunk in change data")
+        chunks.append(data[pos : body + length])
+        pos = body + length
+    return chunks
+
+
+def _genesis() -> am.Document:
+    """The genesis document: identical bytes, hence an identical change hash, everywhere."""
+    doc = am.Document(GENESIS_ACTOR)
+    with doc.transaction() as tx:
+        tx.put(am.ROOT, "schema", _S.Int, SCHEMA_VERSION)
+        for key in ROOT_MAPS:
+            tx.put_object(am.ROOT, key, _MAP)
+    return doc
+
+
+def _skeleton_actor(cid: str) -> bytes:
+    return blake3.blake3(b"assetmesh/asset-skeleton/v1\x00" + cid.encode()).digest()[:16]
+
+
+# Typed scalar readers: each returns the value or None when the stored entry has the wrong type.
+def _as_str(value: Any) -> str | None:
+    return value[1] if value[0] == _S.Str else None
+
+
+def _as_int(value: Any) -> int | None:
+    return value[1] if value[0] in (_S.Int, _S.Uint) else None
+
+
+def _as_float(value: Any) -> float | None:
+    return float(value[1]) if value[0] in (_S.F64, _S.Int, _S.Uint) else None
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    return bytes(value[1]) if value[0] == _S.Bytes else None
+
+
+def _as_true(value: Any) -> bool | None:
+    return True if value[0] == _S.Boolean and value[1] is True else None
+
+
+_MISSING = object()
+
+
+class MeshState:
+    """One mesh's shared Automerge document. Not thread-safe; one live instance per actor."""
+
+    def __init__(self, actor: bytes) -> None:
+        self._doc = _genesis()
+        self._doc.set_actor(actor)
+
+    @classmethod
+    def load(cls, data: bytes, actor: bytes) -> MeshState:
+        """A state from `save()` output, optionally followed by `changes_since` output."""
+        state = cls.__new__(cls)
+        try:
+            state._doc = am.Document.load(data)
+            state._doc.set_actor(actor)
+            state._doc.merge(_genesis())
+        except BaseException as exc:
+            if not _is_binding_error(exc):
+                raise
+            raise RemoteProtocolError(f"not a loadable Automerge document: {exc}") from None
+        return state
+
+    @property
+    def actor(self) -> bytes:
+        return self._doc.get_actor()
+
+    # -- low-level reads ------------------------------------------------------------------------
+
+    def _root_map(self, key: str) -> bytes | None:
+        """Object id of a root map; None if a member replaced it with junk."""
+        return self._child_map(am.ROOT, key)
+
+    def _get(self, obj: bytes, key: str) -> Any:
+        """(value, object id) or None, whatever junk is stored there."""
+        return _guard(lambda: self._doc.get(obj, key), None)
+
+    def _keys(self, obj: bytes | None) -> list[str]:
+        if obj is None:
+            return []
+        return _guard(lambda: self._doc.keys(obj), [])
+
+    def _child_map(self, obj: bytes | None, key: str) -> bytes | None:
+        entry = self._get(obj, key) if obj is not None else None
+        return entry[1] if entry is not None and entry[0] == _MAP else None
+
+    def _scalar(self, obj: bytes, key: str, typed: Callable[[Any], _T | None]) -> Any:
+        """The typed scalar at obj[key]; `_MISSING` if absent or of another type."""
+        entry = self._get(obj, key)
+        if entry is None or not isinstance(entry[0], tuple):
+            return _MISSING
+        value = _guard(lambda: typed(entry[0]), None)
+        if value is None and entry[0][0] != _S.Null:
+            return _MISSING
+        return value
+
+    def _stored_equals(self, obj: bytes, key: str, kind: Any, value: Any) -> bool:
+        """True if obj[key] already holds exactly this scalar (so a put would only add noise)."""
+        entry = self._get(obj, key)
+        return entry is not None and isinstance(entry[0], tuple) and entry[0] == (kind, value)
+
+    def _true_keys(self, obj: bytes | None) -> set[str]:
+        return {k for k in self._keys(obj) if self._scalar(obj, k, _as_true) is True}
+
+    # -- low-level writes -----------------------------------------------------------------------
+
+    def _write(self, body: Callable[[am.Transaction], None]) -> None:
+        with self._doc.transaction() as tx:
+            body(tx)
+
+    def _require_root(self, key: str) -> bytes:
+        obj = self._root_map(key)
+        if obj is None:
+            raise RemoteProtocolError(f"the shared state's {key!r} map was overwritten")
+        return obj
+
+    # -- assets ---------------------------------------------------------------------------------
+
+    def put_asset(self, record: AssetRecord) -> None:
+        """Create or update an asset; adds its tags and subjects, never removes any."""
+        _check_asset(record)
+        asset = self._ensure_asset_map(record.cid)
+        tags_obj = self._child_map(asset, "tags")
+        subjects_obj = self._child_map(asset, "subjects")
+        have_tags, have_subjects = self._true_keys(tags_obj), self._true_keys(subjects_obj)
+        fields = _asset_fields(record)
+
+        def body(tx: am.Transaction) -> None:
+            for key, (kind, value) in fields.items():
+                if not self._stored_equals(asset, key, kind, value):
+                    tx.put(asset, key, kind, value)
+            _add_keys(tx, asset, "tags", tags_obj, set(record.tags) - have_tags)
+            _add_keys(tx, asset, "subjects", subjects_obj, set(record.subjects) - have_subjects)
+
+        self._write(body)
+
+    def _ensure_asset_map(self, cid: str) -> bytes:
+        """The asset's map, merging in its deterministic skeleton if needed."""
+        assets = self._require_root("assets")
+        found = self._child_map(assets, cid)
+        if found is not None:
+            return found
+        skeleton = _genesis()
+        skeleton.set_actor(_skeleton_actor(cid))
+        with skeleton.transaction() as tx:
+            obj = tx.put_object(assets, cid, _MAP)
+            tx.put_object(obj, "tags", _MAP)
+            tx.put_object(obj, "subjects", _MAP)
+        self._doc.merge(skeleton)
+        found = self._child_map(assets, cid)
+        if found is None:  # removed earlier (skeleton already applied) or shadowed by junk
+            with self._doc.transaction() as tx:
+                found = tx.put_object(assets, cid, _MAP)
+        return found
+
+    def asset(self, cid: str) -> AssetRecord | None:
+        """The asset with this CID, or None if absent or malformed."""
+        return self._read_asset(cid, self._child_map(self._root_map("assets"), cid))
+
+    def assets(self, tag: str | None = None) -> list[AssetRecord]:
+        """Every well-formed asset (optionally only those with `tag`), sorted by CID."""
+        assets = self._root_map("assets")
+        records = []
+        for cid in sorted(self._keys(assets)):
+            record = self._read_asset(cid, self._child_map(assets, cid))
+            if record is not None and (tag is None or tag in record.tags):
+                records.append(record)
+        return records
+
+    def _read_asset(self, cid: str, obj: bytes | None) -> AssetRecord | None:
+        if obj is None:
+            return None
+        values = {key: self._scalar(obj, key, read) for key, (_, read) in _ASSET_FIELDS.items()}
+        for key in ("retention_s", "thumbnail"):
+            if values[key] is _MISSING and self._get(obj, key) is None:
+                values[key] = None  # absent optional field
+        if any(v is _MISSING for v in values.values()):
+            return None
+        if any(values[k] is None for k in _ASSET_REQUIRED) or values["size"] < 0:
+            return None
+        tags = sorted(t for t in self._true_keys(self._child_map(obj, "tags")) if _canonical(t))
+        subjects = self._true_keys(self._child_map(obj, "subjects"))
+        return AssetRecord(
+            cid=cid,
+            tags=frozenset(tags[:TAGS_PER_ASSET_MAX]),
+            subjects=frozenset(sorted(subjects)[:SUBJECTS_PER_ASSET_MAX]),
+            **values,
+        )
+
+    def tag_asset(self, cid: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
+        """Add and remove canonical tags on an asset; NotFoundError if it is absent."""
+        add, remove = set(add), set(remove)
+        for tag in add | remove:
+            _check_tag(tag)
+        asset = self._child_map(self._root_map("assets"), cid)
+        if asset is None:
+            raise NotFoundError(f"no asset {cid}")
+        tags_obj = self._child_map(asset, "tags")
+        present = self._true_keys(tags_obj)
+        if len(present | add) > TAGS_PER_ASSET_MAX:
+            raise UsageError(f"an asset has at most {TAGS_PER_ASSET_MAX} tags")
+
+        def body(tx: am.Transaction) -> None:
+            target = _add_keys(tx, asset, "tags", tags_obj, (add - remove) - present)
+            for tag in sorted(remove & set(self._keys(tags_obj))):
+                tx.delete(target, tag)
+
+        self._write(body)
+
+    def remove_asset(self, cid: str) -> None:
+        """Forget an asset (its tags and subjects go with it); NotFoundError if absent."""
+        assets = self._require_root("assets")
+        if self._get(assets, cid) is None:
+            raise NotFoundError(f"no asset {cid}")
+        self._write(lambda tx: tx.delete(assets, cid))
+
+    # -- members, revocations, invites ----------------------------------------------------------
+
+    def put_member(self, node_id: str, chain: bytes, role: str, name: str, joined_at: float) -> None:
+        """Write (or replace as a whole) a member entry."""
+        members = self._require_root("members")
+
+        def body(tx: am.Transaction) -> None:
+            obj = tx.put_object(members, node_id, _MAP)
+            tx.put(obj, "chain", _S.Bytes, bytes(chain))
+            tx.put(obj, "role", _S.Str, role)
+            tx.put(obj, "name", _S.Str, name)
+            tx.put(obj, "joined_at", _S.F64, float(joined_at))
+
+        self._write(body)
+
+    def members(self) -> list[Member]:
+        """Every well-formed member entry, sorted by node id (chains still unverified)."""
+        members = self._root_map("members")
+        found = []
+        for node_id in sorted(self._keys(members)):
+            member = self._read_member(node_id, self._child_map(members, node_id))
+            if member is not None:
+                found.append(member)
+        return found
+
+    def _read_member(self, node_id: str, obj: bytes | None) -> Member | None:
+        if obj is None:
+            return None
+        chain = self._scalar(obj, "chain", _as_bytes)
+        role = self._scalar(obj, "role", _as_str)
+        name = self._scalar(obj, "name", _as_str)
+        joined_at = self._scalar(obj, "joined_at", _as_float)
+        if any(v is _MISSING or v is None for v in (chain, role, name, joined_at)):
+            return None
+        return Member(node_id=node_id, chain=chain, role=role, name=name, joined_at=joined_at)
+
+    def put_revocation(self, node_id: str, blob: bytes) -> None:
+        """Record a signed revocation of `node_id` (verified by readers)."""
+        revocations = self._require_root("revocations")
+        self._write(lambda tx: tx.put(revocations, node_id, _S.Bytes, bytes(blob)))
+
+    def revocation_blobs(self) -> dict[str, bytes]:
+        """node id -> revocation blob, for every entry that holds bytes."""
+        return self._bytes_map("revocations")
+
+    def record_invite_use(self, invite_id: str, node_id: str, at: float) -> None:
+        """Record that `node_id` redeemed `invite_id` at `at` (kept once per pair)."""
+        if _INVITE_KEY_SEP in invite_id or not invite_id:
+            raise LocalProtocolError("an invite id is non-empty and has no '/'")
+        uses = self._require_root("invite_uses")
+        key = f"{invite_id}{_INVITE_KEY_SEP}{node_id}"
+        if self._get(uses, key) is None:
+            self._write(lambda tx: tx.put(uses, key, _S.F64, float(at)))
+
+    def invite_uses(self) -> dict[str, str]:
+        """invite id -> the node that used it first: smallest (at, node_id), same everywhere."""
+        uses = self._root_map("invite_uses")
+        best: dict[str, tuple[float, str]] = {}
+        for key in self._keys(uses):
+            invite_id, sep, node_id = key.rpartition(_INVITE_KEY_SEP)
+            at = self._scalar(uses, key, _as_float)
+            if not sep or not invite_id or at is _MISSING or at is None:
+                continue
+            best[invite_id] = min(best.get(invite_id, (at, node_id)), (at, node_id))
+        return {invite_id: node_id for invite_id, (_, node_id) in sorted(best.items())}
+
+    # -- tags and releases ----------------------------------------------------------------------
+
+    def set_tag_description(self, tag: str, description: str) -> None:
+        """Declare a canonical tag of the event with a description."""
+        _check_tag(tag)
+        tags = self._require_root("tags")
+
+        def body(tx: am.Transaction) -> None:
+            obj = tx.put_object(tags, tag, _MAP)
+            tx.put(obj, "description", _S.Str, description)
+
+        self._write(body)
+
+    def tag_descriptions(self) -> dict[str, str]:
+        """Canonical tag -> description, sorted by tag."""
+        tags = self._root_map("tags")
+        found = {}
+        for tag in sorted(self._keys(tags)):
+            obj = self._child_map(tags, tag)
+            text = self._scalar(obj, "description", _as_str) if obj is not None else _MISSING
+            if _canonical(tag) and isinstance(text, str):
+                found[tag] = text
+        return found
+
+    def put_release(self, release_id: str, blob: bytes) -> None:
+        """Store a signed release record (verified by readers)."""
+        releases = self._require_root("releases")
+        self._write(lambda tx: tx.put(releases, release_id, _S.Bytes, bytes(blob)))
+
+    def release_blobs(self) -> dict[str, bytes]:
+        """release id -> signed release record bytes."""
+        return self._bytes_map("releases")
+
+    def set_current_release(self, release_id: str, set_by: str, at: float) -> None:
+        """Move the current-release pointer (last writer wins, as one unit)."""
+
+        def body(tx: am.Transaction) -> None:
+            obj = tx.put_object(am.ROOT, "current_release", _MAP)
+            tx.put(obj, "id", _S.Str, release_id)
+            tx.put(obj, "set_by", _S.Str, set_by)
+            tx.put(obj, "at", _S.F64, float(at))
+
+        self._write(body)
+
+    def current_release(self) -> CurrentRelease | None:
+        """The current-release pointer, or None if unset or malformed."""
+        obj = self._child_map(am.ROOT, "current_release")
+        if obj is None:
+            return None
+        values = [self._scalar(obj, k, r) for k, r in (("id", _as_str), ("set_by", _as_str))]
+        at = self._scalar(obj, "at", _as_float)
+        if any(v is _MISSING or v is None for v in (*values, at)):
+            return None
+        return CurrentRelease(id=values[0], set_by=values[1], at=at)
+
+    def _bytes_map(self, root_key: str) -> dict[str, bytes]:
+        obj = self._root_map(root_key)
+        found = {}
+        for key in sorted(self._keys(obj)):
+            blob = self._scalar(obj, key, _as_bytes)
+            if isinstance(blob, bytes):
+                found[key] = blob
+        return found
+
+    # -- persistence and change exchange --------------------------------------------------------
+
+    def heads(self) -> list[bytes]:
+        """The document's heads (32-byte change hashes), sorted."""
+        return sorted(self._doc.get_heads())
+
+    def save(self) -> bytes:
+        """The whole document, compressed."""
+        return self._doc.save()
+
+    def changes_since(self, heads: Iterable[bytes]) -> bytes:
+        """Concatenated change chunks not covered by `heads` (unknown hashes are ignored)."""
+        return b"".join(change.bytes for change in self._changes_since(list(heads)))
+
+    def change_hashes_since(self, heads: Iterable[bytes]) -> list[bytes]:
+        """Hashes of the changes `changes_since(heads)` would return."""
+        return [change.hash for change in self._changes_since(list(heads))]
+
+    def _changes_since(self, heads: list[bytes]) -> list[Any]:
+        known = [h for h in heads if isinstance(h, bytes) and len(h) == CHANGE_HASH_BYTES]
+        return self._doc.get_changes(known)
+
+    def apply_changes(self, data: bytes) -> list[bytes]:
+        """Apply `changes_since` output; returns the hashes of changes that were new here.
+
+        Changes whose dependencies are missing wait inside the document until those arrive.
+        """
+        chunks = split_chunks(data)
+        if not chunks:
+            return []
+        before = self._doc.get_heads()
+        # The binding has no apply_changes; a v1 sync message carrying only changes applies them.
+        message = bytes([_SYNC_MESSAGE_V1, 0, 0, 0]) + _uleb128(len(chunks))
+        message += b"".join(_uleb128(len(chunk)) + chunk for chunk in chunks)
+        self._receive(am.SyncState(), message)
+        return self.change_hashes_since(before)
+
+    def merge(self, other: MeshState) -> bool:
+        """Merge every change of `other` into this document; True if anything was new."""
+        before = self._doc.get_heads()
+        self._doc.merge(other._doc)
+        return self._doc.get_heads() != before
+
+    # -- sync protocol --------------------------------------------------------------------------
+
+    @staticmethod
+    def new_sync_state() -> am.SyncState:
+        """Fresh per-peer sync state; use a new one for every connection (see module notes)."""
+        return am.SyncState()
+
+    def generate_sync_message(self, sync_state: am.SyncState) -> bytes | None:
+        """The next message for the peer, or None when there is nothing to say right now."""
+        message = self._doc.generate_sync_message(sync_state)
+        return None if message is None else message.encode()
+
+    def receive_sync_message(self, sync_state: am.SyncState, message: bytes) -> bool:
+        """Apply a peer's sync message; True if the document changed.
+
+        Raises RemoteProtocolError on a malformed message.
+        """
+        before = self._doc.get_heads()
+        self._receive(sync_state, message)
+        return self._doc.get_heads() != before
+
+    def _receive(self, sync_state: am.SyncState, message: bytes) -> None:
+        try:
+            decoded = am.Message.decode(bytes(message))
+            self._doc.receive_sync_message(sync_state, decoded)
+        except BaseException as exc:
+            if not _is_binding_error(exc):
+                raise
+            raise RemoteProtocolError(f"malformed state sync message: {exc}") from None
+
+
+# -- helpers for writes --------------------------------------------------------------------------
+
+_ASSET_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "name": (_S.Str, _as_str),
+    "size": (_S.Int, _as_int),
+    "media_type": (_S.Str, _as_str),
+    "added_at": (_S.F64, _as_float),
+    "added_by": (_S.Str, _as_str),
+    "retention_s": (_S.F64, _as_float),
+    "thumbnail": (_S.Str, _as_str),
+}  # field -> (scalar type written, reader); ScalarType is unhashable, hence keyed by name
+_ASSET_REQUIRED = ("name", "size", "media_type", "added_at", "added_by")
+
+
+def _asset_fields(record: AssetRecord) -> dict[str, tuple[Any, Any]]:
+    """field -> (scalar type, value) for an asset record; None is stored as Null."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    for key, (kind, _) in _ASSET_FIELDS.items():
+        value = getattr(record, key)
+        if value is None:
+            fields[key] = (_S.Null, None)
+        else:
+            fields[key] = (kind, float(value) if kind == _S.F64 else value)
+    return fields
+
+
+def _add_keys(tx: am.Transaction, parent: bytes, key: str, obj: bytes | None, new: set[str]) -> bytes:
+    """Put `new` keys (value true) into parent[key], creating the map if junk replaced it."""
+    if obj is None:
+        obj = tx.put_object(parent, key, _MAP)
+    for item in sorted(new):
+        tx.put(obj, item, _S.Boolean, True)
+    return obj
+
+
+def _canonical(tag: str) -> bool:
+    try:
+        return normalize_tag(tag) == tag
+    except ValueError:
+        return False
+
+
+def _check_tag(tag: str) -> None:
+    if not isinstance(tag, str) or not _canonical(tag):
+        raise UsageError(f"{tag!r} is not a canonical tag (use normalize_tag)")
+
+
+def _check_asset(record: AssetRecord) -> None:
+    for tag in record.tags:
+        _check_tag(tag)
+    if len(record.tags) > TAGS_PER_ASSET_MAX:
+        raise UsageError(f"an asset has at most {TAGS_PER_ASSET_MAX} tags")
+    if len(record.subjects) > SUBJECTS_PER_ASSET_MAX:
+        raise UsageError(f"an asset has at most {SUBJECTS_PER_ASSET_MAX} subjects")
+    if not record.cid or isinstance(record.size, bool) or record.size < 0:
+        raise UsageError("an asset needs a CID and a non-negative size")

@@ -1,0 +1,549 @@
+"""Wire messages: frozen dataclasses, a declarative schema per field, and their CBOR codec.
+
+A message travels as one canonical CBOR array `[type_code, field1, field2, ...]`; a nested record
+(such as `PeerAddress`) is an array of its fields. Adding a message is one dataclass:
+
+    @message(type_code=8)
+    @dataclass(frozen=True)
+    class Want(Message):
+        cids: tuple[str, ...] = wire(TupleOf(Text(bytes_max=100), items_max=64))  # what we want
+
+Decoding trusts nothing. Before cbor2 sees a byte, `_scan_cbor` walks the item heads without
+recursion and admits only what our encoder can produce: integers, byte and text strings,
+definite-length arrays, false/true/null, each head in its shortest form, nesting at most
+`CBOR_DEPTH_MAX`, at most `CBOR_ITEMS_MAX` items, no trailing bytes. So no tag (datetime, regex,
+bignum, shared references...), map, float or indefinite length ever reaches cbor2, and an accepted
+body re-encodes to the same bytes. Then every field is checked against its schema. Whatever goes
+wrong, `decode_message` raises only `RemoteProtocolError`, with a reason naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import cbor2
+
+from mesh.errors import LocalProtocolError, RemoteProtocolError
+from mesh.wire.frames import FRAME_BYTES_MAX, FrameDecoder, encode_frame
+
+PROTOCOL_VERSION = 1
+
+CBOR_DEPTH_MAX = 8
+CBOR_ITEMS_MAX = 8192
+
+FEATURES_MAX = 32
+FEATURE_BYTES_MAX = 64
+CLOSE_REASON_BYTES_MAX = 1024
+REVOCATIONS_MAX = 1024
+REVOCATION_BYTES_MAX = 4 * 1024
+PEER_ADDRESSES_MAX = 256
+HOST_BYTES_MAX = 255
+STATE_SYNC_BYTES_MAX = 1024 * 1024
+UINT64_MAX = 2**64 - 1
+
+BASE32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+FEATURE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-_./"
+HOST_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_:[]%"
+
+_SPEC_KEY = "mesh.wire.spec"
+
+
+# --- field schemas ----------------------------------------------------------------------------
+
+
+class Spec:
+    """Schema of one field: checks a decoded CBOR value and turns a Python value into one."""
+
+    def from_wire(self, raw: object, where: str) -> Any:
+        """The Python value for `raw`, or RemoteProtocolError naming `where`."""
+        raise NotImplementedError
+
+    def to_wire(self, value: object, where: str) -> Any:
+        """The CBOR-ready value for `value`, or LocalProtocolError naming `where`."""
+        raise NotImplementedError
+
+
+class _Leaf(Spec):
+    """A scalar whose wire value is its Python value; subclasses say what is wrong with it."""
+
+    def problem(self, value: object) -> str | None:
+        """Why `value` breaks this schema, or None."""
+        raise NotImplementedError
+
+    def from_wire(self, raw: object, where: str) -> Any:
+        problem = self.problem(raw)
+        if problem is not None:
+            raise RemoteProtocolError(f"{where}: {problem}")
+        return raw
+
+    def to_wire(self, value: object, where: str) -> Any:
+        problem = self.problem(value)
+        if problem is not None:
+            raise LocalProtocolError(f"{where}: {problem}")
+        return value
+
+
+@dataclass(frozen=True)
+class Int(_Leaf):
+    """An integer in `min..max` (booleans are not integers here)."""
+
+    min: int  # smallest allowed value
+    max: int  # largest allowed value
+
+    def problem(self, value: object) -> str | None:
+        if type(value) is not int:
+            return f"expected an integer, got {_kind(value)}"
+        if not self.min <= value <= self.max:
+            return f"{value} is outside {self.min}..{self.max}"
+        return None
+
+
+@dataclass(frozen=True)
+class Text(_Leaf):
+    """A text string of `bytes_min..bytes_max` UTF-8 bytes, printable or from `alphabet`."""
+
+    bytes_max: int  # longest allowed UTF-8 encoding
+    bytes_min: int = 0  # shortest allowed UTF-8 encoding
+    alphabet: str | None = None  # the only characters allowed; None allows any printable ones
+
+    def problem(self, value: object) -> str | None:
+        if type(value) is not str:
+            return f"expected text, got {_kind(value)}"
+        if len(value) > self.bytes_max:  # cheap bound before encoding: a char is >= 1 byte
+            return f"text longer than {self.bytes_max} bytes"
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "text is not valid Unicode"
+        if not self.bytes_min <= size <= self.bytes_max:
+            return f"text of {size} bytes, allowed {self.bytes_min}..{self.bytes_max}"
+        return self._character_problem(value)
+
+    def _character_problem(self, value: str) -> str | None:
+        if self.alphabet is None:
+            return None if value.isprintable() else "text has unprintable characters"
+        bad = set(value).difference(self.alphabet)
+        return f"characters not allowed: {''.join(sorted(bad))!r}" if bad else None
+
+
+@dataclass(frozen=True)
+class Base32Id(_Leaf):
+    """An id in unpadded lower-case base32 naming exactly `raw_bytes` bytes, in canonical form."""
+
+    raw_bytes: int  # length of the identified bytes (32 for a node id, 16 for a mesh id)
+    what: str  # the id's name in error messages
+
+    @property
+    def chars(self) -> int:
+        """Length of the text form."""
+        return -(-self.raw_bytes * 8 // 5)
+
+    def problem(self, value: object) -> str | None:
+        expected = f"not a {self.what} ({self.chars} lower-case base32 characters)"
+        if type(value) is not str or len(value) != self.chars:
+            return expected
+        if not set(value).issubset(BASE32_ALPHABET):
+            return expected
+        spare_bits = self.chars * 5 - self.raw_bytes * 8
+        if BASE32_ALPHABET.index(value[-1]) & ((1 << spare_bits) - 1):
+            return f"not a canonical {self.what} (non-zero trailing bits)"
+        return None
+
+
+@dataclass(frozen=True)
+class Bytes(_Leaf):
+    """A byte string of `bytes_min..bytes_max` bytes."""
+
+    bytes_max: int  # longest allowed
+    bytes_min: int = 0  # shortest allowed
+
+    def problem(self, value: object) -> str | None:
+        if type(value) is not bytes:
+            return f"expected bytes, got {_kind(value)}"
+        if not self.bytes_min <= len(value) <= self.bytes_max:
+            return f"{len(value)} bytes, allowed {self.bytes_min}..{self.bytes_max}"
+        return None
+
+
+@dataclass(frozen=True)
+class Nullable(Spec):
+    """Either None (CBOR null) or a value of `inner`."""
+
+    inner: Spec  # schema of the value when present
+
+    def from_wire(self, raw: object, where: str) -> Any:
+        return None if raw is None else self.inner.from_wire(raw, where)
+
+    def to_wire(self, value: object, where: str) -> Any:
+        return None if value is None else self.inner.to_wire(value, where)
+
+
+@dataclass(frozen=True)
+class TupleOf(Spec):
+    """A tuple of up to `items_max` values of `item` (a CBOR array)."""
+
+    item: Spec  # schema of each element
+    items_max: int  # most elements allowed
+
+    def from_wire(self, raw: object, where: str) -> Any:
+        if type(raw) is not list:
+            raise RemoteProtocolError(f"{where}: expected an array, got {_kind(raw)}")
+        if len(raw) > self.items_max:
+            raise RemoteProtocolError(f"{where}: {len(raw)} items, at most {self.items_max}")
+        return tuple(self.item.from_wire(x, f"{where}[{i}]") for i, x in enumerate(raw))
+
+    def to_wire(self, value: object, where: str) -> Any:
+        if type(value) is not tuple:
+            raise LocalProtocolError(f"{where}: expected a tuple, got {_kind(value)}")
+        if len(value) > self.items_max:
+            raise LocalProtocolError(f"{where}: {len(value)} items, at most {self.items_max}")
+        return [self.item.to_wire(x, f"{where}[{i}]") for i, x in enumerate(value)]
+
+
+@dataclass(frozen=True)
+class Nested(Spec):
+    """A record: an instance of the frozen dataclass `cls`, on the wire an array of its fields."""
+
+    cls: type  # the record's dataclass; every field declared with `wire(...)`
+
+    def __post_init__(self) -> None:
+        record_fields(self.cls)  # fail at import time, not on first use
+
+    def from_wire(self, raw: object, where: str) -> Any:
+        if type(raw) is not list:
+            raise RemoteProtocolError(f"{where}: expected an array, got {_kind(raw)}")
+        return _record_from_wire(self.cls, raw, where)
+
+    def to_wire(self, value: object, where: str) -> Any:
+        if type(value) is not self.cls:
+            raise LocalProtocolError(f"{where}: expected {self.cls.__name__}, got {_kind(value)}")
+        return _record_to_wire(value, where)
+
+
+def wire(spec: Spec) -> Any:
+    """Declare a dataclass field's wire schema: `nonce: int = wire(Int(0, UINT64_MAX))`."""
+    return dataclasses.field(metadata={_SPEC_KEY: spec})
+
+
+_RECORD_FIELDS: dict[type, tuple[tuple[str, Spec], ...]] = {}
+
+
+def record_fields(cls: type) -> tuple[tuple[str, Spec], ...]:
+    """`(name, spec)` for each field of a record or message class, in wire order."""
+    cached = _RECORD_FIELDS.get(cls)
+    if cached is None:
+        cached = _RECORD_FIELDS[cls] = _collect_fields(cls)
+    return cached
+
+
+def _collect_fields(cls: type) -> tuple[tuple[str, Spec], ...]:
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        raise LocalProtocolError(f"{cls.__name__} must be a frozen dataclass")
+    specs = []
+    for field in dataclasses.fields(cls):
+        spec = field.metadata.get(_SPEC_KEY)
+        if not isinstance(spec, Spec) or not field.init:
+            raise LocalProtocolError(f"{cls.__name__}.{field.name} needs a wire(...) schema")
+        specs.append((field.name, spec))
+    return tuple(specs)
+
+
+def _record_from_wire(cls: type, items: list, where: str) -> Any:
+    specs = record_fields(cls)
+    if len(items) != len(specs):
+        raise RemoteProtocolError(f"{where}: expected {len(specs)} fields, got {len(items)}")
+    values = {
+        name: spec.from_wire(raw, f"{where}.{name}") for (name, spec), raw in zip(specs, items)
+    }
+    return cls(**values)
+
+
+def _record_to_wire(record: object, where: str) -> list:
+    specs = record_fields(type(record))
+    return [spec.to_wire(getattr(record, name), f"{where}.{name}") for name, spec in specs]
+
+
+_KIND_NAMES = {
+    int: "an integer", bool: "a boolean", type(None): "null",
+    str: "text", bytes: "bytes", list: "an array",
+}
+
+
+def _kind(value: object) -> str:
+    """A value's type in words, for error reasons."""
+    return _KIND_NAMES.get(type(value), type(value).__name__)
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+
+class Message:
+    """Base of every wire message; each subclass is a frozen dataclass registered by `message`."""
+
+    __slots__ = ()
+
+
+M = TypeVar("M", bound=type[Message])
+
+_MESSAGE_TYPES: dict[int, type[Message]] = {}
+_TYPE_CODES: dict[type, int] = {}
+MESSAGE_TYPES = MappingProxyType(_MESSAGE_TYPES)  # type code -> message class, read-only
+TYPE_CODE_MAX = 255
+
+
+def message(type_code: int) -> Callable[[M], M]:
+    """Class decorator registering a frozen-dataclass `Message` under `type_code`."""
+
+    def register(cls: M) -> M:
+        if not issubclass(cls, Message):
+            raise LocalProtocolError(f"{cls.__name__} must derive from Message")
+        if not 0 <= type_code <= TYPE_CODE_MAX or type_code in _MESSAGE_TYPES:
+            raise LocalProtocolError(f"type code {type_code} of {cls.__name__} is taken or bad")
+        record_fields(cls)
+        _MESSAGE_TYPES[type_code] = cls
+        _TYPE_CODES[cls] = type_code
+        return cls
+
+    return register
+
+
+def type_code_of(cls: type[Message]) -> int:
+    """The type code a message class travels under."""
+    return _TYPE_CODES[cls]
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+NODE_ID = Base32Id(raw_bytes=32, what="node id")
+MESH_ID = Base32Id(raw_bytes=16, what="mesh id")
+PORT = Int(1, 65535)
+
+
+@message(type_code=1)
+@dataclass(frozen=True)
+class Hello(Message):
+    """First message on every session: who the sender is and what it speaks."""
+
+    protocol_version: int = wire(Int(0, 0xFFFF))  # wire protocol version the sender speaks
+    node_id: str = wire(NODE_ID)  # the sender's node id
+    mesh_id: str = wire(MESH_ID)  # the mesh the sender wants this session to be about
+    features: tuple[str, ...] = wire(  # optional capabilities the sender supports
+        TupleOf(Text(FEATURE_BYTES_MAX, 1, FEATURE_ALPHABET), items_max=FEATURES_MAX)
+    )
+    listen_port: int | None = wire(Nullable(PORT))  # TCP port the sender accepts sessions on
+
+
+@message(type_code=2)
+@dataclass(frozen=True)
+class Ping(Message):
+    """Liveness probe; the peer answers with a Pong carrying the same nonce."""
+
+    nonce: int = wire(Int(0, UINT64_MAX))  # chosen by the sender, echoed back
+
+
+@message(type_code=3)
+@dataclass(frozen=True)
+class Pong(Message):
+    """Answer to a Ping."""
+
+    nonce: int = wire(Int(0, UINT64_MAX))  # the nonce of the Ping being answered
+
+
+@message(type_code=4)
+@dataclass(frozen=True)
+class Close(Message):
+    """Polite end of a session; the sender closes the connection after it."""
+
+    reason: str = wire(Text(CLOSE_REASON_BYTES_MAX))  # one human-readable line for the logs
+
+
+@message(type_code=5)
+@dataclass(frozen=True)
+class Revocations(Message):
+    """Membership revocations the sender knows of, as signed blobs the state layer verifies."""
+
+    records: tuple[bytes, ...] = wire(  # opaque signed revocation records
+        TupleOf(Bytes(REVOCATION_BYTES_MAX, 1), items_max=REVOCATIONS_MAX)
+    )
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """Where one peer was reachable, as seen by the sender."""
+
+    node_id: str = wire(NODE_ID)  # the peer's node id
+    host: str = wire(Text(HOST_BYTES_MAX, 1, HOST_ALPHABET))  # IP literal or host name
+    port: int = wire(PORT)  # TCP port the peer listens on
+
+
+@message(type_code=6)
+@dataclass(frozen=True)
+class PeerAddresses(Message):
+    """Peer exchange: addresses of other members, so meshes work where multicast does not."""
+
+    peers: tuple[PeerAddress, ...] = wire(  # known peers, most recently seen first
+        TupleOf(Nested(PeerAddress), items_max=PEER_ADDRESSES_MAX)
+    )
+
+
+@message(type_code=7)
+@dataclass(frozen=True)
+class StateSync(Message):
+    """One Automerge sync message for the mesh's shared-state document."""
+
+    message: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # automerge sync message bytes
+
+
+# --- codec ------------------------------------------------------------------------------------
+
+
+def encode_message(msg: Message) -> bytes:
+    """Canonical CBOR for `msg`; LocalProtocolError if it breaks its own schema."""
+    cls = type(msg)
+    if cls not in _TYPE_CODES:
+        raise LocalProtocolError(f"{cls.__name__} is not a registered message")
+    return cbor2.dumps([_TYPE_CODES[cls], *_record_to_wire(msg, cls.__name__)], canonical=True)
+
+
+def decode_message(body: bytes) -> Message:
+    """The message in one frame body; any defect raises RemoteProtocolError, nothing else."""
+    try:
+        return _decode(body)
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # the trust boundary: a peer's bytes must never raise anything else
+        raise RemoteProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(body: bytes) -> Message:
+    _scan_cbor(body)
+    try:
+        raw = cbor2.loads(body, tag_hook=_refuse_tag)
+    except Exception as exc:
+        raise RemoteProtocolError(f"undecodable CBOR: {exc}") from exc
+    if type(raw) is not list or not raw:
+        raise RemoteProtocolError("a message must be a non-empty CBOR array")
+    code = raw[0]
+    if type(code) is not int:
+        raise RemoteProtocolError(f"message type code must be an integer, got {_kind(code)}")
+    cls = _MESSAGE_TYPES.get(code)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {code}")
+    return _record_from_wire(cls, raw[1:], cls.__name__)
+
+
+def _refuse_tag(decoder: object, tag: object) -> object:
+    # Unreachable after _scan_cbor; kept so cbor2 alone would still refuse unknown tags.
+    raise RemoteProtocolError("CBOR tags are not allowed")
+
+
+# Shortest-form thresholds: additional info 24..27 carries an argument of 1, 2, 4, 8 bytes and is
+# canonical only when the argument could not have fit in the shorter form.
+_ARGUMENT_WIDTHS = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
+_SIMPLE_VALUES = {20, 21, 22}  # false, true, null
+
+
+def _scan_cbor(body: bytes) -> None:
+    """Check the item structure of `body` against our CBOR subset without building anything."""
+    if not body:
+        raise RemoteProtocolError("empty message")
+    pos, items = 0, 0
+    pending = [1]  # items still expected at each open array level (the bottom is the body)
+    while pending:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        items += 1
+        major, argument, pos = _read_head(body, pos)
+        if major in (2, 3):
+            pos += argument
+            if pos > len(body):
+                raise RemoteProtocolError("CBOR string runs past the end of the message")
+        elif major == 4:
+            if len(pending) > CBOR_DEPTH_MAX:
+                raise RemoteProtocolError(f"CBOR nested deeper than {CBOR_DEPTH_MAX}")
+            if argument > CBOR_ITEMS_MAX - items:
+                raise RemoteProtocolError(f"more than {CBOR_ITEMS_MAX} CBOR items")
+            pending.append(argument)
+    if pos != len(body):
+        raise RemoteProtocolError(f"{len(body) - pos} trailing bytes after the message")
+
+
+def _read_head(body: bytes, pos: int) -> tuple[int, int, int]:
+    """(major type, argument, next position) of the item head at `pos`; refuses our non-subset."""
+    if pos >= len(body):
+        raise RemoteProtocolError("message ends in the middle of a CBOR item")
+    major, info = body[pos] >> 5, body[pos] & 0x1F
+    if major == 5:
+        raise RemoteProtocolError("CBOR maps are not used in messages")
+    if major == 6:
+        raise RemoteProtocolError("CBOR tags are not allowed")
+    if major == 7:
+        if info not in _SIMPLE_VALUES:
+            raise RemoteProtocolError("CBOR simple values other than false/true/null are not used")
+        return major, info, pos + 1
+    if info < 24:
+        return major, info, pos + 1
+    if info not in _ARGUMENT_WIDTHS:
+        raise RemoteProtocolError("indefinite-length or reserved CBOR item")
+    width, smallest = _ARGUMENT_WIDTHS[info]
+    end = pos + 1 + width
+    if end > len(body):
+        raise RemoteProtocolError("message ends in the middle of a CBOR item head")
+    argument = int.from_bytes(body[pos + 1 : end], "big")
+    if argument < smallest:
+        raise RemoteProtocolError("CBOR item head is not in shortest form (non-canonical)")
+    return major, argument, end
+
+
+# --- frames of messages -----------------------------------------------------------------------
+
+
+def encode(msg: Message, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """One complete frame carrying `msg`, ready to write to the stream."""
+    return encode_frame(encode_message(msg), frame_bytes_max)
+
+
+class MessageDecoder:
+    """Sans-IO: bytes in with `receive_data`, messages out with `next_message`.
+
+    After the first RemoteProtocolError it stays broken and raises that error again: the session
+    must be closed with its reason.
+    """
+
+    def __init__(
+        self, frame_bytes_max: int = FRAME_BYTES_MAX, buffer_bytes_max: int | None = None
+    ) -> None:
+        self._frames = FrameDecoder(frame_bytes_max, buffer_bytes_max)
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return self._frames.buffered_bytes
+
+    @property
+    def receive_bytes_max(self) -> int:
+        """How many more bytes `receive_data` accepts right now."""
+        return self._frames.receive_bytes_max
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer (see `FrameDecoder.receive_data`)."""
+        self._frames.receive_data(data)
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None until more data arrives."""
+        if self._error is not None:
+            raise self._error
+        try:
+            body = self._frames.next_frame()
+            return None if body is None else decode_message(body)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise

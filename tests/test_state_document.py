@@ -1,0 +1,338 @@
+"""MeshState: convergence of replicas, typed reads over junk, sync messages."""
+
+from __future__ import annotations
+
+import random
+
+import automerge.core as am
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh.errors import NotFoundError, RemoteProtocolError, UsageError
+from mesh.state.document import MeshState, actor_id
+from mesh.state.records import AssetRecord
+
+CIDS = [f"bafkcid{i}" for i in range(4)]
+TAGS = ["stage", "door", "vip", "backstage", "day-1"]
+
+
+def replica(name: str, suffix: int = 1) -> MeshState:
+    return MeshState(actor_id(name, bytes([suffix]) * 8))
+
+
+def record(cid: str, tags=(), name: str = "photo.jpg", by: str = "n", at: float = 1.0) -> AssetRecord:
+    return AssetRecord(
+        cid=cid, name=name, size=123, media_type="image/jpeg", added_at=at, added_by=by,
+        tags=frozenset(tags),
+    )
+
+
+def sync_pair(a: MeshState, b: MeshState, rounds_max: int = 50) -> int:
+    """Exchange sync messages until both are quiet; returns the bytes b received."""
+    state_a, state_b = a.new_sync_state(), b.new_sync_state()
+    received_by_b = 0
+    for _ in range(rounds_max):
+        to_b = a.generate_sync_message(state_a)
+        if to_b is not None:
+            received_by_b += len(to_b)
+            b.receive_sync_message(state_b, to_b)
+        to_a = b.generate_sync_message(state_b)
+        if to_a is not None:
+            a.receive_sync_message(state_a, to_a)
+        if to_a is None and to_b is None:
+            return received_by_b
+    raise AssertionError("sync did not go quiet")
+
+
+def view(state: MeshState) -> tuple:
+    return (state.assets(), state.members(), state.invite_uses(), state.tag_descriptions())
+
+
+op = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 2), st.sampled_from(CIDS),
+              st.frozensets(st.sampled_from(TAGS), max_size=3), st.sampled_from(["a.jpg", "b.png"])),
+    st.tuples(st.just("tag"), st.integers(0, 2), st.sampled_from(CIDS),
+              st.frozensets(st.sampled_from(TAGS), max_size=2),
+              st.frozensets(st.sampled_from(TAGS), max_size=2)),
+    st.tuples(st.just("sync"), st.integers(0, 2), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, max_size=25), seed=st.integers(0, 2**32))
+def test_replicas_converge_and_keep_every_unremoved_tag(ops, seed) -> None:
+    replicas = [replica(f"node-{i}", i + 1) for i in range(3)]
+    added: dict[str, set[str]] = {cid: set() for cid in CIDS}
+    removed: dict[str, set[str]] = {cid: set() for cid in CIDS}
+    for kind, i, *rest in ops:
+        if kind == "put":
+            cid, tags, name = rest
+            replicas[i].put_asset(record(cid, tags, name=name, by=f"node-{i}"))
+            added[cid] |= tags
+        elif kind == "tag":
+            cid, add, remove = rest
+            if replicas[i].asset(cid) is None:
+                continue
+            replicas[i].tag_asset(cid, add=add, remove=remove)
+            added[cid] |= add - remove
+            removed[cid] |= remove
+        elif i != rest[0]:
+            sync_pair(replicas[i], replicas[rest[0]])
+
+    by_load = MeshState.load(replicas[0].save(), actor_id("loader", b"\x09"))
+    for other in replicas[1:]:
+        by_load.merge(MeshState.load(other.save(), actor_id("tmp", b"\x0a")))
+    by_changes = replica("changes", 11)
+    for other in reversed(replicas):
+        by_changes.apply_changes(other.changes_since([]))
+
+    rng = random.Random(seed)
+    pairs = [(0, 1), (1, 2), (0, 2)]
+    for _ in range(2):
+        rng.shuffle(pairs)
+        for i, j in pairs:
+            sync_pair(replicas[i], replicas[j])
+
+    everyone = [*replicas, by_load, by_changes]
+    assert all(r.heads() == replicas[0].heads() for r in everyone)
+    assert all(view(r) == view(replicas[0]) for r in everyone)
+    for cid in CIDS:
+        asset = replicas[0].asset(cid)
+        survivors = added[cid] - removed[cid]
+        if survivors:
+            assert asset is not None and survivors <= asset.tags
+
+
+def test_concurrent_adds_of_one_asset_with_different_tags_both_survive() -> None:
+    a, b = replica("a", 1), replica("b", 2)
+    a.put_asset(record("bafk1", {"stage"}, by="a", at=1.0))
+    b.put_asset(record("bafk1", {"door"}, by="b", at=2.0))
+    sync_pair(a, b)
+    assert a.asset("bafk1").tags == {"stage", "door"}
+    a.tag_asset("bafk1", add={"vip"})
+    b.tag_asset("bafk1", add={"day-1"}, remove={"stage"})
+    sync_pair(a, b)
+    assert a.asset("bafk1") == b.asset("bafk1")
+    assert a.asset("bafk1").tags == {"door", "vip", "day-1"}
+
+
+def test_concurrent_add_and_remove_of_one_tag_keeps_the_add() -> None:
+    a, b = replica("a", 1), replica("b", 2)
+    a.put_asset(record("bafk1", {"stage"}))
+    sync_pair(a, b)
+    a.tag_asset("bafk1", remove={"stage"})
+    b.tag_asset("bafk1", add={"stage"})  # already present: a no-op, so a's remove wins
+    c = replica("c", 3)
+    sync_pair(a, c)
+    c.tag_asset("bafk1", add={"stage"})  # seen the remove, re-adds
+    sync_pair(b, c)
+    sync_pair(a, b)
+    assert a.asset("bafk1").tags == {"stage"}
+
+
+def test_put_asset_is_idempotent_and_does_not_drop_tags() -> None:
+    a = replica("a")
+    a.put_asset(record("bafk1", {"stage"}))
+    a.tag_asset("bafk1", add={"vip"})
+    heads = a.heads()
+    a.put_asset(record("bafk1", {"stage"}))
+    assert a.heads() == heads
+    assert a.asset("bafk1").tags == {"stage", "vip"}
+
+
+def test_typed_api_round_trip() -> None:
+    a = replica("a")
+    full = AssetRecord(
+        cid="bafk1", name="x.mp4", size=9, media_type="video/mp4", added_at=5.5, added_by="a",
+        tags=frozenset({"stage"}), subjects=frozenset({"s1", "s2"}), retention_s=3600.0,
+        thumbnail="bafkthumb",
+    )
+    a.put_asset(full)
+    a.put_asset(record("bafk2", {"door"}))
+    a.put_member("node-b", b"\x00chain", "edge", "Door box", 10.0)
+    a.put_revocation("node-c", b"\x01rev")
+    a.record_invite_use("inv1", "node-b", 10.0)
+    a.set_tag_description("stage", "Main stage")
+    a.put_release("rel1", b"\x02release")
+    a.set_current_release("rel1", "node-a", 11.0)
+    b = MeshState.load(a.save(), actor_id("b", b"\x02"))
+    assert b.asset("bafk1") == full
+    assert [r.cid for r in b.assets(tag="door")] == ["bafk2"]
+    assert b.members()[0].chain == b"\x00chain" and b.members()[0].role == "edge"
+    assert b.revocation_blobs() == {"node-c": b"\x01rev"}
+    assert b.invite_uses() == {"inv1": "node-b"}
+    assert b.tag_descriptions() == {"stage": "Main stage"}
+    assert b.release_blobs() == {"rel1": b"\x02release"}
+    assert b.current_release().id == "rel1"
+    b.remove_asset("bafk2")
+    assert b.asset("bafk2") is None
+    with pytest.raises(NotFoundError):
+        b.tag_asset("bafk2", add={"x"})
+    with pytest.raises(UsageError):
+        b.tag_asset("bafk1", add={"Not Canonical"})
+    b.put_asset(record("bafk2", {"again"}))  # re-adding after a removal works
+    assert b.asset("bafk2").tags == {"again"}
+
+
+def test_concurrent_invite_uses_resolve_to_the_smallest_joined_at_everywhere() -> None:
+    a, b, c = replica("a", 1), replica("b", 2), replica("c", 3)
+    a.record_invite_use("inv", "node-z", 5.0)
+    b.record_invite_use("inv", "node-y", 7.0)
+    c.record_invite_use("inv", "node-x", 5.0)
+    sync_pair(a, b)
+    sync_pair(b, c)
+    sync_pair(a, b)
+    assert a.invite_uses() == b.invite_uses() == c.invite_uses() == {"inv": "node-x"}
+
+
+def test_fresh_replica_syncs_a_thousand_assets() -> None:
+    big = replica("big", 1)
+    for i in range(1000):
+        big.put_asset(record(f"bafk{i:04d}", {TAGS[i % len(TAGS)]}))
+    fresh = replica("fresh", 2)
+    sync_pair(big, fresh)
+    assert fresh.heads() == big.heads()
+    assert len(fresh.assets()) == 1000
+    assert fresh.assets() == big.assets()
+
+
+def test_one_change_behind_receives_far_fewer_bytes_than_a_save() -> None:
+    a = replica("a", 1)
+    for i in range(300):
+        a.put_asset(record(f"bafk{i:04d}", {"stage"}))
+    b = MeshState.load(a.save(), actor_id("b", b"\x02"))
+    a.tag_asset("bafk0007", add={"vip"})
+    received = sync_pair(a, b)
+    assert b.heads() == a.heads()
+    assert received * 10 < len(a.save()), (received, len(a.save()))
+
+
+def test_changes_since_carries_only_the_new_changes() -> None:
+    a = replica("a", 1)
+    a.put_asset(record("bafk1"))
+    b = MeshState.load(a.save(), actor_id("b", b"\x02"))
+    heads = a.heads()
+    a.tag_asset("bafk1", add={"vip"})
+    delta = a.changes_since(heads)
+    assert 0 < len(delta) < len(a.save())
+    assert len(b.apply_changes(delta)) == 1
+    assert b.apply_changes(delta) == []  # applying twice is a no-op
+    assert b.heads() == a.heads()
+
+
+def _valid_messages() -> list[bytes]:
+    a, b = replica("a", 1), replica("b", 2)
+    a.put_asset(record("bafk1", {"stage"}))
+    state_a, state_b = a.new_sync_state(), b.new_sync_state()
+    first = a.generate_sync_message(state_a)
+    b.receive_sync_message(state_b, first)
+    reply = b.generate_sync_message(state_b)
+    a.receive_sync_message(state_a, reply)
+    return [first, reply, a.generate_sync_message(state_a)]
+
+
+VALID_MESSAGES = _valid_messages()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from(VALID_MESSAGES),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 10**6),
+    noise=st.binary(max_size=64),
+    use_noise=st.booleans(),
+)
+def test_malformed_sync_messages_raise_remote_protocol_error_only(base, edits, cut, noise, use_noise):
+    message = bytearray(noise if use_noise else base)
+    for pos, value in edits:
+        if message:
+            message[pos % len(message)] = value
+    if not use_noise and message:
+        message = message[: max(1, cut % (len(message) + 1))]
+    b = replica("b", 2)
+    try:
+        b.receive_sync_message(b.new_sync_state(), bytes(message))
+    except RemoteProtocolError:
+        pass
+    b.put_asset(record("bafk9"))  # still usable afterwards
+    assert b.asset("bafk9") is not None
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x42", b"\xff" * 9, b"\x43\x00\x00"])
+def test_garbage_is_a_remote_protocol_error(junk) -> None:
+    b = replica("b")
+    with pytest.raises(RemoteProtocolError):
+        b.receive_sync_message(b.new_sync_state(), junk + b"\x00" * 0 if junk else junk)
+    with pytest.raises(RemoteProtocolError):
+        b.apply_changes(junk or b"\x85\x6f")
+    with pytest.raises(RemoteProtocolError):
+        MeshState.load(b"not automerge", b"x")
+
+
+def _write_junk(state: MeshState, body) -> None:
+    """A malicious member writes raw values with the binding; they arrive as changes."""
+    raw = am.Document.load(state.save())
+    raw.set_actor(b"\xee" * 16)
+    heads = raw.get_heads()
+    with raw.transaction() as tx:
+        body(raw, tx)
+    state.apply_changes(b"".join(c.bytes for c in raw.get_changes(heads)))
+
+
+def test_junk_at_typed_paths_is_skipped() -> None:
+    s = replica("a")
+    s.put_asset(record("bafkgood", {"stage"}))
+    s.put_asset(record("bafkbadsize"))
+    s.put_asset(record("bafkbadtags", {"stage"}))
+    s.put_member("node-good", b"chain", "edge", "G", 1.0)
+    s.put_member("node-bad", b"chain", "edge", "B", 1.0)
+    S = am.ScalarType
+
+    def junk(raw, tx):
+        root = am.ROOT
+        assets = raw.get(root, "assets")[1]
+        tx.put(assets, "bafkscalar", S.Str, "not a map")
+        tx.put_object(assets, "bafkempty", am.ObjType.Map)
+        tx.put_object(assets, "bafklist", am.ObjType.List)
+        tx.put(raw.get(assets, "bafkbadsize")[1], "size", S.Str, "huge")
+        bad_tags = raw.get(raw.get(assets, "bafkbadtags")[1], "tags")[1]
+        tx.put(bad_tags, "vip", S.Str, "yes")
+        tx.put(bad_tags, "NOT CANONICAL", S.Boolean, True)
+        tx.put(bad_tags, "ts", S.Timestamp, __import__("datetime").datetime(2020, 1, 1))
+        members = raw.get(root, "members")[1]
+        tx.put(raw.get(members, "node-bad")[1], "chain", S.Str, "not bytes")
+        tx.put(members, "node-scalar", S.Int, 5)
+        tx.put(raw.get(root, "revocations")[1], "node-x", S.Uint, 7)
+        uses = raw.get(root, "invite_uses")[1]
+        tx.put(uses, "no-separator", S.F64, 1.0)
+        tx.put(uses, "inv/node-q", S.Str, "later")
+        tx.put(raw.get(root, "tags")[1], "stage", S.Bytes, b"x")
+        tx.put(root, "current_release", S.Null, None)
+
+    _write_junk(s, junk)
+    assert [r.cid for r in s.assets()] == ["bafkbadtags", "bafkgood"]
+    assert s.asset("bafkbadtags").tags == {"stage"}
+    assert s.asset("bafkscalar") is None and s.asset("bafkbadsize") is None
+    assert [m.node_id for m in s.members()] == ["node-good"]
+    assert s.revocation_blobs() == {}
+    assert s.invite_uses() == {}
+    assert s.tag_descriptions() == {}
+    assert s.current_release() is None
+    s.tag_asset("bafkbadtags", add={"vip"})  # repairs the junk value
+    assert s.asset("bafkbadtags").tags == {"stage", "vip"}
+
+
+def test_junk_replacing_a_root_map_empties_reads_without_crashing() -> None:
+    s = replica("a")
+    s.put_asset(record("bafk1"))
+    _write_junk(s, lambda raw, tx: tx.put(am.ROOT, "assets", am.ScalarType.Str, "gone"))
+    assert s.assets() == [] and s.asset("bafk1") is None
+    with pytest.raises(RemoteProtocolError):
+        s.put_asset(record("bafk2"))
+
+
+def test_actor_ids_differ_per_process_of_one_node() -> None:
+    node = "a" * 52
+    assert actor_id(node, b"\x01" * 8) != actor_id(node, b"\x02" * 8)
+    assert actor_id(node, b"\x01" * 8)[:32] == actor_id(node, b"\x02" * 8)[:32]
