@@ -1,11 +1,13 @@
 """Secure-channel throughput against raw TCP, two processes on loopback, in one run.
 
-    python bench/channel_bench.py [--gib 2] [--json] [--modes raw,chacha,aesgcm,tls]
+    python bench/channel_bench.py [--gib 2] [--rounds 3] [--json] [--modes raw,chacha,aesgcm,tls]
 
 For each mode a receiver process is spawned; this process connects over 127.0.0.1, sends `--gib`
 GiB through the stream, and waits for the receiver's one-byte acknowledgement after the last byte.
 The figure is bytes / (first send .. acknowledgement), so the handshake is excluded and both
-encryption (here) and decryption (there) are included. Modes:
+encryption (here) and decryption (there) are included. The machine is shared and noisy, so the
+modes run interleaved for `--rounds` rounds and each mode's figure is its median round; the ratio
+is median over the raw median. Modes:
 
 - raw:    plain trio TCP (the baseline of the same run)
 - chacha: SecureStream, Noise_XX_25519_ChaChaPoly_BLAKE2s (the shipped default)
@@ -16,12 +18,14 @@ encryption (here) and decryption (there) are included. Modes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import multiprocessing
 import os
 import platform
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mesh.drivers.channel import (  # noqa: E402
     NOISE_AESGCM,
     NOISE_CHACHA,
+    Authenticate,
     LocalIdentity,
+    membership_authenticator,
     secure_accept,
     secure_connect,
 )
@@ -118,15 +124,9 @@ def _identity(private: bytes, chain: bytes) -> LocalIdentity:
     return LocalIdentity(Ed25519PrivateKey.from_private_bytes(private), chain)
 
 
-def _authenticator(secrets: Secrets):
-    authority_public = _raw_public(Ed25519PrivateKey.from_private_bytes(secrets.authority_private))
-
-    def authenticate(chain: bytes, node_public_key: bytes) -> membership.Member:
-        return membership.verify_chain(
-            chain, authority_public, time.time(), expected_node_public_key=node_public_key
-        )
-
-    return authenticate
+def _authenticator(secrets: Secrets) -> Authenticate:
+    authority = Ed25519PrivateKey.from_private_bytes(secrets.authority_private)
+    return membership_authenticator(_raw_public(authority))
 
 
 def _server_tls_context(secrets: Secrets) -> ssl.SSLContext:
@@ -170,11 +170,13 @@ async def _receive_all(mode: str, total: int, secrets: Secrets, report: Connecti
     stream = await _wrap_server(mode, await listeners[0].accept(), secrets)
     want = None if mode in NOISE_NAMES else RECEIVE_BYTES_MAX
     got = 0
+    cpu_started = time.process_time()
     while got < total:
         data = await stream.receive_some(want)
         if not data:
             raise RuntimeError(f"{mode}: stream ended after {got} of {total} bytes")
         got += len(data)
+    report.send(time.process_time() - cpu_started)
     await stream.send_all(b"k")
     await trio.sleep(0.2)  # let the acknowledgement leave before closing
     await stream.aclose()
@@ -204,26 +206,37 @@ async def _wrap_client(mode: str, stream: trio.abc.Stream, secrets: Secrets) -> 
 async def _send_all(mode: str, port: int, total: int, secrets: Secrets) -> tuple[float, str]:
     """Connect, handshake, then time sending `total` bytes until acknowledged."""
     stream = await _wrap_client(mode, await trio.open_tcp_stream("127.0.0.1", port), secrets)
-    detail = ""
+    detail = NOISE_NAMES[mode].decode() if mode in NOISE_NAMES else "plain TCP"
     if isinstance(stream, trio.SSLStream):
         detail = f"{stream.version()} {stream.cipher()[0]}"
     block = os.urandom(SEND_BLOCK_BYTES)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     left = total
     while left > 0:
         piece = block if left >= len(block) else block[:left]
         await stream.send_all(piece)
         left -= len(piece)
+    cpu = time.process_time() - cpu_started
     ack = await stream.receive_some(1)
     elapsed = time.perf_counter() - started
     if ack != b"k":
         raise RuntimeError(f"{mode}: no acknowledgement (got {ack!r})")
     await stream.aclose()
-    return elapsed, detail
+    return Run(elapsed, cpu, 0.0, detail)
 
 
-def run_mode(mode: str, total: int, secrets: Secrets) -> tuple[float, str]:
-    """Spawn the receiver, send through `mode`; (seconds, detail)."""
+@dataclass(frozen=True)
+class Run:
+    """One transfer, as both processes saw it."""
+
+    seconds: float  # wall time from the first send to the acknowledgement
+    sender_cpu_s: float  # CPU time (user + system) the sender spent sending
+    receiver_cpu_s: float  # CPU time the receiver spent receiving
+    detail: str  # protocol and cipher actually used
+
+
+def run_mode(mode: str, total: int, secrets: Secrets) -> Run:
+    """Spawn the receiver and send `total` bytes to it through `mode`."""
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     receiver = context.Process(target=receiver_main, args=(mode, total, secrets, theirs))
@@ -232,7 +245,8 @@ def run_mode(mode: str, total: int, secrets: Secrets) -> tuple[float, str]:
         if not ours.poll(30):
             raise RuntimeError(f"{mode}: the receiver did not start")
         port = ours.recv()
-        return trio.run(_send_all, mode, port, total, secrets)
+        run = trio.run(_send_all, mode, port, total, secrets)
+        return dataclasses.replace(run, receiver_cpu_s=ours.recv())
     finally:
         receiver.join(30)
         if receiver.is_alive():
@@ -241,37 +255,72 @@ def run_mode(mode: str, total: int, secrets: Secrets) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gib", type=float, default=2.0, help="GiB per mode (default 2)")
+    parser.add_argument("--gib", type=float, default=2.0, help="GiB per mode and round (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of " + ",".join(MODES))
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
-    if not modes or any(m not in MODES for m in modes):
-        parser.error(f"modes are {', '.join(MODES)}")
+    if not modes or any(m not in MODES for m in modes) or args.rounds < 1 or args.gib <= 0:
+        parser.error(f"modes are {', '.join(MODES)}; rounds >= 1; gib > 0")
     total = int(args.gib * GIB)
     secrets = make_secrets()
-    results = {}
-    for mode in modes:
-        seconds, detail = run_mode(mode, total, secrets)
-        results[mode] = {"seconds": seconds, "mb_per_s": total / seconds / 1e6, "detail": detail}
-        if not args.json:
-            print(f"{mode:7s} {results[mode]['mb_per_s']:8.0f} MB/s  {seconds:6.2f} s  {detail}",
-                  flush=True)
-    raw = results.get("raw", {}).get("mb_per_s")
-    for entry in results.values():
-        entry["ratio_to_raw"] = entry["mb_per_s"] / raw if raw else None
+    runs: dict[str, list[Run]] = {mode: [] for mode in modes}
+    for round_no in range(1, args.rounds + 1):
+        for mode in modes:
+            run = run_mode(mode, total, secrets)
+            runs[mode].append(run)
+            if not args.json:
+                print(f"round {round_no} {mode:7s} {_line(total, run)}", flush=True)
+    results = _summarise(total, runs)
     if args.json:
-        print(json.dumps(_document(total, results), indent=2))
-    elif raw:
-        for mode, entry in results.items():
-            print(f"{mode:7s} {entry['ratio_to_raw']:.2f}x raw TCP")
+        print(json.dumps(_document(total, args.rounds, results), indent=2))
+    else:
+        _print_table(total, results)
     return 0
 
 
-def _document(total: int, results: dict) -> dict:
+def _line(total: int, run: Run) -> str:
+    return (
+        f"{total / run.seconds / 1e6:8.0f} MB/s  cpu ns/B send {run.sender_cpu_s / total * 1e9:.2f}"
+        f" receive {run.receiver_cpu_s / total * 1e9:.2f}"
+    )
+
+
+def _summarise(total: int, runs: dict[str, list[Run]]) -> dict[str, dict]:
+    """Per mode: median MB/s over rounds, its ratio to raw's median, median CPU per byte."""
+    medians = {mode: statistics.median(total / r.seconds / 1e6 for r in rs) for mode, rs in runs.items()}
+    raw = medians.get("raw")
+    return {
+        mode: {
+            "mb_per_s": medians[mode],
+            "ratio_to_raw": medians[mode] / raw if raw else None,
+            "rounds_mb_per_s": [total / r.seconds / 1e6 for r in rs],
+            "sender_cpu_ns_per_byte": statistics.median(r.sender_cpu_s / total * 1e9 for r in rs),
+            "receiver_cpu_ns_per_byte": statistics.median(r.receiver_cpu_s / total * 1e9 for r in rs),
+            "detail": rs[-1].detail,
+        }
+        for mode, rs in runs.items()
+    }
+
+
+def _print_table(total: int, results: dict[str, dict]) -> None:
+    print(f"\n{total / GIB:g} GiB per run, median of rounds, two processes on 127.0.0.1")
+    for mode, entry in results.items():
+        ratio = entry["ratio_to_raw"]
+        ratio_text = f"{ratio:5.2f}x raw" if ratio is not None else ""
+        cpu = (
+            f"cpu ns/B send {entry['sender_cpu_ns_per_byte']:.2f}"
+            f" receive {entry['receiver_cpu_ns_per_byte']:.2f}"
+        )
+        print(f"{mode:7s} {entry['mb_per_s']:8.0f} MB/s  {ratio_text}  {cpu}  {entry['detail']}")
+
+
+def _document(total: int, rounds: int, results: dict) -> dict:
     return {
         "bench": "channel",
         "bytes": total,
+        "rounds": rounds,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),

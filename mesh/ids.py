@@ -48,6 +48,8 @@ def public_key_from_node_id(node_id: str) -> bytes:
     raw = b32decode(node_id)
     if len(raw) != ED25519_PUBLIC_KEY_BYTES:
         raise ValueError("a node id encodes 32 bytes")
+    if b32encode(raw) != node_id:  # spare trailing bits set: an alias of another id
+        raise ValueError("not a canonical node id")
     return raw
 
 

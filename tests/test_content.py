@@ -263,6 +263,13 @@ def test_stream_that_ends_early_raises_store_error() -> None:
         list(iter_chunks(io.BytesIO(b"x" * 100), 101, chunk_bytes=64))
 
 
+def test_iter_chunks_checks_arguments_before_reading() -> None:
+    with pytest.raises(ValueError):
+        iter_chunks(io.BytesIO(b""), -1)
+    with pytest.raises(ValueError):
+        iter_chunks(io.BytesIO(b""), 10, chunk_bytes=0)
+
+
 @given(st.integers(min_value=0, max_value=CHUNK_BYTES_MAX * CHUNKS_PER_FILE_TARGET))
 def test_chunk_bytes_for_keeps_files_within_target(size: int) -> None:
     chunk_bytes = chunk_bytes_for(size)

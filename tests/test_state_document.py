@@ -263,7 +263,7 @@ def test_malformed_sync_messages_raise_remote_protocol_error_only(base, edits, c
 def test_garbage_is_a_remote_protocol_error(junk) -> None:
     b = replica("b")
     with pytest.raises(RemoteProtocolError):
-        b.receive_sync_message(b.new_sync_state(), junk + b"\x00" * 0 if junk else junk)
+        b.receive_sync_message(b.new_sync_state(), junk)
     with pytest.raises(RemoteProtocolError):
         b.apply_changes(junk or b"\x85\x6f")
     with pytest.raises(RemoteProtocolError):

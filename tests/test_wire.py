@@ -383,7 +383,7 @@ MALFORMED = {
     "port zero": (cbor(hello_fields(port=0)), "Hello.listen_port: 0 is outside 1..65535"),
     "port too big": (cbor(hello_fields(port=65536)), "Hello.listen_port: 65536 is outside"),
     "empty revocation": (cbor([5, [b""]]), "Revocations.records[0]: 0 bytes"),
-    "revocation too big": (cbor([5, [b"x" * 4097]]), "Revocations.records[0]: 4097 bytes"),
+    "revocation too big": (cbor([5, [b"x" * 10241]]), "Revocations.records[0]: 10241 bytes"),
     "peer not an array": (cbor([6, [NODE_A]]), "PeerAddresses.peers[0]: expected an array"),
     "peer wrong arity": (cbor([6, [[NODE_A, "h"]]]), "peers[0]: expected 3 fields, got 2"),
     "peer bad host": (cbor([6, [[NODE_A, "a b", 1]]]), "PeerAddresses.peers[0].host"),

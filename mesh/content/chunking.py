@@ -48,10 +48,12 @@ def iter_chunks(stream: BinaryIO, size: int, chunk_bytes: int | None = None) -> 
     following a manifest that names its own. Raises StoreError if the stream ends early (the file
     shrank while being read). Bytes past `size` are not read.
     """
-    chunk_bytes = _checked_chunk_bytes(size, chunk_bytes)
+    return _chunks(stream, size, _checked_chunk_bytes(size, chunk_bytes))
+
+
+def _chunks(stream: BinaryIO, size: int, chunk_bytes: int) -> Iterator[bytes]:
     if size == 0:
         yield b""
-        return
     for offset in range(0, size, chunk_bytes):
         yield _read_exactly(stream, min(chunk_bytes, size - offset), offset, size)
 

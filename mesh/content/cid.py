@@ -95,7 +95,7 @@ class Cid:
     @classmethod
     def from_bytes(cls, data: bytes) -> Cid:
         """Parse exactly one binary CIDv1; ValueError on anything else."""
-        data = bytes(data)
+        data = bytes(memoryview(data))
         if len(data) == 34 and data[:2] == b"\x12\x20":
             raise ValueError("CIDv0 is not supported; use CIDv1")
         version, offset = decode_varint(data, 0)

@@ -92,6 +92,12 @@ def _checked_list(value: Any, what: str, maximum: int) -> list[Any]:
     return value
 
 
+def _shown(value: Any) -> str:
+    """A repr short enough for an error message about untrusted input."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _require_canonical(value: FileManifest | DirManifest, data: bytes) -> None:
     if value.encode() != bytes(data):
         raise ValueError("manifest is not in canonical dag-cbor form")
@@ -195,7 +201,7 @@ def _check_media_type(media_type: str) -> None:
         and "/" in media_type
     )
     if not ok:
-        raise ValueError(f"media type {media_type!r} is not a printable ASCII type/subtype")
+        raise ValueError(f"media type {_shown(media_type)} is not a printable ASCII type/subtype")
 
 
 @dataclass(frozen=True)
@@ -288,4 +294,4 @@ def decode_manifest(data: bytes) -> FileManifest | DirManifest:
         return FileManifest.decode(data)
     if kind == "dir":
         return DirManifest.decode(data)
-    raise ValueError(f"unknown manifest type {kind!r}")
+    raise ValueError(f"unknown manifest type {_shown(kind)}")

@@ -65,8 +65,11 @@ LENGTH_PREFIX_BYTES = 2
 TAG_BYTES = 16
 NOISE_MESSAGE_BYTES_MAX = 65535  # Noise spec section 3: a message is at most 65535 bytes
 RECORD_PLAINTEXT_BYTES_MAX = NOISE_MESSAGE_BYTES_MAX - TAG_BYTES
-HANDSHAKE_MESSAGE_1_BYTES = 32  # XX message 1 is the initiator's bare X25519 ephemeral key
 HANDSHAKE_PAYLOAD_BYTES_MAX = CHAIN_BYTES_MAX + 256  # {key, chain, sig} around a chain
+DH_BYTES = 32  # an X25519 public key
+# XX message sizes: 1 = e; 2 = e, encrypted s, encrypted payload; 3 = encrypted s and payload
+MESSAGE_2_BYTES_MAX = DH_BYTES + 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
+MESSAGE_3_BYTES_MAX = 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
 HANDSHAKE_TIMEOUT_S_DEFAULT = 10.0
 HANDSHAKES_IN_FLIGHT_MAX = 64  # serve_secure refuses new connections beyond this many handshakes
 SEND_BATCH_BYTES_MAX = 4 * 65537  # records joined into one transport write
@@ -203,12 +206,16 @@ async def _receive_exactly(stream: trio.abc.Stream, count: int, on_eof: str) -> 
     return bytes(buffer)
 
 
-async def _receive_message(stream: trio.abc.Stream, on_eof: str) -> bytes:
-    """Read one length-prefixed handshake message (never a byte past it)."""
+async def _receive_message(
+    stream: trio.abc.Stream, on_eof: str, what: str, bytes_min: int, bytes_max: int
+) -> bytes:
+    """Read one length-prefixed handshake message (never a byte past it); check its length
+    before reading the body, so garbage is refused at once."""
     header = await _receive_exactly(stream, LENGTH_PREFIX_BYTES, on_eof)
     length = int.from_bytes(header, "big")
-    if length == 0:
-        raise HandshakeError("empty handshake message")
+    if not bytes_min <= length <= bytes_max:
+        expected = bytes_min if bytes_min == bytes_max else f"{bytes_min}..{bytes_max}"
+        raise HandshakeError(f"{what} has {length} bytes, expected {expected}")
     return await _receive_exactly(stream, length, on_eof)
 
 
@@ -235,13 +242,17 @@ async def _initiator_handshake(
     """-> e; <- e, ee, s, es + responder identity; -> s, se + our identity; <- accepted."""
     noise = _new_noise(True, protocol_name)
     await _send_message(stream, bytes(noise.write_message()))
-    message = await _receive_message(stream, "the peer closed the connection")
+    message = await _receive_message(
+        stream, "the peer closed the connection", "handshake message 2", 1, MESSAGE_2_BYTES_MAX
+    )
     member, key = _read_identity_message(noise, message, "bad handshake message 2", authenticate)
     mine = _identity_payload(local, _static_public_key(noise))
     await _send_message(stream, bytes(noise.write_message(mine)))
-    message = await _receive_message(stream, "the peer refused us (closed after message 3)")
+    message = await _receive_message(
+        stream, "the peer refused us (closed after message 3)", "acceptance", TAG_BYTES, TAG_BYTES
+    )
     if _noise_step(lambda: noise.decrypt(message), "bad acceptance record") != b"":
-        raise HandshakeError("acceptance record is not empty")
+        raise HandshakeError("acceptance record is not empty")  # unreachable: its size is a tag
     return noise, member, key
 
 
@@ -250,15 +261,15 @@ async def _responder_handshake(
 ) -> tuple[NoiseConnection, Member, bytes]:
     """<- e; -> e, ee, s, es + our identity; <- s, se + initiator identity; -> accepted."""
     noise = _new_noise(False, protocol_name)
-    message = await _receive_message(stream, "the peer closed the connection")
-    if len(message) != HANDSHAKE_MESSAGE_1_BYTES:
-        raise HandshakeError(
-            f"handshake message 1 has {len(message)} bytes, expected {HANDSHAKE_MESSAGE_1_BYTES}"
-        )
+    message = await _receive_message(
+        stream, "the peer closed the connection", "handshake message 1", DH_BYTES, DH_BYTES
+    )
     _noise_step(lambda: noise.read_message(message), "bad handshake message 1")
     mine = _identity_payload(local, _static_public_key(noise))
     await _send_message(stream, bytes(noise.write_message(mine)))
-    message = await _receive_message(stream, "the peer closed the connection after message 2")
+    message = await _receive_message(
+        stream, "the peer closed after message 2", "handshake message 3", 1, MESSAGE_3_BYTES_MAX
+    )
     member, key = _read_identity_message(noise, message, "bad handshake message 3", authenticate)
     await _send_message(stream, noise.encrypt(b""))
     return noise, member, key
@@ -539,7 +550,9 @@ async def _serve_one(
         return
     finally:
         gate.release()
-    logger.info("peer.accepted node=%s role=%s addr=%s", secure.peer.node_id, secure.peer.role, addr)
+    logger.info(
+        "peer.accepted node=%s role=%s addr=%s", secure.peer.node_id, secure.peer.role.value, addr
+    )
     await _run_handler(handler, secure, addr, logger)
 
 

@@ -14,8 +14,8 @@ Theory of operation:
 - Resolver tasks (a fixed pool; a name always goes to the same one, so events for one service stay
   in order) turn names into `ServiceInfo` in a worker thread with a timeout, check every field
   (it is untrusted input) and send a `Discovered` for each new or changed peer of our mesh.
-- Every queue is bounded and every hand-off is `*_nowait`: when the consumer is slow we drop and log,
-  zeroconf will tell us again on the next change or re-announce.
+- Every queue is bounded and every hand-off is `*_nowait`: when the consumer is slow we drop and
+  log; zeroconf tells us again on the next change or re-announce.
 - Cancellation (shutdown) cancels the browser, unregisters the service (goodbye packets, so peers
   see us leave at once) and closes zeroconf, shielded and with a deadline.
 """
@@ -96,32 +96,39 @@ async def run_discovery(
     """Announce us and report same-mesh peers into `found` (node ids that leave into `lost`).
 
     `interfaces=None` uses every IPv4 interface; a list of addresses restricts mDNS to those. Runs
-    until cancelled; `task_status.started()` fires once we are registered and browsing.
+    until cancelled; `task_status.started()` fires once we are registered and browsing. The
+    channels stay open: they belong to the caller.
     """
-    ours = _our_service_info(node_id, mesh_hash(mesh_id), port, _advertised_addresses(interfaces))
-    zc = await trio.to_thread.run_sync(_open_zeroconf, interfaces)
+    chosen = _checked_interfaces(interfaces)
+    ours = _our_service_info(node_id, mesh_hash(mesh_id), port, _advertised_addresses(chosen))
+    zc = await trio.to_thread.run_sync(_open_zeroconf, chosen)
     try:
-        await _register(zc, ours)
+        await _register(zc, node_id, ours)
         peers = _Peers(node_id, mesh_hash(mesh_id), found, lost)
         await _browse(zc, peers, task_status)
     finally:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT_S):
+        deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
             await trio.to_thread.run_sync(_withdraw, zc, ours, abandon_on_cancel=True)
             log.info("mdns.unregistered node=%s", node_id)
+        if scope.cancelled_caught:
+            log.warning("mdns.unregister_timeout node=%s", node_id)
 
 
-async def _register(zc: Zeroconf, ours: ServiceInfo) -> None:
+async def _register(zc: Zeroconf, node_id: str, ours: ServiceInfo) -> None:
     try:
         await trio.to_thread.run_sync(zc.register_service, ours)
     except NonUniqueNameException:
         raise MeshError("another agent with this node id is already announced on the LAN") from None
     addrs = ",".join(ours.parsed_addresses())
-    log.info("mdns.registered name=%s port=%d addrs=%s", ours.name, ours.port, addrs)
+    log.info("mdns.registered node=%s port=%d addrs=%s", node_id, ours.port, addrs)
 
 
 async def _browse(zc: Zeroconf, peers: _Peers, task_status: trio.TaskStatus[None]) -> None:
     """Run the browser and the resolvers until cancelled."""
-    channels = [trio.open_memory_channel[tuple](RESOLVE_QUEUE_EVENTS_MAX) for _ in range(RESOLVERS_MAX)]
+    channels = [
+        trio.open_memory_channel[tuple](RESOLVE_QUEUE_EVENTS_MAX) for _ in range(RESOLVERS_MAX)
+    ]
     senders = [send for send, _ in channels]
     on_change = partial(_on_browser_event, trio.lowlevel.current_trio_token(), senders)
     async with trio.open_nursery() as nursery:
@@ -273,7 +280,9 @@ def _text(value: bytes | None) -> str | None:
         return None
 
 
-def _our_service_info(node_id: str, our_mesh_hash: str, port: int, addresses: list[str]) -> ServiceInfo:
+def _our_service_info(
+    node_id: str, our_mesh_hash: str, port: int, addresses: list[str]
+) -> ServiceInfo:
     parse_node_id(node_id)
     if not 0 < port < 65536:
         raise UsageError(f"cannot announce port {port}")
@@ -288,13 +297,13 @@ def _our_service_info(node_id: str, our_mesh_hash: str, port: int, addresses: li
     )
 
 
-def _advertised_addresses(interfaces: Sequence[str] | None) -> list[str]:
-    """The addresses we announce: the chosen ones, else every IPv4 address but loopback's."""
-    if interfaces is not None:
-        return [_checked_address(text) for text in interfaces]
-    found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if ip.is_IPv4]
-    outside = [addr for addr in found if not ipaddress.ip_address(addr).is_loopback]
-    return sorted(set(outside or found))
+def _checked_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
+    """The `--mdns-interface` addresses, normalised; None stays None (all interfaces)."""
+    if interfaces is None:
+        return None
+    if not interfaces:
+        raise UsageError("mDNS needs at least one interface address")
+    return [_checked_address(text) for text in interfaces]
 
 
 def _checked_address(text: str) -> str:
@@ -304,13 +313,20 @@ def _checked_address(text: str) -> str:
         raise UsageError(f"--mdns-interface wants an IP address, not {text!r}") from None
 
 
-def _open_zeroconf(interfaces: Sequence[str] | None) -> Zeroconf:
+def _advertised_addresses(interfaces: list[str] | None) -> list[str]:
+    """The addresses we announce: the chosen ones, else every IPv4 address but loopback's."""
+    if interfaces is not None:
+        return interfaces
+    found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if ip.is_IPv4]
+    outside = [addr for addr in found if not ipaddress.ip_address(addr).is_loopback]
+    return sorted(set(outside or found))
+
+
+def _open_zeroconf(interfaces: list[str] | None) -> Zeroconf:
     """Blocking: open the multicast sockets and start zeroconf's loop thread."""
     if interfaces is None:
         return Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.V4Only)
-    if not interfaces:
-        raise UsageError("mDNS needs at least one interface address")
-    return Zeroconf(interfaces=[_checked_address(text) for text in interfaces])
+    return Zeroconf(interfaces=list(interfaces))
 
 
 def _withdraw(zc: Zeroconf, ours: ServiceInfo) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mesh.content.chunking import chunk_bytes_for, iter_chunks
+from mesh.content.chunking import CHUNK_BYTES_MAX, chunk_bytes_for, iter_chunks
 from mesh.content.cid import Cid, cid_for_raw
 from mesh.content.manifest import FileManifest, file_cid
 from mesh.errors import CorruptChunkError, NotFoundError, StoreError
@@ -241,8 +241,12 @@ class FileStore:
             raise CorruptChunkError(text)
         return data
 
+    chunk_bytes_max = CHUNK_BYTES_MAX  # refuse larger blocks (manifests are far smaller)
+
     def put(self, cid: Cid, data: bytes) -> bool:
         """Verify and store one chunk durably; True if it was not stored before."""
+        if len(data) > self.chunk_bytes_max:
+            raise StoreError(f"chunk of {len(data)} bytes exceeds chunk_bytes_max")
         if not cid.verify(data):
             raise CorruptChunkError(str(cid), f"bytes do not match {cid}")
         text = str(cid)

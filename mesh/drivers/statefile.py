@@ -74,7 +74,8 @@ def scan_records(data: bytes, start: int) -> tuple[list[bytes], int]:
         if length > RECORD_BYTES_MAX or end > len(data):
             break
         payload = data[pos + RECORD_HEADER_BYTES : end]
-        if data[pos + RECORD_LENGTH.size : pos + RECORD_HEADER_BYTES] != _checksum(length_bytes, payload):
+        stored = data[pos + RECORD_LENGTH.size : pos + RECORD_HEADER_BYTES]
+        if stored != _checksum(length_bytes, payload):
             break
         records.append(payload)
         pos = end
@@ -234,7 +235,7 @@ class StateFile:
 
     @staticmethod
     def _build(snapshot: bytes, records: list[bytes], actor: bytes) -> MeshState:
-        """Load snapshot plus records; if that fails, apply records one by one, skipping bad ones."""
+        """Snapshot plus records; if that fails, apply the records one by one, skipping bad ones."""
         try:
             return MeshState.load(snapshot + b"".join(records), actor)
         except ProtocolError:

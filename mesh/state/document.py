@@ -80,7 +80,7 @@ def actor_id(node_id: str, suffix: bytes) -> bytes:
 
 
 def _is_binding_error(exc: BaseException) -> bool:
-    """The binding raises plain Exception, and pyo3's PanicException (a BaseException) on todo!()."""
+    """The binding raises Exception, and pyo3's PanicException (a BaseException) on todo!()."""
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
@@ -347,7 +347,9 @@ class MeshState:
 
     # -- members, revocations, invites ----------------------------------------------------------
 
-    def put_member(self, node_id: str, chain: bytes, role: str, name: str, joined_at: float) -> None:
+    def put_member(
+        self, node_id: str, chain: bytes, role: str, name: str, joined_at: float
+    ) -> None:
         """Write (or replace as a whole) a member entry."""
         members = self._require_root("members")
 
@@ -575,7 +577,9 @@ def _asset_fields(record: AssetRecord) -> dict[str, tuple[Any, Any]]:
     return fields
 
 
-def _add_keys(tx: am.Transaction, parent: bytes, key: str, obj: bytes | None, new: set[str]) -> bytes:
+def _add_keys(
+    tx: am.Transaction, parent: bytes, key: str, obj: bytes | None, new: set[str]
+) -> bytes:
     """Put `new` keys (value true) into parent[key], creating the map if junk replaced it."""
     if obj is None:
         obj = tx.put_object(parent, key, _MAP)

@@ -166,7 +166,8 @@ class Lab:
 
     def run(self, host: str, argv: Sequence[str], **popen_kwargs: object) -> subprocess.Popen:
         """Start `argv` inside the host; the lab kills it on close if it is still running."""
-        process = subprocess.Popen(self.command(host, argv), **popen_kwargs)  # type: ignore[call-overload]
+        full = self.command(host, argv)
+        process = subprocess.Popen(full, **popen_kwargs)  # type: ignore[call-overload]
         self._processes.append(process)
         return process
 
@@ -209,7 +210,8 @@ class Lab:
         self._add_namespace(host.netns)
         sw = ["ip", "-n", self._switch]
         port = f"p{index}"
-        _check([*sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
+        veth = ["type", "veth", "peer", "name", "eth0", "netns", host.netns]
+        _check([*sw, "link", "add", port, *veth])
         _check([*sw, "link", "set", port, "master", "br0"])
         _check([*sw, "link", "set", port, "up"])
         ns = ["ip", "-n", host.netns]
@@ -229,10 +231,9 @@ class Lab:
 def _tbf_command(netns: str, bytes_per_s: int) -> list[str]:
     """A token-bucket egress cap on eth0 (tc's "bit" unit; its "bps" would mean bytes)."""
     burst_bytes = max(TBF_BURST_BYTES_MIN, bytes_per_s // 50)
-    return [
-        "ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
-        "rate", f"{bytes_per_s * 8}bit", "burst", str(burst_bytes), "latency", f"{TBF_LATENCY_MS}ms",
-    ]  # fmt: skip
+    rate = f"{bytes_per_s * 8}bit"
+    qdisc = ["tbf", "rate", rate, "burst", str(burst_bytes), "latency", f"{TBF_LATENCY_MS}ms"]
+    return ["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", "eth0", "root", *qdisc]
 
 
 def _check(argv: list[str]) -> None:

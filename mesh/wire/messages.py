@@ -39,7 +39,7 @@ FEATURES_MAX = 32
 FEATURE_BYTES_MAX = 64
 CLOSE_REASON_BYTES_MAX = 1024
 REVOCATIONS_MAX = 1024
-REVOCATION_BYTES_MAX = 4 * 1024
+REVOCATION_BYTES_MAX = 10 * 1024
 PEER_ADDRESSES_MAX = 256
 HOST_BYTES_MAX = 255
 STATE_SYNC_BYTES_MAX = 1024 * 1024
@@ -397,6 +397,14 @@ class StateSync(Message):
     """One Automerge sync message for the mesh's shared-state document."""
 
     message: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # automerge sync message bytes
+
+
+@message(type_code=8)
+@dataclass(frozen=True)
+class StateSyncPart(Message):
+    """A leading piece of a state sync message too large for one frame; a StateSync ends it."""
+
+    message: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # the next piece, in order
 
 
 # --- codec ------------------------------------------------------------------------------------

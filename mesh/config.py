@@ -1,0 +1,42 @@
+"""Frozen configuration: the limits and timings every layer reads, with units in the names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PORT = 7450
+
+
+@dataclass(frozen=True)
+class CoreLimits:
+    """Timings and bounds of the protocol engine."""
+
+    hello_timeout_s: float = 10.0  # a session that sends no valid Hello by then is closed
+    ping_interval_s: float = 5.0  # send a Ping when a session has been quiet this long
+    peer_timeout_s: float = 20.0  # close a session that has sent nothing for this long
+    dial_backoff_min_s: float = 1.0  # first retry delay after a failed dial
+    dial_backoff_max_s: float = 60.0  # retry delay cap
+    dial_grace_s: float = 2.0  # the larger node id waits this long before dialing a discovery
+    dials_inflight_max: int = 16  # concurrent dials
+    sessions_max: int = 256  # concurrent sessions (ready or not)
+    addresses_max: int = 4096  # entries in the address book
+    addresses_per_node_max: int = 8  # addresses kept per node
+    pex_peers_max: int = 64  # addresses sent in one peer-exchange message
+    state_sync_bytes_max: int = 64 * 1024 * 1024  # one reassembled state sync message
+    receive_buffer_bytes_max: int = 4 * 1024 * 1024  # undecoded bytes buffered per session
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What `mesh up` was asked to do (from flags and --config)."""
+
+    listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)  # where to accept sessions
+    http: tuple[str, int] | None = None  # where to serve HTTP, if anywhere
+    peers: tuple[tuple[str, int], ...] = ()  # static peers, always (re)dialed
+    mdns: bool = True  # announce and browse with mDNS
+    mdns_interfaces: tuple[str, ...] = ()  # restrict mDNS to these interface addresses; empty: all
+    state_poll_interval_s: float = 0.25  # how often to look for changes written by CLI commands
+    status_interval_s: float = 1.0  # how often to refresh the status file
+    outbox_frames_max: int = 256  # frames queued per connection before it is closed as too slow
+    events_max: int = 1024  # events queued for the core
+    limits: CoreLimits = CoreLimits()  # protocol engine bounds

@@ -1,0 +1,131 @@
+"""What goes into a `NodeCore` (events) and what comes out (actions).
+
+Drivers turn the world into events and carry out actions; the core never touches a socket, a
+clock or a file. Addresses are (host, port) pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.state.membership import Member
+
+Address = tuple[str, int]
+
+
+# ---- events (driver -> core) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A connection finished its secure handshake; the peer's credential verified."""
+
+    conn_id: int  # the driver's handle for this connection
+    peer: Member  # who the peer proved to be
+    chain: bytes  # the peer's credential chain, as presented
+    remote: Address | None  # the peer's address as seen by the driver
+    outbound: bool  # True if we dialed
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """Bytes arrived on a connection (already decrypted)."""
+
+    conn_id: int  # which connection
+    data: bytes  # the bytes, in order
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """A connection is gone (closed by either side, or broken)."""
+
+    conn_id: int  # which connection
+    reason: str  # one line for the logs
+
+
+@dataclass(frozen=True)
+class DialFailed:
+    """A `Dial` could not produce a session (refused, timed out, handshake failed)."""
+
+    address: Address  # the address that was dialed
+    reason: str  # one line for the logs
+
+
+@dataclass(frozen=True)
+class PeerDiscovered:
+    """Somebody told us where a member may be reachable."""
+
+    addresses: tuple[Address, ...]  # candidate addresses
+    node_id: str | None  # the node there, if the source knows it
+    source: str  # "mdns", "static", "hint" or "pex"
+
+
+@dataclass(frozen=True)
+class LocalChanges:
+    """Other processes of this node (CLI commands) appended these state changes."""
+
+    data: bytes  # concatenated Automerge change chunks
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Nothing happened but time passed (a deadline was reached)."""
+
+
+@dataclass(frozen=True)
+class ShutdownRequested:
+    """Close every session politely; the driver stops once they are gone."""
+
+    reason: str  # e.g. "SIGTERM"
+
+
+Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
+Event = Event | ShutdownRequested
+
+
+# ---- actions (core -> driver) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Write these bytes (whole frames) to a connection, in order."""
+
+    conn_id: int  # which connection
+    data: bytes  # one or more encoded frames
+
+
+@dataclass(frozen=True)
+class CloseConnection:
+    """Close a connection after the bytes already queued for it; then report `Disconnected`."""
+
+    conn_id: int  # which connection
+    reason: str  # one line for the logs
+
+
+@dataclass(frozen=True)
+class Dial:
+    """Open a secure connection to this address; report `Connected` or `DialFailed`."""
+
+    address: Address  # where to dial
+    node_id: str | None  # the node expected there, if known
+
+
+@dataclass(frozen=True)
+class PersistChanges:
+    """Append these state changes to the node's durable state log."""
+
+    data: bytes  # concatenated Automerge change chunks
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A structured event for logs, the dashboard and simulation checks."""
+
+    name: str  # stable dotted name, e.g. "peer.connected"
+    fields: tuple[tuple[str, object], ...]  # typed fields, in a stable order
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.fields)
+
+
+Action = Send | CloseConnection | Dial | PersistChanges | Emit

@@ -1,0 +1,529 @@
+"""The sans-IO protocol engine of one node.
+
+Theory of operation:
+- Drivers feed events with `handle(event, now)` and carry out what `take_actions()` returns; they
+  call `handle(Tick(), now)` no later than `next_deadline()`. Time and randomness come from outside.
+- Sessions follow `mesh.core.session`. At most one ready session per peer: when two exist (both
+  dialed), the one dialed by the smaller node id wins, on both sides.
+- The shared state is one `MeshState`. On a new session we send our revocations first (they must
+  win every race), then peer addresses, then Automerge sync. Any change to the document is
+  persisted (`PersistChanges`) and offered to every ready peer.
+- Membership is re-checked whenever the document changes: a revoked node's sessions are closed
+  and it is never dialed or accepted again.
+- A peer's bad input (malformed frame, wrong Hello, bad sync message) closes that session with a
+  reason; it never raises out of `handle`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.config import CoreLimits
+from mesh.core.events import (
+    Action, Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected,
+    Emit, Event, LocalChanges, PeerDiscovered, PersistChanges, Send, ShutdownRequested, Tick,
+)
+from mesh.core.peers import AddressBook
+from mesh.core.session import Phase, Session, Trigger
+from mesh.errors import CredentialError, RemoteProtocolError
+from mesh.ids import short
+from mesh.state.document import MeshState
+from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
+from mesh.wire import messages as m
+
+FEATURES = ("state-sync/1",)
+STATE_SYNC_PART_BYTES = 512 * 1024
+REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CoreIdentity:
+    """Who this node is."""
+
+    node_id: str  # our node id
+    mesh_id: str  # our mesh
+    authority_public_key: bytes  # the mesh authority's raw Ed25519 public key
+    chain: bytes  # our credential chain
+    name: str  # our human name
+    role: str  # our role
+
+
+class NodeCore:
+    """One node's protocol state machine. Not thread-safe; one owner task."""
+
+    def __init__(
+        self,
+        identity: CoreIdentity,
+        state: MeshState,
+        rng: random.Random,
+        now: float,
+        limits: CoreLimits = CoreLimits(),
+        listen_port: int | None = None,
+    ) -> None:
+        self.identity = identity
+        self.state = state
+        self.limits = limits
+        self.listen_port = listen_port
+        self._rng = rng
+        self._actions: list[Action] = []
+        self._sessions: dict[int, Session] = {}
+        self._ready: dict[str, int] = {}  # node id -> conn id of its ready session
+        self._sync_states: dict[str, object] = {}  # node id -> automerge SyncState
+        self._addresses = AddressBook(limits, rng)
+        self.revocations = RevocationList(identity.authority_public_key)
+        self.invites = InviteLedger()
+        self._revocations_seen: set[bytes] = set()
+        self._shutting_down = False
+        self.counters: dict[str, int] = {}
+        self._refresh_membership(now)
+
+    # ---- the driver's interface ------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> None:
+        """Take one event; then run timers that are due."""
+        handler = self._handlers().get(type(event))
+        if handler is not None:
+            handler(event, now)
+        self._on_timers(now)
+
+    def take_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """The latest time by which the driver must call `handle(Tick(), now)`."""
+        times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
+        if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
+            dial_at = self._addresses.next_deadline(self._skip_nodes())
+            if dial_at is not None:
+                times.append(dial_at)
+        return min(times) if times else None
+
+    def authenticate(self, chain: bytes, node_public_key: bytes, now: float) -> Member:
+        """Check a peer's credential chain during the handshake; CredentialError if refused."""
+        member = verify_chain(
+            chain, self.identity.authority_public_key, now, revocations=self.revocations,
+            invite_ledger=self.invites, expected_node_public_key=node_public_key,
+        )
+        if member.node_id == self.identity.node_id:
+            raise CredentialError("that is this node's own identity")
+        return member
+
+    @property
+    def shut_down(self) -> bool:
+        """True once a requested shutdown has closed every session."""
+        return self._shutting_down and not self._sessions
+
+    def peers(self) -> list[Session]:
+        """Ready sessions, by node id."""
+        return [self._sessions[c] for _, c in sorted(self._ready.items())]
+
+    def learn_address(self, address: Address, node_id: str | None, source: str, now: float) -> None:
+        """Static peers and invite hints, given at start-up."""
+        self.handle(PeerDiscovered((address,), node_id, source), now)
+
+    def mutate(self, change: Callable[[MeshState], object], now: float) -> None:
+        """Apply a local mutation made by this process, persist it and offer it to peers."""
+        heads = self.state.heads()
+        change(self.state)
+        self._after_state_change(heads, now, persist=True)
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    def _handlers(self) -> dict[type, Callable]:
+        return {
+            Connected: self._on_connected,
+            DataReceived: self._on_data,
+            Disconnected: self._on_disconnected,
+            DialFailed: self._on_dial_failed,
+            PeerDiscovered: self._on_discovered,
+            LocalChanges: self._on_local_changes,
+            Tick: lambda event, now: None,
+            ShutdownRequested: self._on_shutdown,
+        }
+
+    def _on_connected(self, event: Connected, now: float) -> None:
+        session = Session(
+            conn_id=event.conn_id, peer=event.peer, chain=event.chain, remote=event.remote,
+            outbound=event.outbound, opened_at=now, last_rx=now, last_tx=now,
+            decoder=m.MessageDecoder(buffer_bytes_max=self.limits.receive_buffer_bytes_max),
+        )
+        self._sessions[event.conn_id] = session
+        if event.outbound:
+            self._addresses.dial_finished(event.remote, event.peer.node_id, now)
+        if self._shutting_down:
+            return self._close(session, "shutting down")
+        if len(self._sessions) > self.limits.sessions_max:
+            return self._close(session, "too many sessions")
+        if self.revocations.is_revoked(event.peer.node_id):
+            return self._close(session, "node revoked")
+        hello = m.Hello(m.PROTOCOL_VERSION, self.identity.node_id, self.identity.mesh_id, FEATURES, self.listen_port)
+        self._send(session, hello, now)
+
+    def _on_data(self, event: DataReceived, now: float) -> None:
+        session = self._sessions.get(event.conn_id)
+        if session is None or session.phase is Phase.CLOSING:
+            return
+        session.last_rx = now
+        session.bytes_in += len(event.data)
+        try:
+            session.decoder.receive_data(event.data)
+            while session.phase is not Phase.CLOSING and (msg := session.decoder.next_message()) is not None:
+                self._on_message(session, msg, now)
+        except RemoteProtocolError as exc:
+            self._count("sessions.protocol_errors")
+            self._close(session, f"protocol error: {exc}")
+
+    def _on_disconnected(self, event: Disconnected, now: float) -> None:
+        session = self._sessions.pop(event.conn_id, None)
+        if session is None:
+            return
+        if self._ready.get(session.node_id) == session.conn_id:
+            del self._ready[session.node_id]
+            self._emit("peer.disconnected", node=session.node_id, reason=event.reason)
+        if session.outbound:
+            self._addresses.dial_finished(session.remote, session.node_id, now)
+
+    def _on_dial_failed(self, event: DialFailed, now: float) -> None:
+        self._addresses.dial_failed(event.address, now)
+        self._emit("peer.dial_failed", addr=_fmt(event.address), reason=event.reason)
+
+    def _on_discovered(self, event: PeerDiscovered, now: float) -> None:
+        node = event.node_id
+        if node is not None and (node == self.identity.node_id or self.revocations.is_revoked(node)):
+            return
+        # When both sides discover each other, the smaller node id dials first.
+        delay = self.limits.dial_grace_s if node is not None and node < self.identity.node_id else 0.0
+        for address in event.addresses:
+            self._addresses.learn(address, node, event.source, now, delay)
+
+    def _on_local_changes(self, event: LocalChanges, now: float) -> None:
+        heads = self.state.heads()
+        try:
+            self.state.apply_changes(event.data)
+        except RemoteProtocolError as exc:
+            self._emit("state.local_changes_rejected", reason=str(exc))
+            return
+        self._after_state_change(heads, now, persist=False)
+
+    def _on_shutdown(self, event: ShutdownRequested, now: float) -> None:
+        self._shutting_down = True
+        for session in list(self._sessions.values()):
+            self._close(session, f"shutting down ({event.reason})")
+
+    # ---- messages --------------------------------------------------------------------------------
+
+    def _on_message(self, session: Session, msg: m.Message, now: float) -> None:
+        if session.phase is Phase.HELLO:
+            if not isinstance(msg, m.Hello):
+                raise RemoteProtocolError(f"expected Hello, got {type(msg).__name__}")
+            return self._on_hello(session, msg, now)
+        handler = {
+            m.Ping: self._on_ping,
+            m.Pong: self._on_pong,
+            m.Close: self._on_close,
+            m.Revocations: self._on_revocations,
+            m.PeerAddresses: self._on_peer_addresses,
+            m.StateSync: self._on_state_sync,
+            m.StateSyncPart: self._on_state_sync_part,
+        }.get(type(msg))
+        if handler is None:
+            raise RemoteProtocolError(f"unexpected {type(msg).__name__} in a ready session")
+        handler(session, msg, now)
+
+    def _on_hello(self, session: Session, hello: m.Hello, now: float) -> None:
+        if hello.protocol_version != m.PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"protocol version {hello.protocol_version} is not {m.PROTOCOL_VERSION}")
+        if hello.node_id != session.node_id:
+            raise RemoteProtocolError("Hello names another node than the handshake proved")
+        if hello.mesh_id != self.identity.mesh_id:
+            raise RemoteProtocolError("Hello names another mesh")
+        session.listen_port = hello.listen_port
+        session.advance(Trigger.HELLO_OK)
+        if not self._keep_one_session(session):
+            return
+        self._on_ready(session, now)
+
+    def _keep_one_session(self, session: Session) -> bool:
+        """Resolve two sessions with one peer; True if `session` is the one kept."""
+        other_id = self._ready.get(session.node_id)
+        if other_id is None:
+            self._ready[session.node_id] = session.conn_id
+            return True
+        other = self._sessions[other_id]
+        winner_dialer = min(self.identity.node_id, session.node_id)
+        keep_new = session.dialer(self.identity.node_id) == winner_dialer or (
+            other.dialer(self.identity.node_id) != winner_dialer
+        )
+        loser = other if keep_new else session
+        if keep_new:
+            self._ready[session.node_id] = session.conn_id
+        self._close(loser, "duplicate session")
+        return keep_new
+
+    def _on_ready(self, session: Session, now: float) -> None:
+        peer = session.peer
+        self._emit("peer.connected", node=peer.node_id, name=peer.name, role=peer.role.value,
+                   addr=_fmt(session.remote), outbound=session.outbound)
+        listen = session.listen_address()
+        if listen is not None:
+            self._addresses.learn(listen, peer.node_id, "session", now)
+        self._send_revocations(session, now)
+        self._send_peer_addresses(session, now)
+        self._share_new_peer(session, now)
+        self._record_member(session, now)
+        self._sync_states[peer.node_id] = self.state.new_sync_state()
+        self._sync_to(session, now)
+
+    def _send_revocations(self, session: Session, now: float) -> None:
+        """All revocations we know, in messages that each fit a frame."""
+        batch: list[bytes] = []
+        batch_bytes = 0
+        for blob in self.revocations.blobs():
+            if batch and (batch_bytes + len(blob) > REVOCATIONS_MESSAGE_BYTES or len(batch) >= m.REVOCATIONS_MAX):
+                self._send(session, m.Revocations(tuple(batch)), now)
+                batch, batch_bytes = [], 0
+            batch.append(blob)
+            batch_bytes += len(blob)
+        if batch:
+            self._send(session, m.Revocations(tuple(batch)), now)
+
+    def _record_member(self, session: Session, now: float) -> None:
+        """Put a newly seen member (and its invite use) into the shared state."""
+        known = {member.node_id for member in self.state.members()}
+        new_uses = [(i, n) for i, n in self.invites.items() if i not in self.state.invite_uses()]
+        if session.node_id in known and not new_uses:
+            return
+
+        def change(state: MeshState) -> None:
+            peer = session.peer
+            if session.node_id not in known:
+                state.put_member(peer.node_id, session.chain, peer.role.value, peer.name, now)
+            for invite_id, node_id in new_uses:
+                state.record_invite_use(invite_id, node_id, now)
+
+        self.mutate(change, now)
+
+    def _on_ping(self, session: Session, ping: m.Ping, now: float) -> None:
+        self._send(session, m.Pong(ping.nonce), now)
+
+    def _on_pong(self, session: Session, pong: m.Pong, now: float) -> None:
+        if pong.nonce == session.ping_nonce:
+            session.ping_nonce = None
+
+    def _on_close(self, session: Session, close: m.Close, now: float) -> None:
+        self._emit("peer.closed_by_peer", node=session.node_id, reason=close.reason[:200])
+        session.advance(Trigger.CLOSE)
+        self._actions.append(CloseConnection(session.conn_id, f"peer closed: {close.reason[:200]}"))
+
+    def _on_revocations(self, session: Session, msg: m.Revocations, now: float) -> None:
+        fresh = [blob for blob in msg.records if blob not in self._revocations_seen]
+        if not fresh:
+            return
+        accepted: list[tuple[str, bytes]] = []
+        for blob in fresh:
+            try:
+                revocation = self.revocations.add(blob, now)
+            except CredentialError as exc:
+                self._emit("revocation.rejected", node=session.node_id, reason=str(exc))
+                continue
+            self._revocations_seen.add(blob)
+            accepted.append((revocation.node_id, blob))
+        known = self.state.revocation_blobs()
+        missing = [(node, blob) for node, blob in accepted if node not in known]
+        if missing:
+            self.mutate(lambda state: [state.put_revocation(n, b) for n, b in missing], now)
+        self._enforce_revocations(now)
+
+    def _on_peer_addresses(self, session: Session, msg: m.PeerAddresses, now: float) -> None:
+        for peer in msg.peers[: self.limits.pex_peers_max]:
+            self._on_discovered(PeerDiscovered(((peer.host, peer.port),), peer.node_id, "pex"), now)
+
+    def _on_state_sync_part(self, session: Session, msg: m.StateSyncPart, now: float) -> None:
+        session.sync_parts.append(msg.message)
+        session.sync_parts_bytes += len(msg.message)
+        if session.sync_parts_bytes > self.limits.state_sync_bytes_max:
+            raise RemoteProtocolError("state sync message exceeds state_sync_bytes_max")
+
+    def _on_state_sync(self, session: Session, msg: m.StateSync, now: float) -> None:
+        self._on_state_sync_part(session, m.StateSyncPart(msg.message), now)
+        whole = b"".join(session.sync_parts)
+        session.sync_parts, session.sync_parts_bytes = [], 0
+        session.state_bytes_in += len(whole)
+        sync_state = self._sync_states[session.node_id]
+        heads = self.state.heads()
+        self.state.receive_sync_message(sync_state, whole)
+        self._after_state_change(heads, now, persist=True, also_reply_to=session)
+
+    # ---- state ------------------------------------------------------------------------------------
+
+    def _after_state_change(self, heads_before: list[bytes], now: float, persist: bool,
+                            also_reply_to: Session | None = None) -> None:
+        changed = self.state.heads() != heads_before
+        if changed:
+            if persist:
+                self._actions.append(PersistChanges(self.state.changes_since(heads_before)))
+            self._count("state.changes_applied")
+            self._refresh_membership(now)
+        targets = self.peers() if changed else ([also_reply_to] if also_reply_to else [])
+        for session in targets:
+            if session.ready:
+                self._sync_to(session, now)
+
+    def _sync_to(self, session: Session, now: float) -> None:
+        sync_state = self._sync_states.get(session.node_id)
+        if sync_state is None:
+            return
+        message = self.state.generate_sync_message(sync_state)
+        if message is None:
+            return
+        session.state_bytes_out += len(message)
+        for start in range(0, len(message) - STATE_SYNC_PART_BYTES, STATE_SYNC_PART_BYTES):
+            self._send(session, m.StateSyncPart(message[start:start + STATE_SYNC_PART_BYTES]), now)
+        tail = len(message) - (len(message) - 1) % STATE_SYNC_PART_BYTES - 1
+        self._send(session, m.StateSync(message[tail:]), now)
+
+    def _refresh_membership(self, now: float) -> None:
+        """Pick up revocations and invite uses that arrived in the shared state."""
+        for node_id, blob in self.state.revocation_blobs().items():
+            if blob in self._revocations_seen:
+                continue
+            self._revocations_seen.add(blob)
+            try:
+                self.revocations.add(blob, now)
+            except CredentialError as exc:
+                self._emit("revocation.rejected", node=node_id, reason=str(exc))
+        for invite_id, node_id in self.state.invite_uses().items():
+            self.invites.record(invite_id, node_id)
+        self._enforce_revocations(now)
+
+    def _enforce_revocations(self, now: float) -> None:
+        for session in list(self._sessions.values()):
+            if session.phase is not Phase.CLOSING and self.revocations.is_revoked(session.node_id):
+                self._emit("peer.revoked", node=session.node_id)
+                self._close(session, "node revoked")
+        for revocation in self.revocations.revocations():
+            self._addresses.forget_node(revocation.node_id)
+
+    # ---- peer exchange ----------------------------------------------------------------------------
+
+    def _peer_address_records(self, exclude: str) -> list[m.PeerAddress]:
+        records = []
+        for session in self.peers():
+            listen = session.listen_address()
+            if session.node_id != exclude and listen is not None:
+                records.append(m.PeerAddress(session.node_id, listen[0], listen[1]))
+        return records[: self.limits.pex_peers_max]
+
+    def _send_peer_addresses(self, session: Session, now: float) -> None:
+        records = self._peer_address_records(exclude=session.node_id)
+        if records:
+            self._send(session, m.PeerAddresses(tuple(records)), now)
+
+    def _share_new_peer(self, new: Session, now: float) -> None:
+        listen = new.listen_address()
+        if listen is None:
+            return
+        record = m.PeerAddresses((m.PeerAddress(new.node_id, listen[0], listen[1]),))
+        for session in self.peers():
+            if session.conn_id != new.conn_id:
+                self._send(session, record, now)
+
+    # ---- timers -----------------------------------------------------------------------------------
+
+    def _session_deadlines(self, session: Session) -> list[float]:
+        if session.phase is Phase.CLOSING:
+            return []
+        if session.phase is Phase.HELLO:
+            return [session.opened_at + self.limits.hello_timeout_s]
+        quiet = max(session.last_tx, session.last_rx)
+        return [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
+
+    def _on_timers(self, now: float) -> None:
+        for session in list(self._sessions.values()):
+            self._session_timers(session, now)
+        if not self._shutting_down:
+            self._dial_due(now)
+
+    def _session_timers(self, session: Session, now: float) -> None:
+        if session.phase is Phase.HELLO and now >= session.opened_at + self.limits.hello_timeout_s:
+            return self._close(session, "no Hello in time")
+        if session.phase is not Phase.READY:
+            return
+        if now >= session.last_rx + self.limits.peer_timeout_s:
+            return self._close(session, "peer timed out")
+        if now >= max(session.last_tx, session.last_rx) + self.limits.ping_interval_s:
+            session.ping_nonce = self._rng.getrandbits(63)
+            self._send(session, m.Ping(session.ping_nonce), now)
+
+    def _skip_nodes(self) -> set[str]:
+        connected = {s.node_id for s in self._sessions.values() if s.phase is not Phase.CLOSING}
+        return connected | {self.identity.node_id}
+
+    def _dial_due(self, now: float) -> None:
+        slots = self.limits.dials_inflight_max - self._addresses.inflight_count()
+        if slots <= 0:
+            return
+        for candidate in self._addresses.due(now, self._skip_nodes(), slots):
+            self._actions.append(Dial(candidate.address, candidate.node_id))
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _send(self, session: Session, msg: m.Message, now: float) -> None:
+        data = m.encode(msg)
+        session.last_tx = now
+        session.bytes_out += len(data)
+        self._actions.append(Send(session.conn_id, data))
+
+    def _close(self, session: Session, reason: str) -> None:
+        if session.phase is Phase.CLOSING:
+            return
+        self._actions.append(Send(session.conn_id, m.encode(m.Close(reason[: m.CLOSE_REASON_BYTES_MAX]))))
+        session.advance(Trigger.CLOSE)
+        if self._ready.get(session.node_id) == session.conn_id:
+            del self._ready[session.node_id]
+        self._emit("peer.closing", node=session.node_id, reason=reason)
+        self._actions.append(CloseConnection(session.conn_id, reason))
+
+    def _emit(self, name: str, **fields: object) -> None:
+        self._actions.append(Emit(name, tuple(fields.items())))
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ---- status -----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """The `mesh status --json` document (peers and state), as plain data."""
+        return {
+            "node_id": self.identity.node_id,
+            "mesh_id": self.identity.mesh_id,
+            "name": self.identity.name,
+            "role": self.identity.role,
+            "peers": [_peer_status(s) for s in self.peers()],
+            "state": {"heads": [h.hex() for h in self.state.heads()]},
+        }
+
+
+def _peer_status(session: Session) -> dict:
+    return {
+        "node_id": session.node_id,
+        "name": session.peer.name,
+        "role": session.peer.role.value,
+        "addr": _fmt(session.remote),
+        "outbound": session.outbound,
+        "bytes_in": session.bytes_in,
+        "bytes_out": session.bytes_out,
+    }
+
+
+def _fmt(address: Address | None) -> str | None:
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = ["CoreIdentity", "NodeCore", "short"]

@@ -1,0 +1,432 @@
+"""The secure channel over real loopback TCP, with real membership credentials."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import cbor2
+import pytest
+import trio
+import trio.testing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mesh.drivers.channel import (
+    HandshakeError,
+    LocalIdentity,
+    SecureChannelError,
+    SecureStream,
+    membership_authenticator,
+    secure_accept,
+    secure_connect,
+    serve_secure,
+)
+from mesh.errors import RemoteProtocolError
+from mesh.ids import node_id_from_public_key
+from mesh.state import membership
+from mesh.state.membership import Role, public_key_bytes
+
+HANDSHAKE_TIMEOUT_S = 0.5  # the listener's, short so the silent-client case is quick
+TEST_TIMEOUT_S = 10
+
+
+@dataclass
+class Mesh:
+    """A mesh made for one test: its authority, first organizer and revocation list."""
+
+    authority: Ed25519PrivateKey  # the mesh authority key
+    organizer: LocalIdentity  # the first organizer (runs the listener in most tests)
+    revocations: membership.RevocationList  # consulted by `authenticate` at each handshake
+    members: list[LocalIdentity] = field(default_factory=list)  # everyone invited so far
+
+    @property
+    def authority_public_key(self) -> bytes:
+        return public_key_bytes(self.authority)
+
+    @property
+    def authenticate(self) -> Callable[[bytes, bytes], membership.Member]:
+        return membership_authenticator(self.authority_public_key, self.revocations)
+
+    def invite(self, name: str, role: Role = Role.EDGE) -> LocalIdentity:
+        """A new member admitted through a real invite token."""
+        now = time.time()
+        token = membership.create_invite(
+            self.authority_public_key,
+            self.organizer.node_key,
+            self.organizer.chain,
+            role,
+            name,
+            now + 3600,
+            [("127.0.0.1", 1)],
+            now,
+        )
+        key = Ed25519PrivateKey.generate()
+        joined = membership.redeem_invite(token, key, name, now)
+        identity = LocalIdentity(key, joined.chain)
+        self.members.append(identity)
+        return identity
+
+    def revoke(self, identity: LocalIdentity) -> None:
+        now = time.time()
+        blob = membership.create_revocation(
+            self.authority_public_key, self.authority, None, node_id_of(identity), now, "lost"
+        )
+        self.revocations.add(blob, now)
+
+
+def make_mesh(name: str = "organizer") -> Mesh:
+    authority, key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    chain = membership.create_first_credential(authority, key, name, time.time())
+    return Mesh(authority, LocalIdentity(key, chain), membership.RevocationList(public_key_bytes(authority)))
+
+
+def node_id_of(identity: LocalIdentity) -> str:
+    return node_id_from_public_key(public_key_bytes(identity.node_key))
+
+
+def run(afn: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        with trio.fail_after(TEST_TIMEOUT_S):
+            await afn()
+
+    trio.run(bounded)
+
+
+async def tcp_pair(
+    server: LocalIdentity, client: LocalIdentity, mesh: Mesh
+) -> tuple[SecureStream, SecureStream]:
+    """(client side, server side) of one secure connection over real TCP."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[SecureStream] = []
+
+    async def accept_one() -> None:
+        transport = await listeners[0].accept()
+        accepted.append(await secure_accept(transport, server, mesh.authenticate))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_one)
+        transport = await trio.open_tcp_stream("127.0.0.1", port)
+        client_side = await secure_connect(transport, client, mesh.authenticate)
+    await listeners[0].aclose()
+    return client_side, accepted[0]
+
+
+async def echo(stream: SecureStream) -> None:
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+async def start_server(
+    nursery: trio.Nursery,
+    mesh: Mesh,
+    handler: Callable[[SecureStream], Awaitable[None]] = echo,
+) -> int:
+    """Run serve_secure for the mesh's organizer on a fresh loopback port; return the port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    serve = partial(
+        serve_secure,
+        listeners,
+        mesh.organizer,
+        mesh.authenticate,
+        handler,
+        handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+    )
+    await nursery.start(serve)
+    return listeners[0].socket.getsockname()[1]
+
+
+async def dial(port: int, identity: LocalIdentity, mesh: Mesh) -> SecureStream:
+    transport = await trio.open_tcp_stream("127.0.0.1", port)
+    return await secure_connect(transport, identity, mesh.authenticate, handshake_timeout_s=5)
+
+
+async def receive_exactly(stream: trio.abc.Stream, count: int) -> bytes:
+    got = bytearray()
+    while len(got) < count:
+        data = await stream.receive_some()
+        assert data, f"EOF after {len(got)} of {count} bytes"
+        got += data
+    return bytes(got)
+
+
+async def assert_echo_works(port: int, identity: LocalIdentity, mesh: Mesh) -> None:
+    stream = await dial(port, identity, mesh)
+    await stream.send_all(b"ping")
+    assert await receive_exactly(stream, 4) == b"ping"
+    await stream.aclose()
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, needle: str) -> str:
+    """The first mesh.channel log line containing `needle` (the server logs after it closes)."""
+    while True:
+        for record in caplog.records:
+            if record.name == "mesh.channel" and needle in record.getMessage():
+                return record.getMessage()
+        await trio.sleep(0.01)
+
+
+# ---- members talk --------------------------------------------------------------------------------
+
+
+def test_two_members_handshake_and_exchange_both_ways() -> None:
+    mesh = make_mesh()
+    edge = mesh.invite("door-box")
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # several records, not a multiple of any size
+
+    async def main() -> None:
+        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        assert client.peer.node_id == node_id_of(mesh.organizer)
+        assert client.peer.role is Role.ORGANIZER
+        assert client.peer_public_key == public_key_bytes(mesh.organizer.node_key)
+        assert server.peer.node_id == node_id_of(edge)
+        assert (server.peer.role, server.peer.name) == (Role.EDGE, "door-box")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, payload)
+            assert await receive_exactly(server, len(payload)) == payload
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.send_all, payload[::-1])
+            assert await receive_exactly(client, len(payload)) == payload[::-1]
+        await client.aclose()
+        assert await server.receive_some() == b""
+        await server.aclose()
+
+    run(main)
+
+
+def test_secure_stream_passes_trio_two_way_stream_checks() -> None:
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+
+    async def main() -> None:
+        await trio.testing.check_two_way_stream(partial(tcp_pair, mesh.organizer, edge, mesh), None)
+
+    run(main)
+
+
+def test_concurrent_sends_conflict() -> None:
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+
+    async def main() -> None:
+        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        outcome: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, bytes(64 * 1024 * 1024))  # blocks: nobody reads
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await client.send_all(b"x")
+            outcome.append("busy")
+            nursery.cancel_scope.cancel()
+        assert outcome == ["busy"]
+        await client.aclose()
+        await server.aclose()
+
+    run(main)
+
+
+# ---- refusals ------------------------------------------------------------------------------------
+
+
+async def other_mesh_node(port: int, mesh: Mesh) -> None:
+    stranger = make_mesh("stranger").organizer
+    with pytest.raises(HandshakeError, match="refused us"):
+        await dial(port, stranger, mesh)  # it trusts our organizer; we must not trust it
+
+
+async def expired_member(port: int, mesh: Mesh) -> None:
+    key = Ed25519PrivateKey.generate()
+    chain = membership.create_first_credential(
+        mesh.authority, key, "stale", time.time() - 7200, valid_s=3600
+    )
+    with pytest.raises(HandshakeError, match="refused us"):
+        await dial(port, LocalIdentity(key, chain), mesh)
+
+
+async def revoked_member(port: int, mesh: Mesh) -> None:
+    edge = mesh.invite("stolen-box")
+    mesh.revoke(edge)
+    with pytest.raises(HandshakeError, match="refused us"):
+        await dial(port, edge, mesh)
+
+
+async def forged_credential(port: int, mesh: Mesh) -> None:
+    """A credential naming our mesh, but signed by a key that is not the mesh authority."""
+    key, impostor = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    genuine = membership.create_first_credential(mesh.authority, key, "forger", time.time())
+    body_bytes = cbor2.loads(genuine)[0][0]
+    forged = cbor2.dumps(
+        [membership._sign(impostor, "credential", cbor2.loads(body_bytes))], canonical=True
+    )
+    with pytest.raises(HandshakeError, match="refused us"):
+        await dial(port, LocalIdentity(key, forged), mesh)
+
+
+async def borrowed_credential(port: int, mesh: Mesh) -> None:
+    """A member's real chain presented by a node that does not hold that member's key."""
+    victim = mesh.invite("victim")
+    with pytest.raises(HandshakeError, match="refused us"):
+        await dial(port, LocalIdentity(Ed25519PrivateKey.generate(), victim.chain), mesh)
+
+
+async def wait_closed_by_peer(stream: trio.abc.Stream) -> None:
+    """Read until the listener hangs up (EOF, or a reset if our bytes were left unread)."""
+    try:
+        while await stream.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+
+
+async def plain_tcp_garbage(port: int, mesh: Mesh) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: assetmesh\r\n\r\n")
+    await wait_closed_by_peer(stream)
+
+
+async def framed_garbage(port: int, mesh: Mesh) -> None:
+    """Right-sized handshake messages full of random bytes."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"\x00\x20" + os.urandom(32))
+    assert await stream.receive_some()  # the listener's message 2
+    await stream.send_all(b"\x00\x40" + os.urandom(64))
+    await wait_closed_by_peer(stream)
+
+
+async def silent_client(port: int, mesh: Mesh) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(HANDSHAKE_TIMEOUT_S * 6):
+        assert await stream.receive_some() == b""
+    await stream.aclose()
+
+
+REFUSALS = [
+    (other_mesh_node, "credential refused: "),
+    (expired_member, "credential refused: "),
+    (revoked_member, "credential refused: "),
+    (forged_credential, "credential refused: bad signature"),
+    (borrowed_credential, "credential refused: credential belongs to another node"),
+    (plain_tcp_garbage, "handshake message 1 has 18245 bytes, expected 32"),
+    (framed_garbage, "bad handshake message 3"),
+    (silent_client, f"no handshake within {HANDSHAKE_TIMEOUT_S} s"),
+]
+
+
+@pytest.mark.parametrize(("attempt", "reason"), REFUSALS, ids=[f.__name__ for f, _ in REFUSALS])
+def test_listener_refuses_logs_reason_and_keeps_serving(
+    attempt: Callable[[int, Mesh], Awaitable[None]], reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh.channel")
+    mesh = make_mesh()
+    good = mesh.invite("good-edge")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, mesh)
+            await attempt(port, mesh)
+            line = await wait_for_log(caplog, "peer.refused")
+            assert reason in line
+            assert "addr=127.0.0.1:" in line
+            await assert_echo_works(port, good, mesh)
+            await wait_for_log(caplog, f"peer.accepted node={node_id_of(good)}")
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    refused = [r for r in caplog.records if "peer.refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+
+
+def test_refusal_reasons_name_the_credential_problem(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mesh.channel")
+    mesh = make_mesh()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, mesh)
+            for attempt, words in [
+                (other_mesh_node, "mesh"),
+                (expired_member, "expired"),
+                (revoked_member, "revoked"),
+            ]:
+                caplog.clear()
+                await attempt(port, mesh)
+                assert words in (await wait_for_log(caplog, "peer.refused")).lower()
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_client_refuses_listener_of_another_mesh() -> None:
+    ours, theirs = make_mesh(), make_mesh("theirs")
+    edge = ours.invite("edge")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, theirs)
+            with pytest.raises(HandshakeError, match="credential refused") as info:
+                await dial(port, edge, ours)
+            assert isinstance(info.value, RemoteProtocolError)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_listener_keeps_serving_after_a_handler_fails(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mesh.channel")
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+    calls: list[str] = []
+
+    async def flaky(stream: SecureStream) -> None:
+        calls.append(stream.peer.node_id)
+        if len(calls) == 1:
+            raise RuntimeError("handler bug")
+        await echo(stream)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, mesh, flaky)
+            first = await dial(port, edge, mesh)
+            assert await first.receive_some() == b""  # the failed session was closed
+            assert "handler bug" in await wait_for_log(caplog, "peer.session_failed")
+            await assert_echo_works(port, edge, mesh)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    assert calls == [node_id_of(edge)] * 2
+
+
+# ---- a peer that corrupts the record stream ------------------------------------------------------
+
+
+BAD_RECORDS = [
+    (b"\x00\x20" + bytes(32), "record failed authentication"),
+    (b"\x00\x05abcde", "shorter than a tag"),
+    (b"\x01\x00" + bytes(10), "closed in the middle of a record"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), BAD_RECORDS, ids=["bad-tag", "short", "truncated"])
+def test_bad_record_breaks_the_stream(raw: bytes, reason: str) -> None:
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+
+    async def main() -> None:
+        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        await client.send_all(b"fine")
+        assert await server.receive_some() == b"fine"
+        await client.transport.send_all(raw)  # bytes that did not come from the cipher
+        await client.transport.aclose()
+        with pytest.raises(SecureChannelError, match=reason) as info:
+            await server.receive_some()
+        assert isinstance(info.value, trio.BrokenResourceError)
+        with pytest.raises(trio.BrokenResourceError):
+            await server.receive_some()
+        await server.aclose()
+
+    run(main)

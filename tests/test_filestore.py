@@ -1,0 +1,45 @@
+"""The on-disk store passes the shared chunk-store conformance suite, and keeps its crash rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chunkstore_conformance import ChunkStoreConformance
+
+from mesh.content.cid import Cid, cid_for_raw
+from mesh.drivers.filestore import FileStore
+
+
+class TestFileStoreConformance(ChunkStoreConformance):
+    def make_store(self, tmp_path: Path) -> FileStore:
+        return FileStore(tmp_path / "store")
+
+    def corrupt(self, store: FileStore, cid: Cid) -> None:
+        path = store._chunk_path(str(cid))
+        raw = bytearray(path.read_bytes() or b"\x00")
+        raw[0] ^= 0xFF
+        path.write_bytes(bytes(raw))
+
+
+def test_put_is_durable_across_reopen(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    data = b"chunk bytes" * 100
+    cid = cid_for_raw(data)
+    assert store.put(cid, data) is True
+    store.close()
+    again = FileStore(tmp_path / "s")
+    assert again.get(cid) == data
+    assert not list((tmp_path / "s" / "tmp").iterdir())
+
+
+def test_unflushed_batch_is_invisible_and_discarded(tmp_path: Path) -> None:
+    """Chunks staged but not committed are neither indexed nor left behind by discard."""
+    store = FileStore(tmp_path / "s")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    with store.importing():
+        added = store.add_file(src, "node")
+        assert not store.has(Cid.parse(added.cid))
+        store.discard()
+    assert store.assets() == []
+    assert not list((tmp_path / "s" / "tmp").iterdir())
