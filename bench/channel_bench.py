@@ -47,6 +47,7 @@ from mesh.drivers.channel import (  # noqa: E402
     NOISE_CHACHA,
     Authenticate,
     LocalIdentity,
+    SecureStream,
     membership_authenticator,
     secure_accept,
     secure_connect,
@@ -159,9 +160,7 @@ async def _wrap_server(mode: str, stream: trio.abc.Stream, secrets: Secrets) -> 
         await tls.do_handshake()
         return tls
     local = _identity(secrets.receiver_private, secrets.receiver_chain)
-    return await secure_accept(
-        stream, local, _authenticator(secrets), protocol_name=NOISE_NAMES[mode]
-    )
+    return await secure_accept(stream, local, _authenticator(secrets), ciphers=[NOISE_NAMES[mode]])
 
 
 async def _receive_all(mode: str, total: int, secrets: Secrets, report: Connection) -> None:
@@ -198,15 +197,15 @@ async def _wrap_client(mode: str, stream: trio.abc.Stream, secrets: Secrets) -> 
         await tls.do_handshake()
         return tls
     local = _identity(secrets.sender_private, secrets.sender_chain)
-    return await secure_connect(
-        stream, local, _authenticator(secrets), protocol_name=NOISE_NAMES[mode]
-    )
+    return await secure_connect(stream, local, _authenticator(secrets), ciphers=[NOISE_NAMES[mode]])
 
 
 async def _send_all(mode: str, port: int, total: int, secrets: Secrets) -> tuple[float, str]:
     """Connect, handshake, then time sending `total` bytes until acknowledged."""
     stream = await _wrap_client(mode, await trio.open_tcp_stream("127.0.0.1", port), secrets)
-    detail = NOISE_NAMES[mode].decode() if mode in NOISE_NAMES else "plain TCP"
+    detail = "plain TCP"
+    if isinstance(stream, SecureStream):
+        detail = stream.protocol_name.decode()
     if isinstance(stream, trio.SSLStream):
         detail = f"{stream.version()} {stream.cipher()[0]}"
     block = os.urandom(SEND_BLOCK_BYTES)

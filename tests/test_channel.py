@@ -16,12 +16,17 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mesh.drivers.channel import (
+    MESSAGE_3_BYTES_MAX,
+    NOISE_AESGCM,
+    NOISE_CHACHA,
     HandshakeError,
     LocalIdentity,
     SecureChannelError,
     SecureStream,
     membership_authenticator,
     secure_accept,
+    cpu_has_fast_aes,
+    default_ciphers,
     secure_connect,
     serve_secure,
 )
@@ -97,7 +102,11 @@ def run(afn: Callable[[], Awaitable[None]]) -> None:
 
 
 async def tcp_pair(
-    server: LocalIdentity, client: LocalIdentity, mesh: Mesh
+    server: LocalIdentity,
+    client: LocalIdentity,
+    mesh: Mesh,
+    server_ciphers: tuple[bytes, ...] | None = None,
+    client_ciphers: tuple[bytes, ...] | None = None,
 ) -> tuple[SecureStream, SecureStream]:
     """(client side, server side) of one secure connection over real TCP."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -106,12 +115,16 @@ async def tcp_pair(
 
     async def accept_one() -> None:
         transport = await listeners[0].accept()
-        accepted.append(await secure_accept(transport, server, mesh.authenticate))
+        accepted.append(
+            await secure_accept(transport, server, mesh.authenticate, ciphers=server_ciphers)
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept_one)
         transport = await trio.open_tcp_stream("127.0.0.1", port)
-        client_side = await secure_connect(transport, client, mesh.authenticate)
+        client_side = await secure_connect(
+            transport, client, mesh.authenticate, ciphers=client_ciphers
+        )
     await listeners[0].aclose()
     return client_side, accepted[0]
 
@@ -125,6 +138,7 @@ async def start_server(
     nursery: trio.Nursery,
     mesh: Mesh,
     handler: Callable[[SecureStream], Awaitable[None]] = echo,
+    ciphers: tuple[bytes, ...] | None = None,
 ) -> int:
     """Run serve_secure for the mesh's organizer on a fresh loopback port; return the port."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -135,6 +149,7 @@ async def start_server(
         mesh.authenticate,
         handler,
         handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+        ciphers=ciphers,
     )
     await nursery.start(serve)
     return listeners[0].socket.getsockname()[1]
@@ -229,6 +244,119 @@ def test_concurrent_sends_conflict() -> None:
     run(main)
 
 
+# ---- cipher suite choice ---------------------------------------------------------------------------
+
+AES, CHACHA = NOISE_AESGCM, NOISE_CHACHA
+CHOICES = [
+    ((AES, CHACHA), (AES, CHACHA), AES),  # both have AES instructions
+    ((CHACHA, AES), (AES, CHACHA), CHACHA),  # the initiator has none
+    ((AES, CHACHA), (CHACHA, AES), CHACHA),  # the responder has none
+    ((AES,), (CHACHA, AES), AES),  # the initiator insists
+    ((CHACHA, AES), (AES,), AES),  # the responder insists
+]
+
+
+@pytest.mark.parametrize(("client_ciphers", "server_ciphers", "expected"), CHOICES)
+def test_cipher_suite_choice(
+    client_ciphers: tuple[bytes, ...], server_ciphers: tuple[bytes, ...], expected: bytes
+) -> None:
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+
+    async def main() -> None:
+        client, server = await tcp_pair(
+            mesh.organizer, edge, mesh, server_ciphers=server_ciphers, client_ciphers=client_ciphers
+        )
+        assert client.protocol_name == server.protocol_name == expected
+        await client.send_all(b"over " + expected)
+        assert await server.receive_some() == b"over " + expected
+        await client.aclose()
+        await server.aclose()
+
+    run(main)
+
+
+def test_no_common_cipher_suite_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mesh.channel")
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, mesh, ciphers=(AES,))
+            transport = await trio.open_tcp_stream("127.0.0.1", port)
+            with pytest.raises(HandshakeError, match="closed"):
+                await secure_connect(transport, edge, mesh.authenticate, ciphers=(CHACHA,))
+            assert "no cipher suite in common" in await wait_for_log(caplog, "peer.refused")
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_default_ciphers_follow_the_cpu() -> None:
+    assert set(default_ciphers()) == {AES, CHACHA}
+    assert default_ciphers()[0] == (AES if cpu_has_fast_aes() else CHACHA)
+
+
+async def tampering_relay(
+    upstream_port: int,
+    direction: str,
+    offset: int,
+    mask: int,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A man in the middle: relays one connection, XOR-ing `mask` into byte `offset` of one way."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    downstream = await listeners[0].accept()
+    upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
+
+    async def pump(source: trio.abc.Stream, sink: trio.abc.Stream, tamper: bool) -> None:
+        seen = 0
+        try:
+            while data := await source.receive_some():
+                if tamper and seen <= offset < seen + len(data):
+                    data = bytearray(data)
+                    data[offset - seen] ^= mask
+                seen += len(data)
+                await sink.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(sink)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, downstream, upstream, direction == "to-server")
+        nursery.start_soon(pump, upstream, downstream, direction == "to-client")
+
+
+@pytest.mark.parametrize(
+    ("direction", "offset", "mask"),
+    [("to-server", 2, 0x80), ("to-server", 2, 0x02), ("to-client", 2, 0x01)],
+    ids=["offer-drops-aes-preference", "offer-drops-aes", "choice-flipped"],
+)
+def test_cipher_negotiation_cannot_be_downgraded(
+    direction: str, offset: int, mask: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Altering the offer or the choice changes one side's prologue: message 2 fails its tag."""
+    reason = "bad handshake message 2: InvalidTag"
+    caplog.set_level(logging.INFO, logger="mesh.channel")
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, mesh, ciphers=(AES, CHACHA))
+            relay_port = await nursery.start(tampering_relay, port, direction, offset, mask)
+            transport = await trio.open_tcp_stream("127.0.0.1", relay_port)
+            with pytest.raises(HandshakeError, match=reason):
+                await secure_connect(transport, edge, mesh.authenticate, ciphers=(AES, CHACHA))
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    assert not [r for r in caplog.records if "peer.accepted" in r.getMessage()]
+
+
 # ---- refusals ------------------------------------------------------------------------------------
 
 
@@ -283,6 +411,12 @@ async def wait_closed_by_peer(stream: trio.abc.Stream) -> None:
     await stream.aclose()
 
 
+async def oversized_credential(port: int, mesh: Mesh) -> None:
+    bloated = LocalIdentity(Ed25519PrivateKey.generate(), bytes(membership.CHAIN_BYTES_MAX * 2))
+    with pytest.raises(HandshakeError, match="refused us|connection lost"):  # reset: unread bytes
+        await dial(port, bloated, mesh)
+
+
 async def plain_tcp_garbage(port: int, mesh: Mesh) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: assetmesh\r\n\r\n")
@@ -290,8 +424,10 @@ async def plain_tcp_garbage(port: int, mesh: Mesh) -> None:
 
 
 async def framed_garbage(port: int, mesh: Mesh) -> None:
-    """Right-sized handshake messages full of random bytes."""
+    """A valid cipher offer, then right-sized handshake messages full of random bytes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"\x00\x01\x03")
+    assert await receive_exactly(stream, 3) in (b"\x00\x01\x00", b"\x00\x01\x01")  # choice
     await stream.send_all(b"\x00\x20" + os.urandom(32))
     assert await stream.receive_some()  # the listener's message 2
     await stream.send_all(b"\x00\x40" + os.urandom(64))
@@ -311,7 +447,8 @@ REFUSALS = [
     (revoked_member, "credential refused: "),
     (forged_credential, "credential refused: bad signature"),
     (borrowed_credential, "credential refused: credential belongs to another node"),
-    (plain_tcp_garbage, "handshake message 1 has 18245 bytes, expected 32"),
+    (oversized_credential, f"bytes, expected 1..{MESSAGE_3_BYTES_MAX}"),
+    (plain_tcp_garbage, "cipher offer has 18245 bytes, expected 1"),
     (framed_garbage, "bad handshake message 3"),
     (silent_client, f"no handshake within {HANDSHAKE_TIMEOUT_S} s"),
 ]
@@ -411,22 +548,31 @@ BAD_RECORDS = [
 ]
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
 @pytest.mark.parametrize(("raw", "reason"), BAD_RECORDS, ids=["bad-tag", "short", "truncated"])
-def test_bad_record_breaks_the_stream(raw: bytes, reason: str) -> None:
+def test_bad_record_breaks_the_stream(raw: bytes, reason: str, split: bool) -> None:
     mesh = make_mesh()
     edge = mesh.invite("edge")
 
-    async def main() -> None:
-        client, server = await tcp_pair(mesh.organizer, edge, mesh)
-        await client.send_all(b"fine")
-        assert await server.receive_some() == b"fine"
-        await client.transport.send_all(raw)  # bytes that did not come from the cipher
-        await client.transport.aclose()
+    async def expect_broken(server: SecureStream) -> None:
         with pytest.raises(SecureChannelError, match=reason) as info:
             await server.receive_some()
         assert isinstance(info.value, trio.BrokenResourceError)
         with pytest.raises(trio.BrokenResourceError):
             await server.receive_some()
+
+    async def main() -> None:
+        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        await client.send_all(b"fine")
+        assert await server.receive_some() == b"fine"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(expect_broken, server)
+            await trio.sleep(0.05)  # the server is waiting in receive_some
+            pieces = [raw[:1], raw[1:3], raw[3:]] if split else [raw]
+            for piece in pieces:  # bytes that did not come from the cipher
+                await client.transport.send_all(piece)
+                await trio.sleep(0.02 if split else 0)
+            await client.transport.aclose()
         await server.aclose()
 
     run(main)

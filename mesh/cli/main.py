@@ -35,12 +35,32 @@ class Context:
 
         return Home.open(self.home_path)
 
+    def state_file(self):  # -> mesh.drivers.statefile.StateFile
+        """The shared state of this home; CLI writes go through `transaction(actor)`."""
+        from mesh.drivers.statefile import StateFile
+
+        return StateFile(self.home().state_path)
+
+    def actor(self) -> bytes:
+        """A fresh Automerge actor for this process (never shared with the agent)."""
+        import os
+
+        from mesh.state.document import actor_id
+
+        return actor_id(self.home().info.node_id, os.urandom(8))
+
 
 # command name -> "module:attribute"; modules load only when their command runs, so that
 # `mesh cat` starts fast (the read benchmark counts start-up time).
 COMMANDS = {
     "init": "mesh.cli.node_cmds:init",
     "id": "mesh.cli.node_cmds:id_",
+    "invite": "mesh.cli.node_cmds:invite",
+    "join": "mesh.cli.node_cmds:join",
+    "members": "mesh.cli.node_cmds:members",
+    "revoke": "mesh.cli.node_cmds:revoke",
+    "up": "mesh.cli.agent_cmds:up",
+    "status": "mesh.cli.agent_cmds:status",
     "add": "mesh.cli.store_cmds:add",
     "ls": "mesh.cli.store_cmds:ls",
     "cat": "mesh.cli.store_cmds:cat",

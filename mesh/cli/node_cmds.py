@@ -1,4 +1,4 @@
-"""Commands about this node and its mesh: init, id (membership commands join them later)."""
+"""Commands about this node and its mesh: init, id, invite, join, members, revoke."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home, HomeInfo, default_node_name, new_identity_ids, public_key_bytes
-from mesh.errors import UsageError
+from mesh.errors import CredentialError, UsageError
 from mesh.state import membership
 
 pass_context = click.make_pass_decorator(Context)
@@ -47,6 +47,7 @@ def init(ctx: Context, name: str, node_name: str | None, as_json: bool) -> None:
     )
     home = Home.write_new(ctx.home_path, info, node_key, authority_key)
     FileStore(home.store_path).close()
+    _record_self(ctx, home, time.time())
     if as_json:
         output.print_json(_id_json(home))
         return
@@ -74,3 +75,178 @@ def id_(ctx: Context, as_json: bool) -> None:
     output.stdout.print(f"mesh   {info.mesh_id} ({info.mesh_name})")
 
 
+
+
+def _record_self(ctx: Context, home: Home, now: float) -> None:
+    """Put this node into the shared member list, so peers learn of it on first sync."""
+    info = home.info
+    with ctx.state_file().transaction(ctx.actor()) as state:
+        state.put_member(info.node_id, info.chain, info.role, info.name, now)
+
+
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration_s(text: str) -> float:
+    """'90s', '30m', '24h', '7d', '2w' (or a bare number of seconds) -> seconds."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS_S else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS_S else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a duration: use e.g. 90s, 30m, 24h or 7d") from None
+    if not value > 0:
+        raise UsageError(f"{text!r}: a duration must be positive")
+    return value * _DURATION_UNITS_S[unit]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{text!r} is not HOST:PORT (for example 192.0.2.10:7450)")
+    return host, int(port)
+
+
+def _agent_hints(home: Home) -> list[tuple[str, int]]:
+    """Addresses a running agent listens on (from its status file), loopback last."""
+    from mesh.drivers.agentfiles import read_status
+
+    status = read_status(home.path)
+    if status is None:
+        return []
+    hints = [tuple(a) for a in status.get("listen_addresses", [])]
+    return sorted(hints, key=lambda a: a[0].startswith("127.") or a[0] == "::1")
+
+
+@click.command()
+@click.option("--role", type=click.Choice([r.value for r in membership.Role]), default="edge",
+              show_default=True, help="Role of the invited node.")
+@click.option("--name", default=None, help="Name the invited node must use (default: its choice).")
+@click.option("--expires", "expires", default="24h", show_default=True,
+              help="How long the token stays valid (90s, 30m, 24h, 7d).")
+@click.option("--hint", "hints", multiple=True, help="Extra HOST:PORT where this mesh is reachable.")
+@click.option("--qr", is_flag=True, help="Also draw the token as a QR code in the terminal.")
+@click.option("--json", "as_json", is_flag=True, help="Print {token, role, name, expires_at, hints}.")
+@pass_context
+def invite(ctx: Context, role: str, name: str | None, expires: str, hints: tuple[str, ...],
+           qr: bool, as_json: bool) -> None:
+    """Print a single-use, expiring invite token for one new node."""
+    home = ctx.home()
+    if home.info.role != membership.Role.ORGANIZER.value:
+        raise UsageError("only organizers can invite: ask an organizer of this mesh")
+    now = time.time()
+    all_hints = [parse_address(h) for h in hints] + _agent_hints(home)
+    token = membership.create_invite(
+        home.info.authority_public_key, home.node_key(), home.info.chain, membership.Role(role),
+        name, now + parse_duration_s(expires), all_hints[: membership.HINTS_MAX], now,
+    )
+    parsed = membership.parse_invite(token)
+    if as_json:
+        output.print_json({"token": token, "role": role, "name": name, "expires_at": parsed.expires_at,
+                           "hints": [f"{h}:{p}" for h, p in parsed.hints]})
+        return
+    print(token)
+    if qr:
+        import segno
+
+        segno.make(token, error="L").terminal(compact=True)
+
+
+@click.command()
+@click.argument("token")
+@click.option("--name", default=None, help="This node's name (if the invite leaves it open).")
+@click.option("--json", "as_json", is_flag=True, help="Print {node_id, mesh_id, role, name}.")
+@pass_context
+def join(ctx: Context, token: str, name: str | None, as_json: bool) -> None:
+    """Make a fresh home a member of the mesh that issued TOKEN (works offline)."""
+    invite_info = membership.parse_invite(token)
+    Home.prepare(ctx.home_path)
+    node_key = Ed25519PrivateKey.generate()
+    chosen = name or invite_info.name or default_node_name()
+    result = membership.redeem_invite(token, node_key, chosen, time.time())
+    member = result.member
+    info = HomeInfo(
+        mesh_id=member.mesh_id, mesh_name=f"mesh {member.mesh_id[:8]}",
+        authority_public_key=invite_info.authority_public_key, node_id=member.node_id,
+        name=member.name, role=member.role.value, chain=result.chain, hints=invite_info.hints,
+    )
+    home = Home.write_new(ctx.home_path, info, node_key)
+    FileStore(home.store_path).close()
+    _record_self(ctx, home, time.time())
+    if as_json:
+        output.print_json(_id_json(home))
+        return
+    output.stdout.print(f"joined mesh {member.mesh_id} as {member.name} ({member.role.value})")
+    output.stdout.print(f"this node: {member.node_id}")
+
+
+def _member_rows(home: Home, state, now: float) -> list[dict]:
+    """Every member in the shared state, its chain checked here (entries prove nothing)."""
+    from mesh.ids import public_key_from_node_id
+
+    authority = home.info.authority_public_key
+    revocations = membership.RevocationList(authority)
+    for blob in state.revocation_blobs().values():
+        try:
+            revocations.add(blob, now)
+        except CredentialError:
+            continue
+    rows = []
+    for entry in state.members():
+        row = {"node_id": entry.node_id, "name": entry.name, "role": entry.role, "expires_at": None,
+               "joined_at": entry.joined_at, "self": entry.node_id == home.info.node_id}
+        try:
+            member = membership.verify_chain(
+                entry.chain, authority, now, expected_node_public_key=public_key_from_node_id(entry.node_id)
+            )
+        except (CredentialError, ValueError) as exc:
+            row["status"] = f"invalid: {exc}"
+        else:
+            row.update(name=member.name, role=member.role.value, expires_at=member.expires_at,
+                       status="revoked" if revocations.is_revoked(member.node_id) else "valid")
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["role"], r["name"], r["node_id"]))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the member list as JSON.")
+@pass_context
+def members(ctx: Context, as_json: bool) -> None:
+    """List the members this node knows of, with their status."""
+    home = ctx.home()
+    rows = _member_rows(home, ctx.state_file().load(ctx.actor()), time.time())
+    if as_json:
+        output.print_json(rows)
+        return
+    for row in rows:
+        marker = "*" if row["self"] else " "
+        output.stdout.print(f"{marker} {row['node_id']}  {row['role']:9}  {row['status']:8}  {row['name']}", markup=False)
+
+
+@click.command()
+@click.argument("node_id")
+@click.option("--reason", default="", help="Why (kept with the signed revocation).")
+@pass_context
+def revoke(ctx: Context, node_id: str, reason: str) -> None:
+    """Revoke a member: every peer drops it within seconds of learning of it."""
+    from mesh.ids import parse_node_id
+
+    home = ctx.home()
+    try:
+        target = parse_node_id(node_id.strip())
+    except ValueError:
+        raise UsageError(f"{node_id!r} is not a node id: copy one from `mesh members`") from None
+    if target == home.info.node_id:
+        raise UsageError("a node cannot revoke itself here; ask another organizer")
+    if home.info.role != membership.Role.ORGANIZER.value:
+        raise UsageError("only organizers can revoke members")
+    now = time.time()
+    blob = membership.create_revocation(
+        home.info.authority_public_key, home.node_key(), home.info.chain, target, now, reason
+    )
+    with ctx.state_file().transaction(ctx.actor()) as state:
+        state.put_revocation(target, blob)
+    output.stdout.print(f"revoked {target}; peers drop it as soon as they sync")

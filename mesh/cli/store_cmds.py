@@ -9,13 +9,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.content.cid import Cid
 from mesh.drivers.filestore import AddedFile, FileStore
-from mesh.errors import UsageError
+from mesh.errors import NotFoundError, UsageError
 from mesh.state.records import AssetRecord, normalize_tag
 
 pass_context = click.make_pass_decorator(Context)
@@ -76,6 +75,16 @@ def _asset_json(record: AssetRecord) -> dict:
     }
 
 
+def live_roots(state) -> set[str]:
+    """Files the shared state keeps alive: every asset and its thumbnail."""
+    roots = set()
+    for record in state.assets():
+        roots.add(record.cid)
+        if record.thumbnail:
+            roots.add(record.thumbnail)
+    return roots
+
+
 def open_store(ctx: Context) -> tuple[FileStore, str]:
     home = ctx.home()
     return FileStore(home.store_path), home.info.node_id
@@ -101,6 +110,9 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], as_json: b
         except BaseException:
             store.discard()
             raise
+    with ctx.state_file().transaction(ctx.actor()) as state:
+        for item in added:
+            state.put_asset(item.record)
     if as_json:
         output.print_json([
             {"cid": a.cid, "path": a.path, "size": a.size, "tags": tag_list} for a in added
@@ -118,18 +130,14 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], as_json: b
 @pass_context
 def ls(ctx: Context, tag: str | None, as_json: bool) -> None:
     """List assets."""
-    store, _ = open_store(ctx)
-    records = store.assets(_tags((tag,))[0] if tag else None)
+    records = ctx.state_file().load(ctx.actor()).assets(_tags((tag,))[0] if tag else None)
     if as_json:
         output.print_json([_asset_json(record) for record in records])
         return
-    table = Table(box=None, pad_edge=False)
-    for column in ("cid", "size", "name", "tags", "added"):
-        table.add_column(column, justify="right" if column == "size" else "left")
     for r in records:
         added = datetime.fromtimestamp(r.added_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
-        table.add_row(r.cid, f"{r.size:,}", r.name, ",".join(sorted(r.tags)), added)
-    output.stdout.print(table)
+        tags = ",".join(sorted(r.tags)) or "-"
+        output.stdout.print(f"{r.cid}  {r.size:>12,}  {added}  {r.name}  [{tags}]", markup=False)
 
 
 @click.command()
@@ -159,8 +167,11 @@ def tag(ctx: Context, cid: str, to_add: tuple[str, ...], to_remove: tuple[str, .
     _parse_cid(cid)
     if not to_add and not to_remove:
         raise UsageError("nothing to do: give --add TAG and/or --remove TAG")
-    store, _ = open_store(ctx)
-    record = store.tag_asset(cid, _tags(to_add), _tags(to_remove))
+    with ctx.state_file().transaction(ctx.actor()) as state:
+        if state.asset(cid) is None:
+            raise NotFoundError(f"no asset with CID {cid} (see `mesh ls`)")
+        state.tag_asset(cid, _tags(to_add), _tags(to_remove))
+        record = state.asset(cid)
     if as_json:
         output.print_json(_asset_json(record))
     else:
@@ -197,7 +208,8 @@ def verify(ctx: Context, as_json: bool) -> None:
 def gc(ctx: Context, as_json: bool) -> None:
     """Delete chunks no asset or release needs, and leftovers of interrupted imports."""
     store, _ = open_store(ctx)
-    report = store.gc()
+    state = ctx.state_file().load(ctx.actor())
+    report = store.gc(live_roots(state))
     if as_json:
         output.print_json({
             "chunks_removed": report.chunks_removed, "bytes_freed": report.bytes_freed,

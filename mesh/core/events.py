@@ -68,6 +68,13 @@ class LocalChanges:
 
 
 @dataclass(frozen=True)
+class StateReloaded:
+    """The driver applied changes that other processes of this node persisted (CLI commands)."""
+
+    heads_before: tuple[bytes, ...]  # the document's heads before they were applied
+
+
+@dataclass(frozen=True)
 class Tick:
     """Nothing happened but time passed (a deadline was reached)."""
 
@@ -80,7 +87,7 @@ class ShutdownRequested:
 
 
 Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
-Event = Event | ShutdownRequested
+Event = Event | StateReloaded | ShutdownRequested
 
 
 # ---- actions (core -> driver) ------------------------------------------------------------------

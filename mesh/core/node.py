@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from mesh.config import CoreLimits
 from mesh.core.events import (
     Action, Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected,
-    Emit, Event, LocalChanges, PeerDiscovered, PersistChanges, Send, ShutdownRequested, Tick,
+    Emit, Event, LocalChanges, PeerDiscovered, PersistChanges, Send, ShutdownRequested, StateReloaded, Tick,
 )
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
@@ -140,6 +140,7 @@ class NodeCore:
             DialFailed: self._on_dial_failed,
             PeerDiscovered: self._on_discovered,
             LocalChanges: self._on_local_changes,
+            StateReloaded: self._on_state_reloaded,
             Tick: lambda event, now: None,
             ShutdownRequested: self._on_shutdown,
         }
@@ -207,6 +208,9 @@ class NodeCore:
             self._emit("state.local_changes_rejected", reason=str(exc))
             return
         self._after_state_change(heads, now, persist=False)
+
+    def _on_state_reloaded(self, event: StateReloaded, now: float) -> None:
+        self._after_state_change(list(event.heads_before), now, persist=False)
 
     def _on_shutdown(self, event: ShutdownRequested, now: float) -> None:
         self._shutting_down = True
@@ -487,8 +491,8 @@ class NodeCore:
         self._emit("peer.closing", node=session.node_id, reason=reason)
         self._actions.append(CloseConnection(session.conn_id, reason))
 
-    def _emit(self, name: str, **fields: object) -> None:
-        self._actions.append(Emit(name, tuple(fields.items())))
+    def _emit(self, event_name: str, /, **fields: object) -> None:
+        self._actions.append(Emit(event_name, tuple(fields.items())))
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -2,8 +2,14 @@
 
 Theory of operation:
 
-- The handshake is `Noise_XX_25519_ChaChaPoly_BLAKE2s` from the `noiseprotocol` package, with the
-  prologue `PROLOGUE`. Each side makes a fresh X25519 static key per connection.
+- First the initiator sends a one-byte cipher offer (suites it accepts, and whether it prefers
+  AES-GCM because its CPU has AES instructions); the responder answers with a one-byte choice:
+  `Noise_XX_25519_AESGCM_SHA256` only when both ends prefer it, else
+  `Noise_XX_25519_ChaChaPoly_BLAKE2s` (fast everywhere, including ARM boxes without AES
+  instructions). Both bytes go into the Noise prologue (`PROLOGUE + offer + choice`), so an
+  attacker who alters them makes the handshake fail: no downgrade (Noise spec, section 6).
+- The handshake is then Noise XX from the `noiseprotocol` package. Each side makes a fresh X25519
+  static key per connection.
 - Each side's handshake payload (responder: message 2, initiator: message 3, both encrypted) is CBOR
   `{"key": Ed25519 public key, "chain": credential chain, "sig": signature}`, where `sig` is the node
   key's Ed25519 signature over `STATIC_KEY_CONTEXT + noise static public key` (as libp2p-noise
@@ -22,12 +28,15 @@ Theory of operation:
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
+import platform
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -57,7 +66,8 @@ log = logging.getLogger("mesh.channel")
 
 NOISE_CHACHA = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
 NOISE_AESGCM = b"Noise_XX_25519_AESGCM_SHA256"
-NOISE_PROTOCOL_DEFAULT = NOISE_CHACHA
+SUITES = (NOISE_CHACHA, NOISE_AESGCM)  # bit i of an offer byte = SUITES[i] is acceptable
+PREFERS_AES_BIT = 0x80  # in the offer: the initiator has AES instructions and prefers AES-GCM
 PROLOGUE = b"assetmesh/channel/v1"
 STATIC_KEY_CONTEXT = b"assetmesh/channel/v1/noise-static-key\x00"
 
@@ -123,19 +133,63 @@ def membership_authenticator(
     return authenticate
 
 
+# ---- cipher choice ---------------------------------------------------------------------------
+
+
+@functools.cache
+def cpu_has_fast_aes() -> bool:
+    """Whether this CPU has AES instructions (x86 AES-NI, ARMv8 crypto extensions)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: every x86-64 Mac/PC of the last decade and Apple silicon do
+        return platform.machine().lower() in {"x86_64", "amd64", "arm64"}
+    return any(
+        line.split(":", 1)[0].strip() in {"flags", "Features"} and "aes" in line.split(":", 1)[1].split()
+        for line in cpuinfo.splitlines()
+        if ":" in line
+    )
+
+
+def default_ciphers() -> tuple[bytes, ...]:
+    """Both suites, AES-GCM first only where this CPU has AES instructions."""
+    return (NOISE_AESGCM, NOISE_CHACHA) if cpu_has_fast_aes() else (NOISE_CHACHA, NOISE_AESGCM)
+
+
+def _offer_byte(ciphers: Sequence[bytes]) -> int:
+    """The initiator's offer: which suites it accepts, and whether it prefers AES-GCM."""
+    offer = sum(1 << SUITES.index(name) for name in set(ciphers))
+    return offer | (PREFERS_AES_BIT if ciphers[0] == NOISE_AESGCM else 0)
+
+
+def _choose_suite(offer: int, ciphers: Sequence[bytes]) -> bytes:
+    """The responder's choice: AES-GCM only if both ends prefer it, else ChaChaPoly if common."""
+    common = [name for name in ciphers if offer & (1 << SUITES.index(name))]
+    if not common:
+        raise HandshakeError(f"no cipher suite in common (offer {offer:#04x})")
+    if NOISE_AESGCM in common and offer & PREFERS_AES_BIT and ciphers[0] == NOISE_AESGCM:
+        return NOISE_AESGCM
+    return NOISE_CHACHA if NOISE_CHACHA in common else common[0]
+
+
+def _check_ciphers(ciphers: Sequence[bytes]) -> None:
+    if not ciphers or any(name not in SUITES for name in ciphers):
+        raise ValueError(f"ciphers must be a non-empty sequence drawn from {SUITES}")
+
+
 # ---- handshake -------------------------------------------------------------------------------
 
 
-def _new_noise(initiator: bool, protocol_name: bytes) -> NoiseConnection:
+def _new_noise(initiator: bool, protocol_name: bytes, prologue: bytes) -> NoiseConnection:
     """A Noise XX state with a fresh static key, ready to start."""
     noise = NoiseConnection.from_name(protocol_name)
     if initiator:
         noise.set_as_initiator()
     else:
         noise.set_as_responder()
-    static = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    noise.set_keypair_from_private_bytes(Keypair.STATIC, static)
-    noise.set_prologue(PROLOGUE)
+    static = X25519PrivateKey.generate()
+    raw = static.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, raw)
+    noise.set_prologue(prologue)
     noise.start_handshake()
     return noise
 
@@ -149,7 +203,26 @@ def _identity_payload(local: LocalIdentity, static_public_key: bytes) -> bytes:
     """The CBOR payload proving our node key and membership, bound to this Noise session."""
     key = local.node_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     sig = local.node_key.sign(STATIC_KEY_CONTEXT + static_public_key)
-    return cbor2.dumps({"key": key, "chain": local.chain, "sig": sig})
+    return cbor2.dumps({"key": key, "chain": local.chain, "sig": sig}, canonical=True)
+
+
+def _reject_tag(*_args: object) -> object:
+    raise ValueError("CBOR tags are not allowed here")
+
+
+_NO_TAGS = {tag: _reject_tag for tag in range(1024)} | {55799: _reject_tag}
+
+
+def _decode_payload(payload: bytes) -> object:
+    """Plain CBOR values only: no tags, no nesting, no indefinite lengths."""
+    return cbor2.loads(
+        payload,
+        tag_hook=_reject_tag,
+        semantic_decoders=_NO_TAGS,
+        max_depth=2,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+    )
 
 
 def _parse_identity_payload(payload: bytes) -> tuple[bytes, bytes, bytes]:
@@ -157,7 +230,7 @@ def _parse_identity_payload(payload: bytes) -> tuple[bytes, bytes, bytes]:
     if len(payload) > HANDSHAKE_PAYLOAD_BYTES_MAX:
         raise HandshakeError("identity payload too large")
     try:
-        doc = cbor2.loads(payload)
+        doc = _decode_payload(payload)
     except Exception:  # cbor2 raises many types on hostile input
         raise HandshakeError("identity payload is not CBOR") from None
     if not isinstance(doc, dict) or set(doc) != {"key", "chain", "sig"}:
@@ -237,10 +310,16 @@ def _read_identity_message(
 
 
 async def _initiator_handshake(
-    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, protocol_name: bytes
+    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, ciphers: Sequence[bytes]
 ) -> tuple[NoiseConnection, Member, bytes]:
-    """-> e; <- e, ee, s, es + responder identity; -> s, se + our identity; <- accepted."""
-    noise = _new_noise(True, protocol_name)
+    """-> offer; <- choice; -> e; <- e, ee, s, es + responder identity;
+    -> s, se + our identity; <- accepted."""
+    offer = _offer_byte(ciphers)
+    await _send_message(stream, bytes([offer]))
+    choice = (await _receive_message(stream, "the peer closed the connection", "choice", 1, 1))[0]
+    if not (choice < len(SUITES) and SUITES[choice] in ciphers):
+        raise HandshakeError(f"the peer chose suite {choice}, which we did not offer")
+    noise = _new_noise(True, SUITES[choice], PROLOGUE + bytes([offer, choice]))
     await _send_message(stream, bytes(noise.write_message()))
     message = await _receive_message(
         stream, "the peer closed the connection", "handshake message 2", 1, MESSAGE_2_BYTES_MAX
@@ -257,10 +336,16 @@ async def _initiator_handshake(
 
 
 async def _responder_handshake(
-    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, protocol_name: bytes
+    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, ciphers: Sequence[bytes]
 ) -> tuple[NoiseConnection, Member, bytes]:
-    """<- e; -> e, ee, s, es + our identity; <- s, se + initiator identity; -> accepted."""
-    noise = _new_noise(False, protocol_name)
+    """<- offer; -> choice; <- e; -> e, ee, s, es + our identity;
+    <- s, se + initiator identity; -> accepted."""
+    message = await _receive_message(stream, "the peer closed the connection", "cipher offer", 1, 1)
+    offer = message[0]
+    suite = _choose_suite(offer, ciphers)
+    choice = SUITES.index(suite)
+    await _send_message(stream, bytes([choice]))
+    noise = _new_noise(False, suite, PROLOGUE + bytes([offer, choice]))
     message = await _receive_message(
         stream, "the peer closed the connection", "handshake message 1", DH_BYTES, DH_BYTES
     )
@@ -281,13 +366,15 @@ async def _secure(
     authenticate: Authenticate,
     handshake_timeout_s: float,
     initiator: bool,
-    protocol_name: bytes,
+    ciphers: Sequence[bytes] | None,
 ) -> SecureStream:
     """Run one side of the handshake under a deadline; close the transport on any failure."""
+    ciphers = tuple(ciphers) if ciphers is not None else default_ciphers()
+    _check_ciphers(ciphers)
     run = _initiator_handshake if initiator else _responder_handshake
     try:
         with trio.fail_after(handshake_timeout_s):
-            noise, member, key = await run(stream, local, authenticate, protocol_name)
+            noise, member, key = await run(stream, local, authenticate, ciphers)
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise HandshakeError(f"no handshake within {handshake_timeout_s} s") from None
@@ -306,10 +393,13 @@ async def secure_connect(
     authenticate: Authenticate,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
     *,
-    protocol_name: bytes = NOISE_PROTOCOL_DEFAULT,
+    ciphers: Sequence[bytes] | None = None,
 ) -> SecureStream:
-    """Handshake as the initiator over `stream`; the peer's `Member` is on the result."""
-    return await _secure(stream, local, authenticate, handshake_timeout_s, True, protocol_name)
+    """Handshake as the initiator over `stream`; the peer's `Member` is on the result.
+
+    `ciphers`: the Noise protocol names we accept, preferred first (default `default_ciphers()`).
+    """
+    return await _secure(stream, local, authenticate, handshake_timeout_s, True, ciphers)
 
 
 async def secure_accept(
@@ -318,10 +408,10 @@ async def secure_accept(
     authenticate: Authenticate,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
     *,
-    protocol_name: bytes = NOISE_PROTOCOL_DEFAULT,
+    ciphers: Sequence[bytes] | None = None,
 ) -> SecureStream:
     """Handshake as the responder over `stream`; the peer's `Member` is on the result."""
-    return await _secure(stream, local, authenticate, handshake_timeout_s, False, protocol_name)
+    return await _secure(stream, local, authenticate, handshake_timeout_s, False, ciphers)
 
 
 # ---- transport -------------------------------------------------------------------------------
@@ -352,6 +442,7 @@ class SecureStream(trio.abc.Stream):
         self.transport = transport  # the underlying byte stream (TCP)
         self.peer = peer  # the authenticated peer's membership
         self.peer_public_key = peer_key  # the peer's raw Ed25519 node public key
+        self.protocol_name: bytes = noise.protocol_name  # the Noise protocol (cipher suite) in use
         self._encrypt = noise.noise_protocol.cipher_state_encrypt.encrypt_with_ad
         self._decrypt = noise.noise_protocol.cipher_state_decrypt.decrypt_with_ad
         self._send_busy = _Busy("sending")
@@ -424,7 +515,11 @@ class SecureStream(trio.abc.Stream):
             if self._plain or self._eof:
                 await trio.lowlevel.checkpoint()
             while not self._plain and not self._eof:
-                await self._fill()
+                try:
+                    await self._fill()
+                except SecureChannelError:
+                    await trio.aclose_forcefully(self.transport)  # no more bytes from this peer
+                    raise
             return self._take(max_bytes)
 
     async def _fill(self) -> None:
@@ -504,7 +599,7 @@ class SecureStream(trio.abc.Stream):
     def _break(self, reason: str) -> None:
         self._receive_broken = True
         self._send_broken = True
-        self._rx.clear()
+        self._rx = bytearray()  # a fresh one: the old may still be viewed by the caller
         self._plain.clear()
         raise SecureChannelError(f"peer {short(self.peer.node_id)}: {reason}")
 
@@ -532,6 +627,7 @@ async def _serve_one(
     authenticate: Authenticate,
     handler: Callable[[SecureStream], Awaitable[None]],
     handshake_timeout_s: float,
+    ciphers: Sequence[bytes] | None,
     gate: trio.CapacityLimiter,
     logger: logging.Logger,
 ) -> None:
@@ -540,13 +636,18 @@ async def _serve_one(
     try:
         gate.acquire_nowait()
     except trio.WouldBlock:
-        logger.info("peer.refused reason=%s addr=%s", "too-many-handshakes", addr)
+        logger.info("peer.refused reason=%r addr=%s", "too many handshakes in flight", addr)
         await trio.aclose_forcefully(stream)
         return
     try:
-        secure = await secure_accept(stream, local, authenticate, handshake_timeout_s)
+        secure = await secure_accept(
+            stream, local, authenticate, handshake_timeout_s, ciphers=ciphers
+        )
     except HandshakeError as exc:
         logger.info("peer.refused reason=%r addr=%s", exc.reason, addr)
+        return
+    except Exception:  # a bug (in `authenticate`, say) must not stop the listener
+        logger.exception("peer.handshake_failed addr=%s", addr)
         return
     finally:
         gate.release()
@@ -590,6 +691,7 @@ async def serve_secure(
     *,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
     handshakes_in_flight_max: int = HANDSHAKES_IN_FLIGHT_MAX,
+    ciphers: Sequence[bytes] | None = None,
     logger: logging.Logger = log,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -597,6 +699,8 @@ async def serve_secure(
     gate = trio.CapacityLimiter(handshakes_in_flight_max)
 
     async def serve(stream: trio.abc.Stream) -> None:
-        await _serve_one(stream, local, authenticate, handler, handshake_timeout_s, gate, logger)
+        await _serve_one(
+            stream, local, authenticate, handler, handshake_timeout_s, ciphers, gate, logger
+        )
 
     await trio.serve_listeners(serve, listeners, task_status=task_status)

@@ -4,7 +4,7 @@ Rules that make it crash-safe (a `kill -9` at any instant leaves a consistent st
 
 1. A chunk's bytes are written under `tmp/`, flushed to disk (fsync, or one `syncfs` for a batch of
    small files), then renamed to `chunks/XX/CID`, and the directories are flushed.
-2. Only then does one SQLite transaction index the batch (chunk rows, objects, assets).
+2. Only then does one SQLite transaction index the batch (chunk rows, then files).
 3. So an index row never points at missing or unflushed bytes. What a crash can leave behind is
    invisible: files in `tmp/` or renamed chunk files without a row; `gc` removes both, and a re-run
    of `add` simply writes them again.
@@ -58,26 +58,6 @@ CREATE TABLE IF NOT EXISTS object_chunks (
     PRIMARY KEY (object, seq)
 );
 CREATE INDEX IF NOT EXISTS object_chunks_chunk ON object_chunks(chunk);
-CREATE TABLE IF NOT EXISTS assets (
-    cid TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    media_type TEXT NOT NULL,
-    added_at REAL NOT NULL,
-    added_by TEXT NOT NULL,
-    retention_s REAL,
-    thumbnail TEXT
-);
-CREATE TABLE IF NOT EXISTS asset_tags (
-    cid TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    PRIMARY KEY (cid, tag)
-);
-CREATE TABLE IF NOT EXISTS asset_subjects (
-    cid TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    PRIMARY KEY (cid, subject)
-);
 CREATE TABLE IF NOT EXISTS pins (
     cid TEXT NOT NULL,             -- object CID kept by gc
     reason TEXT NOT NULL,          -- why, e.g. "release:<id>"
@@ -99,6 +79,7 @@ class AddedFile:
     path: str  # the path as given by the user
     size: int  # bytes
     new_bytes: int  # bytes that were not in the store before (dedup)
+    record: AssetRecord  # the asset record to put into the shared state
 
 
 @dataclass(frozen=True)
@@ -126,7 +107,6 @@ class _Batch:
     staged: dict[str, tuple[Path, int]] = field(default_factory=dict)  # cid -> (tmp path, size)
     staged_bytes: int = 0  # sum of staged sizes
     objects: list[tuple[str, int, str | None, list[str]]] = field(default_factory=list)
-    assets: list[AssetRecord] = field(default_factory=list)
 
 
 def _os_error(exc: OSError, doing: str) -> StoreError:
@@ -161,7 +141,10 @@ def media_type_for(name: str) -> str:
 
 
 class FileStore:
-    """Chunks on disk, an index in SQLite, and asset records (until they move to shared state)."""
+    """Chunks on disk and an index of chunks, files (objects) and pins in SQLite.
+
+    Asset records live in the shared state; `gc` is told which files they keep alive.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -326,7 +309,7 @@ class FileStore:
         now: float | None = None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> AddedFile:
-        """Import one file and record it as an asset; durable after `commit`."""
+        """Import one file; durable after `commit`. `AddedFile.record` is its asset record."""
         try:
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
@@ -342,8 +325,7 @@ class FileStore:
             added_by=added_by,
             tags=frozenset(tags),
         )
-        self._batch.assets.append(record)
-        return AddedFile(cid=cid, path=str(path), size=size, new_bytes=new_bytes)
+        return AddedFile(cid=cid, path=str(path), size=size, new_bytes=new_bytes, record=record)
 
     def _flush_chunks(self) -> None:
         """Make staged chunks durable and visible: flush, rename, flush dirs, index."""
@@ -394,16 +376,13 @@ class FileStore:
                 os.close(fd)
 
     def commit(self) -> None:
-        """Flush staged chunks, then index the objects and assets added since the last commit."""
+        """Flush staged chunks, then index the files added since the last commit."""
         self._flush_chunks()
         batch = self._batch
         with self._transaction():
             for cid, size, manifest, chunk_cids in batch.objects:
                 self._index_object(cid, size, manifest, chunk_cids)
-            for record in batch.assets:
-                self._index_asset(record)
         batch.objects.clear()
-        batch.assets.clear()
 
     def discard(self) -> None:
         """Forget an unfinished batch (its tmp files are removed)."""
@@ -416,20 +395,6 @@ class FileStore:
         self._db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", (cid, size, manifest))
         rows = [(cid, seq, chunk) for seq, chunk in enumerate(chunks)]
         self._db.executemany("INSERT OR IGNORE INTO object_chunks VALUES (?, ?, ?)", rows)
-
-    def _index_asset(self, record: AssetRecord) -> None:
-        row = (
-            record.cid, record.name, record.size, record.media_type, record.added_at,
-            record.added_by, record.retention_s, record.thumbnail,
-        )
-        self._db.execute("INSERT OR IGNORE INTO assets VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-        self._db.executemany(
-            "INSERT OR IGNORE INTO asset_tags VALUES (?, ?)", [(record.cid, t) for t in record.tags]
-        )
-        self._db.executemany(
-            "INSERT OR IGNORE INTO asset_subjects VALUES (?, ?)",
-            [(record.cid, s) for s in record.subjects],
-        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -464,46 +429,6 @@ class FileStore:
         _, chunks = self.object_chunks(cid)
         for chunk in chunks:
             yield self.read_chunk(Cid.parse(chunk), verify=True)
-
-    # ---- assets -------------------------------------------------------------------------------
-
-    def assets(self, tag: str | None = None) -> list[AssetRecord]:
-        if tag is None:
-            rows = self._db.execute("SELECT * FROM assets ORDER BY added_at, cid").fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT a.* FROM assets a JOIN asset_tags t ON a.cid = t.cid "
-                "WHERE t.tag = ? ORDER BY a.added_at, a.cid",
-                (tag,),
-            ).fetchall()
-        return [self._asset_from_row(row) for row in rows]
-
-    def asset(self, cid: str) -> AssetRecord | None:
-        row = self._db.execute("SELECT * FROM assets WHERE cid = ?", (cid,)).fetchone()
-        return None if row is None else self._asset_from_row(row)
-
-    def _asset_from_row(self, row: tuple) -> AssetRecord:
-        cid = row[0]
-        tags = self._db.execute("SELECT tag FROM asset_tags WHERE cid = ?", (cid,)).fetchall()
-        subjects = self._db.execute(
-            "SELECT subject FROM asset_subjects WHERE cid = ?", (cid,)
-        ).fetchall()
-        return AssetRecord(
-            cid=cid, name=row[1], size=row[2], media_type=row[3], added_at=row[4],
-            added_by=row[5], retention_s=row[6], thumbnail=row[7],
-            tags=frozenset(t for (t,) in tags), subjects=frozenset(s for (s,) in subjects),
-        )
-
-    def tag_asset(self, cid: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> AssetRecord:
-        """Add and remove tags on an asset; returns the updated record."""
-        if self.asset(cid) is None:
-            raise NotFoundError(f"no asset with CID {cid} (see `mesh ls`)")
-        with self._transaction():
-            self._db.executemany("INSERT OR IGNORE INTO asset_tags VALUES (?, ?)", [(cid, t) for t in add])
-            self._db.executemany("DELETE FROM asset_tags WHERE cid = ? AND tag = ?", [(cid, t) for t in remove])
-        record = self.asset(cid)
-        assert record is not None
-        return record
 
     # ---- integrity and space ------------------------------------------------------------------
 
@@ -553,25 +478,23 @@ class FileStore:
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (cid, reason))
 
-    def gc(self) -> GcReport:
-        """Delete chunks no asset or pin needs, and files left by interrupted writes."""
+    def gc(self, roots: Iterable[str]) -> GcReport:
+        """Delete chunks that neither `roots` (files the caller keeps) nor pins need, and files
+        left by interrupted writes."""
         with self._locked(fcntl.LOCK_EX):
-            return self._gc_locked()
+            return self._gc_locked(set(roots))
 
-    def _gc_locked(self) -> GcReport:
-        live = self._live_chunks()
+    def _gc_locked(self, roots: set[str]) -> GcReport:
+        roots |= {cid for (cid,) in self._db.execute("SELECT cid FROM pins").fetchall()}
+        live = self._live_chunks(roots)
         rows = self._db.execute("SELECT cid, size FROM chunks").fetchall()
         dead = [(cid, size) for cid, size in rows if cid not in live]
+        objects = [cid for (cid,) in self._db.execute("SELECT cid FROM objects").fetchall()]
+        dead_objects = [(cid,) for cid in objects if cid not in roots]
         with self._transaction():
             self._db.executemany("DELETE FROM chunks WHERE cid = ?", [(cid,) for cid, _ in dead])
-            self._db.execute(
-                "DELETE FROM object_chunks WHERE object NOT IN (SELECT cid FROM assets) "
-                "AND object NOT IN (SELECT cid FROM pins)"
-            )
-            self._db.execute(
-                "DELETE FROM objects WHERE cid NOT IN (SELECT cid FROM assets) "
-                "AND cid NOT IN (SELECT cid FROM pins)"
-            )
+            self._db.executemany("DELETE FROM object_chunks WHERE object = ?", dead_objects)
+            self._db.executemany("DELETE FROM objects WHERE cid = ?", dead_objects)
         for cid, _ in dead:
             with contextlib.suppress(FileNotFoundError):
                 self._chunk_path(cid).unlink()
@@ -580,15 +503,13 @@ class FileStore:
             chunks_removed=len(dead), bytes_freed=sum(size for _, size in dead), orphans_removed=orphans
         )
 
-    def _live_chunks(self) -> set[str]:
-        roots = "SELECT cid FROM assets UNION SELECT cid FROM pins"
-        chunk_rows = self._db.execute(
-            f"SELECT chunk FROM object_chunks WHERE object IN ({roots})"
-        ).fetchall()
-        manifest_rows = self._db.execute(
-            f"SELECT manifest FROM objects WHERE manifest IS NOT NULL AND cid IN ({roots})"
-        ).fetchall()
-        return {c for (c,) in chunk_rows} | {m for (m,) in manifest_rows}
+    def _live_chunks(self, roots: set[str]) -> set[str]:
+        live: set[str] = set()
+        for root in roots:
+            live.add(root)  # a single-chunk file's CID is its chunk's; a manifest's is its own
+            rows = self._db.execute("SELECT chunk FROM object_chunks WHERE object = ?", (root,))
+            live.update(chunk for (chunk,) in rows.fetchall())
+        return live
 
     def _remove_orphans(self) -> int:
         """Files in tmp/ from other (dead) runs, and chunk files with no index row."""

@@ -1,0 +1,168 @@
+"""Commands that run or ask the agent: up, status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mesh.cli import output
+from mesh.cli.main import Context
+from mesh.cli.node_cmds import parse_address
+from mesh.config import DEFAULT_PORT, AgentConfig
+from mesh.errors import UsageError
+
+pass_context = click.make_pass_decorator(Context)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name}
+        event = getattr(record, "event", None)
+        if event:
+            doc["event"] = event
+            doc.update({k: _plain(v) for k, v in getattr(record, "fields", {}).items()})
+        else:
+            doc["message"] = record.getMessage()
+        return json.dumps(doc)
+
+
+def _plain(value: object) -> object:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("mesh")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _load_config_file(path: Path) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], no_mdns: bool,
+                 mdns_interfaces: tuple[str, ...], config_file: Path | None) -> AgentConfig:
+    """Flags override the config file, which overrides the defaults."""
+    doc = _load_config_file(config_file) if config_file else {}
+    known = {"listen", "http", "peers", "mdns", "mdns_interfaces"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} in {config_file}; known keys: {', '.join(sorted(known))}")
+    listen_text = listen or doc.get("listen") or f"0.0.0.0:{DEFAULT_PORT}"
+    http_text = http or doc.get("http")
+    peer_texts = list(peers) or list(doc.get("peers", []))
+    return AgentConfig(
+        listen=parse_address(listen_text),
+        http=parse_address(http_text) if http_text else None,
+        peers=tuple(parse_address(p) for p in peer_texts),
+        mdns=not no_mdns and bool(doc.get("mdns", True)),
+        mdns_interfaces=tuple(mdns_interfaces) or tuple(doc.get("mdns_interfaces", [])),
+    )
+
+
+@click.command()
+@click.option("--listen", default=None, help=f"HOST:PORT for sessions (default 0.0.0.0:{DEFAULT_PORT}).")
+@click.option("--http", default=None, help="HOST:PORT to serve the node's web pages and API.")
+@click.option("--peer", "peers", multiple=True, help="Static peer HOST:PORT, always dialed (repeatable).")
+@click.option("--no-mdns", is_flag=True, help="Do not announce or browse with mDNS.")
+@click.option("--mdns-interface", "mdns_interfaces", multiple=True, help="Use mDNS only on this interface address.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML config file (flags win).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
+@pass_context
+def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file, log_level, log_format) -> None:
+    """Run the agent in the foreground until Ctrl-C (or SIGTERM)."""
+    import trio
+
+    config = build_config(listen, http, peers, no_mdns, mdns_interfaces, config_file)
+    home = ctx.home()
+    setup_logging(log_level, log_format)
+    from mesh.drivers.agentfiles import acquire_agent_lock
+
+    lock = acquire_agent_lock(home.path)
+    try:
+        trio.run(_run_agent, home, config)
+    finally:
+        lock.close()
+
+
+async def _run_agent(home, config: AgentConfig) -> None:
+    import trio
+
+    from mesh.drivers.runtime import Agent
+    from mesh.drivers.tcp import TcpTransport
+
+    discovery = _discovery_for(home, config) if config.mdns else None
+    agent = Agent(home, config, TcpTransport(), discovery)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve_signals)
+        listen = await nursery.start(_run_then_cancel, agent, nursery.cancel_scope)
+        output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
+        if config.http is not None:
+            from mesh.gateway.app import create_app, serve_http
+
+            await nursery.start(serve_http, create_app(agent.status), config.http)
+            output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
+
+
+async def _run_then_cancel(agent, scope, *, task_status) -> None:
+    await agent.run(task_status=task_status)
+    scope.cancel()
+
+
+def _discovery_for(home, config: AgentConfig):
+    from mesh.drivers.discovery import run_discovery
+
+    interfaces = list(config.mdns_interfaces) or None
+
+    async def discovery(found, port: int) -> None:
+        await run_discovery(node_id=home.info.node_id, mesh_id=home.info.mesh_id, port=port,
+                            interfaces=interfaces, found=found)
+
+    return discovery
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@pass_context
+def status(ctx: Context, as_json: bool) -> None:
+    """Show the running agent's peers, state and release progress."""
+    from mesh.drivers.agentfiles import read_status
+
+    home = ctx.home()
+    doc = read_status(home.path)
+    if doc is None:
+        doc = {"node_id": home.info.node_id, "mesh_id": home.info.mesh_id, "running": False,
+               "peers": [], "release": None}
+    else:
+        doc["running"] = True
+    if as_json:
+        output.print_json(doc)
+        return
+    if not doc["running"]:
+        output.stdout.print(f"node {doc['node_id']}: agent not running (start it with `mesh up`)")
+        return
+    age = time.time() - doc.get("updated_at", time.time())
+    output.stdout.print(f"node {doc['node_id']} ({doc.get('name')}, {doc.get('role')}) — {len(doc['peers'])} peer(s), status {age:.0f}s old")
+    for peer in doc["peers"]:
+        output.stdout.print(f"  {peer['node_id'][:16]}…  {peer.get('name', ''):16} {peer.get('role', ''):10} {peer.get('addr')}")

@@ -1,0 +1,343 @@
+"""The trio runtime: one task owns the `NodeCore`; everything else feeds it through channels.
+
+Concerns, each in its own task or nursery:
+- the listener accepts streams and runs the secure handshake, then a connection task;
+- `Dial` actions start dial tasks (transport connect + handshake), then a connection task;
+- each connection has a reader (bytes -> `DataReceived`) and a writer (bounded outbox -> stream);
+- discovery (mDNS) reports peers; a state poller picks up changes CLI commands wrote; a status
+  task refreshes `run/status.json`.
+A peer's failure ends that peer's connection task only. SIGINT/SIGTERM ask the core to close every
+session, then everything is cancelled; the state is compacted on the way out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+
+from mesh.config import AgentConfig
+from mesh.core.events import (
+    Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected, Emit, Event,
+    PeerDiscovered, PersistChanges, Send, ShutdownRequested, StateReloaded, Tick,
+)
+from mesh.core.node import CoreIdentity, NodeCore
+from mesh.drivers.agentfiles import write_status
+from mesh.drivers.channel import HandshakeError, LocalIdentity, secure_accept, secure_connect
+from mesh.drivers.filestore import FileStore
+from mesh.drivers.home import Home
+from mesh.drivers.statefile import StateFile
+from mesh.errors import CredentialError, RemoteProtocolError
+from mesh.ports import Transport
+from mesh.state.document import actor_id
+
+log = logging.getLogger("mesh.agent")
+
+DIAL_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0
+READ_BYTES_MAX = 256 * 1024
+SHUTDOWN_GRACE_S = 3.0
+CLOSE_DRAIN_S = 5.0
+
+
+@dataclass
+class _Connection:
+    """The driver's side of one live session."""
+
+    conn_id: int  # shared with the core
+    outbox: trio.MemorySendChannel  # frames for the writer
+    scope: trio.CancelScope  # cancels reader and writer
+    node_id: str  # authenticated peer
+
+
+class Agent:
+    """A running node: `await agent.run()` inside a nursery."""
+
+    def __init__(self, home: Home, config: AgentConfig, transport: Transport,
+                 discovery: Callable[..., Any] | None = None) -> None:
+        self.home = home
+        self.config = config
+        self.transport = transport
+        self.discovery = discovery
+        self.statefile = StateFile(home.state_path)
+        self.store = FileStore(home.store_path)
+        self.local = LocalIdentity(home.node_key(), home.info.chain)
+        self.listen_address: Address | None = None
+        self.core: NodeCore | None = None
+        self._conn_ids = itertools.count(1)
+        self._connections: dict[int, _Connection] = {}
+        self._events_send, self._events_recv = trio.open_memory_channel[Event](config.events_max)
+        self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or a shutdown signal; `task_status.started(listen_address)`."""
+        state = self.statefile.load(actor_id(self.home.info.node_id, os.urandom(8)))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.listen_address = await nursery.start(self.transport.serve, self.config.listen, self._accepted)
+            self.core = self._make_core(state)
+            nursery.start_soon(self._core_loop)
+            nursery.start_soon(self._status_loop)
+            if self.discovery is not None:
+                nursery.start_soon(self._discovery_loop)
+            self._emit_log("agent.started", listen=_fmt(self.listen_address), node=self.home.info.node_id)
+            task_status.started(self.listen_address)
+            await self._stopped.wait()
+            nursery.cancel_scope.cancel()
+        self._finish()
+
+    def _make_core(self, state) -> NodeCore:
+        info = self.home.info
+        identity = CoreIdentity(info.node_id, info.mesh_id, info.authority_public_key, info.chain, info.name, info.role)
+        core = NodeCore(identity, state, random.Random(), time.time(), self.config.limits,
+                        listen_port=self.listen_address[1])
+        for address in self.config.peers:
+            core.learn_address(address, None, "static", time.time())
+        for address in info.hints:
+            core.learn_address(address, None, "hint", time.time())
+        return core
+
+    async def shutdown(self, reason: str) -> None:
+        """Close sessions politely (bounded by SHUTDOWN_GRACE_S), then stop."""
+        await self._events_send.send(ShutdownRequested(reason))
+        with trio.move_on_after(SHUTDOWN_GRACE_S):
+            while self.core is not None and not self.core.shut_down:
+                await trio.sleep(0.05)
+        self._stopped.set()
+
+    async def serve_signals(self) -> None:
+        """Turn SIGINT/SIGTERM into a graceful shutdown."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                await self.shutdown(signal.Signals(signum).name)
+                return
+
+    def _finish(self) -> None:
+        if self.core is not None:
+            try:
+                self.statefile.compact(self.core.state)
+            except OSError as exc:
+                log.warning("state.compact_failed error=%s", exc)
+        self.store.close()
+        self._emit_log("agent.stopped")
+
+    # ---- the core's task --------------------------------------------------------------------------
+
+    async def _core_loop(self) -> None:
+        next_poll = time.time()
+        while True:
+            now = time.time()
+            wake = min(self.core.next_deadline() or now + 60, next_poll)
+            event: Event | None = None
+            with trio.move_on_after(max(0.0, wake - now)):
+                event = await self._events_recv.receive()
+            if time.time() >= next_poll:
+                self._poll_state()
+                next_poll = time.time() + self.config.state_poll_interval_s
+            self._handle(event if event is not None else Tick())
+
+    def _handle(self, event: Event) -> None:
+        try:
+            self.core.handle(event, time.time())
+        except Exception:  # a bug in the core: log it, drop the peer involved, keep serving others
+            log.exception("core.failed event=%s", type(event).__name__)
+            conn_id = getattr(event, "conn_id", None)
+            if conn_id is not None:
+                self._close(conn_id, "internal error")
+        for action in self.core.take_actions():
+            self._execute(action)
+
+    def _poll_state(self) -> None:
+        """Apply what CLI commands of this node wrote to the state log."""
+        heads = self.core.state.heads()
+        try:
+            changed = self.statefile.read_new(self.core.state)
+        except (OSError, RemoteProtocolError) as exc:
+            log.warning("state.poll_failed error=%s", exc)
+            return
+        if changed:
+            self._handle(StateReloaded(tuple(heads)))
+
+    def _execute(self, action: Any) -> None:
+        if isinstance(action, Send):
+            self._send(action)
+        elif isinstance(action, CloseConnection):
+            self._close(action.conn_id, action.reason)
+        elif isinstance(action, Dial):
+            self._nursery.start_soon(self._dial, action.address, action.node_id)
+        elif isinstance(action, PersistChanges):
+            self._persist(action.data)
+        elif isinstance(action, Emit):
+            self._emit_log(action.name, **action.as_dict())
+
+    def _send(self, action: Send) -> None:
+        conn = self._connections.get(action.conn_id)
+        if conn is None:
+            return
+        try:
+            conn.outbox.send_nowait(action.data)
+        except trio.WouldBlock:
+            self._close(action.conn_id, "peer too slow: outbox full")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _close(self, conn_id: int, reason: str) -> None:
+        """Let the writer drain what is queued, then end the connection."""
+        conn = self._connections.get(conn_id)
+        if conn is not None:
+            conn.outbox.close()
+            conn.scope.deadline = min(conn.scope.deadline, trio.current_time() + CLOSE_DRAIN_S)
+
+    def _persist(self, data: bytes) -> None:
+        try:
+            self.statefile.append(data)
+        except OSError as exc:  # the change stays in memory and is re-persisted on compaction
+            log.error("state.persist_failed error=%s", exc)
+
+    # ---- connections ------------------------------------------------------------------------------
+
+    def _authenticator(self, captured: dict) -> Callable[[bytes, bytes], Any]:
+        def authenticate(chain: bytes, node_public_key: bytes):
+            member = self.core.authenticate(chain, node_public_key, time.time())
+            captured["chain"] = chain
+            return member
+
+        return authenticate
+
+    async def _accepted(self, stream: trio.abc.Stream, remote: Address | None) -> None:
+        if self.core is None:
+            return
+        captured: dict = {}
+        try:
+            secure = await secure_accept(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
+        except (HandshakeError, RemoteProtocolError, CredentialError, trio.BrokenResourceError,
+                trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+            self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc))
+            return
+        await self._run_connection(secure, captured["chain"], remote, outbound=False)
+
+    async def _dial(self, address: Address, node_id: str | None) -> None:
+        captured: dict = {}
+        try:
+            stream = await self.transport.connect(address, DIAL_TIMEOUT_S)
+        except (OSError, trio.TooSlowError) as exc:
+            await self._events_send.send(DialFailed(address, _reason(exc)))
+            return
+        try:
+            secure = await secure_connect(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
+        except (HandshakeError, RemoteProtocolError, CredentialError, trio.BrokenResourceError,
+                trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            self._emit_log("peer.refused", addr=_fmt(address), reason=_reason(exc))
+            await self._events_send.send(DialFailed(address, _reason(exc)))
+            return
+        try:
+            await self._run_connection(secure, captured["chain"], address, outbound=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                await secure.aclose()
+
+    async def _run_connection(self, secure, chain: bytes, remote: Address | None, outbound: bool) -> None:
+        conn_id = next(self._conn_ids)
+        outbox_send, outbox_recv = trio.open_memory_channel[bytes](self.config.outbox_frames_max)
+        reason = "closed"
+        with trio.CancelScope() as scope:
+            self._connections[conn_id] = _Connection(conn_id, outbox_send, scope, secure.peer.node_id)
+            await self._events_send.send(Connected(conn_id, secure.peer, chain, remote, outbound))
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, secure, outbox_recv, nursery.cancel_scope)
+                    await self._reader(secure, conn_id)
+                    nursery.cancel_scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, OSError) as exc:
+                reason = _reason(exc)
+        if scope.cancelled_caught:
+            reason = "closed by us"
+        self._connections.pop(conn_id, None)
+        with trio.CancelScope(shield=True):
+            await self._events_send.send(Disconnected(conn_id, reason))
+
+    async def _reader(self, secure, conn_id: int) -> None:
+        while True:
+            data = await secure.receive_some(READ_BYTES_MAX)
+            if not data:
+                return
+            await self._events_send.send(DataReceived(conn_id, bytes(data)))
+
+    @staticmethod
+    async def _writer(secure, outbox: trio.MemoryReceiveChannel, scope: trio.CancelScope) -> None:
+        async with outbox:
+            async for data in outbox:
+                await secure.send_all(data)
+        scope.cancel()  # CloseConnection: everything queued is sent
+
+    # ---- discovery and status ---------------------------------------------------------------------
+
+    async def _discovery_loop(self) -> None:
+        found_send, found_recv = trio.open_memory_channel(256)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.discovery, found_send, self.listen_address[1])
+            async for item in found_recv:
+                addresses = tuple((host, item.port) for host in item.addresses)
+                await self._events_send.send(PeerDiscovered(addresses, item.node_id, "mdns"))
+
+    async def _status_loop(self) -> None:
+        while True:
+            try:
+                await trio.to_thread.run_sync(write_status, self.home.path, self.status())
+            except OSError as exc:
+                log.warning("status.write_failed error=%s", exc)
+            await trio.sleep(self.config.status_interval_s)
+
+    def status(self) -> dict:
+        """The `mesh status --json` document."""
+        doc = self.core.status()
+        chunks, stored = self.store.usage()
+        doc.update({
+            "listen_addresses": [list(a) for a in self.listen_addresses()],
+            "release": None,
+            "store": {"chunks": chunks, "bytes": stored},
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+        })
+        return doc
+
+    def listen_addresses(self) -> list[Address]:
+        """Where peers can reach us: the bound address, or every interface address if wildcard."""
+        host, port = self.listen_address
+        if host not in ("0.0.0.0", "::"):
+            return [(host, port)]
+        import ifaddr
+
+        found = []
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                    found.append((ip.ip, port))
+        return found or [("127.0.0.1", port)]
+
+    def _emit_log(self, event_name: str, /, **fields: object) -> None:
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.info("%s %s", event_name, text, extra={"event": event_name, "fields": fields})
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _fmt(address: Address | None) -> str:
+    if address is None:
+        return "-"
+    return f"{address[0]}:{address[1]}"

@@ -1,0 +1,56 @@
+"""TCP transport for trio: the `Transport` the agent uses on real networks."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from mesh.core.events import Address
+from mesh.ports import StreamHandler
+
+log = logging.getLogger("mesh.tcp")
+
+
+class TcpTransport:
+    """Plain TCP streams (the secure channel runs on top)."""
+
+    async def connect(self, address: Address, timeout_s: float) -> trio.abc.Stream:
+        host, port = address
+        with trio.fail_after(timeout_s):
+            return await trio.open_tcp_stream(host, port)
+
+    async def serve(self, address: Address, handler: StreamHandler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = address
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        bound = listeners[0].socket.getsockname()[:2]
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, handler, nursery)
+            task_status.started((bound[0], bound[1]))
+
+    async def _accept_loop(self, listener: trio.SocketListener, handler: StreamHandler, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # e.g. EMFILE: back off instead of spinning
+                    log.warning("tcp.accept_failed error=%s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(_run_handler, handler, stream)
+
+
+async def _run_handler(handler: StreamHandler, stream: trio.SocketStream) -> None:
+    try:
+        peer = stream.socket.getpeername()
+        remote = (peer[0], peer[1])
+    except OSError:
+        remote = None
+    try:
+        await handler(stream, remote)
+    except Exception as exc:  # one connection's failure never stops the listener
+        log.warning("tcp.handler_failed remote=%s error=%r", remote, exc)
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()

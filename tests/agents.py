@@ -1,0 +1,119 @@
+"""Real `mesh up` processes for multi-node tests, on loopback (or inside a private namespace)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from tests.conftest import mesh_env, run_mesh
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class Node:
+    """One home, and the agent process running on it (if started)."""
+
+    def __init__(self, home: Path, port: int | None = None) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = home.parent / f"{home.name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cli(self, *args: str | os.PathLike, check: bool = True) -> subprocess.CompletedProcess:
+        result = run_mesh(*args, home=self.home)
+        if check:
+            assert result.returncode == 0, f"mesh {args} failed: {result.stderr.decode()}"
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    @property
+    def node_id(self) -> str:
+        return self.json("id")["node_id"]
+
+    def up_argv(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "mesh", "--home", str(self.home), "up",
+                "--listen", self.address, "--log-level", "debug", *extra]
+
+    def start(self, *extra: str) -> Node:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.up_argv(*extra), stdout=log, stderr=log, env=mesh_env(),
+                                     start_new_session=True)
+        log.close()
+        wait_until(self._running, 20, f"{self.home.name} to start")
+        return self
+
+    def _running(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.home.name} exited early:\n{self.log()}")
+        status = self.json("status")
+        return bool(status.get("running")) and "state" in status
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def peers(self) -> set[str]:
+        return {p["node_id"] for p in self.json("status").get("peers", [])}
+
+    def tags_of(self, cid: str) -> set[str] | None:
+        for record in self.json("ls"):
+            if record["cid"] == cid:
+                return set(record["tags"])
+        return None
+
+
+def make_mesh(tmp_path: Path, edges: int, ports: list[int] | None = None) -> tuple[Node, list[Node]]:
+    """An organizer home and `edges` joined edge homes (joined offline, no agent running)."""
+    org = Node(tmp_path / "org", ports[0] if ports else None)
+    org.cli("init", "popup-test", "--node-name", "org")
+    members = []
+    for index in range(edges):
+        edge = Node(tmp_path / f"edge{index + 1}", ports[index + 1] if ports else None)
+        token = org.cli("invite", "--role", "edge", "--name", f"door-{index + 1}").stdout.decode().strip()
+        edge.cli("join", token)
+        members.append(edge)
+    return org, members
+
+
+def stop_all(nodes: list[Node]) -> None:
+    for node in nodes:
+        node.stop()
