@@ -86,7 +86,8 @@ class Mesh:
 def make_mesh(name: str = "organizer") -> Mesh:
     authority, key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     chain = membership.create_first_credential(authority, key, name, time.time())
-    return Mesh(authority, LocalIdentity(key, chain), membership.RevocationList(public_key_bytes(authority)))
+    revocations = membership.RevocationList(public_key_bytes(authority))
+    return Mesh(authority, LocalIdentity(key, chain), revocations)
 
 
 def node_id_of(identity: LocalIdentity) -> str:
@@ -213,6 +214,24 @@ def test_two_members_handshake_and_exchange_both_ways() -> None:
     run(main)
 
 
+def test_small_reads_return_every_byte_in_order() -> None:
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+    payload = os.urandom(200_000)
+
+    async def main() -> None:
+        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        await client.send_all(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await server.receive_some(7)
+        assert got == payload
+        await client.aclose()
+        await server.aclose()
+
+    run(main)
+
+
 def test_secure_stream_passes_trio_two_way_stream_checks() -> None:
     mesh = make_mesh()
     edge = mesh.invite("edge")
@@ -244,7 +263,7 @@ def test_concurrent_sends_conflict() -> None:
     run(main)
 
 
-# ---- cipher suite choice ---------------------------------------------------------------------------
+# ---- cipher suite choice -------------------------------------------------------------------------
 
 AES, CHACHA = NOISE_AESGCM, NOISE_CHACHA
 CHOICES = [

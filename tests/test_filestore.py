@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from chunkstore_conformance import ChunkStoreConformance
@@ -41,5 +42,27 @@ def test_unflushed_batch_is_invisible_and_discarded(tmp_path: Path) -> None:
         added = store.add_file(src, "node")
         assert not store.has(Cid.parse(added.cid))
         store.discard()
-    assert store.assets() == []
+    assert store.usage() == (0, 0)
     assert not list((tmp_path / "s" / "tmp").iterdir())
+
+
+def test_release_inventory_reports_manifests_and_present_chunks(tmp_path: Path) -> None:
+    from mesh.content.manifest import DirEntry, DirManifest
+
+    store = FileStore(tmp_path / "s")
+    big, small = tmp_path / "big.bin", tmp_path / "small.txt"
+    big.write_bytes(hashlib.shake_256(b"big").digest(1 << 20))  # four chunks and a file manifest
+    small.write_bytes(b"hello")
+    with store.importing():
+        added = [store.add_file(p, "node") for p in (big, small)]
+        store.commit()
+    root = DirManifest.from_entries([
+        DirEntry(a.path.rsplit("/", 1)[-1], Cid.parse(a.cid), a.size, "application/octet-stream") for a in added
+    ])
+    store.put(root.cid, root.encode())
+    manifests, present = store.release_inventory(str(root.cid))
+    assert [cid for cid, _ in manifests] == [str(root.cid), added[0].cid]
+    assert len(present) == 5 and added[1].cid in present
+    _, chunks = store.object_chunks(added[0].cid)
+    store.delete(Cid.parse(chunks[2]))
+    assert len(store.release_inventory(str(root.cid))[1]) == 4

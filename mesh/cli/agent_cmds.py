@@ -120,8 +120,9 @@ async def _run_agent(home, config: AgentConfig) -> None:
         output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
         if config.http is not None:
             from mesh.gateway.app import create_app, serve_http
+            from mesh.gateway.view import AgentView
 
-            await nursery.start(serve_http, create_app(agent.status), config.http)
+            await nursery.start(serve_http, create_app(AgentView(agent)), config.http)
             output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
 
 
@@ -166,3 +167,51 @@ def status(ctx: Context, as_json: bool) -> None:
     output.stdout.print(f"node {doc['node_id']} ({doc.get('name')}, {doc.get('role')}) — {len(doc['peers'])} peer(s), status {age:.0f}s old")
     for peer in doc["peers"]:
         output.stdout.print(f"  {peer['node_id'][:16]}…  {peer.get('name', ''):16} {peer.get('role', ''):10} {peer.get('addr')}")
+
+
+def _release_done(doc: dict | None, release_id: str | None) -> tuple[bool, dict | None]:
+    release = (doc or {}).get("release")
+    if not release or (release_id and release.get("id") != release_id):
+        return False, release
+    return bool(release.get("complete")), release
+
+
+@click.command()
+@click.option("--release", "release_id", default=None, help="Wait for this release (default: the current one).")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the release status when done.")
+@pass_context
+def wait(ctx: Context, release_id: str | None, timeout_s: float | None, as_json: bool) -> None:
+    """Block until the release is complete and verified here (needs a running agent)."""
+    from mesh.drivers.agentfiles import read_status
+
+    home = ctx.home()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with output.byte_progress("release", 0, as_json) as advance:
+        shown = 0
+        while True:
+            doc = read_status(home.path)
+            done, release = _release_done(doc, release_id)
+            if release and release.get("have_bytes", 0) > shown:
+                advance(release["have_bytes"] - shown)
+                shown = release["have_bytes"]
+            if done:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _wait_timeout(doc, release, timeout_s)
+            time.sleep(0.2)
+    if as_json:
+        output.print_json(release)
+    else:
+        output.stdout.print(f"release {release['id']} ({release.get('name')}) complete: {release['total_bytes']:,} bytes")
+
+
+def _wait_timeout(doc: dict | None, release: dict | None, timeout_s: float) -> Exception:
+    from mesh.errors import MeshError
+
+    if doc is None:
+        return MeshError(f"timed out after {timeout_s:g}s: no agent is running for this home (start `mesh up`)")
+    if release is None:
+        return MeshError(f"timed out after {timeout_s:g}s: no current release known here yet")
+    have, total = release.get("have_bytes", 0), release.get("total_bytes")
+    return MeshError(f"timed out after {timeout_s:g}s: {have:,} of {total if total is not None else '?'} bytes here")

@@ -61,12 +61,14 @@ COMMANDS = {
     "revoke": "mesh.cli.node_cmds:revoke",
     "up": "mesh.cli.agent_cmds:up",
     "status": "mesh.cli.agent_cmds:status",
+    "wait": "mesh.cli.agent_cmds:wait",
     "add": "mesh.cli.store_cmds:add",
     "ls": "mesh.cli.store_cmds:ls",
     "cat": "mesh.cli.store_cmds:cat",
     "tag": "mesh.cli.store_cmds:tag",
     "verify": "mesh.cli.store_cmds:verify",
     "gc": "mesh.cli.store_cmds:gc",
+    "release": "mesh.cli.release_cmds:release",
 }
 
 

@@ -75,13 +75,27 @@ def _asset_json(record: AssetRecord) -> dict:
     }
 
 
-def live_roots(state) -> set[str]:
-    """Files the shared state keeps alive: every asset and its thumbnail."""
+def live_roots(state, store=None, authority_public_key: bytes | None = None,
+               now: float | None = None) -> set[str]:
+    """Files and blocks the shared state keeps alive: every asset and its thumbnail and, given the
+    store and the mesh authority key, every block here of the current and the previous release
+    (root manifest, file manifests, chunks), so a rollback needs no download. Releases older than
+    those are kept only by pins (`mesh release create` pins what it imports)."""
     roots = set()
     for record in state.assets():
         roots.add(record.cid)
         if record.thumbnail:
             roots.add(record.thumbnail)
+    if store is None or authority_public_key is None:
+        return roots
+    import time
+
+    from mesh.state.releases import ReleaseBook, release_chunks
+
+    book = ReleaseBook(state, authority_public_key, time.time() if now is None else now)
+    for kept in (book.current(), book.previous()):
+        if kept is not None:
+            roots.update(str(cid) for cid in release_chunks(store, kept.root, partial=True))
     return roots
 
 
@@ -150,9 +164,8 @@ def cat(ctx: Context, cids: tuple[str, ...]) -> None:
     for cid in parsed:
         store.object_chunks(cid)  # fail before writing anything if one is unknown
     out = sys.stdout.buffer
-    for cid in parsed:
-        for data in store.iter_object(cid):
-            out.write(data)
+    for data in store.iter_objects_parallel(parsed):
+        out.write(data)
     out.flush()
 
 
@@ -209,7 +222,7 @@ def gc(ctx: Context, as_json: bool) -> None:
     """Delete chunks no asset or release needs, and leftovers of interrupted imports."""
     store, _ = open_store(ctx)
     state = ctx.state_file().load(ctx.actor())
-    report = store.gc(live_roots(state))
+    report = store.gc(live_roots(state, store, ctx.home().info.authority_public_key))
     if as_json:
         output.print_json({
             "chunks_removed": report.chunks_removed, "bytes_freed": report.bytes_freed,

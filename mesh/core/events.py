@@ -75,6 +75,42 @@ class StateReloaded:
 
 
 @dataclass(frozen=True)
+class ReleaseInventory:
+    """What the local store holds of a release the core asked about (`LoadRelease`)."""
+
+    root: str  # the release's root manifest CID
+    manifests: tuple[tuple[str, bytes], ...]  # (CID, bytes) of every manifest of it held here
+    present: tuple[str, ...]  # CIDs of its data chunks held here (verified when stored)
+
+
+@dataclass(frozen=True)
+class ChunkStored:
+    """A chunk from `StoreChunk` verified and is now durable in the store."""
+
+    conn_id: int  # the connection it came from
+    cid: str  # its CID
+
+
+@dataclass(frozen=True)
+class ChunkRejected:
+    """A chunk from `StoreChunk` did not hash to its CID (or could not be stored)."""
+
+    conn_id: int  # the connection it came from
+    cid: str  # the CID it claimed
+    reason: str  # "hash mismatch", "disk full", ...
+    peer_fault: bool  # True if the bytes were wrong (drop and penalise the peer)
+
+
+@dataclass(frozen=True)
+class ChunkServed:
+    """The driver finished answering a `ServeChunk` (sent the data, or ChunkMissing)."""
+
+    conn_id: int  # which connection
+    cid: str  # which chunk
+    sent_bytes: int  # chunk bytes sent (0 if it was missing)
+
+
+@dataclass(frozen=True)
 class Tick:
     """Nothing happened but time passed (a deadline was reached)."""
 
@@ -87,7 +123,8 @@ class ShutdownRequested:
 
 
 Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
-Event = Event | StateReloaded | ShutdownRequested
+Event = Event | StateReloaded | ShutdownRequested | ReleaseInventory | ChunkStored | ChunkRejected
+Event = Event | ChunkServed
 
 
 # ---- actions (core -> driver) ------------------------------------------------------------------
@@ -135,4 +172,29 @@ class Emit:
         return dict(self.fields)
 
 
-Action = Send | CloseConnection | Dial | PersistChanges | Emit
+@dataclass(frozen=True)
+class LoadRelease:
+    """Report what the store holds of this release (answer with `ReleaseInventory`)."""
+
+    root: str  # root manifest CID
+
+
+@dataclass(frozen=True)
+class StoreChunk:
+    """Verify these bytes against the CID, store them durably, answer ChunkStored/ChunkRejected."""
+
+    conn_id: int  # the connection they came from
+    cid: str  # the CID they claim to be
+    data: bytes  # the whole chunk
+
+
+@dataclass(frozen=True)
+class ServeChunk:
+    """Send this chunk to the peer (ChunkData pieces, in turn with other frames), re-hashed
+    before it leaves; ChunkMissing if the store cannot produce it. Answer `ChunkServed`."""
+
+    conn_id: int  # which connection
+    cid: str  # which chunk
+
+
+Action = Send | CloseConnection | Dial | PersistChanges | Emit | LoadRelease | StoreChunk | ServeChunk

@@ -21,19 +21,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.config import CoreLimits
+from mesh.content.cid import Cid
 from mesh.core.events import (
-    Action, Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected,
-    Emit, Event, LocalChanges, PeerDiscovered, PersistChanges, Send, ShutdownRequested, StateReloaded, Tick,
+    Action, Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
+    DataReceived, Dial, DialFailed, Disconnected, Emit, Event, LoadRelease, LocalChanges,
+    PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk, ShutdownRequested,
+    StateReloaded, StoreChunk, Tick,
 )
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
+from mesh.core.swarm import Swarm, SwarmLimits
 from mesh.errors import CredentialError, RemoteProtocolError
 from mesh.ids import short
 from mesh.state.document import MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
 from mesh.wire import messages as m
 
-FEATURES = ("state-sync/1",)
+FEATURES = ("state-sync/1", "swarm/1")
+SERVE_QUEUE_MAX = 64  # chunk requests a peer may have waiting on us
+CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 
@@ -77,6 +83,14 @@ class NodeCore:
         self._revocations_seen: set[bytes] = set()
         self._shutting_down = False
         self.counters: dict[str, int] = {}
+        self.swarm: Swarm | None = None
+        self.release: object | None = None  # the current release record (mesh.state.releases)
+        self.swarm_limits = SwarmLimits()
+        self._assembling: dict[tuple[int, Cid], bytearray] = {}  # (conn, cid) -> bytes so far
+        self._manifest_bytes: dict[Cid, bytes] = {}  # manifests handed to the store, not yet stored
+        self._have_updates: list[int] = []  # indices to announce after this event
+        self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
+        self._banned_until: dict[str, float] = {}  # node -> time its ban ends
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -95,6 +109,9 @@ class NodeCore:
     def next_deadline(self) -> float | None:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
         times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
+        swarm_at = self.swarm.next_deadline() if self.swarm is not None else None
+        if swarm_at is not None:
+            times.append(swarm_at)
         if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
             dial_at = self._addresses.next_deadline(self._skip_nodes())
             if dial_at is not None:
@@ -141,6 +158,10 @@ class NodeCore:
             PeerDiscovered: self._on_discovered,
             LocalChanges: self._on_local_changes,
             StateReloaded: self._on_state_reloaded,
+            ReleaseInventory: self._on_inventory,
+            ChunkStored: self._on_chunk_stored,
+            ChunkRejected: self._on_chunk_rejected,
+            ChunkServed: self._on_chunk_served,
             Tick: lambda event, now: None,
             ShutdownRequested: self._on_shutdown,
         }
@@ -160,6 +181,8 @@ class NodeCore:
             return self._close(session, "too many sessions")
         if self.revocations.is_revoked(event.peer.node_id):
             return self._close(session, "node revoked")
+        if self._banned_until.get(event.peer.node_id, 0.0) > now:
+            return self._close(session, "banned for sending corrupt data")
         hello = m.Hello(m.PROTOCOL_VERSION, self.identity.node_id, self.identity.mesh_id, FEATURES, self.listen_port)
         self._send(session, hello, now)
 
@@ -181,9 +204,9 @@ class NodeCore:
         session = self._sessions.pop(event.conn_id, None)
         if session is None:
             return
-        if self._ready.get(session.node_id) == session.conn_id:
-            del self._ready[session.node_id]
+        if self._drop_ready(session):
             self._emit("peer.disconnected", node=session.node_id, reason=event.reason)
+        self._forget_transfers(session)
         if session.outbound:
             self._addresses.dial_finished(session.remote, session.node_id, now)
 
@@ -232,6 +255,12 @@ class NodeCore:
             m.PeerAddresses: self._on_peer_addresses,
             m.StateSync: self._on_state_sync,
             m.StateSyncPart: self._on_state_sync_part,
+            m.Have: self._on_have,
+            m.HaveUpdate: self._on_have_update,
+            m.ChunkRequest: self._on_chunk_request,
+            m.ChunkCancel: lambda session, msg, now: None,  # a queued answer is cheap; let it go
+            m.ChunkData: self._on_chunk_data,
+            m.ChunkMissing: self._on_chunk_missing,
         }.get(type(msg))
         if handler is None:
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} in a ready session")
@@ -280,6 +309,9 @@ class NodeCore:
         self._record_member(session, now)
         self._sync_states[peer.node_id] = self.state.new_sync_state()
         self._sync_to(session, now)
+        if self.swarm is not None:
+            self.swarm.add_peer(peer.node_id)
+            self._send_have(session, now)
 
     def _send_revocations(self, session: Session, now: float) -> None:
         """All revocations we know, in messages that each fit a frame."""
@@ -320,6 +352,8 @@ class NodeCore:
     def _on_close(self, session: Session, close: m.Close, now: float) -> None:
         self._emit("peer.closed_by_peer", node=session.node_id, reason=close.reason[:200])
         session.advance(Trigger.CLOSE)
+        if self._drop_ready(session):  # a closing session is nobody's peer any more
+            self._emit("peer.disconnected", node=session.node_id, reason="closed by peer")
         self._actions.append(CloseConnection(session.conn_id, f"peer closed: {close.reason[:200]}"))
 
     def _on_revocations(self, session: Session, msg: m.Revocations, now: float) -> None:
@@ -402,6 +436,7 @@ class NodeCore:
         for invite_id, node_id in self.state.invite_uses().items():
             self.invites.record(invite_id, node_id)
         self._enforce_revocations(now)
+        self._refresh_release(now)
 
     def _enforce_revocations(self, now: float) -> None:
         for session in list(self._sessions.values()):
@@ -410,6 +445,160 @@ class NodeCore:
                 self._close(session, "node revoked")
         for revocation in self.revocations.revocations():
             self._addresses.forget_node(revocation.node_id)
+
+    # ---- releases and swarming ---------------------------------------------------------------------
+
+    def _refresh_release(self, now: float) -> None:
+        """Follow the current-release pointer (signatures checked by `current_release`)."""
+        from mesh.state.releases import current_release
+
+        release = current_release(self.state, self.identity.authority_public_key, now)
+        if release is None or (self.release is not None and release.id == self.release.id):
+            return
+        self.release = release
+        self.swarm = Swarm(Cid.parse(release.root), self.swarm_limits, self._rng)
+        self._manifest_bytes.clear()
+        for session in self.peers():
+            self.swarm.add_peer(session.node_id)
+        self._emit("release.current", id=release.id, name=release.name, root=release.root)
+        self._actions.append(LoadRelease(release.root))
+
+    def _on_inventory(self, event: ReleaseInventory, now: float) -> None:
+        swarm = self.swarm
+        if swarm is None or str(swarm.root) != event.root:
+            return
+        for cid, data in event.manifests:
+            self._add_manifest(Cid.parse(cid), data)
+        swarm.add_present({Cid.parse(cid) for cid in event.present})
+        if swarm.ready:
+            self._on_list_known(now)
+
+    def _add_manifest(self, cid: Cid, data: bytes) -> None:
+        try:
+            self.swarm.add_manifest(cid, data)
+        except RemoteProtocolError as exc:  # a verified manifest that is not a valid release
+            self._emit("release.invalid", root=str(self.swarm.root), reason=str(exc))
+
+    def _on_list_known(self, now: float) -> None:
+        self._emit("release.listed", root=str(self.swarm.root), chunks=len(self.swarm.chunks),
+                   bytes=self.swarm.total_bytes)
+        for session in self.peers():
+            self._send_have(session, now)
+        self._check_complete()
+
+    def _send_have(self, session: Session, now: float) -> None:
+        count, bits = self.swarm.have_bitfield()
+        self._send(session, m.Have(self.swarm.root.to_bytes(), count, bits), now)
+
+    def _on_have(self, session: Session, msg: m.Have, now: float) -> None:
+        if self.swarm is not None and msg.root == self.swarm.root.to_bytes():
+            self.swarm.peer_have(session.node_id, msg.count, msg.bits)
+
+    def _on_have_update(self, session: Session, msg: m.HaveUpdate, now: float) -> None:
+        if self.swarm is not None and msg.root == self.swarm.root.to_bytes():
+            self.swarm.peer_update(session.node_id, msg.indices)
+
+    def _on_chunk_request(self, session: Session, msg: m.ChunkRequest, now: float) -> None:
+        cid = _parse_cid(msg.cid)
+        queued = self._serving.get(session.conn_id, 0)
+        if queued >= SERVE_QUEUE_MAX:
+            raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
+        self._serving[session.conn_id] = queued + 1
+        self._actions.append(ServeChunk(session.conn_id, str(cid)))
+
+    def _on_chunk_served(self, event: ChunkServed, now: float) -> None:
+        self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)
+        self._count("chunks.served" if event.sent_bytes else "chunks.missing_served")
+
+    def _on_chunk_missing(self, session: Session, msg: m.ChunkMissing, now: float) -> None:
+        if self.swarm is not None:
+            self.swarm.peer_lacks(session.node_id, _parse_cid(msg.cid))
+
+    def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
+        cid = _parse_cid(msg.cid)
+        if self.swarm is None or not self.swarm.requested_from(session.node_id, cid):
+            self._count("chunks.unrequested_pieces")  # cancelled or timed out: drop it
+            return
+        key = (session.conn_id, cid)
+        buffer = self._assembling.setdefault(key, bytearray())
+        if msg.offset != len(buffer) or msg.total > m.CHUNK_BYTES_MAX or len(buffer) + len(msg.data) > msg.total:
+            raise RemoteProtocolError(f"chunk {cid}: piece at {msg.offset} does not follow {len(buffer)} of {msg.total}")
+        buffer += msg.data
+        if len(buffer) < msg.total:
+            return
+        data = bytes(self._assembling.pop(key))
+        for other_node, other_cid in self.swarm.delivered(session.node_id, cid, now):
+            other = self._sessions.get(self._ready.get(other_node, -1))
+            if other is not None:
+                self._send(other, m.ChunkCancel(other_cid.to_bytes()), now)
+        if self.swarm.is_manifest(cid):
+            self._manifest_bytes[cid] = data
+        self._actions.append(StoreChunk(session.conn_id, str(cid), data))
+
+    def _on_chunk_stored(self, event: ChunkStored, now: float) -> None:
+        self._count("chunks.verified")
+        if self.swarm is None:
+            return
+        cid = Cid.parse(event.cid)
+        manifest = self._manifest_bytes.pop(cid, None)
+        if manifest is not None:
+            was_ready = self.swarm.ready
+            self._add_manifest(cid, manifest)
+            if self.swarm.ready and not was_ready:
+                self._on_list_known(now)
+                self._actions.append(LoadRelease(str(self.swarm.root)))  # what else is here already
+            return
+        index = self.swarm.mark_have(cid)
+        if index is not None:
+            self._have_updates.append(index)
+            self._check_complete()
+
+    def _on_chunk_rejected(self, event: ChunkRejected, now: float) -> None:
+        cid = Cid.parse(event.cid)
+        self._manifest_bytes.pop(cid, None)
+        session = self._sessions.get(event.conn_id)
+        if not event.peer_fault:
+            self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
+            return
+        self._count("chunks.rejected")
+        if session is None:
+            return
+        if self.swarm is not None:
+            self.swarm.rejected(session.node_id, cid)
+        self._banned_until[session.node_id] = now + CORRUPT_BAN_S
+        self._emit("peer.corrupt_chunk", node=session.node_id, cid=event.cid)
+        self._close(session, f"sent a corrupt chunk ({event.cid})")
+
+    def _check_complete(self) -> None:
+        if self.swarm is not None and self.swarm.complete:
+            self._emit("release.complete", id=self.release.id, bytes=self.swarm.total_bytes)
+
+    def _run_swarm(self, now: float) -> None:
+        swarm = self.swarm
+        if swarm is None:
+            return
+        if self._have_updates:
+            self._flush_have_updates(now)
+        for node, cid in swarm.expired(now):
+            self._count("chunks.timeouts")
+        for node, cid in swarm.schedule(now, list(self._ready)):
+            session = self._sessions[self._ready[node]]
+            self._send(session, m.ChunkRequest(cid.to_bytes()), now)
+
+    def _flush_have_updates(self, now: float) -> None:
+        indices, self._have_updates = tuple(self._have_updates), []
+        root = self.swarm.root.to_bytes()
+        for start in range(0, len(indices), m.HAVE_INDICES_MAX):
+            update = m.HaveUpdate(root, indices[start:start + m.HAVE_INDICES_MAX])
+            for session in self.peers():
+                self._send(session, update, now)
+
+    def _forget_transfers(self, session: Session) -> None:
+        if self.swarm is not None:
+            self.swarm.remove_peer(session.node_id)
+        for key in [k for k in self._assembling if k[0] == session.conn_id]:
+            del self._assembling[key]
+        self._serving.pop(session.conn_id, None)
 
     # ---- peer exchange ----------------------------------------------------------------------------
 
@@ -450,6 +639,7 @@ class NodeCore:
             self._session_timers(session, now)
         if not self._shutting_down:
             self._dial_due(now)
+            self._run_swarm(now)
 
     def _session_timers(self, session: Session, now: float) -> None:
         if session.phase is Phase.HELLO and now >= session.opened_at + self.limits.hello_timeout_s:
@@ -486,10 +676,17 @@ class NodeCore:
             return
         self._actions.append(Send(session.conn_id, m.encode(m.Close(reason[: m.CLOSE_REASON_BYTES_MAX]))))
         session.advance(Trigger.CLOSE)
-        if self._ready.get(session.node_id) == session.conn_id:
-            del self._ready[session.node_id]
+        self._drop_ready(session)
         self._emit("peer.closing", node=session.node_id, reason=reason)
         self._actions.append(CloseConnection(session.conn_id, reason))
+
+    def _drop_ready(self, session: Session) -> bool:
+        """Forget `session` as its node's ready session, and the sync state that went with it."""
+        if self._ready.get(session.node_id) != session.conn_id:
+            return False
+        del self._ready[session.node_id]
+        self._sync_states.pop(session.node_id, None)
+        return True
 
     def _emit(self, event_name: str, /, **fields: object) -> None:
         self._actions.append(Emit(event_name, tuple(fields.items())))
@@ -506,8 +703,27 @@ class NodeCore:
             "mesh_id": self.identity.mesh_id,
             "name": self.identity.name,
             "role": self.identity.role,
-            "peers": [_peer_status(s) for s in self.peers()],
+            "peers": [self._peer_status(s) for s in self.peers()],
             "state": {"heads": [h.hex() for h in self.state.heads()]},
+            "release": self._release_status(),
+        }
+
+    def _peer_status(self, session: Session) -> dict:
+        doc = _peer_status(session)
+        rates = self.swarm.peer_rates() if self.swarm is not None else {}
+        doc["chunk_bytes_received"] = rates.get(session.node_id, 0)
+        return doc
+
+    def _release_status(self) -> dict | None:
+        if self.release is None or self.swarm is None:
+            return None
+        return {
+            "id": self.release.id,
+            "name": self.release.name,
+            "root": str(self.swarm.root),
+            "have_bytes": self.swarm.have_bytes,
+            "total_bytes": self.swarm.total_bytes if self.swarm.ready else None,
+            "complete": self.swarm.complete,
         }
 
 
@@ -521,6 +737,13 @@ def _peer_status(session: Session) -> dict:
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,
     }
+
+
+def _parse_cid(raw: bytes) -> Cid:
+    try:
+        return Cid.from_bytes(raw)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"bad CID: {exc}") from None
 
 
 def _fmt(address: Address | None) -> str | None:

@@ -10,11 +10,12 @@ Theory of operation:
   attacker who alters them makes the handshake fail: no downgrade (Noise spec, section 6).
 - The handshake is then Noise XX from the `noiseprotocol` package. Each side makes a fresh X25519
   static key per connection.
-- Each side's handshake payload (responder: message 2, initiator: message 3, both encrypted) is CBOR
-  `{"key": Ed25519 public key, "chain": credential chain, "sig": signature}`, where `sig` is the node
-  key's Ed25519 signature over `STATIC_KEY_CONTEXT + noise static public key` (as libp2p-noise
-  does). The signature binds the Noise session to the node key; the injected `authenticate(chain,
-  key)` binds the node key to a valid, unrevoked membership and returns the peer's `Member`.
+- Each side's handshake payload (responder: message 2, initiator: message 3, both encrypted) is
+  CBOR `{"key": Ed25519 public key, "chain": credential chain, "sig": signature}`, where `sig` is
+  the node key's Ed25519 signature over `STATIC_KEY_CONTEXT + noise static public key` (as
+  libp2p-noise does). The signature binds the Noise session to the node key; the injected
+  `authenticate(chain, key)` binds the node key to a valid, unrevoked membership of this mesh and
+  returns the peer's `Member`.
 - Once the responder has accepted message 3 it sends one empty transport record; the initiator
   waits for it, so `secure_connect` returning means both sides accepted (a refused initiator sees
   the connection close instead, and the reason is only logged by the responder).
@@ -143,11 +144,11 @@ def cpu_has_fast_aes() -> bool:
         cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:  # not Linux: every x86-64 Mac/PC of the last decade and Apple silicon do
         return platform.machine().lower() in {"x86_64", "amd64", "arm64"}
-    return any(
-        line.split(":", 1)[0].strip() in {"flags", "Features"} and "aes" in line.split(":", 1)[1].split()
-        for line in cpuinfo.splitlines()
-        if ":" in line
-    )
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in {"flags", "Features"} and "aes" in value.split():
+            return True
+    return False
 
 
 def default_ciphers() -> tuple[bytes, ...]:
@@ -310,7 +311,10 @@ def _read_identity_message(
 
 
 async def _initiator_handshake(
-    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, ciphers: Sequence[bytes]
+    stream: trio.abc.Stream,
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    ciphers: Sequence[bytes],
 ) -> tuple[NoiseConnection, Member, bytes]:
     """-> offer; <- choice; -> e; <- e, ee, s, es + responder identity;
     -> s, se + our identity; <- accepted."""
@@ -336,7 +340,10 @@ async def _initiator_handshake(
 
 
 async def _responder_handshake(
-    stream: trio.abc.Stream, local: LocalIdentity, authenticate: Authenticate, ciphers: Sequence[bytes]
+    stream: trio.abc.Stream,
+    local: LocalIdentity,
+    authenticate: Authenticate,
+    ciphers: Sequence[bytes],
 ) -> tuple[NoiseConnection, Member, bytes]:
     """<- offer; -> choice; <- e; -> e, ee, s, es + our identity;
     <- s, se + initiator identity; -> accepted."""
@@ -369,10 +376,10 @@ async def _secure(
     ciphers: Sequence[bytes] | None,
 ) -> SecureStream:
     """Run one side of the handshake under a deadline; close the transport on any failure."""
-    ciphers = tuple(ciphers) if ciphers is not None else default_ciphers()
-    _check_ciphers(ciphers)
     run = _initiator_handshake if initiator else _responder_handshake
     try:
+        ciphers = tuple(ciphers) if ciphers is not None else default_ciphers()
+        _check_ciphers(ciphers)
         with trio.fail_after(handshake_timeout_s):
             noise, member, key = await run(stream, local, authenticate, ciphers)
     except trio.TooSlowError:
@@ -448,7 +455,8 @@ class SecureStream(trio.abc.Stream):
         self._send_busy = _Busy("sending")
         self._receive_busy = _Busy("receiving")
         self._rx = bytearray()  # transport bytes not yet forming a whole record
-        self._plain: deque[bytes] = deque()  # decrypted plaintext not yet returned
+        self._plain: deque[bytes] = deque()  # decrypted records not yet (fully) returned
+        self._plain_start = 0  # bytes of the first record already returned
         self._eof = False
         self._closed = False
         self._send_broken = False
@@ -590,11 +598,14 @@ class SecureStream(trio.abc.Stream):
         """Pop up to `max_bytes` of buffered plaintext (b"" at EOF)."""
         if not self._plain:
             return b""
-        head = self._plain[0]
-        if max_bytes is None or max_bytes >= len(head):
-            return self._plain.popleft()
-        self._plain[0] = head[max_bytes:]
-        return head[:max_bytes]
+        head, start = self._plain[0], self._plain_start
+        end = len(head) if max_bytes is None else min(len(head), start + max_bytes)
+        if end == len(head):
+            self._plain.popleft()
+            self._plain_start = 0
+            return head if start == 0 else head[start:]
+        self._plain_start = end  # copy only what is returned: small reads stay linear
+        return head[start:end]
 
     def _break(self, reason: str) -> None:
         self._receive_broken = True
@@ -631,7 +642,7 @@ async def _serve_one(
     gate: trio.CapacityLimiter,
     logger: logging.Logger,
 ) -> None:
-    """Handshake one accepted connection, then hand it to `handler`; never raises (but Cancelled)."""
+    """Handshake one accepted connection, then run `handler`; raises nothing but Cancelled."""
     addr = _peer_addr(stream)
     try:
         gate.acquire_nowait()

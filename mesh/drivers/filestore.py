@@ -24,21 +24,26 @@ import fcntl
 import mimetypes
 import os
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mesh.content.chunking import CHUNK_BYTES_MAX, chunk_bytes_for, iter_chunks
-from mesh.content.cid import Cid, cid_for_raw
-from mesh.content.manifest import FileManifest, file_cid
+from mesh.content.chunking import CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, chunk_bytes_for, iter_chunks
+from mesh.content.cid import RAW, Cid, cid_for_raw
+from mesh.content.manifest import FileManifest, decode_manifest, file_cid
 from mesh.errors import CorruptChunkError, NotFoundError, StoreError
 from mesh.state.records import AssetRecord
 
 BATCH_BYTES_MAX = 64 * 1024 * 1024  # flush a batch once this many chunk bytes are staged
 BATCH_CHUNKS_MAX = 512  # ... or this many chunk files
 SYNCFS_CHUNKS_MIN = 8  # below this many files, fsync each one instead of flushing the filesystem
+READ_AHEAD_BYTES_MAX = 64 * 1024 * 1024  # chunk bytes a parallel read keeps in flight (nominal)
+READ_AHEAD_CHUNKS_MAX = 16  # ... and chunks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -134,6 +139,20 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
+def _read_verified(cid: Cid, path: Path) -> bytes:
+    """Read one chunk file and re-hash it (runs on a worker thread; blake3 drops the GIL)."""
+    text = str(cid)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptChunkError(text, f"chunk {text} is indexed but its file is missing") from None
+    except OSError as exc:
+        raise _os_error(exc, f"reading chunk {text}") from None
+    if not cid.verify(data):
+        raise CorruptChunkError(text)
+    return data
+
+
 def media_type_for(name: str) -> str:
     """Media type from a file name; a generic binary type when unknown."""
     guessed, _ = mimetypes.guess_type(name, strict=False)
@@ -154,9 +173,8 @@ class FileStore:
         try:
             for directory in (self._chunks, self._tmp, self._quarantine):
                 directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.root / "index.sqlite", timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._local = threading.local()  # one SQLite connection per thread
+            self._connections: list[sqlite3.Connection] = []
             self._db.executescript(_SCHEMA)
         except OSError as exc:
             raise _os_error(exc, "opening the store") from None
@@ -165,8 +183,24 @@ class FileStore:
         self._batch = _Batch()
         self._lock_path = self.root / "store.lock"
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection to the index (the agent reads and writes from workers)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.root / "index.sqlite", timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+            self._connections.append(db)
+        return db
+
     def close(self) -> None:
-        self._db.close()
+        for db in self._connections:
+            db.close()
+        self._connections.clear()
+        self._local = threading.local()
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
@@ -233,12 +267,30 @@ class FileStore:
         if not cid.verify(data):
             raise CorruptChunkError(str(cid), f"bytes do not match {cid}")
         text = str(cid)
-        if self._has_text(text) or text in self._batch.staged:
+        if self._has_text(text):
             return False
         with self.importing():
-            self._stage(text, data)
-            self.commit()
+            self._put_one(text, data)
         return True
+
+    def _put_one(self, cid: str, data: bytes) -> None:
+        """Write, flush, rename and index one chunk (thread-safe: no shared batch)."""
+        tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
+        final = self._chunk_path(cid)
+        try:
+            with open(tmp_path, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp_path, final)
+            self._sync_dirs([final.parent])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise _os_error(exc, "storing a chunk") from None
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", (cid, len(data), time.time()))
 
     def delete(self, cid: Cid) -> bool:
         text = str(cid)
@@ -414,21 +466,101 @@ class FileStore:
     # ---- reading objects --------------------------------------------------------------------------
 
     def object_chunks(self, cid: Cid | str) -> tuple[int, list[str]]:
-        """(file size, chunk CIDs in order) of a stored file; NotFoundError if unknown."""
+        """(file size, chunk CIDs in order) of a file known here; NotFoundError if unknown.
+
+        Files imported here are in the index; files that arrived from peers are known by their
+        manifest chunk (or are a single raw chunk), and get indexed on first use."""
         text = str(cid)
         row = self._db.execute("SELECT size FROM objects WHERE cid = ?", (text,)).fetchone()
         if row is None:
-            raise NotFoundError(f"no file with CID {text} in this store (see `mesh ls`)")
+            return self._object_from_chunks(text)
         chunks = self._db.execute(
             "SELECT chunk FROM object_chunks WHERE object = ? ORDER BY seq", (text,)
         ).fetchall()
         return int(row[0]), [chunk for (chunk,) in chunks]
+
+    def _object_from_chunks(self, text: str) -> tuple[int, list[str]]:
+        unknown = NotFoundError(f"no file with CID {text} in this store (see `mesh ls`)")
+        try:
+            parsed = Cid.parse(text)
+        except ValueError:
+            raise unknown from None
+        if not self._has_text(text):
+            raise unknown
+        if parsed.codec == RAW:
+            return self.size(parsed), [text]
+        try:
+            manifest = decode_manifest(self.read_chunk(parsed, verify=True))
+        except (CorruptChunkError, ValueError):
+            raise unknown from None
+        if not isinstance(manifest, FileManifest):
+            raise unknown
+        chunks = [str(c) for c in manifest.chunks]
+        with self._transaction():
+            self._index_object(text, manifest.size, text, chunks)
+        return manifest.size, chunks
 
     def iter_object(self, cid: Cid | str) -> Iterator[bytes]:
         """Stream a file's bytes, chunk by chunk, every chunk re-hashed before it is yielded."""
         _, chunks = self.object_chunks(cid)
         for chunk in chunks:
             yield self.read_chunk(Cid.parse(chunk), verify=True)
+
+    def iter_objects_parallel(self, cids: Iterable[Cid | str], threads: int | None = None) -> Iterator[bytes]:
+        """Stream several files in order, reading and re-hashing chunks on worker threads.
+
+        At most READ_AHEAD_BYTES_MAX bytes of chunks are in flight, so memory stays bounded."""
+        jobs = [(Cid.parse(chunk), self._chunk_path(chunk)) for cid in cids for chunk in self._indexed_chunks(cid)]
+        window: deque = deque()
+        window_bytes = 0
+        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
+            for chunk_cid, path in jobs:
+                window.append(pool.submit(_read_verified, chunk_cid, path))
+                window_bytes += CHUNK_BYTES_MIN
+                while window and (window_bytes > READ_AHEAD_BYTES_MAX or len(window) > READ_AHEAD_CHUNKS_MAX):
+                    data = window.popleft().result()
+                    window_bytes -= CHUNK_BYTES_MIN
+                    yield data
+            while window:
+                yield window.popleft().result()
+
+    def _indexed_chunks(self, cid: Cid | str) -> list[str]:
+        _, chunks = self.object_chunks(cid)
+        for chunk in chunks:
+            if not self._has_text(chunk):
+                raise NotFoundError(f"chunk {chunk} of {cid} is missing here (run `mesh verify`)")
+        return chunks
+
+    def release_inventory(self, root: str) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """What this store holds of a release: (manifests as (CID, bytes), data chunk CIDs).
+
+        Stops descending where a manifest is missing; every manifest read is re-hashed."""
+        manifests: list[tuple[str, bytes]] = []
+        present: list[str] = []
+        root_manifest = self._read_manifest(root)
+        if root_manifest is None:
+            return manifests, present
+        manifests.append((root, root_manifest[0]))
+        for entry in root_manifest[1].entries:
+            text = str(entry.cid)
+            if entry.cid.codec == RAW:
+                present += [text] if self._has_text(text) else []
+                continue
+            found = self._read_manifest(text)
+            if found is None:
+                continue
+            manifests.append((text, found[0]))
+            present += [str(c) for c in found[1].chunks if self._has_text(str(c))]
+        return manifests, present
+
+    def _read_manifest(self, cid: str):
+        if not self._has_text(cid):
+            return None
+        try:
+            data = self.read_chunk(Cid.parse(cid), verify=True)
+            return data, decode_manifest(data)
+        except (CorruptChunkError, ValueError):
+            return None
 
     # ---- integrity and space ------------------------------------------------------------------
 

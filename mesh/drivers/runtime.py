@@ -24,9 +24,11 @@ from typing import Any, Callable
 import trio
 
 from mesh.config import AgentConfig
+from mesh.content.cid import Cid
 from mesh.core.events import (
-    Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected, Emit, Event,
-    PeerDiscovered, PersistChanges, Send, ShutdownRequested, StateReloaded, Tick,
+    Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
+    DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
+    ReleaseInventory, Send, ServeChunk, ShutdownRequested, StateReloaded, StoreChunk, Tick,
 )
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.agentfiles import write_status
@@ -34,9 +36,10 @@ from mesh.drivers.channel import HandshakeError, LocalIdentity, secure_accept, s
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
 from mesh.drivers.statefile import StateFile
-from mesh.errors import CredentialError, RemoteProtocolError
+from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError
 from mesh.ports import Transport
 from mesh.state.document import actor_id
+from mesh.wire import messages as m
 
 log = logging.getLogger("mesh.agent")
 
@@ -45,6 +48,13 @@ HANDSHAKE_TIMEOUT_S = 10.0
 READ_BYTES_MAX = 256 * 1024
 SHUTDOWN_GRACE_S = 3.0
 CLOSE_DRAIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class _ChunkJob:
+    """An outbox entry the writer turns into ChunkData pieces when it reaches it."""
+
+    cid: str  # the chunk to send
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Agent:
         self._events_send, self._events_recv = trio.open_memory_channel[Event](config.events_max)
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
+        self._store_limiter = trio.CapacityLimiter(2)  # store work runs on worker threads
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -179,17 +190,64 @@ class Agent:
             self._persist(action.data)
         elif isinstance(action, Emit):
             self._emit_log(action.name, **action.as_dict())
+        elif isinstance(action, ServeChunk):
+            self._enqueue(action.conn_id, _ChunkJob(action.cid))
+        elif isinstance(action, StoreChunk):
+            self._nursery.start_soon(self._store_chunk, action)
+        elif isinstance(action, LoadRelease):
+            self._nursery.start_soon(self._load_release, action.root)
 
     def _send(self, action: Send) -> None:
-        conn = self._connections.get(action.conn_id)
+        self._enqueue(action.conn_id, action.data)
+
+    def _enqueue(self, conn_id: int, item: bytes | _ChunkJob) -> None:
+        conn = self._connections.get(conn_id)
         if conn is None:
             return
         try:
-            conn.outbox.send_nowait(action.data)
+            conn.outbox.send_nowait(item)
         except trio.WouldBlock:
-            self._close(action.conn_id, "peer too slow: outbox full")
+            self._close(conn_id, "peer too slow: outbox full")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    # ---- chunks -------------------------------------------------------------------------------------
+
+    async def _store_chunk(self, action: StoreChunk) -> None:
+        """Verify and store off the event loop; report the outcome to the core."""
+        try:
+            cid = Cid.parse(action.cid)
+            await trio.to_thread.run_sync(self.store.put, cid, action.data, limiter=self._store_limiter)
+        except MeshError as exc:
+            corrupt = isinstance(exc, CorruptChunkError)
+            await self._events_send.send(ChunkRejected(action.conn_id, action.cid, _reason(exc), corrupt))
+            return
+        await self._events_send.send(ChunkStored(action.conn_id, action.cid))
+
+    async def _load_release(self, root: str) -> None:
+        try:
+            manifests, present = await trio.to_thread.run_sync(
+                self.store.release_inventory, root, limiter=self._store_limiter
+            )
+        except MeshError as exc:
+            log.warning("release.inventory_failed root=%s error=%s", root, exc)
+            manifests, present = [], []
+        await self._events_send.send(ReleaseInventory(root, tuple(manifests), tuple(present)))
+
+    async def _serve_chunk(self, secure, conn_id: int, cid_text: str) -> None:
+        """Send one chunk as ChunkData pieces, re-hashed just before it leaves."""
+        cid = Cid.parse(cid_text)
+        try:
+            data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._store_limiter)
+        except MeshError:
+            await secure.send_all(m.encode(m.ChunkMissing(cid.to_bytes())))
+            await self._events_send.send(ChunkServed(conn_id, cid_text, 0))
+            return
+        piece = m.CHUNK_PIECE_BYTES_MAX
+        for offset in range(0, max(len(data), 1), piece):
+            frame = m.ChunkData(cid.to_bytes(), offset, len(data), data[offset:offset + piece])
+            await secure.send_all(m.encode(frame))
+        await self._events_send.send(ChunkServed(conn_id, cid_text, len(data)))
 
     def _close(self, conn_id: int, reason: str) -> None:
         """Let the writer drain what is queued, then end the connection."""
@@ -250,23 +308,29 @@ class Agent:
 
     async def _run_connection(self, secure, chain: bytes, remote: Address | None, outbound: bool) -> None:
         conn_id = next(self._conn_ids)
-        outbox_send, outbox_recv = trio.open_memory_channel[bytes](self.config.outbox_frames_max)
-        reason = "closed"
+        outbox_send, outbox_recv = trio.open_memory_channel[bytes | _ChunkJob](self.config.outbox_frames_max)
+        ended: list[str] = []  # why the connection ended, first reason wins
         with trio.CancelScope() as scope:
             self._connections[conn_id] = _Connection(conn_id, outbox_send, scope, secure.peer.node_id)
             await self._events_send.send(Connected(conn_id, secure.peer, chain, remote, outbound))
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, secure, outbox_recv, nursery.cancel_scope)
-                    await self._reader(secure, conn_id)
-                    nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, OSError) as exc:
-                reason = _reason(exc)
-        if scope.cancelled_caught:
-            reason = "closed by us"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, self._writer(secure, conn_id, outbox_recv), ended, nursery.cancel_scope)
+                nursery.start_soon(self._guarded, self._reader(secure, conn_id), ended, nursery.cancel_scope)
+        if scope.cancelled_caught and not ended:
+            ended.append("closed by us")
         self._connections.pop(conn_id, None)
         with trio.CancelScope(shield=True):
-            await self._events_send.send(Disconnected(conn_id, reason))
+            await self._events_send.send(Disconnected(conn_id, ended[0] if ended else "closed"))
+
+    @staticmethod
+    async def _guarded(work, ended: list[str], scope: trio.CancelScope) -> None:
+        """Run a reader or writer; a broken stream ends the connection (never the agent)."""
+        try:
+            await work
+            ended.append("closed")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, OSError) as exc:
+            ended.append(_reason(exc))
+        scope.cancel()
 
     async def _reader(self, secure, conn_id: int) -> None:
         while True:
@@ -275,12 +339,14 @@ class Agent:
                 return
             await self._events_send.send(DataReceived(conn_id, bytes(data)))
 
-    @staticmethod
-    async def _writer(secure, outbox: trio.MemoryReceiveChannel, scope: trio.CancelScope) -> None:
+    async def _writer(self, secure, conn_id: int, outbox: trio.MemoryReceiveChannel) -> None:
+        """Send queued frames until the outbox is closed (CloseConnection): all of it goes out."""
         async with outbox:
-            async for data in outbox:
-                await secure.send_all(data)
-        scope.cancel()  # CloseConnection: everything queued is sent
+            async for item in outbox:
+                if isinstance(item, _ChunkJob):
+                    await self._serve_chunk(secure, conn_id, item.cid)
+                else:
+                    await secure.send_all(item)
 
     # ---- discovery and status ---------------------------------------------------------------------
 
@@ -306,7 +372,6 @@ class Agent:
         chunks, stored = self.store.usage()
         doc.update({
             "listen_addresses": [list(a) for a in self.listen_addresses()],
-            "release": None,
             "store": {"chunks": chunks, "bytes": stored},
             "pid": os.getpid(),
             "updated_at": time.time(),

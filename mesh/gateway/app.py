@@ -1,34 +1,146 @@
-"""The HTTP face of a node (ASGI, served by hypercorn inside the agent's nursery).
+"""The HTTP face of a node (ASGI, served by hypercorn's trio worker inside the agent's nursery).
 
-For now: `GET /healthz` and `GET /api/status`. The local CDN, search, consent pages and dashboard
+Routes now: `GET /healthz`, `GET /api/status`, the local CDN `GET|HEAD /c/CID` and
+`GET|HEAD /release/current/PATH` (Range, ETag, If-None-Match, immutable caching for CIDs, bytes
+streamed chunk by chunk and re-hashed before they leave). Search, consent pages and the dashboard
 arrive with the gateway issue.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
 
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from mesh.content.cid import Cid
+from mesh.errors import MeshError
 
-def create_app(status: Callable[[], dict]) -> Starlette:
-    """An app over a read-only view: `status()` returns the `mesh status --json` document."""
+IMMUTABLE = "public, max-age=31536000, immutable"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file the gateway may serve."""
+
+    cid: str  # file CID
+    size: int  # bytes
+    media_type: str  # Content-Type
+
+
+class GatewayView(Protocol):
+    """The read-only view of a node the gateway needs. Lookups run on the event loop (they are
+    index queries); `read_chunk` runs on a worker thread."""
+
+    def status(self) -> dict: ...
+
+    def file_by_cid(self, cid: str) -> FileRef | None: ...
+
+    def file_in_current_release(self, path: str) -> FileRef | None: ...
+
+    def chunk_spans(self, cid: str) -> list[tuple[str, int]]: ...  # (chunk CID, length) in order
+
+    def read_chunk(self, cid: str) -> bytes: ...  # re-hashed; MeshError if it cannot
+
+
+def create_app(view: GatewayView) -> Starlette:
+    """An app over a read-only view of the node."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
     async def api_status(request: Request) -> JSONResponse:
-        return JSONResponse(status())
+        return JSONResponse(view.status())
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/api/status", api_status)])
+    async def by_cid(request: Request) -> Response:
+        text = request.path_params["cid"]
+        try:
+            Cid.parse(text)
+        except ValueError:
+            return JSONResponse({"error": "not a CID"}, status_code=400)
+        return await _serve(request, view, view.file_by_cid(text), IMMUTABLE)
+
+    async def release_file(request: Request) -> Response:
+        ref = view.file_in_current_release(request.path_params["path"])
+        return await _serve(request, view, ref, "no-cache")
+
+    return Starlette(routes=[
+        Route("/healthz", healthz),
+        Route("/api/status", api_status),
+        Route("/c/{cid}", by_cid, methods=["GET", "HEAD"]),
+        Route("/release/current/{path:path}", release_file, methods=["GET", "HEAD"]),
+    ])
 
 
-async def serve_http(app: Starlette, address: tuple[str, int], *, task_status=None) -> None:
+async def _serve(request: Request, view: GatewayView, ref: FileRef | None, cache: str) -> Response:
+    if ref is None:
+        return JSONResponse({"error": "not found"}, status_code=404)
+    etag = f'"{ref.cid}"'
+    headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes"}
+    if etag in _etags(request.headers.get("if-none-match", "")):
+        return Response(status_code=304, headers=headers)
+    span = _parse_range(request.headers.get("range"), ref.size)
+    if span == "invalid":
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{ref.size}"})
+    start, end = span if span else (0, ref.size)
+    status = 206 if span else 200
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{ref.size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=ref.media_type)
+    spans = view.chunk_spans(ref.cid)
+    body = _stream(view, spans, start, end)
+    return StreamingResponse(body, status_code=status, headers=headers, media_type=ref.media_type)
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip() for tag in header.split(",") if tag.strip()}
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """(start, end-exclusive) for one `bytes=` range, None for no range, "invalid" if unsatisfiable."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None  # unsupported forms (multiple ranges) get the whole file, as RFC 9110 allows
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        return (max(0, size - length), size) if length > 0 and size > 0 else "invalid"
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or end <= start:
+        return "invalid"
+    return start, end
+
+
+async def _stream(view: GatewayView, spans: list[tuple[str, int]], start: int, end: int) -> AsyncIterator[bytes]:
+    offset = 0
+    for chunk_cid, length in spans:
+        chunk_start, chunk_end = offset, offset + length
+        offset = chunk_end
+        if chunk_end <= start or chunk_start >= end:
+            continue
+        try:
+            data = await trio.to_thread.run_sync(view.read_chunk, chunk_cid)
+        except MeshError:
+            return  # a chunk went bad mid-response: end short rather than send wrong bytes
+        yield data[max(0, start - chunk_start): min(length, end - chunk_start)]
+
+
+async def serve_http(app: Starlette, address: tuple[str, int], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` on address with hypercorn's trio worker until cancelled."""
-    import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -37,6 +149,6 @@ async def serve_http(app: Starlette, address: tuple[str, int], *, task_status=No
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
-    if task_status is None:
-        task_status = trio.TASK_STATUS_IGNORED
     await serve(app, config, task_status=task_status)
+
+

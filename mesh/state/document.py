@@ -9,6 +9,8 @@ Theory of operation:
 - Scalars are last-writer-wins per field (Automerge's rule). Tags and subjects are map keys: a
   concurrent add and remove of one tag keeps the add; adds of different tags both survive.
 - Members, tag descriptions and the current release are whole maps, last-writer-wins as a unit.
+- Release publications are one bytes entry each under a unique id, in a `publications` map that a
+  deterministic skeleton change creates (like an asset's), so concurrent publications all survive.
 - The binding shows only the winner of a conflict, so invite uses are kept as one key per
   (invite, node); readers pick the smallest (at, node_id), the same on every replica.
 - Reads trust nothing: a member may write anything with another Automerge implementation. An entry
@@ -32,6 +34,7 @@ from mesh.state.records import TAGS_PER_ASSET_MAX, AssetRecord, normalize_tag
 SCHEMA_VERSION = 1
 GENESIS_ACTOR = bytes(16)  # never used for anything but the genesis change
 ROOT_MAPS = ("members", "revocations", "invite_uses", "tags", "assets", "releases")
+PUBLICATIONS_KEY = "publications"  # a root map created by its own skeleton change, not genesis
 ACTOR_SUFFIX_BYTES_MAX = 16
 SUBJECTS_PER_ASSET_MAX = 256
 CHANGE_HASH_BYTES = 32
@@ -145,6 +148,10 @@ def _genesis() -> am.Document:
 
 def _skeleton_actor(cid: str) -> bytes:
     return blake3.blake3(b"assetmesh/asset-skeleton/v1\x00" + cid.encode()).digest()[:16]
+
+
+def _root_skeleton_actor(key: str) -> bytes:
+    return blake3.blake3(b"assetmesh/root-skeleton/v1\x00" + key.encode()).digest()[:16]
 
 
 # Typed scalar readers: each returns the value or None when the stored entry has the wrong type.
@@ -467,6 +474,37 @@ class MeshState:
         if any(v is _MISSING or v is None for v in (*values, at)):
             return None
         return CurrentRelease(id=values[0], set_by=values[1], at=at)
+
+    def put_publication(self, publication_id: str, blob: bytes) -> None:
+        """Store a signed publication (a move of the current-release pointer; verified by readers).
+
+        Each publication is its own entry, so concurrent ones never hide each other.
+        """
+        if not publication_id:
+            raise LocalProtocolError("a publication id is not empty")
+        publications = self._ensure_late_root_map(PUBLICATIONS_KEY)
+        self._write(lambda tx: tx.put(publications, publication_id, _S.Bytes, bytes(blob)))
+
+    def publication_blobs(self) -> dict[str, bytes]:
+        """publication id -> signed publication bytes."""
+        return self._bytes_map(PUBLICATIONS_KEY)
+
+    def _ensure_late_root_map(self, key: str) -> bytes:
+        """A root map added after genesis, created by a deterministic skeleton change (the same on
+        every replica, so it is one object everywhere), or anew if junk replaced it."""
+        found = self._root_map(key)
+        if found is not None:
+            return found
+        skeleton = _genesis()
+        skeleton.set_actor(_root_skeleton_actor(key))
+        with skeleton.transaction() as tx:
+            tx.put_object(am.ROOT, key, _MAP)
+        self._doc.merge(skeleton)
+        found = self._root_map(key)
+        if found is None:  # a member overwrote it after the skeleton
+            with self._doc.transaction() as tx:
+                found = tx.put_object(am.ROOT, key, _MAP)
+        return found
 
     def _bytes_map(self, root_key: str) -> dict[str, bytes]:
         obj = self._root_map(root_key)

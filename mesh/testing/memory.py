@@ -168,9 +168,9 @@ def memory_stream_pair(buffer_bytes_max: int = BUFFER_BYTES_MAX) -> tuple[Memory
 class _Listener:
     """A served address: where accepted streams go."""
 
-    def __init__(self, handler: StreamHandler, nursery: trio.Nursery) -> None:
+    def __init__(self, handler: StreamHandler, nursery: trio.Nursery | None) -> None:
         self.handler = handler  # the serve() caller's handler
-        self.nursery = nursery  # runs one task per accepted stream
+        self.nursery = nursery  # runs one task per accepted stream (None until serving)
 
 
 class MemoryNetwork:
@@ -199,7 +199,7 @@ class MemoryNetwork:
     def open(self, source_host: str, address: Address) -> trio.abc.Stream:
         """A stream to whoever serves `address`; ConnectionRefusedError if nobody does."""
         listener = self._listeners.get(address)
-        if listener is None:
+        if listener is None or listener.nursery is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused: {address}")
         client, server = memory_stream_pair(self.buffer_bytes_max)
         remote = (source_host, self.free_port(source_host))
@@ -224,13 +224,15 @@ class MemoryTransport:
         host, port = address
         host = self.host if host in ANY_HOSTS else host
         bound = (host, port or self.network.free_port(host))
-        async with trio.open_nursery() as nursery:
-            self.network.bind(bound, _Listener(handler, nursery))
-            try:
+        listener = _Listener(handler, None)
+        self.network.bind(bound, listener)  # before the nursery, so EADDRINUSE is a plain OSError
+        try:
+            async with trio.open_nursery() as nursery:
+                listener.nursery = nursery
                 task_status.started(bound)
                 await trio.sleep_forever()
-            finally:
-                self.network.unbind(bound)
+        finally:
+            self.network.unbind(bound)
 
 
 async def _run_handler(handler: StreamHandler, stream: trio.abc.Stream, remote: Address) -> None:

@@ -2,6 +2,12 @@
 
 from mesh.wire.frames import FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FrameDecoder, encode_frame
 from mesh.wire.messages import (
+    ChunkCancel,
+    ChunkData,
+    ChunkMissing,
+    ChunkRequest,
+    Have,
+    HaveUpdate,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Close,
@@ -21,6 +27,12 @@ from mesh.wire.messages import (
 )
 
 __all__ = [
+    "ChunkCancel",
+    "ChunkData",
+    "ChunkMissing",
+    "ChunkRequest",
+    "Have",
+    "HaveUpdate",
     "FRAME_BYTES_MAX",
     "FRAME_HEADER_BYTES",
     "MESSAGE_TYPES",

@@ -407,6 +407,71 @@ class StateSyncPart(Message):
     message: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # the next piece, in order
 
 
+# --- swarming: have/want and chunk transfer ------------------------------------------------------
+
+CID_BYTES_MIN = 36  # binary CIDv1 with a 32-byte digest
+CID_BYTES_MAX = 64
+CID = Bytes(CID_BYTES_MAX, CID_BYTES_MIN)
+RELEASE_CHUNKS_MAX = 1 << 22  # chunks one release may list (bounds every bitfield)
+HAVE_INDICES_MAX = 4096
+CHUNK_PIECE_BYTES_MAX = 1024 * 1024
+CHUNK_BYTES_MAX = 16 * 1024 * 1024
+
+
+@message(type_code=9)
+@dataclass(frozen=True)
+class Have(Message):
+    """Which chunks of a release the sender holds: a bitfield over the release's chunk list."""
+
+    root: bytes = wire(CID)  # the release's root manifest CID (binary)
+    count: int = wire(Int(0, RELEASE_CHUNKS_MAX))  # chunks in the list (0: list not known yet)
+    bits: bytes = wire(Bytes(RELEASE_CHUNKS_MAX // 8))  # bit i (MSB first) = holds chunk i
+
+
+@message(type_code=10)
+@dataclass(frozen=True)
+class HaveUpdate(Message):
+    """Chunks of a release the sender verified and stored since its last Have or HaveUpdate."""
+
+    root: bytes = wire(CID)  # the release's root manifest CID (binary)
+    indices: tuple[int, ...] = wire(TupleOf(Int(0, RELEASE_CHUNKS_MAX - 1), items_max=HAVE_INDICES_MAX))
+
+
+@message(type_code=11)
+@dataclass(frozen=True)
+class ChunkRequest(Message):
+    """Please send this chunk."""
+
+    cid: bytes = wire(CID)  # binary CID of the chunk (or manifest) wanted
+
+
+@message(type_code=12)
+@dataclass(frozen=True)
+class ChunkCancel(Message):
+    """Never mind: another peer delivered it."""
+
+    cid: bytes = wire(CID)  # binary CID of a chunk requested earlier
+
+
+@message(type_code=13)
+@dataclass(frozen=True)
+class ChunkData(Message):
+    """A piece of a requested chunk; pieces arrive in order, the last one completes it."""
+
+    cid: bytes = wire(CID)  # binary CID of the chunk
+    offset: int = wire(Int(0, CHUNK_BYTES_MAX))  # where this piece starts
+    total: int = wire(Int(0, CHUNK_BYTES_MAX))  # size of the whole chunk
+    data: bytes = wire(Bytes(CHUNK_PIECE_BYTES_MAX))  # the piece
+
+
+@message(type_code=14)
+@dataclass(frozen=True)
+class ChunkMissing(Message):
+    """The sender cannot serve this chunk (does not hold it, or may not share it)."""
+
+    cid: bytes = wire(CID)  # binary CID that was requested
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 

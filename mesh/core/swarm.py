@@ -1,0 +1,383 @@
+"""Swarming one release: which chunk to ask which peer for, and when.
+
+Rules:
+- A release is a root DirManifest. Its *chunk list* is, for every entry in manifest order, the file's
+  chunk CIDs (a single-chunk file is its own chunk), each CID once. Manifests are resolved first:
+  the root, then the FileManifest of every multi-chunk file; they are fetched like chunks from any
+  ready peer, preferring peers that announced the release.
+- Peers announce a bitfield over the same list (`Have`) and then increments (`HaveUpdate`). A
+  bitfield whose length disagrees with ours is a protocol error (the peer and we disagree on the
+  release's contents, which a verified root makes impossible for an honest peer).
+- Each peer has a pipeline of at most `depth` requests in flight (adaptive: grows by one per chunk
+  delivered in time, halves on a timeout, within [depth_min, depth_max]).
+- Rarest first: among chunks we lack, that this peer has and nobody is fetching, pick the ones held
+  by the fewest peers (random tie-break from the injected rng).
+- Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
+  duplicate requests to other peers that hold them (at most `endgame_copies_max` per chunk); the first arrival wins and the others are
+  cancelled.
+- A request unanswered after `request_timeout_s` returns its chunk to the pool.
+- Chunks arrive assembled; the node verifies and stores them and then reports `stored` (we hold
+  it) or `rejected` (the peer is dropped by the node, the chunk goes back to the pool).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from mesh.content.cid import RAW, Cid
+from mesh.content.manifest import DirManifest, FileManifest, decode_manifest
+from mesh.errors import RemoteProtocolError
+
+
+@dataclass(frozen=True)
+class SwarmLimits:
+    """Bounds of the scheduler."""
+
+    depth_min: int = 2  # requests in flight per peer, at least
+    depth_start: int = 4  # ... at first
+    depth_max: int = 24  # ... at most
+    request_timeout_s: float = 20.0  # give a request up after this long
+    endgame_copies_max: int = 2  # peers asked for one chunk at once, in endgame
+    endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
+    manifest_requests_max: int = 8  # manifests in flight at once
+
+
+@dataclass
+class _Peer:
+    """What we know of one peer's holdings and our requests to it."""
+
+    bits: bytearray | None = None  # its bitfield over our chunk list, once both are known
+    early: tuple[int, bytes] | None = None  # a Have that came before we knew the list
+    early_updates: list[int] = field(default_factory=list)  # HaveUpdates before we knew the list
+    inflight: dict[Cid, float] = field(default_factory=dict)  # requested chunk -> sent at
+    depth: int = 4  # current pipeline target
+    announced: bool = False  # sent a Have for this release
+    delivered_bytes: int = 0  # chunk bytes it delivered
+
+
+def _bit(bits: bytearray | bytes, index: int) -> bool:
+    return bool(bits[index >> 3] & (0x80 >> (index & 7)))
+
+
+def _set_bit(bits: bytearray, index: int) -> None:
+    bits[index >> 3] |= 0x80 >> (index & 7)
+
+
+class Swarm:
+    """Scheduler state for the release this node wants now."""
+
+    def __init__(self, root: Cid, limits: SwarmLimits, rng: random.Random) -> None:
+        self.root = root
+        self.limits = limits
+        self._rng = rng
+        self._manifests: dict[Cid, DirManifest | FileManifest] = {}
+        self.chunks: list[Cid] | None = None  # the chunk list, once every manifest is known
+        self._index: dict[Cid, int] = {}
+        self._sizes: list[int] = []
+        self._have = bytearray()
+        self._have_count = 0
+        self.have_bytes = 0
+        self.total_bytes = 0
+        self._availability: list[int] = []
+        self._peers: dict[str, _Peer] = {}
+        self._present: set[Cid] = set()  # chunks the store reported before the list was known
+        self._manifest_inflight: dict[Cid, tuple[str, float]] = {}
+        self._rejected_by: dict[Cid, set[str]] = {}
+
+    # ---- local holdings -----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.chunks is not None
+
+    @property
+    def complete(self) -> bool:
+        return self.chunks is not None and self._have_count == len(self.chunks)
+
+    def add_manifest(self, cid: Cid, data: bytes) -> None:
+        """A manifest of this release we hold (verified by the caller); may complete the list."""
+        try:
+            self._manifests[cid] = decode_manifest(data)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"manifest {cid} does not decode: {exc}") from None
+        self._manifest_inflight.pop(cid, None)
+        if self.chunks is None and not self.manifests_missing():
+            self._build_list()
+
+    def add_present(self, cids: set[Cid]) -> None:
+        """Chunks the store holds (from its inventory)."""
+        for cid in cids:
+            self.mark_have(cid) if self.ready else self._present.add(cid)
+
+    def manifests_missing(self) -> list[Cid]:
+        """Manifests still needed before the chunk list is known, in a stable order."""
+        root = self._manifests.get(self.root)
+        if root is None:
+            return [self.root]
+        if not isinstance(root, DirManifest):
+            return []
+        needed = []
+        for entry in root.entries:
+            if entry.cid.codec != RAW and entry.cid not in self._manifests:
+                needed.append(entry.cid)
+        return list(dict.fromkeys(needed))
+
+    def _build_list(self) -> None:
+        root = self._manifests[self.root]
+        if not isinstance(root, DirManifest):
+            raise RemoteProtocolError(f"release root {self.root} is not a directory manifest")
+        chunks: list[Cid] = []
+        sizes: list[int] = []
+        for entry in root.entries:
+            self.total_bytes += entry.size
+            if entry.cid.codec == RAW:
+                spans = [(entry.cid, entry.size)]
+            else:
+                manifest = self._manifests[entry.cid]
+                if not isinstance(manifest, FileManifest) or manifest.size != entry.size:
+                    raise RemoteProtocolError(f"file manifest {entry.cid} does not match its entry")
+                spans = [(cid, length) for cid, _, length in manifest.spans()]
+            for cid, length in spans:
+                if cid not in self._index:
+                    self._index[cid] = len(chunks)
+                    chunks.append(cid)
+                    sizes.append(length)
+        self.chunks, self._sizes = chunks, sizes
+        self._have = bytearray((len(chunks) + 7) // 8)
+        self._availability = [0] * len(chunks)
+        for cid in self._present:
+            self.mark_have(cid)
+        self._present.clear()
+        for node, peer in self._peers.items():
+            if peer.early is not None:
+                self.peer_have(node, *peer.early)
+            for index in peer.early_updates:
+                self.peer_update(node, (index,))
+            peer.early, peer.early_updates = None, []
+
+    def mark_have(self, cid: Cid) -> int | None:
+        """We now hold this chunk; its index if it is in the list and was new."""
+        index = self._index.get(cid)
+        if index is None or _bit(self._have, index):
+            return None
+        _set_bit(self._have, index)
+        self._have_count += 1
+        self.have_bytes += self._sizes[index]
+        return index
+
+    def have_bitfield(self) -> tuple[int, bytes]:
+        """(count, bits) for a Have message; (0, b"") until the list is known."""
+        if self.chunks is None:
+            return 0, b""
+        return len(self.chunks), bytes(self._have)
+
+    def holds(self, cid: Cid) -> bool:
+        index = self._index.get(cid)
+        return index is not None and _bit(self._have, index)
+
+    def is_manifest(self, cid: Cid) -> bool:
+        return cid == self.root or (cid.codec != RAW and cid in self._wanted_manifest_set())
+
+    def _wanted_manifest_set(self) -> set[Cid]:
+        root = self._manifests.get(self.root)
+        if not isinstance(root, DirManifest):
+            return set()
+        return {entry.cid for entry in root.entries if entry.cid.codec != RAW}
+
+    def chunk_size(self, cid: Cid) -> int | None:
+        index = self._index.get(cid)
+        return None if index is None else self._sizes[index]
+
+    # ---- peers --------------------------------------------------------------------------------
+
+    def add_peer(self, node: str) -> None:
+        self._peers.setdefault(node, _Peer(depth=self.limits.depth_start))
+
+    def remove_peer(self, node: str) -> None:
+        """The peer is gone: forget its holdings; its requests go back to the pool."""
+        peer = self._peers.pop(node, None)
+        if peer is None:
+            return
+        if peer.bits is not None:
+            for index in range(len(self._availability)):
+                if _bit(peer.bits, index):
+                    self._availability[index] -= 1
+        for cid, (owner, _) in list(self._manifest_inflight.items()):
+            if owner == node:
+                del self._manifest_inflight[cid]
+
+    def peer_have(self, node: str, count: int, bits: bytes) -> None:
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        peer.announced = True
+        if self.chunks is None:
+            peer.early = (count, bytes(bits))
+            return
+        if count != len(self.chunks) or len(bits) != (count + 7) // 8:
+            if count == 0:  # the peer does not know the list yet
+                return
+            raise RemoteProtocolError(f"Have lists {count} chunks, the release has {len(self.chunks)}")
+        if peer.bits is not None:
+            for index in range(count):
+                if _bit(peer.bits, index):
+                    self._availability[index] -= 1
+        peer.bits = bytearray(bits)
+        for index in range(count):
+            if _bit(peer.bits, index):
+                self._availability[index] += 1
+
+    def peer_update(self, node: str, indices: tuple[int, ...]) -> None:
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        if self.chunks is None:
+            peer.early_updates.extend(indices[: len(indices)])
+            del peer.early_updates[1 << 20:]
+            return
+        if peer.bits is None:
+            peer.bits = bytearray(len(self._have))
+        for index in indices:
+            if index >= len(self.chunks):
+                raise RemoteProtocolError(f"HaveUpdate index {index} is past the chunk list")
+            if not _bit(peer.bits, index):
+                _set_bit(peer.bits, index)
+                self._availability[index] += 1
+
+    def peer_lacks(self, node: str, cid: Cid) -> None:
+        """The peer said it cannot serve `cid` (ChunkMissing)."""
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        peer.inflight.pop(cid, None)
+        self._manifest_inflight.pop(cid, None)
+        index = self._index.get(cid)
+        if index is not None and peer.bits is not None and _bit(peer.bits, index):
+            peer.bits[index >> 3] &= ~(0x80 >> (index & 7)) & 0xFF
+            self._availability[index] -= 1
+
+    # ---- scheduling ---------------------------------------------------------------------------
+
+    def schedule(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
+        """Requests to send now: manifests first, then rarest-first chunks, then endgame copies."""
+        if self.chunks is None:
+            return self._schedule_manifests(now, nodes)
+        if self.complete:
+            return []
+        requests: list[tuple[str, Cid]] = []
+        order = list(nodes)
+        self._rng.shuffle(order)
+        for node in order:
+            requests += self._fill_pipeline(node, now)
+        requests += self._endgame(now, order)
+        return requests
+
+    def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
+        missing = [c for c in self.manifests_missing() if c not in self._manifest_inflight]
+        room = self.limits.manifest_requests_max - len(self._manifest_inflight)
+        candidates = sorted(nodes, key=lambda n: (not self._peers[n].announced, self._rng.random()))
+        requests = []
+        for position, cid in enumerate(missing[: max(0, room)]):
+            if not candidates:
+                break
+            node = candidates[position % len(candidates)]
+            self._manifest_inflight[cid] = (node, now)
+            requests.append((node, cid))
+        return requests
+
+    def _fill_pipeline(self, node: str, now: float) -> list[tuple[str, Cid]]:
+        peer = self._peers.get(node)
+        if peer is None or peer.bits is None:
+            return []
+        room = peer.depth - len(peer.inflight)
+        if room <= 0:
+            return []
+        fetching = self._fetching()
+        candidates = [
+            index for index in range(len(self.chunks))
+            if not _bit(self._have, index) and _bit(peer.bits, index) and self.chunks[index] not in fetching
+            and node not in self._rejected_by.get(self.chunks[index], ())
+        ]
+        candidates.sort(key=lambda i: (self._availability[i], self._rng.random()))
+        chosen = [self.chunks[i] for i in candidates[:room]]
+        for cid in chosen:
+            peer.inflight[cid] = now
+        return [(node, cid) for cid in chosen]
+
+    def _fetching(self) -> dict[Cid, int]:
+        counts: dict[Cid, int] = {}
+        for peer in self._peers.values():
+            for cid in peer.inflight:
+                counts[cid] = counts.get(cid, 0) + 1
+        return counts
+
+    def _endgame(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
+        fetching = self._fetching()
+        missing = [i for i in range(len(self.chunks)) if not _bit(self._have, i)]
+        if len(missing) > self.limits.endgame_missing_max or any(self.chunks[i] not in fetching for i in missing):
+            return []  # not endgame yet: too much left, or some missing chunk is not in flight
+        requests = []
+        for index in missing:
+            cid = self.chunks[index]
+            for node in nodes:
+                if fetching.get(cid, 0) >= self.limits.endgame_copies_max:
+                    break
+                peer = self._peers[node]
+                if (peer.bits is not None and _bit(peer.bits, index) and cid not in peer.inflight
+                        and len(peer.inflight) < peer.depth and node not in self._rejected_by.get(cid, ())):
+                    peer.inflight[cid] = now
+                    fetching[cid] = fetching.get(cid, 0) + 1
+                    requests.append((node, cid))
+        return requests
+
+    def requested_from(self, node: str, cid: Cid) -> bool:
+        """True if we asked `node` for `cid` and are still waiting."""
+        peer = self._peers.get(node)
+        if peer is not None and cid in peer.inflight:
+            return True
+        owner = self._manifest_inflight.get(cid)
+        return owner is not None and owner[0] == node
+
+    def delivered(self, node: str, cid: Cid, now: float) -> list[tuple[str, Cid]]:
+        """A whole chunk arrived from `node` (not yet verified); returns (peer, cid) to cancel."""
+        peer = self._peers.get(node)
+        if peer is not None and peer.inflight.pop(cid, None) is not None:
+            peer.depth = min(peer.depth + 1, self.limits.depth_max)
+            peer.delivered_bytes += self.chunk_size(cid) or 0
+        self._manifest_inflight.pop(cid, None)
+        cancels = []
+        for other_node, other in self._peers.items():
+            if cid in other.inflight:
+                del other.inflight[cid]
+                cancels.append((other_node, cid))
+        return cancels
+
+    def rejected(self, node: str, cid: Cid) -> None:
+        """The chunk from `node` did not verify: never ask that peer for it again."""
+        self._rejected_by.setdefault(cid, set()).add(node)
+
+    def expired(self, now: float) -> list[tuple[str, Cid]]:
+        """Requests past their timeout, now returned to the pool (each peer's depth halves)."""
+        limit = now - self.limits.request_timeout_s
+        gone: list[tuple[str, Cid]] = []
+        for node, peer in self._peers.items():
+            late = [cid for cid, sent in peer.inflight.items() if sent <= limit]
+            for cid in late:
+                del peer.inflight[cid]
+                gone.append((node, cid))
+            if late:
+                peer.depth = max(self.limits.depth_min, peer.depth // 2)
+        for cid, (node, sent) in list(self._manifest_inflight.items()):
+            if sent <= limit:
+                del self._manifest_inflight[cid]
+                gone.append((node, cid))
+        return gone
+
+    def next_deadline(self) -> float | None:
+        times = [sent for peer in self._peers.values() for sent in peer.inflight.values()]
+        times += [sent for _, sent in self._manifest_inflight.values()]
+        return min(times) + self.limits.request_timeout_s if times else None
+
+    def peer_rates(self) -> dict[str, int]:
+        return {node: peer.delivered_bytes for node, peer in self._peers.items()}

@@ -1,0 +1,681 @@
+"""Deterministic simulation: a network model (`SimNetwork`) and a `World` of real `NodeCore`s.
+
+Theory of operation:
+- `SimNetwork` is pure: hosts, per-link latency and loss, per-host upload/download bandwidth,
+  partitions. It only answers "when does this many bytes sent now arrive?" and "can a reach b?".
+  Connections are reliable ordered streams, so a lost segment is a retransmission: extra delay
+  (`retransmit_s` per lost segment), never missing bytes. Each stream delivers in order.
+- A partition *breaks* the connections that cross it (both ends see `Disconnected` after one
+  latency, as after a reset) and dials across it fail after `dial_timeout_s`. We chose breaking
+  over holding bytes: a held stream ends in the same place once the core's `peer_timeout_s`
+  fires, only later.
+- `World` runs `NodeCore`s on virtual time: a heap of (time, seq, item), where an item delivers one
+  event to one core (`core.handle(event, now)`) or completes a simulated handshake. After every
+  delivery the world carries out the core's actions (Send, CloseConnection, Dial, PersistChanges,
+  Emit), schedules a `Tick` for `next_deadline()`, and checks invariants. Dials authenticate with
+  the real `core.authenticate` on both sides, as the secure channel does.
+- Everything random comes from `random.Random` seeded by the world's seed (identities too, see
+  `mesh.testing.identities`), so one seed replays the same run. Every failure names the seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mesh.config import DEFAULT_PORT, CoreLimits
+from mesh.core.events import (
+    Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected, Emit, Event,
+    PeerDiscovered, PersistChanges, Send, Tick,
+)
+from mesh.core.node import NodeCore
+from mesh.core.session import Phase
+from mesh.errors import CredentialError, MeshError, RemoteProtocolError
+from mesh.state.document import MeshState, actor_id
+from mesh.testing.identities import MemberIdentity, TestMesh
+from mesh.wire import messages as m
+
+START_TIME = 1_750_000_000.0  # virtual unix seconds at time zero (credentials need a real date)
+LATENCY_S_DEFAULT = 0.005
+SEGMENT_BYTES = 1460
+RETRANSMIT_S = 0.2
+DIAL_TIMEOUT_S = 3.0
+HANDSHAKE_RTTS = 2.0  # Noise XX: three messages plus the responder's first record
+TICK_RESOLUTION_S = 0.001
+ACTIONS_PER_STEP_MAX = 10_000
+QUEUE_EVENTS_MAX = 1_000_000
+STUCK_TICKS_MAX = 1_000
+EPHEMERAL_PORT_FIRST = 40000
+
+
+class SimulationError(MeshError):
+    """A simulated run broke an invariant or missed its goal; the message names the seed."""
+
+
+# ---- the network model ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Host:
+    """A host's bandwidth and the time its links are busy until."""
+
+    upload_bytes_per_s: float | None  # None: unlimited
+    download_bytes_per_s: float | None  # None: unlimited
+    upload_free_at: float = 0.0  # when the uplink finishes what is queued on it
+    download_free_at: float = 0.0  # when the downlink finishes what is queued on it
+
+
+class SimNetwork:
+    """Latency, bandwidth, loss and partitions between named hosts; pure and seeded."""
+
+    def __init__(self, seed: int | random.Random = 0, latency_s: float = LATENCY_S_DEFAULT,
+                 loss: float = 0.0, bandwidth_bytes_per_s: float | None = None,
+                 retransmit_s: float = RETRANSMIT_S, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        self.latency_s = latency_s  # default one-way latency
+        self.loss = loss  # default probability that a segment is lost (and retransmitted)
+        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s  # default per-host up and down rate
+        self.retransmit_s = retransmit_s
+        self.segment_bytes = segment_bytes
+        self._hosts: dict[str, _Host] = {}
+        self._links: dict[frozenset[str], tuple[float | None, float | None]] = {}
+        self._groups: dict[str, int] = {}  # host -> partition group; absent hosts share group -1
+        self._stream_last: dict[object, float] = {}  # stream key -> last arrival (keeps order)
+
+    def add_host(self, name: str, upload_bytes_per_s: float | None = None,
+                 download_bytes_per_s: float | None = None) -> None:
+        rate = self.bandwidth_bytes_per_s
+        self._hosts[name] = _Host(upload_bytes_per_s or rate, download_bytes_per_s or rate)
+
+    def set_bandwidth(self, name: str, upload_bytes_per_s: float | None,
+                      download_bytes_per_s: float | None) -> None:
+        host = self._hosts[name]
+        host.upload_bytes_per_s, host.download_bytes_per_s = upload_bytes_per_s, download_bytes_per_s
+
+    def set_link(self, a: str, b: str, latency_s: float | None = None, loss: float | None = None) -> None:
+        """Override latency and/or loss between two hosts (both directions)."""
+        self._links[frozenset((a, b))] = (latency_s, loss)
+
+    def latency(self, a: str, b: str) -> float:
+        override = self._links.get(frozenset((a, b)), (None, None))[0]
+        return self.latency_s if override is None else override
+
+    def loss_of(self, a: str, b: str) -> float:
+        override = self._links.get(frozenset((a, b)), (None, None))[1]
+        return self.loss if override is None else override
+
+    def partition(self, *groups: list[str] | tuple[str, ...] | set[str]) -> None:
+        """Split hosts into groups that cannot reach each other; unnamed hosts form one more group."""
+        self._groups = {host: index for index, group in enumerate(groups) for host in group}
+
+    def heal(self) -> None:
+        self._groups = {}
+
+    def reachable(self, a: str, b: str) -> bool:
+        return self._groups.get(a, -1) == self._groups.get(b, -1)
+
+    def transmit(self, src: str, dst: str, nbytes: int, now: float, stream: object) -> float:
+        """When `nbytes` written at `now` on `stream` (src -> dst) have all arrived."""
+        up, down = self._hosts[src], self._hosts[dst]
+        start = max(now, up.upload_free_at)
+        up.upload_free_at = start + _duration(nbytes, up.upload_bytes_per_s)
+        first_byte = start + self.latency(src, dst) + self._retransmit_delay(src, dst, nbytes)
+        done = max(first_byte + _duration(nbytes, up.upload_bytes_per_s),
+                   max(first_byte, down.download_free_at) + _duration(nbytes, down.download_bytes_per_s))
+        down.download_free_at = done
+        done = max(done, self._stream_last.get(stream, 0.0))
+        self._stream_last[stream] = done
+        return done
+
+    def _retransmit_delay(self, src: str, dst: str, nbytes: int) -> float:
+        loss = self.loss_of(src, dst)
+        if loss <= 0.0:
+            return 0.0  # no draw: runs without loss keep their rng sequence
+        segments = max(1, math.ceil(nbytes / self.segment_bytes))
+        lost = sum(1 for _ in range(segments) if self.rng.random() < loss)
+        return lost * self.retransmit_s
+
+    def forget_stream(self, stream: object) -> None:
+        self._stream_last.pop(stream, None)
+
+
+def _duration(nbytes: int, rate: float | None) -> float:
+    return 0.0 if not rate else nbytes / rate
+
+
+# ---- the world -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One `Emit` of one core."""
+
+    time: float  # virtual seconds since the world started
+    node: str  # the emitting node's name
+    name: str  # the event name, e.g. "peer.connected"
+    fields: dict  # its fields
+
+
+@dataclass
+class Traffic:
+    """Byte and message counters of one node (cumulative over restarts)."""
+
+    bytes_out: int = 0  # bytes written to connections
+    bytes_in: int = 0  # bytes delivered from connections
+    state_sync_bytes_in: int = 0  # StateSync/StateSyncPart payload bytes delivered
+    state_sync_bytes_out: int = 0  # StateSync/StateSyncPart payload bytes written
+    messages_in: Counter = field(default_factory=Counter)  # message type name -> count delivered
+    messages_out: Counter = field(default_factory=Counter)  # message type name -> count written
+
+
+@dataclass
+class Endpoint:
+    """One side of a simulated connection, as that side's driver sees it."""
+
+    conn_id: int  # the handle given to this side's core
+    node: str  # whose side this is
+    incarnation: int  # the node's incarnation when the connection opened
+    peer_conn_id: int  # the other side's handle
+    remote: Address  # what this side's driver reports as the remote address
+    outbound: bool  # this side dialed
+    open: bool = True  # bytes may still be written and delivered
+    disconnected: bool = False  # Disconnected was delivered (or is due) to this side
+    bytes_out: int = 0  # bytes this side wrote
+    bytes_in: int = 0  # bytes delivered to this side
+
+
+class NodeHandle:
+    """One simulated node: identity, address, the live core, what it persisted."""
+
+    def __init__(self, world: World, name: str, identity: MemberIdentity, host: str, port: int) -> None:
+        self.world = world
+        self.name = name
+        self.identity = identity
+        self.address: Address = (host, port)
+        self.core: NodeCore | None = None  # None while crashed
+        self.incarnation = 0  # bumped on every crash; events for older incarnations are dropped
+        self.persisted: list[bytes] = []  # PersistChanges payloads, in order (the durable log)
+        self.learned: list[PeerDiscovered] = []  # addresses given at start-up, replayed on restart
+        self.traffic = Traffic()
+        self.tick_at: float | None = None  # when the next Tick is scheduled
+        self.stuck_ticks = 0  # Ticks in a row that left a deadline in the past
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+    @property
+    def state(self) -> MeshState:
+        return self.live_core().state
+
+    def live_core(self) -> NodeCore:
+        if self.core is None:
+            raise SimulationError(f"seed={self.world.seed}: node {self.name} is down")
+        return self.core
+
+    def peer_names(self) -> set[str]:
+        """Names of the nodes this one has a ready session with."""
+        if self.core is None:
+            return set()
+        return {self.world.name_of(s.node_id) for s in self.core.peers()}
+
+    def __repr__(self) -> str:
+        return f"<node {self.name} {self.node_id[:10]} {'up' if self.alive else 'down'}>"
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """Deliver `event` to a node's core (if that incarnation is still up)."""
+
+    node: str
+    incarnation: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class _Handshake:
+    """A dial whose secure handshake finishes now."""
+
+    dialer: str
+    dialer_incarnation: int
+    acceptor: str
+    acceptor_incarnation: int
+    address: Address
+
+
+@dataclass(frozen=True)
+class _PeerClosed:
+    """The other side's close (or crash) reaches this endpoint."""
+
+    conn_id: int
+    reason: str
+
+
+class World:
+    """Several real `NodeCore`s on a `SimNetwork`, in virtual time, from one seed."""
+
+    def __init__(self, seed: int, *, limits: CoreLimits = CoreLimits(), network: SimNetwork | None = None,
+                 latency_s: float = LATENCY_S_DEFAULT, dial_timeout_s: float = DIAL_TIMEOUT_S,
+                 actions_per_step_max: int = ACTIONS_PER_STEP_MAX,
+                 queue_events_max: int = QUEUE_EVENTS_MAX) -> None:
+        self.seed = seed
+        self.limits = limits
+        self.net = network or SimNetwork(random.Random(f"{seed}/network"), latency_s=latency_s)
+        self.dial_timeout_s = dial_timeout_s
+        self.actions_per_step_max = actions_per_step_max
+        self.queue_events_max = queue_events_max
+        self.start_time = START_TIME
+        self.now = START_TIME
+        self.mesh = TestMesh(random.Random(f"{seed}/identities"), START_TIME)
+        self.nodes: dict[str, NodeHandle] = {}
+        self.log: list[LogEntry] = []
+        self.endpoints: dict[int, Endpoint] = {}
+        self.steps = 0
+        self.invariants: list[Callable[[World], None]] = []  # called after every step
+        self.action_handlers: dict[type, Callable[[World, NodeHandle, object], None]] = {}  # other actions
+        self._by_node_id: dict[str, str] = {}
+        self._listeners: dict[Address, str] = {}
+        self._queue: list[tuple[float, int, object]] = []
+        self._seq = itertools.count()
+        self._conn_ids = itertools.count(1)
+        self._ports = itertools.count(EPHEMERAL_PORT_FIRST)
+
+    # ---- building -----------------------------------------------------------------------------
+
+    @property
+    def elapsed(self) -> float:
+        """Virtual seconds since the world started."""
+        return self.now - self.start_time
+
+    def add_node(self, name: str, role: str = "edge", *, identity: MemberIdentity | None = None,
+                 upload_bytes_per_s: float | None = None,
+                 download_bytes_per_s: float | None = None) -> NodeHandle:
+        """A new member node (real credentials, invited by the mesh founder), started now."""
+        if name in self.nodes:
+            raise SimulationError(f"seed={self.seed}: node {name} exists")
+        identity = identity or self.mesh.add_member(name, role, self.now)
+        index = len(self.nodes)
+        host = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
+        handle = NodeHandle(self, name, identity, host, DEFAULT_PORT)
+        self.nodes[name] = handle
+        self._by_node_id[identity.node_id] = name
+        self._listeners[handle.address] = name
+        self.net.add_host(name, upload_bytes_per_s, download_bytes_per_s)
+        self._start(handle, MeshState(self._actor(handle)))
+        return handle
+
+    def node(self, name: str) -> NodeHandle:
+        return self.nodes[name]
+
+    def name_of(self, node_id: str) -> str:
+        return self._by_node_id.get(node_id, node_id[:10])
+
+    def _actor(self, handle: NodeHandle) -> bytes:
+        suffix = random.Random(f"{self.seed}/{handle.name}/actor/{handle.incarnation}").randbytes(8)
+        return actor_id(handle.node_id, suffix)
+
+    def _start(self, handle: NodeHandle, state: MeshState) -> None:
+        rng = random.Random(f"{self.seed}/{handle.name}/core/{handle.incarnation}")
+        handle.core = NodeCore(handle.identity.core_identity(), state, rng, self.now, self.limits,
+                               listen_port=handle.address[1])
+        handle.tick_at = None
+        self._process(handle)
+        for event in handle.learned:
+            self._deliver_now(handle, event)
+
+    def discover(self, a: str, b: str, source: str = "mdns", node_id_known: bool = True) -> None:
+        """Tell node `a` where node `b` listens (and remember it across restarts of `a`)."""
+        target = self.nodes[b]
+        event = PeerDiscovered((target.address,), target.node_id if node_id_known else None, source)
+        self.nodes[a].learned.append(event)
+        if self.nodes[a].alive:
+            self._deliver_now(self.nodes[a], event)
+
+    def add_static_peer(self, a: str, b: str) -> None:
+        """`b` is in `a`'s static peer list (`--peer`): dialed and retried forever."""
+        self.discover(a, b, source="static", node_id_known=False)
+
+    def discover_all(self, source: str = "mdns") -> None:
+        """Every node discovers every other (a LAN where mDNS works)."""
+        for a in self.nodes:
+            for b in self.nodes:
+                if a != b:
+                    self.discover(a, b, source)
+
+    # ---- driving ------------------------------------------------------------------------------
+
+    def mutate(self, name: str, change: Callable[[MeshState], object]) -> object:
+        """Run a local mutation on a node (like a CLI command in the agent); returns its result."""
+        handle = self.nodes[name]
+        result: list[object] = []
+        handle.live_core().mutate(lambda state: result.append(change(state)), self.now)
+        self._process(handle)
+        return result[0] if result else None
+
+    def inject(self, name: str, event: Event) -> None:
+        """Deliver an arbitrary event to a node now (e.g. junk `DataReceived`)."""
+        self._deliver_now(self.nodes[name], event)
+
+    def step(self) -> bool:
+        """Deliver the next queued item; False if the queue is empty."""
+        if not self._queue:
+            return False
+        at, _, item = heapq.heappop(self._queue)
+        self.now = max(self.now, at)
+        self.steps += 1
+        if isinstance(item, _Delivery):
+            self._on_delivery(item)
+        elif isinstance(item, _Handshake):
+            self._on_handshake(item)
+        self._check_invariants()
+        return True
+
+    def run_until(self, predicate: Callable[[World], bool], timeout_s: float, what: str = "") -> float:
+        """Step until `predicate(world)` holds; the virtual seconds it took. SimulationError on timeout."""
+        started = self.now
+        deadline = self.now + timeout_s
+        while not predicate(self):
+            if not self._queue or self._queue[0][0] > deadline:
+                self.now = max(self.now, deadline)
+                raise SimulationError(
+                    f"seed={self.seed}: {what or getattr(predicate, '__name__', 'condition')} not reached "
+                    f"within {timeout_s} virtual s (t={self.elapsed:.3f}); {self.describe()}"
+                )
+            self.step()
+        return self.now - started
+
+    def run_for(self, seconds: float) -> None:
+        """Step through everything due in the next `seconds` virtual seconds."""
+        deadline = self.now + seconds
+        while self._queue and self._queue[0][0] <= deadline:
+            self.step()
+        self.now = max(self.now, deadline)
+
+    # ---- faults -------------------------------------------------------------------------------
+
+    def partition(self, *groups: list[str]) -> None:
+        """Split the nodes; connections across the split break now (see the module notes)."""
+        self.net.partition(*groups)
+        for endpoint in list(self.endpoints.values()):
+            peer = self.endpoints.get(endpoint.peer_conn_id)
+            if endpoint.open and peer is not None and not self.net.reachable(endpoint.node, peer.node):
+                self._break(endpoint, "network partition")
+
+    def heal(self) -> None:
+        self.net.heal()
+
+    def crash(self, name: str) -> None:
+        """kill -9: the core is gone; its peers see their connections close."""
+        handle = self.nodes[name]
+        handle.core = None
+        handle.incarnation += 1
+        for endpoint in list(self.endpoints.values()):
+            if endpoint.node == name:
+                self._break(endpoint, "peer crashed")
+
+    def restart(self, name: str) -> NodeHandle:
+        """Start a crashed node again from its persisted changes (a new process: a new actor)."""
+        handle = self.nodes[name]
+        if handle.alive:
+            raise SimulationError(f"seed={self.seed}: node {name} is running")
+        state = MeshState(self._actor(handle))
+        state.apply_changes(b"".join(handle.persisted))
+        self._start(handle, state)
+        return handle
+
+    def _break(self, endpoint: Endpoint, reason: str) -> None:
+        """Both ends of a connection learn it is gone (after one latency for the far end)."""
+        peer = self.endpoints.get(endpoint.peer_conn_id)
+        if endpoint.open:
+            self._close_local(endpoint, reason)
+        if peer is not None and peer.open:
+            self._close_local(peer, reason, at=self.now + self.net.latency(endpoint.node, peer.node))
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def alive(self) -> list[NodeHandle]:
+        return [h for h in self.nodes.values() if h.alive]
+
+    def all_connected(self, names: list[str] | None = None) -> bool:
+        """Every listed (default: live) node has a ready session with every other listed one."""
+        chosen = names or [h.name for h in self.alive()]
+        return all(set(chosen) - {a} <= self.nodes[a].peer_names() for a in chosen)
+
+    def converged(self, names: list[str] | None = None) -> bool:
+        """The listed (default: live) nodes have identical document heads."""
+        chosen = names or [h.name for h in self.alive()]
+        heads = [self.nodes[n].state.heads() for n in chosen]
+        return all(h == heads[0] for h in heads)
+
+    def events(self, name: str | None = None, node: str | None = None) -> list[LogEntry]:
+        return [e for e in self.log if (name is None or e.name == name) and (node is None or e.node == node)]
+
+    def connections(self, name: str) -> list[Endpoint]:
+        """Open endpoints of a node."""
+        return [e for e in self.endpoints.values() if e.node == name and e.open]
+
+    def describe(self) -> str:
+        parts = []
+        for h in self.nodes.values():
+            peers = ",".join(sorted(h.peer_names())) if h.alive else "-"
+            parts.append(f"{h.name}[{'up' if h.alive else 'down'} peers={peers}]")
+        return f"replay with World(seed={self.seed}); " + " ".join(parts)
+
+    def fail(self, message: str) -> SimulationError:
+        return SimulationError(f"seed={self.seed} t={self.elapsed:.3f}: {message}; {self.describe()}")
+
+    # ---- the event loop -----------------------------------------------------------------------
+
+    def _push(self, at: float, item: object) -> None:
+        heapq.heappush(self._queue, (at, next(self._seq), item))
+
+    def _deliver_at(self, at: float, handle: NodeHandle, event: Event) -> None:
+        self._push(at, _Delivery(handle.name, handle.incarnation, event))
+
+    def _deliver_now(self, handle: NodeHandle, event: Event) -> None:
+        core = handle.live_core()
+        core.handle(event, self.now)
+        self._process(handle)
+
+    def _on_delivery(self, item: _Delivery) -> None:
+        handle = self.nodes[item.node]
+        if handle.core is None or handle.incarnation != item.incarnation:
+            return  # sent to a process that has since crashed
+        event = item.event
+        if isinstance(event, Tick):
+            handle.tick_at = None
+        elif isinstance(event, DataReceived):
+            endpoint = self.endpoints.get(event.conn_id)
+            if endpoint is None or not endpoint.open:
+                return  # the connection closed before these bytes arrived
+            endpoint.bytes_in += len(event.data)
+            handle.traffic.bytes_in += len(event.data)
+            self._count_messages(event.data, handle.traffic, inbound=True)
+        elif isinstance(event, _PeerClosed):
+            return self._on_peer_closed(handle, event)
+        handle.core.handle(event, self.now)
+        self._process(handle, after_tick=isinstance(event, Tick))
+
+    def _process(self, handle: NodeHandle, after_tick: bool = False) -> None:
+        """Carry out the core's actions, then make sure a Tick comes by its next deadline."""
+        core = handle.live_core()
+        actions = core.take_actions()
+        if len(actions) > self.actions_per_step_max:
+            raise self.fail(f"{handle.name} produced {len(actions)} actions in one step")
+        for action in actions:
+            if isinstance(action, Send):
+                self._on_send(handle, action)
+            elif isinstance(action, CloseConnection):
+                self._on_close(handle, action)
+            elif isinstance(action, Dial):
+                self._on_dial(handle, action)
+            elif isinstance(action, PersistChanges):
+                handle.persisted.append(action.data)
+            elif isinstance(action, Emit):
+                self.log.append(LogEntry(self.elapsed, handle.name, action.name, action.as_dict()))
+            elif type(action) in self.action_handlers:
+                self.action_handlers[type(action)](self, handle, action)
+            else:
+                raise self.fail(f"{handle.name} asked for {type(action).__name__}: register a World.action_handlers entry")
+        self._schedule_tick(handle, after_tick)
+
+    def _schedule_tick(self, handle: NodeHandle, after_tick: bool) -> None:
+        deadline = handle.live_core().next_deadline()
+        if deadline is None:
+            return
+        if after_tick and deadline <= self.now:
+            handle.stuck_ticks += 1
+            if handle.stuck_ticks > STUCK_TICKS_MAX:
+                raise self.fail(f"{handle.name}'s next_deadline stays in the past ({deadline - self.start_time:.3f})")
+        elif after_tick:
+            handle.stuck_ticks = 0
+        at = max(deadline, self.now + TICK_RESOLUTION_S)
+        if handle.tick_at is None or at < handle.tick_at:
+            handle.tick_at = at
+            self._deliver_at(at, handle, Tick())
+
+    # ---- actions ------------------------------------------------------------------------------
+
+    def _on_send(self, handle: NodeHandle, action: Send) -> None:
+        endpoint = self.endpoints.get(action.conn_id)
+        if endpoint is None or endpoint.node != handle.name:
+            raise self.fail(f"{handle.name} sent on unknown connection {action.conn_id}")
+        peer = self.endpoints[endpoint.peer_conn_id]
+        if not endpoint.open or not peer.open:
+            return  # writing to a closed connection: the driver drops it
+        endpoint.bytes_out += len(action.data)
+        handle.traffic.bytes_out += len(action.data)
+        self._count_messages(action.data, handle.traffic, inbound=False)
+        at = self.net.transmit(handle.name, peer.node, len(action.data), self.now, endpoint.conn_id)
+        self._deliver_at(at, self.nodes[peer.node], DataReceived(peer.conn_id, action.data))
+
+    def _on_close(self, handle: NodeHandle, action: CloseConnection) -> None:
+        endpoint = self.endpoints.get(action.conn_id)
+        if endpoint is None or endpoint.node != handle.name:
+            raise self.fail(f"{handle.name} closed unknown connection {action.conn_id}")
+        if not endpoint.open:
+            return
+        self._close_local(endpoint, action.reason)
+        peer = self.endpoints[endpoint.peer_conn_id]
+        if peer.open:  # the FIN follows the bytes already written
+            at = self.net.transmit(handle.name, peer.node, 0, self.now, endpoint.conn_id)
+            self._push(at, _Delivery(peer.node, peer.incarnation, _PeerClosed(peer.conn_id, "closed by peer")))
+
+    def _close_local(self, endpoint: Endpoint, reason: str, at: float | None = None) -> None:
+        """Stop this endpoint's traffic and tell its core `Disconnected` (now or at `at`)."""
+        if at is not None:
+            self._push(at, _Delivery(endpoint.node, endpoint.incarnation, _PeerClosed(endpoint.conn_id, reason)))
+            return
+        endpoint.open = False
+        self.net.forget_stream(endpoint.conn_id)
+        if not endpoint.disconnected:
+            endpoint.disconnected = True
+            self._push(self.now, _Delivery(endpoint.node, endpoint.incarnation, Disconnected(endpoint.conn_id, reason)))
+
+    def _on_peer_closed(self, handle: NodeHandle, event: _PeerClosed) -> None:
+        endpoint = self.endpoints.get(event.conn_id)
+        if endpoint is not None and endpoint.open:
+            self._close_local(endpoint, event.reason)
+
+    def _on_dial(self, handle: NodeHandle, action: Dial) -> None:
+        target = self._listeners.get(action.address)
+        acceptor = self.nodes.get(target) if target else None
+        if acceptor is None or not acceptor.alive:
+            rtt = 2 * self.net.latency_s
+            return self._deliver_at(self.now + rtt, handle, DialFailed(action.address, "connection refused"))
+        if not self.net.reachable(handle.name, acceptor.name):
+            return self._deliver_at(self.now + self.dial_timeout_s, handle, DialFailed(action.address, "timed out"))
+        rtt = 2 * self.net.latency(handle.name, acceptor.name)
+        self._push(self.now + HANDSHAKE_RTTS * rtt, _Handshake(
+            handle.name, handle.incarnation, acceptor.name, acceptor.incarnation, action.address))
+
+    def _on_handshake(self, item: _Handshake) -> None:
+        dialer, acceptor = self.nodes[item.dialer], self.nodes[item.acceptor]
+        if dialer.incarnation != item.dialer_incarnation or not dialer.alive:
+            return
+        failure = self._handshake_failure(item, dialer, acceptor)
+        if failure is not None:
+            return self._deliver_now(dialer, DialFailed(item.address, failure))
+        try:  # the initiator checks the responder first (message 2), then the responder (message 3)
+            acceptor_member = dialer.live_core().authenticate(acceptor.identity.chain, acceptor.identity.public_key, self.now)
+            dialer_member = acceptor.live_core().authenticate(dialer.identity.chain, dialer.identity.public_key, self.now)
+        except CredentialError as exc:
+            return self._deliver_now(dialer, DialFailed(item.address, f"handshake failed: {exc}"))
+        self._open_connection(dialer, acceptor, item.address, dialer_member, acceptor_member)
+
+    def _handshake_failure(self, item: _Handshake, dialer: NodeHandle, acceptor: NodeHandle) -> str | None:
+        if acceptor.incarnation != item.acceptor_incarnation or not acceptor.alive:
+            return "connection reset during the handshake"
+        if not self.net.reachable(dialer.name, acceptor.name):
+            return "timed out during the handshake"
+        return None
+
+    def _open_connection(self, dialer: NodeHandle, acceptor: NodeHandle, address: Address,
+                         dialer_member, acceptor_member) -> None:
+        dial_id, accept_id = next(self._conn_ids), next(self._conn_ids)
+        ephemeral = (dialer.address[0], next(self._ports))
+        self.endpoints[dial_id] = Endpoint(dial_id, dialer.name, dialer.incarnation, accept_id, address, True)
+        self.endpoints[accept_id] = Endpoint(accept_id, acceptor.name, acceptor.incarnation, dial_id, ephemeral, False)
+        self._deliver_at(self.now, acceptor, Connected(accept_id, dialer_member, dialer.identity.chain, ephemeral, False))
+        self._deliver_at(self.now, dialer, Connected(dial_id, acceptor_member, acceptor.identity.chain, address, True))
+
+    # ---- accounting and invariants ------------------------------------------------------------
+
+    def _count_messages(self, data: bytes, traffic: Traffic, inbound: bool) -> None:
+        decoder = m.MessageDecoder()
+        try:
+            decoder.receive_data(data)
+            while (msg := decoder.next_message()) is not None:
+                kind = type(msg).__name__
+                (traffic.messages_in if inbound else traffic.messages_out)[kind] += 1
+                if isinstance(msg, (m.StateSync, m.StateSyncPart)):
+                    if inbound:
+                        traffic.state_sync_bytes_in += len(msg.message)
+                    else:
+                        traffic.state_sync_bytes_out += len(msg.message)
+        except (RemoteProtocolError, MeshError):
+            (traffic.messages_in if inbound else traffic.messages_out)["<undecodable>"] += 1
+
+    def _check_invariants(self) -> None:
+        if len(self._queue) > self.queue_events_max:
+            raise self.fail(f"{len(self._queue)} queued events (more than {self.queue_events_max})")
+        for handle in self.nodes.values():
+            if handle.core is not None:
+                self._check_core(handle, handle.core)
+        for invariant in self.invariants:
+            invariant(self)
+
+    def _check_core(self, handle: NodeHandle, core: NodeCore) -> None:
+        limits = core.limits
+        sessions = list(core._sessions.values())
+        live = [s for s in sessions if s.phase is not Phase.CLOSING]
+        problems = []
+        if len(live) > limits.sessions_max:
+            problems.append(f"{len(live)} live sessions > sessions_max")
+        if len(core._addresses) > limits.addresses_max:
+            problems.append(f"{len(core._addresses)} addresses > addresses_max")
+        for s in sessions:
+            if s.decoder.buffered_bytes > limits.receive_buffer_bytes_max:
+                problems.append(f"session {s.conn_id} buffers {s.decoder.buffered_bytes} bytes")
+            if s.sync_parts_bytes > limits.state_sync_bytes_max:
+                problems.append(f"session {s.conn_id} holds {s.sync_parts_bytes} sync bytes")
+        for node_id, conn_id in core._ready.items():
+            session = core._sessions.get(conn_id)
+            if session is None or not session.ready or session.node_id != node_id:
+                problems.append(f"ready entry for {self.name_of(node_id)} is not a ready session")
+        if core._actions:
+            problems.append(f"{len(core._actions)} actions left untaken")
+        if problems:
+            raise self.fail(f"invariant broken on {handle.name}: " + "; ".join(problems))
+
+
+__all__ = ["Endpoint", "LogEntry", "NodeHandle", "SimNetwork", "SimulationError", "Traffic", "World"]
