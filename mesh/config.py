@@ -22,6 +22,7 @@ class CoreLimits:
     addresses_max: int = 4096  # entries in the address book
     addresses_per_node_max: int = 8  # addresses kept per node
     pex_peers_max: int = 64  # addresses sent in one peer-exchange message
+    state_flush_s: float = 0.05  # batch persisting and offering state changes this long
     state_sync_bytes_max: int = 64 * 1024 * 1024  # one reassembled state sync message
     receive_buffer_bytes_max: int = 4 * 1024 * 1024  # undecoded bytes buffered per session
 

@@ -91,6 +91,9 @@ class NodeCore:
         self._have_updates: list[int] = []  # indices to announce after this event
         self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
         self._banned_until: dict[str, float] = {}  # node -> time its ban ends
+        self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
+        self._sync_due: set[str] = set()  # peers to offer state to at the next flush
+        self._flush_at: float | None = None  # when to persist and sync next
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -110,8 +113,7 @@ class NodeCore:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
         times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
         swarm_at = self.swarm.next_deadline() if self.swarm is not None else None
-        if swarm_at is not None:
-            times.append(swarm_at)
+        times += [t for t in (swarm_at, self._flush_at) if t is not None]
         if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
             dial_at = self._addresses.next_deadline(self._skip_nodes())
             if dial_at is not None:
@@ -146,6 +148,7 @@ class NodeCore:
         heads = self.state.heads()
         change(self.state)
         self._after_state_change(heads, now, persist=True)
+        self._persist_now()  # a local write is acknowledged once it is durable
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -399,16 +402,35 @@ class NodeCore:
 
     def _after_state_change(self, heads_before: list[bytes], now: float, persist: bool,
                             also_reply_to: Session | None = None) -> None:
+        """Note a change; persisting it and offering it to peers happen in `_flush_state`, at most
+        every `state_flush_s`, because both cost time that grows with the document's history."""
         changed = self.state.heads() != heads_before
         if changed:
-            if persist:
-                self._actions.append(PersistChanges(self.state.changes_since(heads_before)))
+            if persist and self._unpersisted_since is None:
+                self._unpersisted_since = heads_before
             self._count("state.changes_applied")
             self._refresh_membership(now)
-        targets = self.peers() if changed else ([also_reply_to] if also_reply_to else [])
-        for session in targets:
-            if session.ready:
-                self._sync_to(session, now)
+            self._sync_due.update(self._ready)
+        elif also_reply_to is not None:
+            self._sync_due.add(also_reply_to.node_id)
+        if (changed or also_reply_to is not None) and self._flush_at is None:
+            self._flush_at = now + self.limits.state_flush_s
+
+    def _persist_now(self) -> None:
+        if self._unpersisted_since is not None:
+            self._actions.append(PersistChanges(self.state.changes_since(self._unpersisted_since)))
+            self._unpersisted_since = None
+
+    def _flush_state(self, now: float) -> None:
+        if self._flush_at is None or now < self._flush_at:
+            return
+        self._flush_at = None
+        self._persist_now()
+        due, self._sync_due = self._sync_due, set()
+        for node in sorted(due):
+            conn_id = self._ready.get(node)
+            if conn_id is not None:
+                self._sync_to(self._sessions[conn_id], now)
 
     def _sync_to(self, session: Session, now: float) -> None:
         sync_state = self._sync_states.get(session.node_id)
@@ -635,6 +657,7 @@ class NodeCore:
         return [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
 
     def _on_timers(self, now: float) -> None:
+        self._flush_state(now)
         for session in list(self._sessions.values()):
             self._session_timers(session, now)
         if not self._shutting_down:

@@ -33,7 +33,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from mesh.content.cid import DAG_CBOR, RAW, Cid
 from mesh.content.manifest import DirManifest, FileManifest
-from mesh.errors import CorruptChunkError, CredentialError, NotFoundError, RemoteProtocolError, UsageError
+from mesh.errors import (
+    CorruptChunkError,
+    CredentialError,
+    NotFoundError,
+    RemoteProtocolError,
+    UsageError,
+)
 from mesh.ids import b32encode, mesh_id_from_authority_key, node_id_from_public_key
 from mesh.ids import public_key_from_node_id
 from mesh.state.membership import (
@@ -149,7 +155,9 @@ def _sign_blob(key: Ed25519PrivateKey, chain: bytes, kind: str, body: dict) -> t
     return statement_id(body_bytes), blob
 
 
-def _check_signer(authority: bytes, key: Ed25519PrivateKey, chain: bytes, now: float, what: str) -> str:
+def _check_signer(
+    authority: bytes, key: Ed25519PrivateKey, chain: bytes, now: float, what: str
+) -> str:
     """The signer's node id, if its chain proves it an organizer now; CredentialError otherwise."""
     member = verify_chain(chain, authority, now, expected_node_public_key=public_key_bytes(key))
     if member.role is not Role.ORGANIZER:
@@ -347,7 +355,8 @@ def verify_release(
     mesh_id = mesh_id_from_authority_key(authority)
     signed = _open_blob(blob, "release", _RELEASE_FIELDS, mesh_id)
     body = signed.body
-    for problem in (_name_problem(body["name"]), _seq_problem(body["seq"]), _root_problem(body["root"])):
+    problems = (_name_problem(body["name"]), _seq_problem(body["seq"]), _root_problem(body["root"]))
+    for problem in problems:
         if problem:
             raise CredentialError(f"malformed release: {problem}")
     created_at = _checked_time(body, "created_at", "release", now)
@@ -394,7 +403,9 @@ def _peek_publication(blob: bytes, mesh_id: str) -> tuple[float, str] | None:
 # --- reading the state ----------------------------------------------------------------------------
 
 
-def state_revocations(state: ReleaseState, authority_public_key: bytes, now: float) -> RevocationList:
+def state_revocations(
+    state: ReleaseState, authority_public_key: bytes, now: float
+) -> RevocationList:
     """The valid revocations recorded in the state (invalid blobs are skipped)."""
     revocations = RevocationList(authority_public_key)
     for blob in state.revocation_blobs().values():
@@ -499,7 +510,8 @@ class ReleaseBook:
         return self.release(older[0].release_id) if older else None
 
     def history(self) -> list[HistoryEntry]:
-        """Every valid release, newest first, marked current / previous, with its last publication."""
+        """Every valid release, newest first, marked current and previous, with its last
+        publication time."""
         current, previous = self.current(), self.previous()
         published: dict[str, float] = {}
         for publication in reversed(self.publications()):
@@ -515,17 +527,23 @@ class ReleaseBook:
         ]
 
 
-def current_release(state: ReleaseState, authority_public_key: bytes, now: float) -> Release | None:
+def current_release(
+    state: ReleaseState, authority_public_key: bytes, now: float
+) -> Release | None:
     """The mesh's current release as this state proves it, or None."""
     return ReleaseBook(state, authority_public_key, now).current()
 
 
-def previous_release(state: ReleaseState, authority_public_key: bytes, now: float) -> Release | None:
+def previous_release(
+    state: ReleaseState, authority_public_key: bytes, now: float
+) -> Release | None:
     """The release current before the current one was first published (a rollback's target)."""
     return ReleaseBook(state, authority_public_key, now).previous()
 
 
-def release_history(state: ReleaseState, authority_public_key: bytes, now: float) -> list[HistoryEntry]:
+def release_history(
+    state: ReleaseState, authority_public_key: bytes, now: float
+) -> list[HistoryEntry]:
     """Every valid release, newest first, with which one is current and which previous."""
     return ReleaseBook(state, authority_public_key, now).history()
 
@@ -560,7 +578,8 @@ def read_root(store: BlockReader, root_cid: Cid | str) -> DirManifest:
     try:
         return DirManifest.decode(data)
     except ValueError as exc:
-        raise RemoteProtocolError(f"release root {root} is not a directory manifest: {exc}") from None
+        problem = f"release root {root} is not a directory manifest: {exc}"
+        raise RemoteProtocolError(problem) from None
 
 
 def _read_file_manifest(store: BlockReader, cid: Cid, size: int) -> FileManifest:
