@@ -210,7 +210,7 @@ async def _wrap_client(mode: str, stream: trio.abc.Stream, secrets: Secrets) -> 
     return await secure_connect(stream, local, _authenticator(secrets), ciphers=[NOISE_NAMES[mode]])
 
 
-async def _send_all(mode: str, port: int, total: int, secrets: Secrets) -> tuple[float, str]:
+async def _send_all(mode: str, port: int, total: int, secrets: Secrets) -> Run:
     """Connect, handshake, then time sending `total` bytes until acknowledged."""
     stream = await _wrap_client(mode, await trio.open_tcp_stream("127.0.0.1", port), secrets)
     detail = "plain TCP"

@@ -61,9 +61,9 @@ class Node:
         return [sys.executable, "-m", "mesh", "--home", str(self.home), "up",
                 "--listen", self.address, "--log-level", "debug", *extra]
 
-    def start(self, *extra: str) -> Node:
+    def start(self, *extra: str, prefix: tuple[str, ...] = ()) -> Node:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.up_argv(*extra), stdout=log, stderr=log, env=mesh_env(),
+        self.proc = subprocess.Popen([*prefix, *self.up_argv(*extra)], stdout=log, stderr=log, env=mesh_env(),
                                      start_new_session=True)
         log.close()
         wait_until(self._running, 20, f"{self.home.name} to start")
@@ -117,3 +117,28 @@ def make_mesh(tmp_path: Path, edges: int, ports: list[int] | None = None) -> tup
 def stop_all(nodes: list[Node]) -> None:
     for node in nodes:
         node.stop()
+
+
+class PrivateNet:
+    """A private network namespace whose only link is `lo` (multicast-ready), kept alive by a
+    holder process; `prefix` runs a command inside it. Nothing sent there leaves the machine."""
+
+    def __init__(self) -> None:
+        from mesh.testing.netns import private_lo_namespace_cmd
+
+        self.holder = subprocess.Popen(private_lo_namespace_cmd(["sleep", "600"]), start_new_session=True)
+        wait_until(self._ready, 10, "the private namespace")
+
+    def _ready(self) -> bool:
+        try:  # unshare execs the setup shell, which execs sleep: one pid throughout
+            return os.readlink(f"/proc/{self.holder.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        except OSError:
+            return False
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        return ("nsenter", f"--net=/proc/{self.holder.pid}/ns/net")
+
+    def close(self) -> None:
+        os.killpg(self.holder.pid, signal.SIGKILL)
+        self.holder.wait()

@@ -221,10 +221,11 @@ def test_small_reads_return_every_byte_in_order() -> None:
 
     async def main() -> None:
         client, server = await tcp_pair(mesh.organizer, edge, mesh)
-        await client.send_all(payload)
         got = bytearray()
-        while len(got) < len(payload):
-            got += await server.receive_some(7)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, payload)
+            while len(got) < len(payload):
+                got += await server.receive_some(7)
         assert got == payload
         await client.aclose()
         await server.aclose()

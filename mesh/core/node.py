@@ -480,8 +480,7 @@ class NodeCore:
         self.release = release
         self.swarm = Swarm(Cid.parse(release.root), self.swarm_limits, self._rng)
         self._manifest_bytes.clear()
-        for session in self.peers():
-            self.swarm.add_peer(session.node_id)
+        self._replay_haves()
         self._emit("release.current", id=release.id, name=release.name, root=release.root)
         self._actions.append(LoadRelease(release.root))
 
@@ -513,12 +512,31 @@ class NodeCore:
         self._send(session, m.Have(self.swarm.root.to_bytes(), count, bits), now)
 
     def _on_have(self, session: Session, msg: m.Have, now: float) -> None:
+        if len(msg.bits) != (msg.count + 7) // 8:
+            raise RemoteProtocolError(f"Have bitfield of {len(msg.bits)} bytes for {msg.count} chunks")
+        session.peer_have = (msg.root, msg.count, bytearray(msg.bits))
         if self.swarm is not None and msg.root == self.swarm.root.to_bytes():
             self.swarm.peer_have(session.node_id, msg.count, msg.bits)
 
     def _on_have_update(self, session: Session, msg: m.HaveUpdate, now: float) -> None:
+        known = session.peer_have
+        if known is not None and known[0] == msg.root:
+            _, count, bits = known
+            for index in msg.indices:
+                if index >= count:
+                    raise RemoteProtocolError(f"HaveUpdate index {index} is past {count} chunks")
+                bits[index >> 3] |= 0x80 >> (index & 7)
         if self.swarm is not None and msg.root == self.swarm.root.to_bytes():
             self.swarm.peer_update(session.node_id, msg.indices)
+
+    def _replay_haves(self) -> None:
+        """Give a new swarm what peers announced before we followed their release."""
+        root = self.swarm.root.to_bytes()
+        for session in self.peers():
+            self.swarm.add_peer(session.node_id)
+            known = session.peer_have
+            if known is not None and known[0] == root:
+                self.swarm.peer_have(session.node_id, known[1], bytes(known[2]))
 
     def _on_chunk_request(self, session: Session, msg: m.ChunkRequest, now: float) -> None:
         cid = _parse_cid(msg.cid)
@@ -580,6 +598,8 @@ class NodeCore:
         self._manifest_bytes.pop(cid, None)
         session = self._sessions.get(event.conn_id)
         if not event.peer_fault:
+            if self.swarm is not None:
+                self.swarm.store_failed(cid)
             self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
             return
         self._count("chunks.rejected")

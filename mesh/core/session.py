@@ -57,6 +57,8 @@ class Session:
     ping_nonce: int | None = None  # outstanding Ping
     sync_parts: list[bytes] = field(default_factory=list)  # pieces of a state sync message
     sync_parts_bytes: int = 0  # their total size
+    peer_have: tuple[bytes, int, bytearray] | None = None  # its latest (root, count, bits), kept
+    # even before we follow that release, so a swarm started later can use it
     bytes_in: int = 0  # bytes received
     bytes_out: int = 0  # bytes sent
     state_bytes_in: int = 0  # state-sync payload bytes received

@@ -9,7 +9,10 @@ Rules:
   bitfield whose length disagrees with ours is a protocol error (the peer and we disagree on the
   release's contents, which a verified root makes impossible for an honest peer).
 - Each peer has a pipeline of at most `depth` requests in flight (adaptive: grows by one per chunk
-  delivered in time, halves on a timeout, within [depth_min, depth_max]).
+  delivered in time, that is within `request_latency_target_s` of its request; shrinks by one per
+  chunk that took longer; halves on a timeout; always within [depth_min, depth_max]). Latency, not
+  just delivery, steers it: a peer that many others also ask (a lone seed) answers late, and a deep
+  pipeline there would hoard chunks other peers could serve sooner.
 - Rarest first: among chunks we lack, that this peer has and nobody is fetching, pick the ones held
   by the fewest peers (random tie-break from the injected rng).
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
@@ -17,7 +20,8 @@ Rules:
   cancelled.
 - A request unanswered after `request_timeout_s` returns its chunk to the pool.
 - Chunks arrive assembled; the node verifies and stores them and then reports `stored` (we hold
-  it) or `rejected` (the peer is dropped by the node, the chunk goes back to the pool).
+  it) or `rejected` (the peer is dropped by the node, the chunk goes back to the pool). While a
+  delivered chunk is being verified it counts as in flight, so it is not requested again.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class SwarmLimits:
     depth_start: int = 4  # ... at first
     depth_max: int = 24  # ... at most
     request_timeout_s: float = 20.0  # give a request up after this long
+    request_latency_target_s: float = 2.0  # a chunk delivered within this grows the pipeline
     endgame_copies_max: int = 2  # peers asked for one chunk at once, in endgame
     endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
     manifest_requests_max: int = 8  # manifests in flight at once
@@ -84,6 +89,7 @@ class Swarm:
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._manifest_inflight: dict[Cid, tuple[str, float]] = {}
         self._rejected_by: dict[Cid, set[str]] = {}
+        self._storing: set[Cid] = set()  # delivered, not yet reported stored or rejected
 
     # ---- local holdings -----------------------------------------------------------------------
 
@@ -102,6 +108,7 @@ class Swarm:
         except ValueError as exc:
             raise RemoteProtocolError(f"manifest {cid} does not decode: {exc}") from None
         self._manifest_inflight.pop(cid, None)
+        self._storing.discard(cid)
         if self.chunks is None and not self.manifests_missing():
             self._build_list()
 
@@ -158,6 +165,7 @@ class Swarm:
 
     def mark_have(self, cid: Cid) -> int | None:
         """We now hold this chunk; its index if it is in the list and was new."""
+        self._storing.discard(cid)
         index = self._index.get(cid)
         if index is None or _bit(self._have, index):
             return None
@@ -274,7 +282,7 @@ class Swarm:
         return requests
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
-        missing = [c for c in self.manifests_missing() if c not in self._manifest_inflight]
+        missing = [c for c in self.manifests_missing() if c not in self._manifest_inflight and c not in self._storing]
         room = self.limits.manifest_requests_max - len(self._manifest_inflight)
         candidates = sorted(nodes, key=lambda n: (not self._peers[n].announced, self._rng.random()))
         requests = []
@@ -306,7 +314,8 @@ class Swarm:
         return [(node, cid) for cid in chosen]
 
     def _fetching(self) -> dict[Cid, int]:
-        counts: dict[Cid, int] = {}
+        """Chunks requested or being verified -> how many copies (verifying counts as one)."""
+        counts: dict[Cid, int] = dict.fromkeys(self._storing, 1)
         for peer in self._peers.values():
             for cid in peer.inflight:
                 counts[cid] = counts.get(cid, 0) + 1
@@ -314,7 +323,8 @@ class Swarm:
 
     def _endgame(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         fetching = self._fetching()
-        missing = [i for i in range(len(self.chunks)) if not _bit(self._have, i)]
+        missing = [i for i in range(len(self.chunks))
+                   if not _bit(self._have, i) and self.chunks[i] not in self._storing]
         if len(missing) > self.limits.endgame_missing_max or any(self.chunks[i] not in fetching for i in missing):
             return []  # not endgame yet: too much left, or some missing chunk is not in flight
         requests = []
@@ -342,10 +352,12 @@ class Swarm:
     def delivered(self, node: str, cid: Cid, now: float) -> list[tuple[str, Cid]]:
         """A whole chunk arrived from `node` (not yet verified); returns (peer, cid) to cancel."""
         peer = self._peers.get(node)
-        if peer is not None and peer.inflight.pop(cid, None) is not None:
-            peer.depth = min(peer.depth + 1, self.limits.depth_max)
+        sent = peer.inflight.pop(cid, None) if peer is not None else None
+        if sent is not None:
+            self._adapt_depth(peer, now - sent)
             peer.delivered_bytes += self.chunk_size(cid) or 0
         self._manifest_inflight.pop(cid, None)
+        self._storing.add(cid)
         cancels = []
         for other_node, other in self._peers.items():
             if cid in other.inflight:
@@ -353,9 +365,20 @@ class Swarm:
                 cancels.append((other_node, cid))
         return cancels
 
+    def _adapt_depth(self, peer: _Peer, latency_s: float) -> None:
+        if latency_s <= self.limits.request_latency_target_s:
+            peer.depth = min(peer.depth + 1, self.limits.depth_max)
+        else:
+            peer.depth = max(peer.depth - 1, self.limits.depth_min)
+
     def rejected(self, node: str, cid: Cid) -> None:
         """The chunk from `node` did not verify: never ask that peer for it again."""
+        self._storing.discard(cid)
         self._rejected_by.setdefault(cid, set()).add(node)
+
+    def store_failed(self, cid: Cid) -> None:
+        """The chunk verified but could not be stored (disk full...): it goes back to the pool."""
+        self._storing.discard(cid)
 
     def expired(self, now: float) -> list[tuple[str, Cid]]:
         """Requests past their timeout, now returned to the pool (each peer's depth halves)."""

@@ -14,6 +14,14 @@ Theory of operation:
   delivery the world carries out the core's actions (Send, CloseConnection, Dial, PersistChanges,
   Emit), schedules a `Tick` for `next_deadline()`, and checks invariants. Dials authenticate with
   the real `core.authenticate` on both sides, as the secure channel does.
+- Every node has a `SimStore` (a `MemoryChunkStore` that survives `crash`/`restart`). The World
+  carries out the content actions as `mesh.drivers.runtime` does: `LoadRelease` answers with the
+  store's inventory of the release, `StoreChunk` verifies and stores then answers `ChunkStored` or
+  `ChunkRejected` after a short processing delay, `ServeChunk` writes `ChunkData` pieces (or
+  `ChunkMissing`) to the connection *when the action is carried out*, in turn with the node's other
+  Sends and through the same bandwidth model, then answers `ChunkServed` once they left the uplink.
+  Faults: a node may serve corrupt bytes (`corrupt_serving`) or never answer requests
+  (`stall_serving`). Every block a store takes is re-hashed by the per-step invariant checks.
 - Everything random comes from `random.Random` seeded by the world's seed (identities too, see
   `mesh.testing.identities`), so one seed replays the same run. Every failure names the seed.
 """
@@ -29,14 +37,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.config import DEFAULT_PORT, CoreLimits
+from mesh.content.cid import Cid
+from mesh.content.store import MemoryChunkStore
 from mesh.core.events import (
-    Address, CloseConnection, Connected, DataReceived, Dial, DialFailed, Disconnected, Emit, Event,
-    PeerDiscovered, PersistChanges, Send, Tick,
+    Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
+    DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
+    ReleaseInventory, Send, ServeChunk, StoreChunk, Tick,
 )
 from mesh.core.node import NodeCore
 from mesh.core.session import Phase
-from mesh.errors import CredentialError, MeshError, RemoteProtocolError
+from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError
 from mesh.state.document import MeshState, actor_id
+from mesh.testing.content import release_inventory
 from mesh.testing.identities import MemberIdentity, TestMesh
 from mesh.wire import messages as m
 
@@ -51,6 +63,9 @@ ACTIONS_PER_STEP_MAX = 10_000
 QUEUE_EVENTS_MAX = 1_000_000
 STUCK_TICKS_MAX = 1_000
 EPHEMERAL_PORT_FIRST = 40000
+STORE_OVERHEAD_S = 0.0002  # a StoreChunk's fixed cost (a worker thread, a file, an fsync batch)
+STORE_BYTES_PER_S = 400e6  # ... plus hashing and writing its bytes
+LOAD_RELEASE_S = 0.002  # reading a release's manifests for its inventory
 
 
 class SimulationError(MeshError):
@@ -140,6 +155,10 @@ class SimNetwork:
         lost = sum(1 for _ in range(segments) if self.rng.random() < loss)
         return lost * self.retransmit_s
 
+    def upload_free_at(self, name: str) -> float:
+        """When the host's uplink has sent everything queued on it so far."""
+        return self._hosts[name].upload_free_at
+
     def forget_stream(self, stream: object) -> None:
         self._stream_last.pop(stream, None)
 
@@ -171,6 +190,8 @@ class Traffic:
     state_sync_bytes_out: int = 0  # StateSync/StateSyncPart payload bytes written
     messages_in: Counter = field(default_factory=Counter)  # message type name -> count delivered
     messages_out: Counter = field(default_factory=Counter)  # message type name -> count written
+    chunk_bytes_in: Counter = field(default_factory=Counter)  # sender name -> ChunkData bytes delivered
+    chunk_bytes_out: Counter = field(default_factory=Counter)  # receiver name -> ChunkData bytes written
 
 
 @dataclass
@@ -189,8 +210,30 @@ class Endpoint:
     bytes_in: int = 0  # bytes delivered to this side
 
 
+class SimStore(MemoryChunkStore):
+    """A node's chunk store; remembers which blocks arrived since the invariant checks last ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unchecked: list[Cid] = []  # blocks stored since the last check, to re-hash once
+
+    def put(self, cid: Cid, data: bytes) -> bool:
+        new = super().put(cid, data)
+        if new:
+            self.unchecked.append(cid)
+        return new
+
+    def stored_bytes(self, cid: Cid) -> bytes:
+        """The bytes as stored, without verifying them (for the invariant checks)."""
+        return self._blocks[cid]
+
+    def intact(self, cid: Cid) -> bool:
+        """The stored bytes still hash to `cid`."""
+        return cid.verify(self._blocks[cid])
+
+
 class NodeHandle:
-    """One simulated node: identity, address, the live core, what it persisted."""
+    """One simulated node: identity, address, the live core, what it persisted, its store."""
 
     def __init__(self, world: World, name: str, identity: MemberIdentity, host: str, port: int) -> None:
         self.world = world
@@ -204,6 +247,9 @@ class NodeHandle:
         self.traffic = Traffic()
         self.tick_at: float | None = None  # when the next Tick is scheduled
         self.stuck_ticks = 0  # Ticks in a row that left a deadline in the past
+        self.store = SimStore()  # its chunk store; survives crashes (see `World.wipe_store`)
+        self.corrupts_served = False  # fault: every chunk it serves has a flipped byte
+        self.serving_stalled = False  # fault: it never answers a ServeChunk
 
     @property
     def node_id(self) -> str:
@@ -288,6 +334,7 @@ class World:
         self._seq = itertools.count()
         self._conn_ids = itertools.count(1)
         self._ports = itertools.count(EPHEMERAL_PORT_FIRST)
+        self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk})
 
     # ---- building -----------------------------------------------------------------------------
 
@@ -413,6 +460,18 @@ class World:
     def heal(self) -> None:
         self.net.heal()
 
+    def wipe_store(self, name: str) -> None:
+        """Lose a node's chunk store (a new disk); do it while the node is down."""
+        self.nodes[name].store = SimStore()
+
+    def corrupt_serving(self, name: str, on: bool = True) -> None:
+        """Fault: every chunk the node serves from now on carries a flipped byte."""
+        self.nodes[name].corrupts_served = on
+
+    def stall_serving(self, name: str, on: bool = True) -> None:
+        """Fault: the node takes chunk requests but never sends anything back for them."""
+        self.nodes[name].serving_stalled = on
+
     def crash(self, name: str) -> None:
         """kill -9: the core is gone; its peers see their connections close."""
         handle = self.nodes[name]
@@ -499,7 +558,8 @@ class World:
                 return  # the connection closed before these bytes arrived
             endpoint.bytes_in += len(event.data)
             handle.traffic.bytes_in += len(event.data)
-            self._count_messages(event.data, handle.traffic, inbound=True)
+            peer = self.endpoints[endpoint.peer_conn_id].node
+            self._count_messages(event.data, handle.traffic, inbound=True, peer=peer)
         elif isinstance(event, _PeerClosed):
             return self._on_peer_closed(handle, event)
         handle.core.handle(event, self.now)
@@ -546,17 +606,31 @@ class World:
     # ---- actions ------------------------------------------------------------------------------
 
     def _on_send(self, handle: NodeHandle, action: Send) -> None:
-        endpoint = self.endpoints.get(action.conn_id)
-        if endpoint is None or endpoint.node != handle.name:
-            raise self.fail(f"{handle.name} sent on unknown connection {action.conn_id}")
+        self.write(handle, action.conn_id, action.data)
+
+    def write(self, handle: NodeHandle, conn_id: int, data: bytes) -> bool:
+        """Queue bytes on a connection now (bandwidth, latency, order); False if it is closed."""
+        endpoint = self.endpoint_of(handle, conn_id)
         peer = self.endpoints[endpoint.peer_conn_id]
         if not endpoint.open or not peer.open:
-            return  # writing to a closed connection: the driver drops it
-        endpoint.bytes_out += len(action.data)
-        handle.traffic.bytes_out += len(action.data)
-        self._count_messages(action.data, handle.traffic, inbound=False)
-        at = self.net.transmit(handle.name, peer.node, len(action.data), self.now, endpoint.conn_id)
-        self._deliver_at(at, self.nodes[peer.node], DataReceived(peer.conn_id, action.data))
+            return False  # writing to a closed connection: the driver drops it
+        endpoint.bytes_out += len(data)
+        handle.traffic.bytes_out += len(data)
+        self._count_messages(data, handle.traffic, inbound=False, peer=peer.node)
+        at = self.net.transmit(handle.name, peer.node, len(data), self.now, endpoint.conn_id)
+        self._deliver_at(at, self.nodes[peer.node], DataReceived(peer.conn_id, data))
+        return True
+
+    def endpoint_of(self, handle: NodeHandle, conn_id: int) -> Endpoint:
+        """The node's side of a connection; SimulationError if the core named one it never had."""
+        endpoint = self.endpoints.get(conn_id)
+        if endpoint is None or endpoint.node != handle.name:
+            raise self.fail(f"{handle.name} used unknown connection {conn_id}")
+        return endpoint
+
+    def deliver_later(self, handle: NodeHandle, delay_s: float, event: Event) -> None:
+        """Deliver `event` to the node's current incarnation after `delay_s` (dropped if it crashes)."""
+        self._deliver_at(self.now + delay_s, handle, event)
 
     def _on_close(self, handle: NodeHandle, action: CloseConnection) -> None:
         endpoint = self.endpoints.get(action.conn_id)
@@ -630,7 +704,7 @@ class World:
 
     # ---- accounting and invariants ------------------------------------------------------------
 
-    def _count_messages(self, data: bytes, traffic: Traffic, inbound: bool) -> None:
+    def _count_messages(self, data: bytes, traffic: Traffic, inbound: bool, peer: str) -> None:
         decoder = m.MessageDecoder()
         try:
             decoder.receive_data(data)
@@ -642,13 +716,30 @@ class World:
                         traffic.state_sync_bytes_in += len(msg.message)
                     else:
                         traffic.state_sync_bytes_out += len(msg.message)
+                elif isinstance(msg, m.ChunkData):
+                    (traffic.chunk_bytes_in if inbound else traffic.chunk_bytes_out)[peer] += len(msg.data)
         except (RemoteProtocolError, MeshError):
             (traffic.messages_in if inbound else traffic.messages_out)["<undecodable>"] += 1
+
+    def check_stores(self) -> None:
+        """Re-hash every block of every store (the per-step check only re-hashes new ones)."""
+        for handle in self.nodes.values():
+            bad = [str(cid) for cid in handle.store.cids() if not handle.store.intact(cid)]
+            if bad:
+                raise self.fail(f"{handle.name}'s store holds corrupt blocks: {bad[:3]}")
+
+    def _check_new_blocks(self, handle: NodeHandle) -> None:
+        store = handle.store
+        fresh, store.unchecked = store.unchecked, []
+        for cid in fresh:
+            if store.has(cid) and not store.intact(cid):
+                raise self.fail(f"{handle.name} stored {cid}, whose bytes do not hash to it")
 
     def _check_invariants(self) -> None:
         if len(self._queue) > self.queue_events_max:
             raise self.fail(f"{len(self._queue)} queued events (more than {self.queue_events_max})")
         for handle in self.nodes.values():
+            self._check_new_blocks(handle)
             if handle.core is not None:
                 self._check_core(handle, handle.core)
         for invariant in self.invariants:
@@ -678,4 +769,61 @@ class World:
             raise self.fail(f"invariant broken on {handle.name}: " + "; ".join(problems))
 
 
-__all__ = ["Endpoint", "LogEntry", "NodeHandle", "SimNetwork", "SimulationError", "Traffic", "World"]
+# ---- content actions, carried out as `mesh.drivers.runtime` does ---------------------------------
+
+
+def _load_release(world: World, handle: NodeHandle, action: LoadRelease) -> None:
+    manifests, present = release_inventory(handle.store, action.root)
+    world.deliver_later(handle, LOAD_RELEASE_S, ReleaseInventory(action.root, tuple(manifests), tuple(present)))
+
+
+def _store_chunk(world: World, handle: NodeHandle, action: StoreChunk) -> None:
+    """Verify and store (`put` hashes first); the answer comes after the work would take."""
+    try:
+        handle.store.put(Cid.parse(action.cid), action.data)
+    except CorruptChunkError:
+        event: Event = ChunkRejected(action.conn_id, action.cid, "hash mismatch", True)
+    except MeshError as exc:
+        event = ChunkRejected(action.conn_id, action.cid, str(exc), False)
+    else:
+        event = ChunkStored(action.conn_id, action.cid)
+    world.deliver_later(handle, STORE_OVERHEAD_S + len(action.data) / STORE_BYTES_PER_S, event)
+
+
+def _serve_chunk(world: World, handle: NodeHandle, action: ServeChunk) -> None:
+    """Write the chunk's pieces (or ChunkMissing) now, in turn with other Sends; `ChunkServed` once
+    they have left the uplink."""
+    endpoint = world.endpoint_of(handle, action.conn_id)
+    if handle.serving_stalled or not endpoint.open:
+        return  # a stalled server; or the connection is gone and so is its outbox
+    cid = Cid.parse(action.cid)
+    sent = 0
+    try:
+        data = handle.store.get(cid)  # re-hashed before it leaves
+    except MeshError:
+        world.write(handle, action.conn_id, m.encode(m.ChunkMissing(cid.to_bytes())))
+    else:
+        sent = _write_pieces(world, handle, action.conn_id, cid, _flip_byte(data) if handle.corrupts_served else data)
+    done_at = max(world.now, world.net.upload_free_at(handle.name))
+    world.deliver_later(handle, done_at - world.now, ChunkServed(action.conn_id, action.cid, sent))
+
+
+def _write_pieces(world: World, handle: NodeHandle, conn_id: int, cid: Cid, data: bytes) -> int:
+    piece = m.CHUNK_PIECE_BYTES_MAX
+    for offset in range(0, max(len(data), 1), piece):
+        frame = m.ChunkData(cid.to_bytes(), offset, len(data), data[offset:offset + piece])
+        if not world.write(handle, conn_id, m.encode(frame)):
+            return 0
+    return len(data)
+
+
+def _flip_byte(data: bytes) -> bytes:
+    """The same length with one byte changed (an empty chunk gains one)."""
+    if not data:
+        return b"\x00"
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    return bytes(flipped)
+
+
+__all__ = ["Endpoint", "LogEntry", "NodeHandle", "SimNetwork", "SimStore", "SimulationError", "Traffic", "World"]

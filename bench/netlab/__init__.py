@@ -1,0 +1,1 @@
+"""A namespace lab for benchmarks: hosts on a private bridge with capped egress (see `lab.py`)."""
