@@ -42,7 +42,7 @@ class SwarmLimits:
     depth_start: int = 4  # ... at first
     depth_max: int = 24  # ... at most
     request_timeout_s: float = 20.0  # give a request up after this long
-    request_latency_target_s: float = 2.0  # a chunk delivered within this grows the pipeline
+    request_latency_target_s: float = 1.0  # a chunk delivered within this grows the pipeline
     endgame_copies_max: int = 2  # peers asked for one chunk at once, in endgame
     endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
     manifest_requests_max: int = 8  # manifests in flight at once
@@ -82,6 +82,7 @@ class Swarm:
         self._sizes: list[int] = []
         self._have = bytearray()
         self._have_count = 0
+        self._missing: dict[int, None] = {}  # indices we lack, in list order
         self.have_bytes = 0
         self.total_bytes = 0
         self._availability: list[int] = []
@@ -152,6 +153,7 @@ class Swarm:
                     sizes.append(length)
         self.chunks, self._sizes = chunks, sizes
         self._have = bytearray((len(chunks) + 7) // 8)
+        self._missing = dict.fromkeys(range(len(chunks)))
         self._availability = [0] * len(chunks)
         for cid in self._present:
             self.mark_have(cid)
@@ -170,6 +172,7 @@ class Swarm:
         if index is None or _bit(self._have, index):
             return None
         _set_bit(self._have, index)
+        self._missing.pop(index, None)
         self._have_count += 1
         self.have_bytes += self._sizes[index]
         return index
@@ -276,9 +279,11 @@ class Swarm:
         requests: list[tuple[str, Cid]] = []
         order = list(nodes)
         self._rng.shuffle(order)
+        fetching = self._fetching()
+        wanted = [i for i in self._missing if self.chunks[i] not in fetching]
         for node in order:
-            requests += self._fill_pipeline(node, now)
-        requests += self._endgame(now, order)
+            requests += self._fill_pipeline(node, now, wanted, fetching)
+        requests += self._endgame(now, order, fetching)
         return requests
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
@@ -294,23 +299,26 @@ class Swarm:
             requests.append((node, cid))
         return requests
 
-    def _fill_pipeline(self, node: str, now: float) -> list[tuple[str, Cid]]:
+    def _fill_pipeline(self, node: str, now: float, wanted: list[int],
+                       fetching: dict[Cid, int]) -> list[tuple[str, Cid]]:
+        """Fill `node`'s pipeline from `wanted` (indices we lack and nobody was fetching when this
+        round began); chunks chosen here join `fetching`."""
         peer = self._peers.get(node)
         if peer is None or peer.bits is None:
             return []
         room = peer.depth - len(peer.inflight)
         if room <= 0:
             return []
-        fetching = self._fetching()
         candidates = [
-            index for index in range(len(self.chunks))
-            if not _bit(self._have, index) and _bit(peer.bits, index) and self.chunks[index] not in fetching
+            index for index in wanted
+            if _bit(peer.bits, index) and self.chunks[index] not in fetching
             and node not in self._rejected_by.get(self.chunks[index], ())
         ]
         candidates.sort(key=lambda i: (self._availability[i], self._rng.random()))
         chosen = [self.chunks[i] for i in candidates[:room]]
         for cid in chosen:
             peer.inflight[cid] = now
+            fetching[cid] = 1
         return [(node, cid) for cid in chosen]
 
     def _fetching(self) -> dict[Cid, int]:
@@ -321,10 +329,10 @@ class Swarm:
                 counts[cid] = counts.get(cid, 0) + 1
         return counts
 
-    def _endgame(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
-        fetching = self._fetching()
-        missing = [i for i in range(len(self.chunks))
-                   if not _bit(self._have, i) and self.chunks[i] not in self._storing]
+    def _endgame(self, now: float, nodes: list[str], fetching: dict[Cid, int]) -> list[tuple[str, Cid]]:
+        if len(self._missing) > self.limits.endgame_missing_max + len(self._storing):
+            return []
+        missing = [i for i in self._missing if self.chunks[i] not in self._storing]
         if len(missing) > self.limits.endgame_missing_max or any(self.chunks[i] not in fetching for i in missing):
             return []  # not endgame yet: too much left, or some missing chunk is not in flight
         requests = []

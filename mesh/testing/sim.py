@@ -5,6 +5,10 @@ Theory of operation:
   partitions. It only answers "when does this many bytes sent now arrive?" and "can a reach b?".
   Connections are reliable ordered streams, so a lost segment is a retransmission: extra delay
   (`retransmit_s` per lost segment), never missing bytes. Each stream delivers in order.
+- A host's uplink and downlink are queues: bulk writes wait for what is queued before them. A
+  write of at most `interleave_bytes_max` (a Ping, a ChunkRequest, a HaveUpdate) does not wait
+  behind other streams' bulk, as a small segment on an idle TCP connection does not; its bytes still
+  count against the link, and it still waits for earlier bytes of its own stream.
 - A partition *breaks* the connections that cross it (both ends see `Disconnected` after one
   latency, as after a reset) and dials across it fail after `dial_timeout_s`. We chose breaking
   over holding bytes: a held stream ends in the same place once the core's `peer_timeout_s`
@@ -90,13 +94,15 @@ class SimNetwork:
 
     def __init__(self, seed: int | random.Random = 0, latency_s: float = LATENCY_S_DEFAULT,
                  loss: float = 0.0, bandwidth_bytes_per_s: float | None = None,
-                 retransmit_s: float = RETRANSMIT_S, segment_bytes: int = SEGMENT_BYTES) -> None:
+                 retransmit_s: float = RETRANSMIT_S, segment_bytes: int = SEGMENT_BYTES,
+                 interleave_bytes_max: int = SEGMENT_BYTES) -> None:
         self.rng = seed if isinstance(seed, random.Random) else random.Random(seed)
         self.latency_s = latency_s  # default one-way latency
         self.loss = loss  # default probability that a segment is lost (and retransmitted)
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s  # default per-host up and down rate
         self.retransmit_s = retransmit_s
         self.segment_bytes = segment_bytes
+        self.interleave_bytes_max = interleave_bytes_max  # writes this small skip other streams' queues
         self._hosts: dict[str, _Host] = {}
         self._links: dict[frozenset[str], tuple[float | None, float | None]] = {}
         self._groups: dict[str, int] = {}  # host -> partition group; absent hosts share group -1
@@ -137,12 +143,15 @@ class SimNetwork:
     def transmit(self, src: str, dst: str, nbytes: int, now: float, stream: object) -> float:
         """When `nbytes` written at `now` on `stream` (src -> dst) have all arrived."""
         up, down = self._hosts[src], self._hosts[dst]
-        start = max(now, up.upload_free_at)
-        up.upload_free_at = start + _duration(nbytes, up.upload_bytes_per_s)
+        small = nbytes <= self.interleave_bytes_max
+        up_busy = max(now, up.upload_free_at)
+        start = now if small else up_busy
+        up.upload_free_at = up_busy + _duration(nbytes, up.upload_bytes_per_s)
         first_byte = start + self.latency(src, dst) + self._retransmit_delay(src, dst, nbytes)
+        down_busy = max(first_byte, down.download_free_at)
         done = max(first_byte + _duration(nbytes, up.upload_bytes_per_s),
-                   max(first_byte, down.download_free_at) + _duration(nbytes, down.download_bytes_per_s))
-        down.download_free_at = done
+                   (first_byte if small else down_busy) + _duration(nbytes, down.download_bytes_per_s))
+        down.download_free_at = max(done, down_busy + _duration(nbytes, down.download_bytes_per_s))
         done = max(done, self._stream_last.get(stream, 0.0))
         self._stream_last[stream] = done
         return done
@@ -334,6 +343,7 @@ class World:
         self._seq = itertools.count()
         self._conn_ids = itertools.count(1)
         self._ports = itertools.count(EPHEMERAL_PORT_FIRST)
+        self._touched: set[str] = set()  # nodes whose core ran since the last invariant check
         self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk})
 
     # ---- building -----------------------------------------------------------------------------
@@ -568,6 +578,7 @@ class World:
     def _process(self, handle: NodeHandle, after_tick: bool = False) -> None:
         """Carry out the core's actions, then make sure a Tick comes by its next deadline."""
         core = handle.live_core()
+        self._touched.add(handle.name)
         actions = core.take_actions()
         if len(actions) > self.actions_per_step_max:
             raise self.fail(f"{handle.name} produced {len(actions)} actions in one step")
@@ -738,7 +749,9 @@ class World:
     def _check_invariants(self) -> None:
         if len(self._queue) > self.queue_events_max:
             raise self.fail(f"{len(self._queue)} queued events (more than {self.queue_events_max})")
-        for handle in self.nodes.values():
+        touched, self._touched = self._touched, set()
+        for name in sorted(touched):  # a core changes only when it runs, its store only then too
+            handle = self.nodes[name]
             self._check_new_blocks(handle)
             if handle.core is not None:
                 self._check_core(handle, handle.core)

@@ -1,0 +1,199 @@
+"""Deterministic World tests of releases and swarming: real NodeCores, real signed releases, chunk
+stores in memory, every host's upload capped.
+
+Each test prints its seed first (pytest shows it on failure); `MESH_WORLD_SEED=N` replays one seed,
+and every SimulationError names the seed too. Bytes per sender are counted by the World from the
+ChunkData frames it carried, not from the cores' own counters.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from mesh.content.chunking import CHUNK_BYTES_MIN
+from mesh.testing.content import ReleaseContent, build_release, publish, random_files, seed_and_publish, sign_release
+from mesh.testing.sim import World
+
+SEED = int(os.environ.get("MESH_WORLD_SEED", "20240611"))
+KIB = 1024
+UPLOAD_BYTES_PER_S = 3_000_000  # every host's uplink (virtual)
+FILE_BYTES_MIN = 64 * KIB  # with 256 KiB chunks: files of one to three chunks
+FILE_BYTES_MAX = 600 * KIB
+
+
+def swarm_world(peers: int, seed: int = SEED) -> World:
+    """An organizer "seed" and `peers` edge nodes named peer-0..., all uploads capped."""
+    print(f"World seed={seed} (replay: MESH_WORLD_SEED={seed})")
+    world = World(seed)
+    world.add_node("seed", identity=world.mesh.founder, upload_bytes_per_s=UPLOAD_BYTES_PER_S)
+    for i in range(peers):
+        world.add_node(f"peer-{i}", upload_bytes_per_s=UPLOAD_BYTES_PER_S)
+    world.discover_all()
+    world.run_until(lambda w: w.all_connected(), 30, "everyone connected")
+    return world
+
+
+def files(world: World, count: int, prefix: str = "file") -> dict[str, bytes]:
+    rng = random.Random(f"{world.seed}/files/{prefix}")
+    return random_files(rng, count, FILE_BYTES_MIN, FILE_BYTES_MAX, prefix)
+
+
+def is_complete(world: World, name: str, release_id: str) -> bool:
+    handle = world.nodes[name]
+    core = handle.core
+    return (core is not None and core.release is not None and core.release.id == release_id
+            and core.swarm is not None and core.swarm.complete)
+
+
+def wait_complete(world: World, release_id: str, names: list[str] | None = None, timeout_s: float = 120) -> float:
+    chosen = names or list(world.nodes)
+    return world.run_until(lambda w: all(is_complete(w, n, release_id) for n in chosen), timeout_s,
+                           f"release {release_id} complete on {chosen}")
+
+
+def chunk_bytes_in(world: World, name: str) -> int:
+    return sum(world.nodes[name].traffic.chunk_bytes_in.values())
+
+
+def holds_all(world: World, name: str, content: ReleaseContent) -> bool:
+    return all(world.nodes[name].store.has(cid) for cid in content.blocks)
+
+
+# ---- (a) --------------------------------------------------------------------------------------
+
+
+def test_eight_peers_get_most_of_a_release_from_each_other() -> None:
+    world = swarm_world(peers=8)
+    content = build_release(files(world, 36))
+    release_id = seed_and_publish(world, "seed", content, "friday")
+    took = wait_complete(world, release_id)
+
+    size = content.chunk_bytes
+    bound = size / UPLOAD_BYTES_PER_S  # the seed must upload every byte at least once
+    shares = {}
+    for name in world.nodes:
+        status = world.nodes[name].live_core().status()["release"]
+        assert status["complete"] and status["have_bytes"] == status["total_bytes"] == content.total_bytes
+        assert holds_all(world, name, content), f"seed={world.seed}: {name}"
+        if name == "seed":
+            continue
+        received = world.nodes[name].traffic.chunk_bytes_in
+        assert sum(received.values()) >= size
+        shares[name] = received["seed"] / sum(received.values())
+    seed_out = sum(world.nodes["seed"].traffic.chunk_bytes_out.values())
+    print(f"{len(content.chunks)} chunks, {size} B: complete in {took:.2f} s, bound F/u_seed {bound:.2f} s "
+          f"({took / bound:.2f}x); seed uploaded {seed_out / size:.2f} F; "
+          f"seed share per peer max {max(shares.values()):.2f} mean {sum(shares.values()) / len(shares):.2f}")
+    assert max(shares.values()) < 0.5, f"seed={world.seed}: {shares}"
+    assert took < 4 * bound, f"seed={world.seed}: {took:.2f} s vs bound {bound:.2f} s"
+    world.check_stores()
+
+
+# ---- (b) --------------------------------------------------------------------------------------
+
+
+def test_a_peer_serving_corrupt_chunks_is_dropped_and_everyone_else_completes() -> None:
+    world = swarm_world(peers=5)
+    world.corrupt_serving("peer-0")
+    liar = world.nodes["peer-0"].node_id
+    honest = [n for n in world.nodes if n != "peer-0"]
+    content = build_release(files(world, 24))
+    release_id = seed_and_publish(world, "seed", content, "friday")
+    wait_complete(world, release_id, honest)
+
+    accusations = world.events("peer.corrupt_chunk")
+    assert accusations, f"seed={world.seed}: nobody asked the corrupting peer for a chunk"
+    assert {e.fields["node"] for e in accusations} == {liar}, f"seed={world.seed}: {accusations}"
+    for accuser in {e.node for e in accusations}:
+        closed = [e for e in world.events("peer.closing", node=accuser)
+                  if e.fields["node"] == liar and "corrupt" in e.fields["reason"]]
+        assert closed, f"seed={world.seed}: {accuser} kept its session with the corrupting peer"
+        assert "peer-0" not in world.nodes[accuser].peer_names(), world.describe()
+    assert sum(world.nodes["peer-0"].traffic.chunk_bytes_out.values()) > 0
+    world.check_stores()
+    for name in honest:
+        assert holds_all(world, name, content), f"seed={world.seed}: {name}"
+
+
+# ---- (c) --------------------------------------------------------------------------------------
+
+
+def test_rollback_switches_every_node_back_without_refetching() -> None:
+    world = swarm_world(peers=4)
+    files_a = files(world, 20, "a")
+    shared = dict(list(files_a.items())[:12])
+    content_a = build_release(files_a)
+    content_b = build_release({**shared, **files(world, 8, "b")})
+    release_a = seed_and_publish(world, "seed", content_a, "friday-a")
+    wait_complete(world, release_a)
+
+    before_b = {n: chunk_bytes_in(world, n) for n in world.nodes}
+    content_b.put_into(world.nodes["seed"].store)
+    release_b = sign_release(world, "seed", content_b, "friday-b")
+    publish(world, "seed", release_b)
+    wait_complete(world, release_b)
+    new_in_b = sum(len(content_b.blocks[c]) for c in content_b.chunks if c not in set(content_a.chunks))
+    for name in world.nodes:
+        if name != "seed":
+            fetched = chunk_bytes_in(world, name) - before_b[name]
+            assert new_in_b <= fetched < new_in_b + 8 * CHUNK_BYTES_MIN, f"seed={world.seed}: {name} {fetched}"
+
+    before_rollback = {n: chunk_bytes_in(world, n) for n in world.nodes}
+    publish(world, "seed", release_a)  # a later publication of A: the rollback
+    took = wait_complete(world, release_a)
+    print(f"B fetched {new_in_b} new bytes per peer; rollback to A complete everywhere in {took:.2f} s")
+    for name in world.nodes:
+        assert world.nodes[name].live_core().release.id == release_a
+        assert chunk_bytes_in(world, name) == before_rollback[name], f"seed={world.seed}: {name} refetched"
+    currents = [e for e in world.events("release.current") if e.fields["id"] == release_a]
+    assert {e.node for e in currents} == set(world.nodes)
+    assert all(len([e for e in currents if e.node == n]) == 2 for n in world.nodes)  # published, rolled back
+
+
+# ---- (d) --------------------------------------------------------------------------------------
+
+
+def test_node_crashing_halfway_fetches_only_what_it_lacked() -> None:
+    world = swarm_world(peers=5)
+    content = build_release(files(world, 30))
+    release_id = seed_and_publish(world, "seed", content, "friday")
+    victim = world.nodes["peer-3"]
+
+    def halfway(w: World) -> bool:
+        swarm = victim.live_core().swarm
+        return swarm is not None and swarm.ready and swarm.have_bytes >= content.total_bytes // 2
+
+    world.run_until(halfway, 60, "peer-3 halfway")
+    world.crash("peer-3")
+    world.run_for(1.0)
+    world.restart("peer-3")
+    lacked = sum(len(content.blocks[c]) for c in content.chunks if not victim.store.has(c))
+    before = chunk_bytes_in(world, "peer-3")
+    wait_complete(world, release_id)
+
+    fetched = chunk_bytes_in(world, "peer-3") - before
+    slack = (len(world.nodes) - 1) * CHUNK_BYTES_MIN  # one chunk per peer, from endgame copies
+    print(f"peer-3 lacked {lacked} of {content.chunk_bytes} B after the crash and fetched {fetched} B")
+    assert 0 < lacked < content.chunk_bytes
+    assert lacked <= fetched <= lacked + slack, f"seed={world.seed}: lacked {lacked}, fetched {fetched}"
+    assert holds_all(world, "peer-3", content)
+
+
+# ---- (e) --------------------------------------------------------------------------------------
+
+
+def test_a_stalled_peer_loses_its_requests_and_everyone_completes() -> None:
+    world = swarm_world(peers=5)
+    world.stall_serving("peer-0")
+    content = build_release(files(world, 24))
+    release_id = seed_and_publish(world, "seed", content, "friday")
+    took = wait_complete(world, release_id, timeout_s=300)
+
+    timeouts = sum(world.nodes[n].live_core().counters.get("chunks.timeouts", 0) for n in world.nodes)
+    print(f"complete everywhere in {took:.2f} s with {timeouts} request timeouts")
+    assert not world.nodes["peer-0"].traffic.chunk_bytes_out, "the stalled peer sent chunk data"
+    assert timeouts > 0, f"seed={world.seed}: nobody asked the stalled peer"
+    for name in world.nodes:
+        assert "peer-0" not in world.nodes[name].traffic.chunk_bytes_in
+        assert holds_all(world, name, content), f"seed={world.seed}: {name}"
