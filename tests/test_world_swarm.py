@@ -139,6 +139,7 @@ def test_rollback_switches_every_node_back_without_refetching() -> None:
             fetched = chunk_bytes_in(world, name) - before_b[name]
             assert new_in_b <= fetched < new_in_b + 8 * CHUNK_BYTES_MIN, f"seed={world.seed}: {name} {fetched}"
 
+    world.run_for(5)  # endgame copies still on the wire arrive (and are dropped)
     before_rollback = {n: chunk_bytes_in(world, n) for n in world.nodes}
     publish(world, "seed", release_a)  # a later publication of A: the rollback
     took = wait_complete(world, release_a)

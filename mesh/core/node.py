@@ -88,6 +88,8 @@ class NodeCore:
         self.swarm_limits = SwarmLimits()
         self._assembling: dict[tuple[int, Cid], bytearray] = {}  # (conn, cid) -> bytes so far
         self._manifest_bytes: dict[Cid, bytes] = {}  # manifests handed to the store, not yet stored
+        self._storing_from: dict[tuple[int, Cid], str] = {}  # StoreChunk not yet answered -> sender
+        self._inventories_due = 0  # LoadRelease of the current release not yet answered
         self._have_updates: list[int] = []  # indices to announce after this event
         self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
         self._banned_until: dict[str, float] = {}  # node -> time its ban ends
@@ -480,14 +482,21 @@ class NodeCore:
         self.release = release
         self.swarm = Swarm(Cid.parse(release.root), self.swarm_limits, self._rng)
         self._manifest_bytes.clear()
+        self._inventories_due = 0
         self._replay_haves()
         self._emit("release.current", id=release.id, name=release.name, root=release.root)
-        self._actions.append(LoadRelease(release.root))
+        self._load_inventory()
+
+    def _load_inventory(self) -> None:
+        """Ask the store what it holds of the release; nothing is requested until it answers."""
+        self._inventories_due += 1
+        self._actions.append(LoadRelease(str(self.swarm.root)))
 
     def _on_inventory(self, event: ReleaseInventory, now: float) -> None:
         swarm = self.swarm
         if swarm is None or str(swarm.root) != event.root:
             return
+        self._inventories_due = max(0, self._inventories_due - 1)
         for cid, data in event.manifests:
             self._add_manifest(Cid.parse(cid), data)
         swarm.add_present({Cid.parse(cid) for cid in event.present})
@@ -573,20 +582,24 @@ class NodeCore:
                 self._send(other, m.ChunkCancel(other_cid.to_bytes()), now)
         if self.swarm.is_manifest(cid):
             self._manifest_bytes[cid] = data
+        self._storing_from[(session.conn_id, cid)] = session.node_id
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
 
     def _on_chunk_stored(self, event: ChunkStored, now: float) -> None:
         self._count("chunks.verified")
+        cid = Cid.parse(event.cid)
+        self._storing_from.pop((event.conn_id, cid), None)
         if self.swarm is None:
             return
-        cid = Cid.parse(event.cid)
         manifest = self._manifest_bytes.pop(cid, None)
         if manifest is not None:
             was_ready = self.swarm.ready
             self._add_manifest(cid, manifest)
+            if cid == self.swarm.root and not self.swarm.ready:
+                self._load_inventory()  # the file manifests and chunks of it we already hold
             if self.swarm.ready and not was_ready:
                 self._on_list_known(now)
-                self._actions.append(LoadRelease(str(self.swarm.root)))  # what else is here already
+                self._load_inventory()  # what else is here already
             return
         index = self.swarm.mark_have(cid)
         if index is not None:
@@ -596,20 +609,22 @@ class NodeCore:
     def _on_chunk_rejected(self, event: ChunkRejected, now: float) -> None:
         cid = Cid.parse(event.cid)
         self._manifest_bytes.pop(cid, None)
-        session = self._sessions.get(event.conn_id)
+        sender = self._storing_from.pop((event.conn_id, cid), None)
+        if self.swarm is not None:
+            self.swarm.store_failed(cid)  # back to the pool, whoever sent it
         if not event.peer_fault:
-            if self.swarm is not None:
-                self.swarm.store_failed(cid)
             self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
             return
         self._count("chunks.rejected")
-        if session is None:
+        if sender is None:
             return
         if self.swarm is not None:
-            self.swarm.rejected(session.node_id, cid)
-        self._banned_until[session.node_id] = now + CORRUPT_BAN_S
-        self._emit("peer.corrupt_chunk", node=session.node_id, cid=event.cid)
-        self._close(session, f"sent a corrupt chunk ({event.cid})")
+            self.swarm.rejected(sender, cid)
+        self._banned_until[sender] = now + CORRUPT_BAN_S
+        self._emit("peer.corrupt_chunk", node=sender, cid=event.cid)
+        for session in list(self._sessions.values()):  # its session may be closing or gone already
+            if session.node_id == sender:
+                self._close(session, f"sent a corrupt chunk ({event.cid})")
 
     def _check_complete(self) -> None:
         if self.swarm is not None and self.swarm.complete:
@@ -623,6 +638,9 @@ class NodeCore:
             self._flush_have_updates(now)
         for node, cid in swarm.expired(now):
             self._count("chunks.timeouts")
+            self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
+        if self._inventories_due:
+            return  # the store may hold what we would ask for
         for node, cid in swarm.schedule(now, list(self._ready)):
             session = self._sessions[self._ready[node]]
             self._send(session, m.ChunkRequest(cid.to_bytes()), now)
