@@ -80,6 +80,18 @@ def memory_figures(work: Path, mesh: list[str], gib: float) -> dict:
     return {"memory_file_gib": gib, "peak_rss_add_mb": round(rss_add, 1), "peak_rss_cat_mb": round(rss_cat, 1)}
 
 
+def read_in_process(home: Path, cids: list[str]) -> None:
+    """The read path without process start-up: what a long-running agent or gateway pays."""
+    from mesh.drivers.filestore import FileStore
+
+    store = FileStore(home / "store")
+    try:
+        for _ in store.iter_objects_parallel(cids):
+            pass
+    finally:
+        store.close()
+
+
 def hash_files(files: list[Path]) -> None:
     for path in files:
         hasher = blake3.blake3()
@@ -112,6 +124,7 @@ def main() -> None:
         t_add = timed(lambda: added.extend(json.loads(run(add_cmd, capture_output=True).stdout)))
         cat_cmd = [*mesh, "--home", str(work / "home"), "cat", *[item["cid"] for item in added]]
         t_cat_mesh = timed(lambda: run(cat_cmd, stdout=subprocess.DEVNULL))
+        t_read_path = timed(lambda: read_in_process(work / "home", [item["cid"] for item in added]))
         memory = memory_figures(work, mesh, args.memory_gib) if args.memory_gib else {}
 
     mbps = lambda seconds: size / seconds / 1e6  # noqa: E731
@@ -126,6 +139,8 @@ def main() -> None:
         "mesh_cat_mb_s": round(mbps(t_cat_mesh), 1),
         "add_ratio_vs_slower_baseline": round(mbps(t_add) / slower_baseline, 2),
         "cat_ratio_vs_cat": round(mbps(t_cat_mesh) / mbps(t_cat), 2),
+        "read_path_in_process_mb_s": round(mbps(t_read_path), 1),
+        "read_path_ratio_vs_cat": round(mbps(t_read_path) / mbps(t_cat), 2),
         **memory,
     }
     if args.json:

@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -460,6 +459,19 @@ def run_loopback(seed_home: Path, edge_home: Path, paths: list[Path], total: int
 # ---- the whole benchmark ------------------------------------------------------------------------------
 
 
+SCENARIOS = ("swarm", "http", "loopback")
+
+
+def code_version() -> str:
+    """The commit under test, and whether `mesh/` differs from it (read-only git)."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes in mesh/" if git("status", "--porcelain", "--", "mesh") else "")
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     total = args.mib * 1024 * 1024
     release_dir = workdir / "release"
@@ -467,8 +479,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     logs.mkdir(parents=True)
     paths = write_random_files(release_dir, total, args.files)
     seed_home, release_id = make_seed(workdir, release_dir)
-    homes = {key: [workdir / key / f"e{i + 1}" for i in range(n)] for key, n in (("s1", 1), (f"s{args.edges}", args.edges))}
-    homes["loop"] = [workdir / "loop" / "e1"]
+    homes = {"s1": [workdir / "s1" / "e1"], f"s{args.edges}": [workdir / f"s{args.edges}" / f"e{i + 1}"
+                                                                 for i in range(args.edges)],
+             "loop": [workdir / "loop" / "e1"]}
     for key, edge_homes in homes.items():
         for index, home in enumerate(edge_homes):
             join_edge(seed_home, home, f"{key}-e{index + 1}")
@@ -476,90 +489,105 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     timeout_s = args.timeout_s or 60 + 10 * floor_s
     print(f"# release {release_id}: {total:,} bytes in {args.files} files; floor {floor_s:.2f} s at "
           f"{args.cap_mbit:g} Mbit/s; timeout {timeout_s:.0f} s per run", file=sys.stderr, flush=True)
-    results: dict = {"mib": args.mib, "files": args.files, "cap_mbit": args.cap_mbit, "bytes": total,
-                     "floor_s": floor_s, "discovery": "static --peer to the seed + peer exchange, --no-mdns"}
-    steps = [
-        ("swarm_1", lambda: run_swarm(seed_home, homes["s1"], args.cap_mbit, timeout_s, args.log_level, logs)),
-        (f"swarm_{args.edges}", lambda: run_swarm(seed_home, homes[f"s{args.edges}"], args.cap_mbit, timeout_s,
-                                                   args.log_level, logs)),
-        ("http_1", lambda: run_http(release_dir, paths, 1, args.cap_mbit, timeout_s, workdir)),
-        (f"http_{args.edges}", lambda: run_http(release_dir, paths, args.edges, args.cap_mbit, timeout_s, workdir)),
-        ("loopback", lambda: run_loopback(seed_home, homes["loop"][0], paths, total, timeout_s, args.log_level,
-                                          workdir)),
-    ]
-    for key, step in steps:
+    results: dict = {"mib": args.mib, "files": args.files, "cap_mbit": args.cap_mbit, "edges": args.edges,
+                     "bytes": total, "floor_s": floor_s, "code": code_version(), "cpus": os.cpu_count(),
+                     "discovery": "static --peer to the seed + peer exchange, --no-mdns"}
+    n = args.edges
+    steps = {
+        "swarm_1": lambda: run_swarm(seed_home, homes["s1"], args.cap_mbit, timeout_s, args.log_level, logs),
+        f"swarm_{n}": lambda: run_swarm(seed_home, homes[f"s{n}"], args.cap_mbit, timeout_s, args.log_level, logs),
+        "http_1": lambda: run_http(release_dir, paths, 1, args.cap_mbit, timeout_s, workdir),
+        f"http_{n}": lambda: run_http(release_dir, paths, n, args.cap_mbit, timeout_s, workdir),
+        "loopback": lambda: run_loopback(seed_home, homes["loop"][0], paths, total, timeout_s, args.log_level,
+                                         workdir),
+    }
+    for key, step in steps.items():
+        if key.split("_")[0] not in args.scenarios:
+            continue
         print(f"# running {key} ...", file=sys.stderr, flush=True)
         results[key] = asdict(step())
-    results["figures"] = figures(results, args.edges)
+    results["figures"] = figures(results, n)
     return results
 
 
-def figures(results: dict, edges: int) -> dict:
-    floor = results["floor_s"]
-    one, many = results["swarm_1"], results[f"swarm_{edges}"]
-    http_one, http_many = results["http_1"], results[f"http_{edges}"]
-    return {
-        "swarm_1_s": one["seconds"],
-        f"swarm_{edges}_s": many["seconds"],
-        f"ratio_{edges}_over_1": many["seconds"] / one["seconds"],
-        f"swarm_{edges}_over_floor": many["seconds"] / floor,
-        f"swarm_{edges}_transfer_over_floor": many["transfer_seconds"] / floor,
-        "swarm_1_over_floor": one["seconds"] / floor,
-        "http_1_over_floor": http_one["seconds"] / floor,
-        f"http_{edges}_over_floor": http_many["seconds"] / floor,
-        f"seed_share_{edges}": many["seed_share"],
-        "loopback_mesh_mb_s": results["loopback"]["mesh_mb_s"],
-        "loopback_raw_mb_s": results["loopback"]["raw_mb_s"],
-        "loopback_ratio": results["loopback"]["ratio"],
-        "loopback_transfer_ratio": results["loopback"]["transfer_ratio"],
-    }
+def figures(results: dict, n: int) -> dict:
+    """The headline ratios, for whichever scenarios ran."""
+    floor, out = results["floor_s"], {}
+    one, many = results.get("swarm_1"), results.get(f"swarm_{n}")
+    http_one, http_many = results.get("http_1"), results.get(f"http_{n}")
+    if one and many:
+        out.update({"swarm_1_s": one["seconds"], f"swarm_{n}_s": many["seconds"],
+                    f"ratio_{n}_over_1": many["seconds"] / one["seconds"],
+                    f"transfer_ratio_{n}_over_1": many["transfer_seconds"] / one["transfer_seconds"],
+                    "swarm_1_over_floor": one["seconds"] / floor,
+                    f"swarm_{n}_over_floor": many["seconds"] / floor,
+                    f"swarm_{n}_transfer_over_floor": many["transfer_seconds"] / floor,
+                    f"seed_share_{n}": many["seed_share"]})
+    if http_one and http_many:
+        out.update({"http_1_over_floor": http_one["seconds"] / floor,
+                    f"http_{n}_over_floor": http_many["seconds"] / floor})
+    if "loopback" in results:
+        loop = results["loopback"]
+        out.update({"loopback_mesh_mb_s": loop["mesh_mb_s"], "loopback_raw_mb_s": loop["raw_mb_s"],
+                    "loopback_ratio": loop["ratio"], "loopback_transfer_ratio": loop["transfer_ratio"]})
+    return out
 
 
-def report(results: dict, edges: int) -> str:
-    f, floor = results["figures"], results["floor_s"]
+def _per(times: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.2f}" for k, v in sorted(times.items()))
+
+
+def report(results: dict) -> str:
+    """The human-readable summary."""
+    f, floor, n = results["figures"], results["floor_s"], results["edges"]
     lines = [
-        f"swarm bench: {results['mib']} MiB in {results['files']} files, every host's egress capped at "
+        f"swarm bench: {results['mib']} MiB in {results['files']} files, every lab host's egress capped at "
         f"{results['cap_mbit']:g} Mbit/s; floor F/u = {floor:.2f} s",
-        f"discovery: {results['discovery']}",
+        f"code {results['code']}; {results['cpus']} CPUs; discovery: {results['discovery']}",
         "",
         f"{'run':<26}{'seconds':>9}{'/ floor':>9}   notes",
     ]
-    for key in ("swarm_1", f"swarm_{edges}"):
-        run_ = results[key]
-        per = " ".join(f"{k}={v:.2f}" for k, v in sorted(run_["per_edge_seconds"].items()))
-        lines.append(f"{'mesh 1->' + str(run_['edges']):<26}{run_['seconds']:>9.2f}{run_['seconds'] / floor:>9.2f}"
-                     f"   per edge: {per}")
-        lines.append(f"{'  (from release.current)':<26}{run_['transfer_seconds']:>9.2f}"
-                     f"{run_['transfer_seconds'] / floor:>9.2f}   seed share {run_['seed_share']:.1%}")
-    for key in ("http_1", f"http_{edges}"):
-        run_ = results[key]
-        per = " ".join(f"{k}={v:.2f}" for k, v in sorted(run_["per_edge_seconds"].items()))
-        lines.append(f"{'http 1->' + str(run_['edges']):<26}{run_['seconds']:>9.2f}{run_['seconds'] / floor:>9.2f}"
-                     f"   per client: {per}")
-    many = results[f"swarm_{edges}"]
-    lines += [
-        "",
-        f"ratio mesh 1->{edges} / 1->1          {f[f'ratio_{edges}_over_1']:.2f}   (target <= 1.15)",
-        f"mesh 1->{edges} / floor               {f[f'swarm_{edges}_over_floor']:.2f}   (target <= 1.2)",
-        f"http 1->{edges} / floor               {f[f'http_{edges}_over_floor']:.2f}   (expected ~{edges})",
-        f"seed share of upload, 1->{edges}     {f[f'seed_share_{edges}']:.1%}   "
-        f"(ideal ~{1 / edges:.0%}: the seed sends each byte once)",
-        "MiB received, 1->" + str(edges) + ": " + "; ".join(
-            f"{edge} <- " + ", ".join(f"{p} {b / 2**20:.1f}" for p, b in sorted(peers.items()))
-            for edge, peers in sorted(many["received_from"].items())),
-        "agent CPU s, 1->" + str(edges) + ": " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(many["cpu_s"].items()))
-        + f" (sum {sum(many['cpu_s'].values()):.1f} over {many['seconds']:.1f} s wall, 2 cores)",
-        "",
-    ]
-    loop = results["loopback"]
-    lines += [
-        f"loopback 1->1, uncapped ({loop['bytes']:,} bytes):",
-        f"  mesh  {loop['mesh_mb_s']:8.1f} MB/s  ({loop['mesh_seconds']:.2f} s from launch; "
-        f"{loop['mesh_transfer_mb_s']:.1f} MB/s, {loop['mesh_transfer_seconds']:.2f} s from release.current)",
-        f"  raw   {loop['raw_mb_s']:8.1f} MB/s  ({loop['raw_seconds']:.2f} s, sendfile -> recv_into + write)",
-        f"  ratio {loop['ratio']:8.2f}       (from release.current: {loop['transfer_ratio']:.2f}); "
-        f"agent CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(loop["cpu_s"].items())),
-    ]
+    for key in ("swarm_1", f"swarm_{n}"):
+        if key in results:
+            run_ = results[key]
+            lines.append(f"{'mesh 1->' + str(run_['edges']):<26}{run_['seconds']:>9.2f}"
+                         f"{run_['seconds'] / floor:>9.2f}   per edge: {_per(run_['per_edge_seconds'])}")
+            lines.append(f"{'  from release.current':<26}{run_['transfer_seconds']:>9.2f}"
+                         f"{run_['transfer_seconds'] / floor:>9.2f}   seed share {run_['seed_share']:.1%}")
+    for key in ("http_1", f"http_{n}"):
+        if key in results:
+            run_ = results[key]
+            lines.append(f"{'http 1->' + str(run_['edges']):<26}{run_['seconds']:>9.2f}"
+                         f"{run_['seconds'] / floor:>9.2f}   per client: {_per(run_['per_edge_seconds'])}")
+    lines.append("")
+    if f"ratio_{n}_over_1" in f:
+        many = results[f"swarm_{n}"]
+        lines += [
+            f"ratio mesh 1->{n} / 1->1      {f[f'ratio_{n}_over_1']:6.2f}   (target <= 1.15; from release.current "
+            f"{f[f'transfer_ratio_{n}_over_1']:.2f})",
+            f"mesh 1->{n} / floor           {f[f'swarm_{n}_over_floor']:6.2f}   (target <= 1.2; from release.current "
+            f"{f[f'swarm_{n}_transfer_over_floor']:.2f})",
+            f"seed share of upload, 1->{n} {f[f'seed_share_{n}']:6.1%}   (ideal {1 / n:.0%}: each byte leaves the "
+            f"seed once)",
+            f"MiB received, 1->{n}: " + "; ".join(
+                f"{edge} <- " + ", ".join(f"{p} {b / 2**20:.1f}" for p, b in sorted(peers.items()))
+                for edge, peers in sorted(many["received_from"].items())),
+            f"agent CPU s, 1->{n}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(many["cpu_s"].items()))
+            + f" (sum {sum(many['cpu_s'].values()):.1f} in {many['seconds']:.1f} s wall on {results['cpus']} CPUs)",
+        ]
+    if f"http_{n}_over_floor" in f:
+        lines.append(f"http 1->{n} / floor           {f[f'http_{n}_over_floor']:6.2f}   (expected ~{n})")
+    if "loopback" in results:
+        loop = results["loopback"]
+        lines += [
+            "",
+            f"loopback 1->1, uncapped ({loop['bytes']:,} bytes):",
+            f"  mesh  {loop['mesh_mb_s']:8.1f} MB/s  ({loop['mesh_seconds']:.2f} s from launch; "
+            f"{loop['mesh_transfer_mb_s']:.1f} MB/s in {loop['mesh_transfer_seconds']:.2f} s from release.current)",
+            f"  raw   {loop['raw_mb_s']:8.1f} MB/s  ({loop['raw_seconds']:.2f} s, sendfile -> recv_into + write)",
+            f"  ratio {loop['ratio']:8.3f}       (from release.current {loop['transfer_ratio']:.3f}); agent CPU s: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(loop["cpu_s"].items())),
+        ]
     return "\n".join(lines)
 
 
@@ -569,19 +597,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=64, help="files in the release")
     parser.add_argument("--cap-mbit", type=float, default=200.0, help="egress cap of every lab host, Mbit/s")
     parser.add_argument("--edges", type=int, default=4, help="edges in the 1->N runs")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"subset of {','.join(SCENARIOS)}")
     parser.add_argument("--timeout-s", type=float, default=None, help="per run (default 60 + 10 x floor)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info"], help="agents' log level")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (homes, logs)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    if args.mib <= 0 or args.files <= 0 or args.edges < 1 or args.cap_mbit <= 0:
-        parser.error("--mib, --files, --edges and --cap-mbit must be positive")
+    if args.mib <= 0 or args.files <= 0 or args.cap_mbit <= 0 or not 1 <= args.edges <= 16:
+        parser.error("--mib, --files and --cap-mbit must be positive, --edges in 1..16")
+    args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    if not args.scenarios or args.scenarios - set(SCENARIOS):
+        parser.error(f"--scenarios: choose from {','.join(SCENARIOS)}")
     return args
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    reason = lab_available()
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # unwind (stop agents, delete the lab), then exit
+        signal.signal(signum, _exit_on_signal)
+    reason = lab_available() if args.scenarios & {"swarm", "http"} else None
     if reason is not None:
         print(f"error: this benchmark needs a namespace lab: {reason}", file=sys.stderr)
         return 2
@@ -589,13 +627,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run(args, workdir)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
-        print(f"error: {exc}\n(work directory: {workdir})", file=sys.stderr)
+        print(f"error: {exc}\n(work directory kept: {workdir})", file=sys.stderr)
         args.keep = True
         return 1
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2) if args.json else report(results, args.edges))
+    print(json.dumps(results, indent=2) if args.json else report(results))
     if args.keep:
         print(f"# work directory kept: {workdir}", file=sys.stderr)
     return 0

@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 
 from mesh.content.chunking import CHUNK_BYTES_MIN
-from mesh.content.cid import BLAKE3, DAG_CBOR, SHA2_256, Cid, cid_for_dag_cbor, cid_for_raw
+from mesh.content.cid import BLAKE3, SHA2_256, Cid, cid_for_dag_cbor, cid_for_raw
 from mesh.content.store import ChunkStore
 from mesh.errors import CorruptChunkError, NotFoundError, StoreError
 

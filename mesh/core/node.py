@@ -654,7 +654,7 @@ class NodeCore:
                 self._send(session, update, now)
 
     def _forget_transfers(self, session: Session) -> None:
-        if self.swarm is not None:
+        if self.swarm is not None and session.node_id not in self._ready:  # not a lost duplicate
             self.swarm.remove_peer(session.node_id)
         for key in [k for k in self._assembling if k[0] == session.conn_id]:
             del self._assembling[key]

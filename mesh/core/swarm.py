@@ -4,7 +4,9 @@ Rules:
 - A release is a root DirManifest. Its *chunk list* is, for every entry in manifest order, the file's
   chunk CIDs (a single-chunk file is its own chunk), each CID once. Manifests are resolved first:
   the root, then the FileManifest of every multi-chunk file; they are fetched like chunks from any
-  ready peer, preferring peers that announced the release.
+  ready peer, preferring peers that announced the release. A manifest unanswered for
+  `request_latency_target_s` is also asked of another peer (at most `endgame_copies_max` at once):
+  manifests are small, and one stalled peer must not hold up the whole list.
 - Peers announce a bitfield over the same list (`Have`) and then increments (`HaveUpdate`). A
   bitfield whose length disagrees with ours is a protocol error (the peer and we disagree on the
   release's contents, which a verified root makes impossible for an honest peer).
@@ -16,8 +18,9 @@ Rules:
 - Rarest first: among chunks we lack, that this peer has and nobody is fetching, pick the ones held
   by the fewest peers (random tie-break from the injected rng).
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
-  duplicate requests to other peers that hold them (at most `endgame_copies_max` per chunk); the first arrival wins and the others are
-  cancelled.
+  duplicate each request that is late (unanswered for `request_latency_target_s`) to another peer
+  that holds the chunk (at most `endgame_copies_max` per chunk); the first arrival wins and the
+  others are cancelled. Only late ones: a copy of a request about to be answered is pure waste.
 - A request unanswered after `request_timeout_s` returns its chunk to the pool.
 - Chunks arrive assembled; the node verifies and stores them and then reports `stored` (we hold
   it) or `rejected` (the peer is dropped by the node, the chunk goes back to the pool). While a
@@ -88,7 +91,8 @@ class Swarm:
         self._availability: list[int] = []
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
-        self._manifest_inflight: dict[Cid, tuple[str, float]] = {}
+        self._manifest_inflight: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: asked at}
+        self._retry_at: float | None = None  # when a late request (manifest or endgame) gets a copy
         self._rejected_by: dict[Cid, set[str]] = {}
         self._storing: set[Cid] = set()  # delivered, not yet reported stored or rejected
 
@@ -214,9 +218,8 @@ class Swarm:
             for index in range(len(self._availability)):
                 if _bit(peer.bits, index):
                     self._availability[index] -= 1
-        for cid, (owner, _) in list(self._manifest_inflight.items()):
-            if owner == node:
-                del self._manifest_inflight[cid]
+        for cid in list(self._manifest_inflight):
+            self._drop_manifest_request(cid, node)
 
     def peer_have(self, node: str, count: int, bits: bytes) -> None:
         peer = self._peers.get(node)
@@ -262,7 +265,7 @@ class Swarm:
         if peer is None:
             return
         peer.inflight.pop(cid, None)
-        self._manifest_inflight.pop(cid, None)
+        self._drop_manifest_request(cid, node)
         index = self._index.get(cid)
         if index is not None and peer.bits is not None and _bit(peer.bits, index):
             peer.bits[index >> 3] &= ~(0x80 >> (index & 7)) & 0xFF
@@ -272,6 +275,7 @@ class Swarm:
 
     def schedule(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """Requests to send now: manifests first, then rarest-first chunks, then endgame copies."""
+        self._retry_at = None
         if self.chunks is None:
             return self._schedule_manifests(now, nodes)
         if self.complete:
@@ -287,17 +291,51 @@ class Swarm:
         return requests
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
-        missing = [c for c in self.manifests_missing() if c not in self._manifest_inflight and c not in self._storing]
-        room = self.limits.manifest_requests_max - len(self._manifest_inflight)
+        """New manifest requests, round-robin over peers (announced first); then a second copy of
+        each request unanswered for `request_latency_target_s`, to a peer not yet asked."""
         candidates = sorted(nodes, key=lambda n: (not self._peers[n].announced, self._rng.random()))
+        if not candidates:
+            return []
+        missing = [c for c in self.manifests_missing() if c not in self._storing]
+        room = self.limits.manifest_requests_max - len(self._manifest_inflight)
         requests = []
-        for position, cid in enumerate(missing[: max(0, room)]):
-            if not candidates:
-                break
-            node = candidates[position % len(candidates)]
-            self._manifest_inflight[cid] = (node, now)
-            requests.append((node, cid))
+        for cid in missing:
+            asked = self._manifest_inflight.get(cid)
+            if asked is None and room > 0:
+                room -= 1
+                requests.append(self._ask_manifest(cid, candidates[len(requests) % len(candidates)], now))
+            elif asked and len(asked) < self.limits.endgame_copies_max:
+                requests += self._manifest_copy(cid, asked, candidates, now)
         return requests
+
+    def _ask_manifest(self, cid: Cid, node: str, now: float) -> tuple[str, Cid]:
+        self._manifest_inflight.setdefault(cid, {})[node] = now
+        return node, cid
+
+    def _manifest_copy(self, cid: Cid, asked: dict[str, float], candidates: list[str],
+                       now: float) -> list[tuple[str, Cid]]:
+        """Ask one more peer for a manifest whose request is late (or say when it will be late)."""
+        others = [n for n in candidates if n not in asked and n not in self._rejected_by.get(cid, ())]
+        if not others:
+            return []
+        if not self._late(min(asked.values()), now):
+            return []
+        return [self._ask_manifest(cid, others[0], now)]
+
+    def _late(self, sent: float, now: float) -> bool:
+        """True if a request sent at `sent` is late; if not, remember to look again when it is."""
+        due = sent + self.limits.request_latency_target_s
+        if due <= now:
+            return True
+        self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
+        return False
+
+    def _drop_manifest_request(self, cid: Cid, node: str) -> None:
+        asked = self._manifest_inflight.get(cid)
+        if asked is not None:
+            asked.pop(node, None)
+            if not asked:
+                del self._manifest_inflight[cid]
 
     def _fill_pipeline(self, node: str, now: float, wanted: list[int],
                        fetching: dict[Cid, int]) -> list[tuple[str, Cid]]:
@@ -338,11 +376,14 @@ class Swarm:
         requests = []
         for index in missing:
             cid = self.chunks[index]
+            sent = [p.inflight[cid] for p in self._peers.values() if cid in p.inflight]
+            if fetching.get(cid, 0) >= self.limits.endgame_copies_max or not sent or not self._late(min(sent), now):
+                continue
             for node in nodes:
                 if fetching.get(cid, 0) >= self.limits.endgame_copies_max:
                     break
-                peer = self._peers[node]
-                if (peer.bits is not None and _bit(peer.bits, index) and cid not in peer.inflight
+                peer = self._peers.get(node)
+                if (peer is not None and peer.bits is not None and _bit(peer.bits, index) and cid not in peer.inflight
                         and len(peer.inflight) < peer.depth and node not in self._rejected_by.get(cid, ())):
                     peer.inflight[cid] = now
                     fetching[cid] = fetching.get(cid, 0) + 1
@@ -354,8 +395,7 @@ class Swarm:
         peer = self._peers.get(node)
         if peer is not None and cid in peer.inflight:
             return True
-        owner = self._manifest_inflight.get(cid)
-        return owner is not None and owner[0] == node
+        return node in self._manifest_inflight.get(cid, ())
 
     def delivered(self, node: str, cid: Cid, now: float) -> list[tuple[str, Cid]]:
         """A whole chunk arrived from `node` (not yet verified); returns (peer, cid) to cancel."""
@@ -364,9 +404,9 @@ class Swarm:
         if sent is not None:
             self._adapt_depth(peer, now - sent)
             peer.delivered_bytes += self.chunk_size(cid) or 0
-        self._manifest_inflight.pop(cid, None)
+        others_asked = self._manifest_inflight.pop(cid, {})
         self._storing.add(cid)
-        cancels = []
+        cancels = [(other_node, cid) for other_node in others_asked if other_node != node]
         for other_node, other in self._peers.items():
             if cid in other.inflight:
                 del other.inflight[cid]
@@ -399,16 +439,19 @@ class Swarm:
                 gone.append((node, cid))
             if late:
                 peer.depth = max(self.limits.depth_min, peer.depth // 2)
-        for cid, (node, sent) in list(self._manifest_inflight.items()):
-            if sent <= limit:
-                del self._manifest_inflight[cid]
+        for cid, asked in list(self._manifest_inflight.items()):
+            for node in [n for n, sent in asked.items() if sent <= limit]:
+                self._drop_manifest_request(cid, node)
                 gone.append((node, cid))
         return gone
 
     def next_deadline(self) -> float | None:
         times = [sent for peer in self._peers.values() for sent in peer.inflight.values()]
-        times += [sent for _, sent in self._manifest_inflight.values()]
-        return min(times) + self.limits.request_timeout_s if times else None
+        times += [sent for asked in self._manifest_inflight.values() for sent in asked.values()]
+        deadline = min(times) + self.limits.request_timeout_s if times else None
+        if self._retry_at is not None and not self.complete:
+            deadline = self._retry_at if deadline is None else min(deadline, self._retry_at)
+        return deadline
 
     def peer_rates(self) -> dict[str, int]:
         return {node: peer.delivered_bytes for node, peer in self._peers.items()}

@@ -13,6 +13,12 @@ Theory of operation:
   deterministic skeleton change creates (like an asset's), so concurrent publications all survive.
 - The binding shows only the winner of a conflict, so invite uses are kept as one key per
   (invite, node); readers pick the smallest (at, node_id), the same on every replica.
+- Consent policies and decisions are bytes entries under unique ids in late root maps (like
+  publications); view counts are one integer entry per (process, tag), written only by that process
+  (a grow-only counter). The rules that read them live in `mesh.state.consent`.
+- Automerge counters are unusable in this binding: putting a Counter panics inside the write lock
+  and poisons the document for good; reading one (written by another implementation) panics too,
+  but `_guard` turns that into a skipped entry and the document lives on.
 - Reads trust nothing: a member may write anything with another Automerge implementation. An entry
   of the wrong type is skipped, never raised. Signatures are checked by the callers.
 - Pure: no I/O, no clock, no randomness. Time and the actor id are passed in.
@@ -35,6 +41,10 @@ SCHEMA_VERSION = 1
 GENESIS_ACTOR = bytes(16)  # never used for anything but the genesis change
 ROOT_MAPS = ("members", "revocations", "invite_uses", "tags", "assets", "releases")
 PUBLICATIONS_KEY = "publications"  # a root map created by its own skeleton change, not genesis
+CONSENT_POLICIES_KEY = "consent_policies"  # late root map: policy id -> signed policy bytes
+CONSENT_DECISIONS_KEY = "consent_decisions"  # late root map: decision key -> decision bytes
+TAG_VIEWS_KEY = "tag_views"  # late root map: "node/actor/tag" -> that process's own count
+VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skipped
 ACTOR_SUFFIX_BYTES_MAX = 16
 SUBJECTS_PER_ASSET_MAX = 256
 CHANGE_HASH_BYTES = 32
@@ -488,6 +498,73 @@ class MeshState:
     def publication_blobs(self) -> dict[str, bytes]:
         """publication id -> signed publication bytes."""
         return self._bytes_map(PUBLICATIONS_KEY)
+
+    # -- consent and analytics (rules in mesh.state.consent) ----------------------------------
+
+    def put_consent_policy(self, policy_id: str, blob: bytes) -> None:
+        """Store a signed consent or retention policy under its id (verified by readers)."""
+        self._put_late_bytes(CONSENT_POLICIES_KEY, policy_id, blob)
+
+    def consent_policy_blobs(self) -> dict[str, bytes]:
+        """policy id -> signed policy bytes."""
+        return self._bytes_map(CONSENT_POLICIES_KEY)
+
+    def put_consent_decision(self, key: str, blob: bytes) -> None:
+        """Store a consent decision under its unique key; a key already holding it is left alone."""
+        obj = self._root_map(CONSENT_DECISIONS_KEY)
+        if obj is not None and self._stored_equals(obj, key, _S.Bytes, bytes(blob)):
+            return
+        self._put_late_bytes(CONSENT_DECISIONS_KEY, key, blob)
+
+    def consent_decision_keys(self) -> list[str]:
+        """Every key of the decision map, sorted (values unread)."""
+        return sorted(self._keys(self._root_map(CONSENT_DECISIONS_KEY)))
+
+    def consent_decision_blobs(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """key -> decision bytes for those of `keys` that hold bytes."""
+        obj = self._root_map(CONSENT_DECISIONS_KEY)
+        found = {}
+        for key in keys:
+            blob = self._scalar(obj, key, _as_bytes) if obj is not None else _MISSING
+            if isinstance(blob, bytes):
+                found[key] = blob
+        return found
+
+    def add_view_counts(self, prefix: str, counts: dict[str, int]) -> None:
+        """Add `counts` (suffix -> views) to this process's own entries `prefix + suffix`, in one
+        change. Each entry has one writer, so its value only grows and no increment is lost."""
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts.values()):
+            raise LocalProtocolError("view counts are non-negative integers")
+        views = self._ensure_late_root_map(TAG_VIEWS_KEY)
+        totals = {}
+        for suffix, n in sorted(counts.items()):
+            had = self._scalar(views, prefix + suffix, _as_int)
+            base = had if isinstance(had, int) and 0 <= had <= VIEW_COUNT_MAX else 0
+            if n:
+                totals[prefix + suffix] = min(base + n, VIEW_COUNT_MAX)
+
+        def body(tx: am.Transaction) -> None:
+            for key, total in totals.items():
+                tx.put(views, key, _S.Int, total)
+
+        if totals:
+            self._write(body)
+
+    def view_counts(self) -> dict[str, int]:
+        """key -> count for every well-formed view-count entry."""
+        obj = self._root_map(TAG_VIEWS_KEY)
+        found = {}
+        for key in sorted(self._keys(obj)):
+            count = self._scalar(obj, key, _as_int)
+            if isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= VIEW_COUNT_MAX:
+                found[key] = count
+        return found
+
+    def _put_late_bytes(self, root_key: str, key: str, blob: bytes) -> None:
+        if not key:
+            raise LocalProtocolError("an entry key is not empty")
+        obj = self._ensure_late_root_map(root_key)
+        self._write(lambda tx: tx.put(obj, key, _S.Bytes, bytes(blob)))
 
     def _ensure_late_root_map(self, key: str) -> bytes:
         """A root map added after genesis, created by a deterministic skeleton change (the same on

@@ -5,7 +5,8 @@ Theory of operation:
   partitions. It only answers "when does this many bytes sent now arrive?" and "can a reach b?".
   Connections are reliable ordered streams, so a lost segment is a retransmission: extra delay
   (`retransmit_s` per lost segment), never missing bytes. Each stream delivers in order.
-- A host's uplink and downlink are queues: bulk writes wait for what is queued before them. A
+- A host's capped uplink and downlink are queues: bulk writes wait for what is queued before
+  them (an unlimited link queues nothing). A
   write of at most `interleave_bytes_max` (a Ping, a ChunkRequest, a HaveUpdate) does not wait
   behind other streams' bulk, as a small segment on an idle TCP connection does not; its bytes still
   count against the link, and it still waits for earlier bytes of its own stream.
@@ -148,10 +149,11 @@ class SimNetwork:
         start = now if small else up_busy
         up.upload_free_at = up_busy + _duration(nbytes, up.upload_bytes_per_s)
         first_byte = start + self.latency(src, dst) + self._retransmit_delay(src, dst, nbytes)
-        down_busy = max(first_byte, down.download_free_at)
-        done = max(first_byte + _duration(nbytes, up.upload_bytes_per_s),
-                   (first_byte if small else down_busy) + _duration(nbytes, down.download_bytes_per_s))
-        down.download_free_at = max(done, down_busy + _duration(nbytes, down.download_bytes_per_s))
+        done = first_byte + _duration(nbytes, up.upload_bytes_per_s)
+        if down.download_bytes_per_s:  # an unlimited downlink queues nothing (no head-of-line wait)
+            down_busy = max(first_byte, down.download_free_at)
+            done = max(done, (first_byte if small else down_busy) + _duration(nbytes, down.download_bytes_per_s))
+            down.download_free_at = max(done, down_busy + _duration(nbytes, down.download_bytes_per_s))
         done = max(done, self._stream_last.get(stream, 0.0))
         self._stream_last[stream] = done
         return done
