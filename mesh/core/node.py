@@ -93,6 +93,7 @@ class NodeCore:
         self._have_updates: list[int] = []  # indices to announce after this event
         self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
         self._banned_until: dict[str, float] = {}  # node -> time its ban ends
+        self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
         self._sync_due: set[str] = set()  # peers to offer state to at the next flush
         self._flush_at: float | None = None  # when to persist and sync next
@@ -102,6 +103,7 @@ class NodeCore:
 
     def handle(self, event: Event, now: float) -> None:
         """Take one event; then run timers that are due."""
+        self._now = now
         handler = self._handlers().get(type(event))
         if handler is not None:
             handler(event, now)
@@ -130,6 +132,8 @@ class NodeCore:
         )
         if member.node_id == self.identity.node_id:
             raise CredentialError("that is this node's own identity")
+        if self._banned_until.get(member.node_id, 0.0) > now:
+            raise CredentialError("banned for sending corrupt data")
         return member
 
     @property
@@ -715,7 +719,8 @@ class NodeCore:
 
     def _skip_nodes(self) -> set[str]:
         connected = {s.node_id for s in self._sessions.values() if s.phase is not Phase.CLOSING}
-        return connected | {self.identity.node_id}
+        banned = {node for node, until in self._banned_until.items() if until > self._now}
+        return connected | banned | {self.identity.node_id}
 
     def _dial_due(self, now: float) -> None:
         slots = self.limits.dials_inflight_max - self._addresses.inflight_count()
