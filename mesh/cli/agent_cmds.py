@@ -124,6 +124,28 @@ async def _run_agent(home, config: AgentConfig) -> None:
 
             await nursery.start(serve_http, create_app(AgentView(agent)), config.http)
             output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
+        if sys.stderr.isatty():
+            nursery.start_soon(_release_progress, agent)
+
+
+async def _release_progress(agent) -> None:
+    """On a terminal, a progress bar for the release being fetched (log lines print above it)."""
+    import trio
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=output.stderr, transient=True) as progress:
+        task = None
+        while True:
+            release = agent.core.status().get("release") if agent.core is not None else None
+            if release and release.get("total_bytes") and not release.get("complete"):
+                if task is None:
+                    task = progress.add_task(f"release {release['name']}", total=release["total_bytes"])
+                progress.update(task, completed=release["have_bytes"], total=release["total_bytes"])
+            elif task is not None:
+                progress.remove_task(task)
+                task = None
+            await trio.sleep(0.5)
 
 
 async def _run_then_cancel(agent, scope, *, task_status) -> None:

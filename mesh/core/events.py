@@ -197,4 +197,13 @@ class ServeChunk:
     cid: str  # which chunk
 
 
+@dataclass(frozen=True)
+class CancelServe:
+    """The peer no longer wants this chunk: skip a `ServeChunk` for it not yet started."""
+
+    conn_id: int  # which connection
+    cid: str  # which chunk
+
+
 Action = Send | CloseConnection | Dial | PersistChanges | Emit | LoadRelease | StoreChunk | ServeChunk
+Action = Action | CancelServe

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from mesh.config import CoreLimits
 from mesh.content.cid import Cid
 from mesh.core.events import (
-    Action, Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
+    Action, Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
     DataReceived, Dial, DialFailed, Disconnected, Emit, Event, LoadRelease, LocalChanges,
     PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk, ShutdownRequested,
     StateReloaded, StoreChunk, Tick,
@@ -267,7 +267,7 @@ class NodeCore:
             m.Have: self._on_have,
             m.HaveUpdate: self._on_have_update,
             m.ChunkRequest: self._on_chunk_request,
-            m.ChunkCancel: lambda session, msg, now: None,  # a queued answer is cheap; let it go
+            m.ChunkCancel: self._on_chunk_cancel,
             m.ChunkData: self._on_chunk_data,
             m.ChunkMissing: self._on_chunk_missing,
         }.get(type(msg))
@@ -558,6 +558,9 @@ class NodeCore:
             raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
         self._serving[session.conn_id] = queued + 1
         self._actions.append(ServeChunk(session.conn_id, str(cid)))
+
+    def _on_chunk_cancel(self, session: Session, msg: m.ChunkCancel, now: float) -> None:
+        self._actions.append(CancelServe(session.conn_id, str(_parse_cid(msg.cid))))
 
     def _on_chunk_served(self, event: ChunkServed, now: float) -> None:
         self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)

@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
@@ -26,7 +26,7 @@ import trio
 from mesh.config import AgentConfig
 from mesh.content.cid import Cid
 from mesh.core.events import (
-    Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
+    Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
     DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
     ReleaseInventory, Send, ServeChunk, ShutdownRequested, StateReloaded, StoreChunk, Tick,
 )
@@ -65,6 +65,7 @@ class _Connection:
     outbox: trio.MemorySendChannel  # frames for the writer
     scope: trio.CancelScope  # cancels reader and writer
     node_id: str  # authenticated peer
+    cancelled: set[str] = field(default_factory=set)  # queued chunk jobs the peer cancelled
 
 
 class Agent:
@@ -192,6 +193,10 @@ class Agent:
             self._emit_log(action.name, **action.as_dict())
         elif isinstance(action, ServeChunk):
             self._enqueue(action.conn_id, _ChunkJob(action.cid))
+        elif isinstance(action, CancelServe):
+            conn = self._connections.get(action.conn_id)
+            if conn is not None and len(conn.cancelled) < self.config.outbox_frames_max:
+                conn.cancelled.add(action.cid)
         elif isinstance(action, StoreChunk):
             self._nursery.start_soon(self._store_chunk, action)
         elif isinstance(action, LoadRelease):
@@ -344,6 +349,11 @@ class Agent:
         async with outbox:
             async for item in outbox:
                 if isinstance(item, _ChunkJob):
+                    conn = self._connections.get(conn_id)
+                    if conn is not None and item.cid in conn.cancelled:
+                        conn.cancelled.discard(item.cid)
+                        await self._events_send.send(ChunkServed(conn_id, item.cid, 0))
+                        continue
                     await self._serve_chunk(secure, conn_id, item.cid)
                 else:
                     await secure.send_all(item)

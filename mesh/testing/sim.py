@@ -45,6 +45,7 @@ from mesh.config import DEFAULT_PORT, CoreLimits
 from mesh.content.cid import Cid
 from mesh.content.store import MemoryChunkStore
 from mesh.core.events import (
+    CancelServe,
     Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
     DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
     ReleaseInventory, Send, ServeChunk, StoreChunk, Tick,
@@ -346,7 +347,8 @@ class World:
         self._conn_ids = itertools.count(1)
         self._ports = itertools.count(EPHEMERAL_PORT_FIRST)
         self._touched: set[str] = set()  # nodes whose core ran since the last invariant check
-        self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk})
+        self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk,
+                                     CancelServe: lambda world, handle, action: None})  # served at once here
 
     # ---- building -----------------------------------------------------------------------------
 
