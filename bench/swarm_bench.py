@@ -237,6 +237,9 @@ class SwarmRun:
     timeline_s: dict[str, dict[str, float]]  # edge -> event -> seconds after launch
     received_from: dict[str, dict[str, int]]  # edge -> peer name -> chunk bytes received
     seed_share: float  # chunk bytes the edges got from the seed / all chunk bytes they got
+    tx_bytes: dict[str, int]  # host -> bytes its eth0 sent during the run (frames, all protocols)
+    seed_wire_share: float  # the seed's tx bytes / every host's tx bytes
+    seed_upload_releases: float  # the seed's tx bytes / release bytes (ideal: just over 1)
     cpu_s: dict[str, float]  # agent -> CPU seconds used during the run (user + system)
 
 
@@ -251,6 +254,8 @@ def run_swarm(seed_home: Path, edge_homes: list[Path], cap_mbit: float | None, t
             start_agent(seed, up_argv(seed_home, seed_addr, None, log_level), lab)
             wait_seed_ready(seed, time.monotonic() + AGENT_START_TIMEOUT_S)
             seed_cpu0 = seed.cpu_s() or 0.0
+            total_bytes = release_bytes(seed_home)
+            tx0 = {host: tx_bytes(lab, host) for host in lab.hosts}
             argvs = [up_argv(e.home, f"{lab.address(e.name)}:{AGENT_PORT}", seed_addr, log_level) for e in edges]
             started = time.time()
             for edge, argv in zip(edges, argvs):
@@ -258,15 +263,29 @@ def run_swarm(seed_home: Path, edge_homes: list[Path], cap_mbit: float | None, t
             wait_edges_complete(edges, time.monotonic() + timeout_s)
             cpu = {e.name: e.cpu_s() or 0.0 for e in edges}
             cpu["seed"] = (seed.cpu_s() or 0.0) - seed_cpu0
+            sent = {host: tx_bytes(lab, host) - tx0[host] for host in lab.hosts}
             time.sleep(STATUS_SETTLE_S)
             statuses = {e.name: read_status(e.home) or {} for e in edges}
         finally:
             stop_agents([*edges, seed])
-    return summarize_swarm(edges, started, statuses, node_id(seed_home), cpu)
+    return summarize_swarm(edges, started, statuses, node_id(seed_home), cpu, sent, total_bytes)
+
+
+def tx_bytes(lab: Lab, host: str) -> int:
+    """Bytes the host's eth0 has sent (its namespace's sysfs counter)."""
+    result = lab.call(host, ["cat", "/sys/class/net/eth0/statistics/tx_bytes"], timeout_s=10)
+    if result.returncode != 0:
+        raise BenchError(f"cannot read {host}'s tx_bytes: {result.stderr.strip()}")
+    return int(result.stdout)
+
+
+def release_bytes(seed_home: Path) -> int:
+    """The release's size, from the running seed's status."""
+    return int((read_status(seed_home) or {}).get("release", {}).get("total_bytes") or 0)
 
 
 def summarize_swarm(edges: list[Agent], started: float, statuses: dict[str, dict], seed_id: str,
-                    cpu: dict[str, float]) -> SwarmRun:
+                    cpu: dict[str, float], sent: dict[str, int], total_bytes: int) -> SwarmRun:
     done = {e.name: e.events["release.complete"] - started for e in edges}
     timeline = {e.name: {k: round(v - started, 3) for k, v in e.events.items()} for e in edges}
     first_current = min(e.events.get("release.current", started) for e in edges)
@@ -284,7 +303,9 @@ def summarize_swarm(edges: list[Agent], started: float, statuses: dict[str, dict
         edges=len(edges), seconds=max(done.values()),
         transfer_seconds=max(e.events["release.complete"] for e in edges) - first_current,
         per_edge_seconds=done, timeline_s=timeline, received_from=received,
-        seed_share=from_seed / total if total else float("nan"), cpu_s=cpu,
+        seed_share=from_seed / total if total else float("nan"), tx_bytes=sent,
+        seed_wire_share=sent["seed"] / sum(sent.values()),
+        seed_upload_releases=sent["seed"] / total_bytes if total_bytes else float("nan"), cpu_s=cpu,
     )
 
 
@@ -522,7 +543,8 @@ def figures(results: dict, n: int) -> dict:
                     "swarm_1_over_floor": one["seconds"] / floor,
                     f"swarm_{n}_over_floor": many["seconds"] / floor,
                     f"swarm_{n}_transfer_over_floor": many["transfer_seconds"] / floor,
-                    f"seed_share_{n}": many["seed_share"]})
+                    f"seed_share_{n}": many["seed_share"], f"seed_wire_share_{n}": many["seed_wire_share"],
+                    f"seed_upload_releases_{n}": many["seed_upload_releases"]})
     if http_one and http_many:
         out.update({"http_1_over_floor": http_one["seconds"] / floor,
                     f"http_{n}_over_floor": http_many["seconds"] / floor})
@@ -568,12 +590,16 @@ def report(results: dict) -> str:
             f"mesh 1->{n} / floor           {f[f'swarm_{n}_over_floor']:6.2f}   (target <= 1.2; from release.current "
             f"{f[f'swarm_{n}_transfer_over_floor']:.2f})",
             f"seed share of upload, 1->{n} {f[f'seed_share_{n}']:6.1%}   (ideal {1 / n:.0%}: each byte leaves the "
-            f"seed once)",
+            f"seed once; from the edges' per-peer chunk_bytes_received)",
+            f"seed upload on the wire      {many['seed_upload_releases']:6.2f}x the release; {many['seed_wire_share']:.1%} "
+            f"of all bytes sent (eth0 tx_bytes: " + ", ".join(f"{h} {b / 2**20:.0f}" for h, b in
+                                                             sorted(many["tx_bytes"].items())) + " MiB)",
             f"MiB received, 1->{n}: " + "; ".join(
                 f"{edge} <- " + ", ".join(f"{p} {b / 2**20:.1f}" for p, b in sorted(peers.items()))
                 for edge, peers in sorted(many["received_from"].items())),
             f"agent CPU s, 1->{n}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(many["cpu_s"].items()))
-            + f" (sum {sum(many['cpu_s'].values()):.1f} in {many['seconds']:.1f} s wall on {results['cpus']} CPUs)",
+            + f" (sum {sum(many['cpu_s'].values()):.1f} in {many['seconds']:.1f} s wall on {results['cpus']} CPUs: "
+            f"at least {sum(many['cpu_s'].values()) / results['cpus']:.1f} s even if perfectly parallel)",
         ]
     if f"http_{n}_over_floor" in f:
         lines.append(f"http 1->{n} / floor           {f[f'http_{n}_over_floor']:6.2f}   (expected ~{n})")

@@ -24,8 +24,9 @@ Theory of operation:
   plus one per `scope:NAME` tag. It is visible iff every subject it names has consent for every one
   of its scopes and it has not expired. Captured media (an asset naming a subject) expires after
   the shorter of its own retention and the `retention:captured` rule; other assets after their own.
-  Expiry is judged against the reader's clock, `skew_s` late, so no node within that skew of true
-  time hides an asset early and every such node hides it at most `2 * skew_s` late.
+  Expiry is judged against the reader's clock, `skew_s` late: with every clock within `skew_s` of
+  true time, a node hides an asset between 0 and `2 * skew_s` after its stamped expiry
+  (added_at + retention), never before.
 - Views are counted per tag in one integer entry per (node, process, tag) that only that process
   writes (a grow-only counter; Automerge counters crash this binding, see mesh.state.document);
   the total is the sum. Nothing is recorded per person.
@@ -42,14 +43,16 @@ from dataclasses import dataclass, field
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from mesh.errors import CredentialError, UsageError
 from mesh.ids import mesh_id_from_authority_key, public_key_from_node_id
 from mesh.state.document import MeshState
 from mesh.state.membership import (
     CLOCK_SKEW_S,
-    TIME_S_MAX,
     RevocationList,
     Role,
     _cbor_loads,
@@ -396,7 +399,8 @@ def verify_policy(
     if at > now + CLOCK_SKEW_S:
         raise CredentialError("policy dated in the future")
     _check_policy_signer(signed, authority, at, revocations)
-    policy_id, publisher, target = statement_id(signed.body_bytes), body["publisher"], body["target"]
+    policy_id, publisher = statement_id(signed.body_bytes), body["publisher"]
+    target = body["target"]
     if target.startswith(SCOPE_TARGET):
         return ScopePolicy(
             id=policy_id, scope=target[len(SCOPE_TARGET) :],

@@ -556,7 +556,7 @@ class MeshState:
         found = {}
         for key in sorted(self._keys(obj)):
             count = self._scalar(obj, key, _as_int)
-            if isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= VIEW_COUNT_MAX:
+            if isinstance(count, int) and 0 <= count <= VIEW_COUNT_MAX:
                 found[key] = count
         return found
 
