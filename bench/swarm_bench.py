@@ -13,9 +13,11 @@ each other through peer exchange), listening on its lab host's address.
    the clock starts and the N edge agents are launched together. An edge is done at the timestamp
    of its `release.complete` log event (JSON logs, ms precision; the status file only refreshes
    every second). Afterwards each edge's status (`run/status.json`, what `mesh status --json`
-   prints) gives the chunk bytes it received from each peer, hence the seed's share of the upload.
+   prints) gives the chunk bytes it received from each peer, hence the seed's share of the upload;
+   each host's eth0 tx_bytes counter (read inside its namespace) gives the same on the wire.
 3. HTTP baseline, same lab and caps: `python -m http.server` on the seed serving the release
-   directory, one `curl --parallel` per edge fetching every file at once; time until all exit.
+   directory, one `curl --parallel` per edge fetching every file at once (bytes counted, then discarded);
+   time until all exit.
 4. Loopback, uncapped: a seed and one edge agent on 127.0.0.1 (no lab), against a raw TCP copy of
    the same files in the same run (`socket.sendfile` to a receiver process that writes to disk).
 
@@ -226,7 +228,7 @@ def wait_edges_complete(edges: list[Agent], deadline: float) -> None:
 # ---- scenarios --------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class SwarmRun:
     """One seed -> N edges transfer of the release."""
 
@@ -309,18 +311,18 @@ def summarize_swarm(edges: list[Agent], started: float, statuses: dict[str, dict
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class HttpRun:
     """One HTTP server -> N curl clients, every file fetched in parallel."""
 
     edges: int  # N
     seconds: float  # launch of the clients .. the last one exits
     per_edge_seconds: dict[str, float]  # client -> its own time
-    bytes_per_edge: int  # bytes each client saved
+    bytes_per_edge: int  # bytes each client received (counted by curl, written to /dev/null)
 
 
-def run_http(release_dir: Path, paths: list[Path], edges: int, cap_mbit: float | None, timeout_s: float,
-             workdir: Path) -> HttpRun:
+def run_http(release_dir: Path, paths: list[Path], edges: int, cap_mbit: float | None,
+             timeout_s: float) -> HttpRun:
     names = [f"e{index + 1}" for index in range(edges)]
     with build_lab(edges, cap_mbit) as lab:
         base = f"http://{lab.address('seed')}:{HTTP_PORT}"
@@ -328,22 +330,19 @@ def run_http(release_dir: Path, paths: list[Path], edges: int, cap_mbit: float |
                        "--directory", str(release_dir)]
         lab.run("seed", server_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http_ready(lab, names[0], base)
-        outs = {n: workdir / f"http{edges}-{n}" for n in names}
         clients = {}
         started = time.monotonic()
-        for name in names:
-            argv = ["curl", "--silent", "--show-error", "--fail", "--parallel",
-                    "--parallel-max", str(min(len(paths), CURL_PARALLEL_MAX)), "--create-dirs"]
+        for name in names:  # bytes are counted, then dropped: a disk stall is not the network
+            argv = ["curl", "--silent", "--show-error", "--fail", "--parallel", "--write-out", "%{size_download}\\n",
+                    "--parallel-max", str(min(len(paths), CURL_PARALLEL_MAX))]
             for path in paths:
-                argv += ["-o", str(outs[name] / path.name), f"{base}/{path.name}"]
-            clients[name] = lab.run(name, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                argv += ["--output", "/dev/null", f"{base}/{path.name}"]
+            clients[name] = lab.run(name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         finished = wait_clients(clients, started, started + timeout_s)
-    sizes = {n: sum(p.stat().st_size for p in outs[n].iterdir()) for n in names}
+    sizes = {n: sum(int(x) for x in c.stdout.read().split()) for n, c in clients.items()}
     expected = sum(p.stat().st_size for p in paths)
     if any(size != expected for size in sizes.values()):
-        raise BenchError(f"HTTP clients saved {sizes}, expected {expected} bytes each")
-    for out in outs.values():
-        shutil.rmtree(out)
+        raise BenchError(f"HTTP clients got {sizes}, expected {expected} bytes each")
     return HttpRun(edges, max(finished.values()), finished, expected)
 
 
@@ -371,7 +370,7 @@ def wait_clients(clients: dict[str, subprocess.Popen], started: float, deadline:
     return finished
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopbackRun:
     """One seed agent -> one edge agent on 127.0.0.1 against a raw TCP copy of the same bytes."""
 
@@ -517,8 +516,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     steps = {
         "swarm_1": lambda: run_swarm(seed_home, homes["s1"], args.cap_mbit, timeout_s, args.log_level, logs),
         f"swarm_{n}": lambda: run_swarm(seed_home, homes[f"s{n}"], args.cap_mbit, timeout_s, args.log_level, logs),
-        "http_1": lambda: run_http(release_dir, paths, 1, args.cap_mbit, timeout_s, workdir),
-        f"http_{n}": lambda: run_http(release_dir, paths, n, args.cap_mbit, timeout_s, workdir),
+        "http_1": lambda: run_http(release_dir, paths, 1, args.cap_mbit, timeout_s),
+        f"http_{n}": lambda: run_http(release_dir, paths, n, args.cap_mbit, timeout_s),
         "loopback": lambda: run_loopback(seed_home, homes["loop"][0], paths, total, timeout_s, args.log_level,
                                          workdir),
     }

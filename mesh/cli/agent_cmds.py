@@ -28,6 +28,8 @@ class _JsonFormatter(logging.Formatter):
             doc.update({k: _plain(v) for k, v in getattr(record, "fields", {}).items()})
         else:
             doc["message"] = record.getMessage()
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc)
 
 

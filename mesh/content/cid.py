@@ -77,6 +77,9 @@ class Cid:
     hash_code: int  # multihash function code: BLAKE3 or SHA2_256
     digest: bytes  # the hash of the named bytes, DIGEST_BYTES long
 
+    def __hash__(self) -> int:  # bytes cache their hash; CIDs are dictionary keys in hot loops
+        return hash(self.digest)
+
     def __post_init__(self) -> None:
         if type(self.codec) is not int or type(self.hash_code) is not int:
             raise ValueError("codec and hash code are ints")

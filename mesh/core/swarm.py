@@ -278,8 +278,8 @@ class Swarm:
         self._retry_at = None
         if self.chunks is None:
             return self._schedule_manifests(now, nodes)
-        if self.complete:
-            return []
+        if self.complete or not self._any_room(nodes):
+            return []  # nothing can be sent: skip the scan (it runs after every event)
         requests: list[tuple[str, Cid]] = []
         order = list(nodes)
         self._rng.shuffle(order)
@@ -289,6 +289,13 @@ class Swarm:
             requests += self._fill_pipeline(node, now, wanted, fetching)
         requests += self._endgame(now, order, fetching)
         return requests
+
+    def _any_room(self, nodes: list[str]) -> bool:
+        for node in nodes:
+            peer = self._peers.get(node)
+            if peer is not None and peer.bits is not None and len(peer.inflight) < peer.depth:
+                return True
+        return False
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """New manifest requests, round-robin over peers (announced first); then a second copy of

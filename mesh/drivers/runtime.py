@@ -87,7 +87,8 @@ class Agent:
         self._events_send, self._events_recv = trio.open_memory_channel[Event](config.events_max)
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
-        self._store_limiter = trio.CapacityLimiter(2)  # store work runs on worker threads
+        self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
+        self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -243,7 +244,7 @@ class Agent:
         """Send one chunk as ChunkData pieces, re-hashed just before it leaves."""
         cid = Cid.parse(cid_text)
         try:
-            data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._store_limiter)
+            data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._serve_limiter)
         except MeshError:
             await secure.send_all(m.encode(m.ChunkMissing(cid.to_bytes())))
             await self._events_send.send(ChunkServed(conn_id, cid_text, 0))
