@@ -66,3 +66,20 @@ def test_release_inventory_reports_manifests_and_present_chunks(tmp_path: Path) 
     _, chunks = store.object_chunks(added[0].cid)
     store.delete(Cid.parse(chunks[2]))
     assert len(store.release_inventory(str(root.cid))[1]) == 4
+
+
+def test_put_many_stores_good_chunks_and_names_the_bad_one(tmp_path: Path) -> None:
+    from mesh.errors import CorruptChunkError
+
+    store = FileStore(tmp_path / "s")
+    blocks = [hashlib.shake_256(bytes([i])).digest(5000 + i) for i in range(20)]
+    items = [(cid_for_raw(b), b) for b in blocks]
+    items[7] = (items[7][0], b"not what the CID names")
+    results = store.put_many(items + [items[0]])  # a duplicate in the same batch is fine
+    assert isinstance(results[7], CorruptChunkError)
+    assert [r for i, r in enumerate(results) if i != 7] == [None] * 20
+    store.close()
+    again = FileStore(tmp_path / "s")
+    assert all(again.get(cid) == data for i, (cid, data) in enumerate(items) if i != 7)
+    assert not again.has(items[7][0])
+    assert not list((tmp_path / "s" / "tmp").iterdir())

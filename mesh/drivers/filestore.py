@@ -36,7 +36,7 @@ from typing import BinaryIO
 from mesh.content.chunking import CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, chunk_bytes_for, iter_chunks
 from mesh.content.cid import RAW, Cid, cid_for_raw
 from mesh.content.manifest import FileManifest, decode_manifest, file_cid
-from mesh.errors import CorruptChunkError, NotFoundError, StoreError
+from mesh.errors import CorruptChunkError, MeshError, NotFoundError, StoreError
 from mesh.state.records import AssetRecord
 
 BATCH_BYTES_MAX = 64 * 1024 * 1024  # flush a batch once this many chunk bytes are staged
@@ -273,6 +273,41 @@ class FileStore:
             self._put_one(text, data)
         return True
 
+    def put_many(self, items: list[tuple[Cid, bytes]]) -> list[MeshError | None]:
+        """Verify and store several chunks with one flush (what a node receiving a swarm does).
+
+        Returns, per item, None if it is stored (or already was) or the error that refused it.
+        Thread-safe: the batch is local to the call."""
+        results: list[MeshError | None] = []
+        batch = _Batch()
+        with self.importing():
+            for cid, data in items:
+                results.append(self._stage_verified(cid, data, batch))
+            try:
+                self._flush_chunks(batch)
+            except StoreError as exc:
+                for tmp_path, _ in batch.staged.values():
+                    with contextlib.suppress(OSError):
+                        tmp_path.unlink()
+                staged = {Cid.parse(text) for text in batch.staged}
+                results = [exc if cid in staged and result is None else result
+                           for (cid, _), result in zip(items, results)]
+        return results
+
+    def _stage_verified(self, cid: Cid, data: bytes, batch: _Batch) -> MeshError | None:
+        if len(data) > self.chunk_bytes_max:
+            return StoreError(f"chunk of {len(data)} bytes exceeds chunk_bytes_max")
+        if not cid.verify(data):
+            return CorruptChunkError(str(cid), f"bytes do not match {cid}")
+        text = str(cid)
+        if self._has_text(text) or text in batch.staged:
+            return None
+        try:
+            self._stage(text, data, batch)
+        except StoreError as exc:
+            return exc
+        return None
+
     def _put_one(self, cid: str, data: bytes) -> None:
         """Write, flush, rename and index one chunk (thread-safe: no shared batch)."""
         tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -302,9 +337,10 @@ class FileStore:
 
     # ---- importing files ------------------------------------------------------------------------
 
-    def _stage(self, cid: str, data: bytes | memoryview) -> None:
+    def _stage(self, cid: str, data: bytes | memoryview, batch: _Batch | None = None) -> None:
         """Write a chunk under tmp/ (not yet durable, not yet visible)."""
-        tmp_path = self._tmp / f"{cid}.{os.getpid()}.tmp"
+        batch = self._batch if batch is None else batch
+        tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(tmp_path, "wb") as handle:
                 handle.write(data)
@@ -312,8 +348,8 @@ class FileStore:
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
             raise _os_error(exc, "writing a chunk") from None
-        self._batch.staged[cid] = (tmp_path, len(data))
-        self._batch.staged_bytes += len(data)
+        batch.staged[cid] = (tmp_path, len(data))
+        batch.staged_bytes += len(data)
 
     def _batch_full(self) -> bool:
         batch = self._batch
@@ -379,9 +415,9 @@ class FileStore:
         )
         return AddedFile(cid=cid, path=str(path), size=size, new_bytes=new_bytes, record=record)
 
-    def _flush_chunks(self) -> None:
+    def _flush_chunks(self, batch: _Batch | None = None) -> None:
         """Make staged chunks durable and visible: flush, rename, flush dirs, index."""
-        batch = self._batch
+        batch = self._batch if batch is None else batch
         if not batch.staged:
             return
         try:

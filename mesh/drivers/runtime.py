@@ -48,6 +48,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 READ_BYTES_MAX = 256 * 1024
 SHUTDOWN_GRACE_S = 3.0
 CLOSE_DRAIN_S = 5.0
+STORE_QUEUE_MAX = 1024  # received chunks waiting to be verified and stored
+STORE_BATCH_CHUNKS_MAX = 64  # chunks made durable by one flush
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Agent:
         self._stopped = trio.Event()
         self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
+        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ class Agent:
             self.listen_address = await nursery.start(self.transport.serve, self.config.listen, self._accepted)
             self.core = self._make_core(state)
             nursery.start_soon(self._core_loop)
+            nursery.start_soon(self._store_writer)
             nursery.start_soon(self._status_loop)
             if self.discovery is not None:
                 nursery.start_soon(self._discovery_loop)
@@ -199,7 +203,7 @@ class Agent:
             if conn is not None and len(conn.cancelled) < self.config.outbox_frames_max:
                 conn.cancelled.add(action.cid)
         elif isinstance(action, StoreChunk):
-            self._nursery.start_soon(self._store_chunk, action)
+            self._queue_store(action)
         elif isinstance(action, LoadRelease):
             self._nursery.start_soon(self._load_release, action.root)
 
@@ -219,16 +223,31 @@ class Agent:
 
     # ---- chunks -------------------------------------------------------------------------------------
 
-    async def _store_chunk(self, action: StoreChunk) -> None:
-        """Verify and store off the event loop; report the outcome to the core."""
+    def _queue_store(self, action: StoreChunk) -> None:
         try:
-            cid = Cid.parse(action.cid)
-            await trio.to_thread.run_sync(self.store.put, cid, action.data, limiter=self._store_limiter)
-        except MeshError as exc:
-            corrupt = isinstance(exc, CorruptChunkError)
-            await self._events_send.send(ChunkRejected(action.conn_id, action.cid, _reason(exc), corrupt))
-            return
-        await self._events_send.send(ChunkStored(action.conn_id, action.cid))
+            self._store_send.send_nowait(action)
+        except trio.WouldBlock:  # cannot happen while peers respect their pipelines; stay safe
+            self._nursery.start_soon(
+                self._events_send.send, ChunkRejected(action.conn_id, action.cid, "store queue full", False)
+            )
+
+    async def _store_writer(self) -> None:
+        """Verify and store received chunks in batches: one flush to disk per batch."""
+        async for first in self._store_recv:
+            batch = [first]
+            while len(batch) < STORE_BATCH_CHUNKS_MAX:
+                try:
+                    batch.append(self._store_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            items = [(Cid.parse(action.cid), action.data) for action in batch]
+            results = await trio.to_thread.run_sync(self.store.put_many, items, limiter=self._store_limiter)
+            for action, error in zip(batch, results):
+                if error is None:
+                    await self._events_send.send(ChunkStored(action.conn_id, action.cid))
+                else:
+                    corrupt = isinstance(error, CorruptChunkError)
+                    await self._events_send.send(ChunkRejected(action.conn_id, action.cid, _reason(error), corrupt))
 
     async def _load_release(self, root: str) -> None:
         try:
