@@ -69,6 +69,9 @@ COMMANDS = {
     "verify": "mesh.cli.store_cmds:verify",
     "gc": "mesh.cli.store_cmds:gc",
     "release": "mesh.cli.release_cmds:release",
+    "policy": "mesh.cli.consent_cmds:policy",
+    "consent": "mesh.cli.consent_cmds:consent",
+    "stats": "mesh.cli.consent_cmds:stats",
 }
 
 

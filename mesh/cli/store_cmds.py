@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,27 +74,59 @@ def _asset_json(record: AssetRecord) -> dict:
         "added_at": record.added_at,
         "added_by": record.added_by,
         "retention_s": record.retention_s,
+        "subjects": sorted(record.subjects),
     }
+
+
+def _subjects(values: tuple[str, ...]) -> frozenset[str]:
+    """Canonical subject codes of `--subject` values; UsageError naming the bad one."""
+    from mesh.state.consent import parse_subject_code
+
+    codes = set()
+    for value in values:
+        try:
+            codes.add(parse_subject_code(value))
+        except ValueError as exc:
+            raise UsageError(f"--subject {value!r}: {exc}") from None
+    return frozenset(codes)
+
+
+def consent_view(state, authority_public_key: bytes | None, now: float):
+    """A `ConsentView` under the policies in force; without the authority key no policy can be
+    verified, so every scope reads as denied (failures close: hide rather than show)."""
+    from mesh.state.consent import ConsentView, Policies, effective_policies
+
+    if authority_public_key is None:
+        return ConsentView(state, Policies())
+    return ConsentView(state, effective_policies(state, authority_public_key, now))
+
+
+def visible_records(state, authority_public_key: bytes | None, now: float,
+                    tag: str | None = None) -> list[AssetRecord]:
+    """The assets that may be listed, served and kept here now (consented and not expired)."""
+    view = consent_view(state, authority_public_key, now)
+    return [record for record in state.assets(tag) if view.visible(record, now)]
 
 
 def live_roots(state, store=None, authority_public_key: bytes | None = None,
                now: float | None = None) -> set[str]:
-    """Files and blocks the shared state keeps alive: every asset and its thumbnail and, given the
-    store and the mesh authority key, every block here of the current and the previous release
-    (root manifest, file manifests, chunks), so a rollback needs no download. Releases older than
-    those are kept only by pins (`mesh release create` pins what it imports)."""
+    """Files and blocks the shared state keeps alive: every *visible* asset (consented, not
+    expired) and its thumbnail and, given the store and the mesh authority key, every block here of
+    the current and the previous release (root manifest, file manifests, chunks), so a rollback
+    needs no download. Releases older than those are kept only by pins (`mesh release create` pins
+    what it imports). Hidden assets are not roots: their chunks go unless a root still needs them.
+    Without the authority key no policy verifies and assets naming a subject count as hidden."""
+    now = time.time() if now is None else now
     roots = set()
-    for record in state.assets():
+    for record in visible_records(state, authority_public_key, now):
         roots.add(record.cid)
         if record.thumbnail:
             roots.add(record.thumbnail)
     if store is None or authority_public_key is None:
         return roots
-    import time
-
     from mesh.state.releases import ReleaseBook, release_chunks
 
-    book = ReleaseBook(state, authority_public_key, time.time() if now is None else now)
+    book = ReleaseBook(state, authority_public_key, now)
     for kept in (book.current(), book.previous()):
         if kept is not None:
             roots.update(str(cid) for cid in release_chunks(store, kept.root, partial=True))
@@ -107,11 +141,18 @@ def open_store(ctx: Context) -> tuple[FileStore, str]:
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--tag", "tags", multiple=True, help="Tag every added asset (repeatable).")
+@click.option("--subject", "subjects", multiple=True,
+              help="Subject code (badge) of a person the media shows (repeatable).")
+@click.option("--retention", default=None,
+              help="Keep the assets this long, then purge them everywhere (90s, 30m, 24h, 7d).")
 @click.option("--json", "as_json", is_flag=True, help="Print [{cid, path, size, tags}] as JSON.")
 @pass_context
-def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], as_json: bool) -> None:
+def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], subjects: tuple[str, ...],
+        retention: str | None, as_json: bool) -> None:
     """Import files or directories into the store."""
     tag_list = _tags(tags)
+    subject_codes = _subjects(subjects)
+    retention_s = _retention_s(retention)
     store, node_id = open_store(ctx)
     files = _files_under(paths)
     total = sum(path.stat().st_size for path in files)
@@ -126,7 +167,11 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], as_json: b
             raise
     with ctx.state_file().transaction(ctx.actor()) as state:
         for item in added:
-            state.put_asset(item.record)
+            known = state.asset(item.cid)
+            keep_s = retention_s if retention_s is not None or known is None else known.retention_s
+            state.put_asset(dataclasses.replace(
+                item.record, subjects=subject_codes, retention_s=keep_s
+            ))
     if as_json:
         output.print_json([
             {"cid": a.cid, "path": a.path, "size": a.size, "tags": tag_list} for a in added
@@ -138,13 +183,23 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], as_json: b
     output.stderr.print(f"added {len(added)} file(s), {total:,} bytes ({new:,} new)")
 
 
+def _retention_s(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from mesh.cli.node_cmds import parse_duration_s
+
+    return parse_duration_s(text)
+
+
 @click.command(name="ls")
 @click.option("--tag", default=None, help="Only assets with this tag.")
 @click.option("--json", "as_json", is_flag=True, help="Print the asset records as JSON.")
 @pass_context
 def ls(ctx: Context, tag: str | None, as_json: bool) -> None:
-    """List assets."""
-    records = ctx.state_file().load(ctx.actor()).assets(_tags((tag,))[0] if tag else None)
+    """List the assets this node may show (hidden: lacking consent, or expired)."""
+    state = ctx.state_file().load(ctx.actor())
+    authority = ctx.home().info.authority_public_key
+    records = visible_records(state, authority, time.time(), _tags((tag,))[0] if tag else None)
     if as_json:
         output.print_json([_asset_json(record) for record in records])
         return

@@ -42,6 +42,8 @@ SERVE_QUEUE_MAX = 64  # chunk requests a peer may have waiting on us
 CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
+HEADS_FALLBACK_S = 3.0  # use Automerge sync with a peer whose heads we still do not know by then
+SEEN_HEADS_MAX = 1 << 16  # our past heads remembered for the fast path
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class NodeCore:
         self._banned_until: dict[str, float] = {}  # node -> time its ban ends
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
+        self._seen_heads: dict[bytes, None] = {}  # every hash that was ever one of our heads (bounded)
+        self._flushed_heads: tuple[bytes, ...] = ()  # our heads at the last flush
+        self._note_heads()
         self._sync_due: set[str] = set()  # peers to offer state to at the next flush
         self._flush_at: float | None = None  # when to persist and sync next
         self._refresh_membership(now)
@@ -264,6 +269,9 @@ class NodeCore:
             m.PeerAddresses: self._on_peer_addresses,
             m.StateSync: self._on_state_sync,
             m.StateSyncPart: self._on_state_sync_part,
+            m.StateHeads: self._on_state_heads,
+            m.StateChanges: self._on_state_changes,
+            m.StateChangesPart: self._on_state_changes_part,
             m.Have: self._on_have,
             m.HaveUpdate: self._on_have_update,
             m.ChunkRequest: self._on_chunk_request,
@@ -316,8 +324,8 @@ class NodeCore:
         self._send_peer_addresses(session, now)
         self._share_new_peer(session, now)
         self._record_member(session, now)
-        self._sync_states[peer.node_id] = self.state.new_sync_state()
-        self._sync_to(session, now)
+        self._send(session, m.StateHeads(tuple(self.state.heads())), now)
+        session.fallback_at = now + HEADS_FALLBACK_S
         if self.swarm is not None:
             self.swarm.add_peer(peer.node_id)
             self._send_have(session, now)
@@ -399,6 +407,8 @@ class NodeCore:
         whole = b"".join(session.sync_parts)
         session.sync_parts, session.sync_parts_bytes = [], 0
         session.state_bytes_in += len(whole)
+        if not session.automerge_sync:
+            self._use_automerge_sync(session)
         sync_state = self._sync_states[session.node_id]
         heads = self.state.heads()
         self.state.receive_sync_message(sync_state, whole)
@@ -412,6 +422,7 @@ class NodeCore:
         every `state_flush_s`, because both cost time that grows with the document's history."""
         changed = self.state.heads() != heads_before
         if changed:
+            self._note_heads()
             if persist and self._unpersisted_since is None:
                 self._unpersisted_since = heads_before
             self._count("state.changes_applied")
@@ -433,10 +444,97 @@ class NodeCore:
         self._flush_at = None
         self._persist_now()
         due, self._sync_due = self._sync_due, set()
+        batch: dict[str, bytes] = {}  # the changes since the last flush, computed at most once
         for node in sorted(due):
             conn_id = self._ready.get(node)
-            if conn_id is not None:
-                self._sync_to(self._sessions[conn_id], now)
+            if conn_id is None:
+                continue
+            session = self._sessions[conn_id]
+            if session.automerge_sync:
+                self._sync_to(session, now)
+            else:
+                self._send_changes(session, now, batch)
+        self._flushed_heads = tuple(self.state.heads())
+
+    # The heads fast path: peers in step exchange only their heads and the changes since, which
+    # costs one `changes_since` per flush; the Automerge sync protocol (whose message generation
+    # grows with the whole history in this binding) is the fallback when heads are unknown.
+
+    def _note_heads(self) -> None:
+        for head in self.state.heads():
+            self._seen_heads[head] = None
+        while len(self._seen_heads) > SEEN_HEADS_MAX:
+            del self._seen_heads[next(iter(self._seen_heads))]
+
+    def _knows(self, heads: tuple[bytes, ...]) -> bool:
+        return all(head in self._seen_heads for head in heads)
+
+    def _on_state_heads(self, session: Session, msg: m.StateHeads, now: float) -> None:
+        session.peer_heads = msg.heads
+        if session.automerge_sync:
+            return
+        if self._knows(msg.heads):
+            session.fallback_at = None
+            self._send_changes(session, now, {})
+        # else: the peer is ahead of us and sends its changes; `fallback_at` guards divergence
+
+    def _send_changes(self, session: Session, now: float, batch: dict[str, bytes]) -> None:
+        """Send the peer what it lacks, if we know its heads; else fall back to Automerge sync."""
+        peer_heads = session.peer_heads
+        if peer_heads is None:
+            return  # its StateHeads is on the way
+        if not self._knows(peer_heads):
+            return self._use_automerge_sync(session, now)
+        if set(peer_heads) == set(self._flushed_heads) and self.state.heads() != list(self._flushed_heads):
+            if "delta" not in batch:
+                batch["delta"] = self.state.changes_since(self._flushed_heads)
+            delta = batch["delta"]
+        else:
+            delta = self.state.changes_since(peer_heads)
+        heads = tuple(self.state.heads())
+        if not delta or set(heads) == set(peer_heads):
+            return
+        if len(delta) > self.limits.state_sync_bytes_max:
+            return self._use_automerge_sync(session, now)
+        session.state_bytes_out += len(delta)
+        for start in range(0, len(delta) - STATE_SYNC_PART_BYTES, STATE_SYNC_PART_BYTES):
+            self._send(session, m.StateChangesPart(delta[start:start + STATE_SYNC_PART_BYTES]), now)
+        tail = len(delta) - (len(delta) - 1) % STATE_SYNC_PART_BYTES - 1
+        self._send(session, m.StateChanges(delta[tail:], heads), now)
+        session.peer_heads = heads
+
+    def _on_state_changes_part(self, session: Session, msg: m.StateChangesPart, now: float) -> None:
+        session.change_parts.append(msg.data)
+        session.change_parts_bytes += len(msg.data)
+        if session.change_parts_bytes > self.limits.state_sync_bytes_max:
+            raise RemoteProtocolError("state changes exceed state_sync_bytes_max")
+
+    def _on_state_changes(self, session: Session, msg: m.StateChanges, now: float) -> None:
+        if msg.data:
+            self._on_state_changes_part(session, m.StateChangesPart(msg.data), now)
+        whole = b"".join(session.change_parts)
+        session.change_parts, session.change_parts_bytes = [], 0
+        session.state_bytes_in += len(whole)
+        session.peer_heads = msg.heads
+        heads = self.state.heads()
+        if whole:
+            self.state.apply_changes(whole)
+        if self.state.heads() != heads:
+            self._actions.append(PersistChanges(whole))  # exactly what arrived: no history scan
+        self._after_state_change(heads, now, persist=False)
+        if self._knows(msg.heads):
+            session.fallback_at = None
+        elif not session.automerge_sync:  # their changes depend on ones we lack: we diverged
+            self._use_automerge_sync(session, now)
+
+    def _use_automerge_sync(self, session: Session, now: float | None = None) -> None:
+        """Switch this session to the Automerge sync protocol (bloom filters, any divergence)."""
+        session.automerge_sync = True
+        session.fallback_at = None
+        self._sync_states[session.node_id] = self.state.new_sync_state()
+        self._count("state.automerge_sync_sessions")
+        if now is not None:
+            self._sync_to(session, now)
 
     def _sync_to(self, session: Session, now: float) -> None:
         sync_state = self._sync_states.get(session.node_id)
@@ -699,7 +797,8 @@ class NodeCore:
         if session.phase is Phase.HELLO:
             return [session.opened_at + self.limits.hello_timeout_s]
         quiet = max(session.last_tx, session.last_rx)
-        return [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
+        times = [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
+        return times + ([session.fallback_at] if session.fallback_at is not None else [])
 
     def _on_timers(self, now: float) -> None:
         self._flush_state(now)
@@ -716,6 +815,10 @@ class NodeCore:
             return
         if now >= session.last_rx + self.limits.peer_timeout_s:
             return self._close(session, "peer timed out")
+        if session.fallback_at is not None and now >= session.fallback_at:
+            if session.peer_heads is None or not self._knows(session.peer_heads):
+                self._use_automerge_sync(session, now)
+            session.fallback_at = None
         if now >= max(session.last_tx, session.last_rx) + self.limits.ping_interval_s:
             session.ping_nonce = self._rng.getrandbits(63)
             self._send(session, m.Ping(session.ping_nonce), now)

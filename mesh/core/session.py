@@ -59,6 +59,11 @@ class Session:
     sync_parts_bytes: int = 0  # their total size
     peer_have: tuple[bytes, int, bytearray] | None = None  # its latest (root, count, bits), kept
     # even before we follow that release, so a swarm started later can use it
+    automerge_sync: bool = False  # using the Automerge sync protocol (else the heads fast path)
+    peer_heads: tuple[bytes, ...] | None = None  # heads we believe the peer has
+    fallback_at: float | None = None  # switch to Automerge sync then if heads still unknown
+    change_parts: list[bytes] = field(default_factory=list)  # pieces of a StateChanges batch
+    change_parts_bytes: int = 0  # their total size
     bytes_in: int = 0  # bytes received
     bytes_out: int = 0  # bytes sent
     state_bytes_in: int = 0  # state-sync payload bytes received

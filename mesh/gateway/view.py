@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from mesh.content.cid import Cid
 from mesh.content.manifest import DirEntry, DirManifest, decode_manifest
 from mesh.drivers.runtime import Agent
 from mesh.errors import MeshError
 from mesh.gateway.app import FileRef
+from mesh.state.consent import effective_policies, visible
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 
@@ -22,7 +25,10 @@ class AgentView:
         return self.agent.status()
 
     def file_by_cid(self, cid: str) -> FileRef | None:
-        """A file held completely here; None otherwise (never partial bytes)."""
+        """A file held completely here and not hidden; None otherwise (never partial bytes, never
+        an asset lacking consent or past its retention)."""
+        if self._hidden(cid):
+            return None
         store = self.agent.store
         try:
             size, _ = store.object_chunks(cid)
@@ -31,6 +37,18 @@ class AgentView:
         except MeshError:
             return None
         return FileRef(cid, size, self._media_type(cid))
+
+    def _hidden(self, cid: str) -> bool:
+        """The CID's asset record exists and is not visible (consent or retention)."""
+        core = self.agent.core
+        record = core.state.asset(cid) if core is not None else None
+        if record is None:
+            return False
+        if not record.subjects and record.retention_s is None:
+            return False  # always visible: skip verifying the policies
+        now = time.time()
+        policies = effective_policies(core.state, self.agent.home.info.authority_public_key, now)
+        return not visible(record, core.state, policies, now)
 
     def _media_type(self, cid: str) -> str:
         record = self.agent.core.state.asset(cid) if self.agent.core is not None else None

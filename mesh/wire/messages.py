@@ -472,6 +472,37 @@ class ChunkMissing(Message):
     cid: bytes = wire(CID)  # binary CID that was requested
 
 
+# --- state sync fast path -------------------------------------------------------------------------
+
+HEADS_MAX = 1024
+CHANGE_HASH = Bytes(32, 32)
+
+
+@message(type_code=15)
+@dataclass(frozen=True)
+class StateHeads(Message):
+    """The sender's document heads; a peer that knows them all answers with the changes since."""
+
+    heads: tuple[bytes, ...] = wire(TupleOf(CHANGE_HASH, items_max=HEADS_MAX))  # change hashes
+
+
+@message(type_code=16)
+@dataclass(frozen=True)
+class StateChanges(Message):
+    """The last piece of a batch of Automerge changes, and the sender's heads after them."""
+
+    data: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX))  # concatenated change chunks (this piece)
+    heads: tuple[bytes, ...] = wire(TupleOf(CHANGE_HASH, items_max=HEADS_MAX))  # sender's heads
+
+
+@message(type_code=17)
+@dataclass(frozen=True)
+class StateChangesPart(Message):
+    """A leading piece of a batch of changes too large for one frame; StateChanges ends it."""
+
+    data: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # the next piece, in order
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 
