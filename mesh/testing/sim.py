@@ -192,14 +192,25 @@ class LogEntry:
     fields: dict  # its fields
 
 
+def _state_payload(msg: m.Message) -> int | None:
+    """Bytes of shared-state payload a message carries, or None if it carries none."""
+    if isinstance(msg, (m.StateSync, m.StateSyncPart)):
+        return len(msg.message)
+    if isinstance(msg, (m.StateChanges, m.StateChangesPart)):
+        return len(msg.data)
+    if isinstance(msg, m.StateHeads):
+        return 32 * len(msg.heads)
+    return None
+
+
 @dataclass
 class Traffic:
     """Byte and message counters of one node (cumulative over restarts)."""
 
     bytes_out: int = 0  # bytes written to connections
     bytes_in: int = 0  # bytes delivered from connections
-    state_sync_bytes_in: int = 0  # StateSync/StateSyncPart payload bytes delivered
-    state_sync_bytes_out: int = 0  # StateSync/StateSyncPart payload bytes written
+    state_sync_bytes_in: int = 0  # state payload bytes delivered (sync messages, changes, heads)
+    state_sync_bytes_out: int = 0  # state payload bytes written
     messages_in: Counter = field(default_factory=Counter)  # message type name -> count delivered
     messages_out: Counter = field(default_factory=Counter)  # message type name -> count written
     chunk_bytes_in: Counter = field(default_factory=Counter)  # sender name -> ChunkData bytes delivered
@@ -726,11 +737,12 @@ class World:
             while (msg := decoder.next_message()) is not None:
                 kind = type(msg).__name__
                 (traffic.messages_in if inbound else traffic.messages_out)[kind] += 1
-                if isinstance(msg, (m.StateSync, m.StateSyncPart)):
+                payload = _state_payload(msg)
+                if payload is not None:
                     if inbound:
-                        traffic.state_sync_bytes_in += len(msg.message)
+                        traffic.state_sync_bytes_in += payload
                     else:
-                        traffic.state_sync_bytes_out += len(msg.message)
+                        traffic.state_sync_bytes_out += payload
                 elif isinstance(msg, m.ChunkData):
                     (traffic.chunk_bytes_in if inbound else traffic.chunk_bytes_out)[peer] += len(msg.data)
         except (RemoteProtocolError, MeshError):
