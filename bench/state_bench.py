@@ -61,6 +61,7 @@ def main() -> None:
     fresh_wall_s = time.perf_counter() - wall
     fresh_bytes = fresh.traffic.bytes_in + fresh.traffic.bytes_out
 
+    world.run_for(1.0)  # let "behind" persist what it received (it flushes every state_flush_s)
     world.crash("behind")
     some_cid = asset_record(42, org.node_id).cid
     world.mutate("org", lambda s: s.tag_asset(some_cid, add=("encore",)))

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from mesh.drivers.statefile import StateFile
 from mesh.state import consent as cs
 from mesh.state.document import actor_id
+from tests.agents import Node, free_port, stop_all, wait_until
 from tests.conftest import assert_one_line_error, run_mesh
 
 CHUNK = 262_144  # the store's chunk size: files sharing a first chunk share a stored chunk
@@ -89,7 +92,7 @@ def test_an_edge_cannot_set_policies(org_home: Path, tmp_path: Path) -> None:
     _ok(run_mesh("consent", "grant", _new_code(edge), "photo", home=edge))
 
 
-@pytest.mark.parametrize("args, needles", [
+ERROR_CASES = [
     (("policy", "set", "photo"), ("--default",)),
     (("policy", "set", "Photo!", "--default", "deny", "--describe", "x"), ("scope name",)),
     (("policy", "set", "photo", "--default", "deny", "--describe", " "), ("description",)),
@@ -101,16 +104,17 @@ def test_an_edge_cannot_set_policies(org_home: Path, tmp_path: Path) -> None:
     (("consent", "show", "not-a-code!"), ("subject code",)),
     (("consent", "export", "1234-5678"), ("check failed",)),
     (("consent", "forget", "1234-5678"), ("check failed",)),
-])
-def test_errors_are_one_line(org_home: Path, args: tuple[str, ...], needles: tuple[str, ...]) -> None:
-    assert_one_line_error(run_mesh(*args, home=org_home), *needles)
+]
 
 
-def test_add_with_a_bad_subject_is_refused_before_importing(org_home: Path, tmp_path: Path) -> None:
+def test_errors_are_one_line(org_home: Path, tmp_path: Path) -> None:
+    for args, needles in ERROR_CASES:  # one home for all: each `init` costs a second
+        assert_one_line_error(run_mesh(*args, home=org_home), *needles)
+    assert _json("policy", "ls", home=org_home) == {"scopes": [], "retention": []}
     photo = _write(tmp_path / "p.jpg", _bytes(b"p", 1000))
     assert_one_line_error(run_mesh("add", photo, "--subject", "1234-5678", home=org_home),
                           "--subject", "check failed")
-    assert _chunk_files(org_home) == set()
+    assert _chunk_files(org_home) == set()  # refused before importing anything
     assert _json("ls", home=org_home) == []
 
 
@@ -137,6 +141,10 @@ def test_subject_media_hidden_until_granted_and_again_when_revoked(
     assert row["scope"] == "photo" and row["granted"] is False and row["default"] == "deny"
     assert [d["grant"] for d in row["decisions"]] == [True, False]
     assert "denied" in _ok(run_mesh("consent", "show", code, home=home))
+    # a plain `gc` purges hidden media too
+    assert json.loads(_ok(run_mesh("gc", "--json", home=home)))["chunks_removed"] == 1
+    assert_one_line_error(run_mesh("cat", cid, home=home), cid)
+    assert run_mesh("cat", other, home=home).stdout == plain.read_bytes()
 
 
 def test_forget_purges_the_subjects_chunks_and_keeps_shared_ones(
@@ -170,26 +178,6 @@ def test_forget_purges_the_subjects_chunks_and_keeps_shared_ones(
     assert run_mesh("cat", keep, home=home).stdout == keep_data
 
 
-def test_forget_prints_what_was_removed(photo_policy: Path, tmp_path: Path) -> None:
-    home = photo_policy
-    code = _new_code(home)
-    cid = _json("add", _write(tmp_path / "a.jpg", _bytes(b"a", 4000)), "--subject", code,
-                home=home)[0]["cid"]
-    _ok(run_mesh("consent", "grant", code, "photo", home=home))
-    out = _ok(run_mesh("consent", "forget", code, home=home))
-    assert "revoked photo" in out and f"hidden   {cid}" in out and "removed 1 chunk(s)" in out
-
-
-def test_plain_gc_purges_hidden_assets(photo_policy: Path, tmp_path: Path) -> None:
-    home = photo_policy
-    code = _new_code(home)
-    cid = _json("add", _write(tmp_path / "a.jpg", _bytes(b"a", 4000)), "--subject", code,
-                home=home)[0]["cid"]
-    assert json.loads(_ok(run_mesh("gc", "--json", home=home)))["chunks_removed"] == 1
-    assert _chunk_files(home) == set()
-    assert_one_line_error(run_mesh("cat", cid, home=home), cid)
-
-
 def test_export_holds_decisions_assets_and_policies(photo_policy: Path, tmp_path: Path) -> None:
     home = photo_policy
     code = _new_code(home)
@@ -210,6 +198,9 @@ def test_export_holds_decisions_assets_and_policies(photo_policy: Path, tmp_path
     assert [p["scope"] for p in exported["policies"]["scopes"]] == ["photo"]
     consent = {row["scope"]: row["granted"] for row in exported["consent"]}
     assert consent == {"photo": True, "video": False}
+    out = _ok(run_mesh("consent", "forget", code, home=home))  # the text report
+    assert "revoked photo, video" in out and f"hidden   {cid}" in out
+    assert "removed 1 chunk(s)" in out
 
 
 def test_retention_rule_is_stored_exported_and_never_hides_early(
@@ -224,7 +215,7 @@ def test_retention_rule_is_stored_exported_and_never_hides_early(
                 home=home)[0]["cid"]
     plain = _json("add", _write(tmp_path / "b.jpg", _bytes(b"b", 4000)), "--retention", "90s",
                   home=home)[0]["cid"]
-    time.sleep(1.5)
+    time.sleep(1.2)
     # expired on the stamped time, but within the 300 s skew tolerance: still shown and kept
     assert _listed(home) == {cid, plain}
     (asset,) = json.loads(_ok(run_mesh("consent", "export", code, home=home)))["assets"]
@@ -249,3 +240,35 @@ def _state_path(home: Path) -> Path:
     from mesh.drivers.home import Home
 
     return Home.open(home).state_path
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_http_never_serves_hidden_media(photo_policy: Path, tmp_path: Path) -> None:
+    home = photo_policy
+    code = _new_code(home)
+    cid = _json("add", _write(tmp_path / "a.jpg", _bytes(b"a", 4000)), "--subject", code,
+                home=home)[0]["cid"]
+    plain = _json("add", _write(tmp_path / "b.txt", b"public"), home=home)[0]["cid"]
+    node = Node(home)
+    port = free_port()
+    node.start("--no-mdns", "--http", f"127.0.0.1:{port}")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _http_status(f"{base}/healthz") == 200, 20, "http to come up")
+        assert _http_status(f"{base}/c/{cid}") == 404  # default deny: never served
+        assert _http_status(f"{base}/c/{plain}") == 200
+        _ok(run_mesh("consent", "grant", code, "photo", home=home))
+        wait_until(lambda: _http_status(f"{base}/c/{cid}") == 200, 20, "the grant to apply")
+        _ok(run_mesh("consent", "revoke", code, "photo", home=home))
+        wait_until(lambda: _http_status(f"{base}/c/{cid}") == 404, 20, "the revoke to apply")
+        assert _http_status(f"{base}/c/{plain}") == 200
+    finally:
+        stop_all([node])

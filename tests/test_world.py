@@ -351,3 +351,43 @@ def test_unknown_addresses_are_refused() -> None:
     assert failures and failures[0].fields["reason"] == "connection refused"
     assert isinstance(Dial(("10.9.9.9", 7450), None), Dial)
     assert isinstance(world.nodes["org"].state, MeshState)
+
+
+# ---- the heads fast path and its fallback ---------------------------------------------------------
+
+
+def test_one_change_behind_costs_a_few_hundred_bytes() -> None:
+    world = make_world()
+    world.add_node("org", role="organizer")
+    world.add_node("edge")
+    world.discover_all()
+    connect(world)
+    world.mutate("org", lambda s: [s.put_asset(asset(world, i)) for i in range(200)])
+    sync(world)
+    world.run_for(1.0)
+    before = world.nodes["edge"].traffic.state_sync_bytes_in
+    world.mutate("org", lambda s: s.tag_asset(asset(world, 3).cid, add=("encore",)))
+    sync(world)
+    received = world.nodes["edge"].traffic.state_sync_bytes_in - before
+    assert tags_of(world, "edge", asset(world, 3).cid) == {"encore"}
+    assert received < 2000, f"seed={world.seed}: one tag change cost {received} B of state"
+    assert "StateChanges" in world.nodes["edge"].traffic.messages_in
+
+
+def test_a_document_with_more_heads_than_a_message_holds_still_syncs() -> None:
+    """A node killed right after receiving a large state, before it persisted all of it, comes
+    back with thousands of concurrent heads; it must fall back to Automerge sync, not fail."""
+    world = make_world()
+    world.add_node("org", role="organizer")
+    world.add_node("edge")
+    world.discover_all()
+    connect(world)
+    world.mutate("org", lambda s: [s.put_asset(asset(world, i)) for i in range(1500)])
+    sync(world)
+    world.crash("edge")  # at once: the last received changes were never persisted
+    world.restart("edge")
+    heads = len(world.nodes["edge"].state.heads())
+    assert heads > 1024, f"seed={world.seed}: only {heads} heads; the scenario did not arise"
+    connect(world)
+    sync(world, timeout_s=120)
+    assert world.nodes["edge"].state.heads() == world.nodes["org"].state.heads()

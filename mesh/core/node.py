@@ -324,8 +324,12 @@ class NodeCore:
         self._send_peer_addresses(session, now)
         self._share_new_peer(session, now)
         self._record_member(session, now)
-        self._send(session, m.StateHeads(tuple(self.state.heads())), now)
-        session.fallback_at = now + HEADS_FALLBACK_S
+        heads = tuple(self.state.heads())
+        if len(heads) > m.HEADS_MAX:  # a very divergent document: only Automerge sync copes
+            self._use_automerge_sync(session, now)
+        else:
+            self._send_heads(session, heads, now)
+            session.fallback_at = now + HEADS_FALLBACK_S
         if self.swarm is not None:
             self.swarm.add_peer(peer.node_id)
             self._send_have(session, now)
@@ -469,14 +473,18 @@ class NodeCore:
     def _knows(self, heads: tuple[bytes, ...]) -> bool:
         return all(head in self._seen_heads for head in heads)
 
+    def _send_heads(self, session: Session, heads: tuple[bytes, ...], now: float) -> None:
+        self._send(session, m.StateHeads(heads), now)
+        session.heads_sent = heads
+
     def _on_state_heads(self, session: Session, msg: m.StateHeads, now: float) -> None:
         session.peer_heads = msg.heads
-        if session.automerge_sync:
-            return
         if self._knows(msg.heads):
+            session.automerge_sync = False  # back to (or on) the fast path
             session.fallback_at = None
             self._send_changes(session, now, {})
-        # else: the peer is ahead of us and sends its changes; `fallback_at` guards divergence
+        # else: the peer is ahead of us (it sends its changes) or we diverged (`fallback_at`, or
+        # an Automerge sync already running, settles it)
 
     def _send_changes(self, session: Session, now: float, batch: dict[str, bytes]) -> None:
         """Send the peer what it lacks, if we know its heads; else fall back to Automerge sync."""
@@ -494,7 +502,7 @@ class NodeCore:
         heads = tuple(self.state.heads())
         if not delta or set(heads) == set(peer_heads):
             return
-        if len(delta) > self.limits.state_sync_bytes_max:
+        if len(delta) > self.limits.state_sync_bytes_max or len(heads) > m.HEADS_MAX:
             return self._use_automerge_sync(session, now)
         session.state_bytes_out += len(delta)
         for start in range(0, len(delta) - STATE_SYNC_PART_BYTES, STATE_SYNC_PART_BYTES):
@@ -541,7 +549,10 @@ class NodeCore:
         if sync_state is None:
             return
         message = self.state.generate_sync_message(sync_state)
-        if message is None:
+        if message is None:  # nothing more to say: offer our heads, so both can return to the fast path
+            heads = tuple(self.state.heads())
+            if heads != session.heads_sent and len(heads) <= m.HEADS_MAX:
+                self._send_heads(session, heads, now)
             return
         session.state_bytes_out += len(message)
         for start in range(0, len(message) - STATE_SYNC_PART_BYTES, STATE_SYNC_PART_BYTES):

@@ -61,6 +61,7 @@ class Session:
     # even before we follow that release, so a swarm started later can use it
     automerge_sync: bool = False  # using the Automerge sync protocol (else the heads fast path)
     peer_heads: tuple[bytes, ...] | None = None  # heads we believe the peer has
+    heads_sent: tuple[bytes, ...] = ()  # our heads in the last StateHeads we sent
     fallback_at: float | None = None  # switch to Automerge sync then if heads still unknown
     change_parts: list[bytes] = field(default_factory=list)  # pieces of a StateChanges batch
     change_parts_bytes: int = 0  # their total size
