@@ -203,6 +203,7 @@ def test_export_holds_decisions_assets_and_policies(photo_policy: Path, tmp_path
     assert "removed 1 chunk(s)" in out
 
 
+@pytest.mark.slow  # sleeps past the stamped expiry
 def test_retention_rule_is_stored_exported_and_never_hides_early(
     org_home: Path, tmp_path: Path
 ) -> None:
@@ -251,6 +252,7 @@ def _http_status(url: str) -> int:
         return exc.code
 
 
+@pytest.mark.slow  # starts an agent
 def test_http_never_serves_hidden_media(photo_policy: Path, tmp_path: Path) -> None:
     home = photo_policy
     code = _new_code(home)
