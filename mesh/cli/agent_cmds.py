@@ -65,7 +65,7 @@ def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], n
                  mdns_interfaces: tuple[str, ...], config_file: Path | None) -> AgentConfig:
     """Flags override the config file, which overrides the defaults."""
     doc = _load_config_file(config_file) if config_file else {}
-    known = {"listen", "http", "peers", "mdns", "mdns_interfaces"}
+    known = {"listen", "http", "peers", "mdns", "mdns_interfaces", "gc_interval_s"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise UsageError(f"unknown key {unknown[0]!r} in {config_file}; known keys: {', '.join(sorted(known))}")
@@ -78,7 +78,14 @@ def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], n
         peers=tuple(parse_address(p) for p in peer_texts),
         mdns=not no_mdns and bool(doc.get("mdns", True)),
         mdns_interfaces=tuple(mdns_interfaces) or tuple(doc.get("mdns_interfaces", [])),
+        gc_interval_s=_positive(doc.get("gc_interval_s", 60.0), "gc_interval_s", config_file),
     )
+
+
+def _positive(value: object, key: str, source: Path | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"{key} in {source} must be a positive number of seconds")
+    return float(value)
 
 
 @click.command()

@@ -35,6 +35,7 @@ from mesh.drivers.agentfiles import write_status
 from mesh.drivers.channel import HandshakeError, LocalIdentity, secure_accept, secure_connect
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
+from mesh.drivers.purge import live_roots
 from mesh.drivers.statefile import StateFile
 from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError
 from mesh.ports import Transport
@@ -50,6 +51,7 @@ SHUTDOWN_GRACE_S = 3.0
 CLOSE_DRAIN_S = 5.0
 STORE_QUEUE_MAX = 1024  # received chunks waiting to be verified and stored
 STORE_BATCH_CHUNKS_MAX = 64  # chunks made durable by one flush
+PURGE_FULL_EVERY_ROUNDS = 10  # purge this often even when the state did not change (retention)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Agent:
             nursery.start_soon(self._core_loop)
             nursery.start_soon(self._store_writer)
             nursery.start_soon(self._status_loop)
+            nursery.start_soon(self._purge_loop)
             if self.discovery is not None:
                 nursery.start_soon(self._discovery_loop)
             self._emit_log("agent.started", listen=_fmt(self.listen_address), node=self.home.info.node_id)
@@ -387,6 +390,29 @@ class Agent:
             async for item in found_recv:
                 addresses = tuple((host, item.port) for host in item.addresses)
                 await self._events_send.send(PeerDiscovered(addresses, item.node_id, "mdns"))
+
+    async def _purge_loop(self) -> None:
+        """Delete, every `gc_interval_s`, chunks no visible asset or kept release needs: this is
+        how a consent revocation or an expiry made on another node empties this store too."""
+        last_heads: tuple[bytes, ...] | None = None
+        rounds_since_full = 0
+        while True:
+            await trio.sleep(self.config.gc_interval_s)
+            heads = tuple(self.core.state.heads())
+            rounds_since_full += 1
+            if heads == last_heads and rounds_since_full < PURGE_FULL_EVERY_ROUNDS:
+                continue  # nothing changed; retention still gets a pass every few rounds
+            roots = live_roots(self.core.state, self.store, self.home.info.authority_public_key, time.time())
+            if self.core.swarm is not None and self.core.swarm.chunks is not None:
+                roots.update(str(cid) for cid in self.core.swarm.chunks)  # chunks still arriving
+            try:
+                report = await trio.to_thread.run_sync(self.store.gc, roots, limiter=self._store_limiter)
+            except MeshError as exc:
+                log.warning("store.purge_failed error=%s", exc)
+                continue
+            last_heads, rounds_since_full = heads, 0
+            if report.chunks_removed:
+                self._emit_log("store.purged", chunks=report.chunks_removed, bytes=report.bytes_freed)
 
     async def _status_loop(self) -> None:
         while True:
