@@ -42,30 +42,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
-    Ed25519PublicKey,
 )
 
 from mesh.errors import CredentialError, UsageError
-from mesh.ids import mesh_id_from_authority_key, public_key_from_node_id
+from mesh.ids import mesh_id_from_authority_key
 from mesh.state.document import MeshState
 from mesh.state.membership import (
     CLOCK_SKEW_S,
     RevocationList,
-    Role,
     _cbor_loads,
     _check_authority_key,
     _check_now,
-    public_key_bytes,
-    verify_chain,
 )
 from mesh.state.records import AssetRecord, normalize_tag
 from mesh.state.releases import (
-    _node_id_problem,
+    _check_publisher,
+    _check_signer,
     _open_blob,
-    _Signed,
+    _sign_blob,
     _time_problem,
     state_revocations,
     statement_id,
@@ -97,7 +93,6 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_ALIASES = str.maketrans({"O": "0", "I": "1", "L": "1"})
 _GF32_POLY = 0b100101  # x^5 + x^2 + 1, primitive: the powers of x are 31 distinct non-zero weights
 _SCOPE_NAME = re.compile(r"[a-z][a-z0-9-]*")
-_POLICY_PREFIX = b"assetmesh/v1/policy\x00"
 _POLICY_FIELDS = frozenset(
     {"kind", "mesh", "publisher", "at", "target", "default", "description", "retention_s"}
 )
@@ -299,22 +294,12 @@ def _sign_policy(
     """(id, blob) of a policy with `fields` (target, default, description, retention_s)."""
     authority = _check_authority_key(authority_public_key)
     at = _check_now(at)
-    member = verify_chain(chain, authority, at, expected_node_public_key=public_key_bytes(key))
-    if member.role is not Role.ORGANIZER:
-        raise CredentialError("only organizers may set policies")
-    body = {
-        "kind": "policy",
-        "mesh": mesh_id_from_authority_key(authority),
-        "publisher": member.node_id,
-        "at": at,
-        **fields,
-    }
+    publisher = _check_signer(authority, key, chain, at, "set policies")
+    body = {"kind": "policy", "mesh": mesh_id_from_authority_key(authority), "publisher": publisher, "at": at, **fields}
     problem = _policy_problem(body)
     if problem:
         raise UsageError(problem)
-    body_bytes = cbor2.dumps(body, canonical=True)
-    statement = [body_bytes, key.sign(_POLICY_PREFIX + body_bytes)]
-    return statement_id(body_bytes), cbor2.dumps([bytes(chain), statement], canonical=True)
+    return _sign_blob(key, chain, "policy", body)
 
 
 def create_policy(
@@ -355,32 +340,6 @@ def create_retention_policy(
     return _sign_policy(authority_public_key, organizer_key, organizer_chain, fields, now)
 
 
-def _check_policy_signer(
-    signed: _Signed, authority: bytes, at: float, revocations: RevocationList | None
-) -> None:
-    """The chain proves the publisher an organizer at `at`, unrevoked then, and it signed."""
-    publisher = signed.body["publisher"]
-    problem = _node_id_problem(publisher)
-    if problem:
-        raise CredentialError(f"malformed policy: {problem}")
-    public_key = public_key_from_node_id(publisher)
-    try:
-        member = verify_chain(signed.chain, authority, at, expected_node_public_key=public_key)
-    except CredentialError as exc:
-        raise CredentialError(f"policy publisher's credential is invalid: {exc}") from None
-    if member.role is not Role.ORGANIZER:
-        raise CredentialError("only organizers may sign a policy")
-    revocation = revocations.revocation_of(publisher) if revocations is not None else None
-    if revocation is not None and at >= revocation.at:
-        raise CredentialError("policy signed after its publisher was revoked")
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signed.signature, _POLICY_PREFIX + signed.body_bytes
-        )
-    except (InvalidSignature, ValueError):
-        raise CredentialError("bad signature on policy") from None
-
-
 def verify_policy(
     blob: bytes,
     authority_public_key: bytes,
@@ -398,7 +357,7 @@ def verify_policy(
     at = float(body["at"])
     if at > now + CLOCK_SKEW_S:
         raise CredentialError("policy dated in the future")
-    _check_policy_signer(signed, authority, at, revocations)
+    _check_publisher(signed, "policy", authority, at, revocations)
     policy_id, publisher = statement_id(signed.body_bytes), body["publisher"]
     target = body["target"]
     if target.startswith(SCOPE_TARGET):

@@ -66,7 +66,7 @@ PUBLICATIONS_READ_MAX = 16384  # ... and of its publication map
 PUBLISH_STEP_S = 0.001  # a new publication is dated at least this much after the latest one
 
 _SIGNATURE_BYTES = 64
-_PREFIXES = {kind: b"assetmesh/v1/" + kind.encode() + b"\x00" for kind in ("release", "publish")}
+_PREFIXES = {kind: b"assetmesh/v1/" + kind.encode() + b"\x00" for kind in ("release", "publish", "policy")}
 _RELEASE_FIELDS = frozenset({"kind", "mesh", "name", "seq", "root", "publisher", "created_at"})
 _PUBLISH_FIELDS = frozenset({"kind", "mesh", "release_id", "at", "publisher"})
 _BASE32_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz234567")
