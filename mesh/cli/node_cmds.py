@@ -45,9 +45,7 @@ def init(ctx: Context, name: str, node_name: str | None, as_json: bool) -> None:
         mesh_id=mesh_id, mesh_name=mesh_name, authority_public_key=public_key_bytes(authority_key),
         node_id=node_id, name=node_name, role=membership.Role.ORGANIZER.value, chain=chain,
     )
-    home = Home.write_new(ctx.home_path, info, node_key, authority_key)
-    FileStore(home.store_path).close()
-    _record_self(ctx, home, time.time())
+    home = _create_home(ctx, info, node_key, authority_key)
     if as_json:
         output.print_json(_id_json(home))
         return
@@ -75,6 +73,14 @@ def id_(ctx: Context, as_json: bool) -> None:
     output.stdout.print(f"mesh   {info.mesh_id} ({info.mesh_name})")
 
 
+
+
+def _create_home(ctx: Context, info: HomeInfo, node_key, authority_key=None) -> Home:
+    """Write the keys and home.json, create the store, and enter this node in the member list."""
+    home = Home.write_new(ctx.home_path, info, node_key, authority_key)
+    FileStore(home.store_path).close()
+    _record_self(ctx, home, time.time())
+    return home
 
 
 def _record_self(ctx: Context, home: Home, now: float) -> None:
@@ -173,9 +179,7 @@ def join(ctx: Context, token: str, name: str | None, as_json: bool) -> None:
         authority_public_key=invite_info.authority_public_key, node_id=member.node_id,
         name=member.name, role=member.role.value, chain=result.chain, hints=invite_info.hints,
     )
-    home = Home.write_new(ctx.home_path, info, node_key)
-    FileStore(home.store_path).close()
-    _record_self(ctx, home, time.time())
+    home = _create_home(ctx, info, node_key)
     if as_json:
         output.print_json(_id_json(home))
         return
