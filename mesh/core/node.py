@@ -504,11 +504,8 @@ class NodeCore:
             return
         if len(delta) > self.limits.state_sync_bytes_max or len(heads) > m.HEADS_MAX:
             return self._use_automerge_sync(session, now)
-        session.state_bytes_out += len(delta)
-        for start in range(0, len(delta) - STATE_SYNC_PART_BYTES, STATE_SYNC_PART_BYTES):
-            self._send(session, m.StateChangesPart(delta[start:start + STATE_SYNC_PART_BYTES]), now)
-        tail = len(delta) - (len(delta) - 1) % STATE_SYNC_PART_BYTES - 1
-        self._send(session, m.StateChanges(delta[tail:], heads), now)
+        tail = self._send_leading_parts(session, delta, m.StateChangesPart, now)
+        self._send(session, m.StateChanges(tail, heads), now)
         session.peer_heads = heads
 
     def _on_state_changes_part(self, session: Session, msg: m.StateChangesPart, now: float) -> None:
@@ -554,11 +551,17 @@ class NodeCore:
             if heads != session.heads_sent and len(heads) <= m.HEADS_MAX:
                 self._send_heads(session, heads, now)
             return
-        session.state_bytes_out += len(message)
-        for start in range(0, len(message) - STATE_SYNC_PART_BYTES, STATE_SYNC_PART_BYTES):
-            self._send(session, m.StateSyncPart(message[start:start + STATE_SYNC_PART_BYTES]), now)
-        tail = len(message) - (len(message) - 1) % STATE_SYNC_PART_BYTES - 1
-        self._send(session, m.StateSync(message[tail:]), now)
+        tail = self._send_leading_parts(session, message, m.StateSyncPart, now)
+        self._send(session, m.StateSync(tail), now)
+
+    def _send_leading_parts(self, session: Session, payload: bytes, part: type, now: float) -> bytes:
+        """Send all but the last STATE_SYNC_PART_BYTES-sized piece of a state payload as `part`
+        messages; return the last piece, for the message that completes it."""
+        session.state_bytes_out += len(payload)
+        last = len(payload) - (len(payload) - 1) % STATE_SYNC_PART_BYTES - 1 if payload else 0
+        for start in range(0, last, STATE_SYNC_PART_BYTES):
+            self._send(session, part(payload[start:start + STATE_SYNC_PART_BYTES]), now)
+        return payload[last:]
 
     def _refresh_membership(self, now: float) -> None:
         """Pick up revocations and invite uses that arrived in the shared state."""
