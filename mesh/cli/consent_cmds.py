@@ -15,7 +15,8 @@ import click
 from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.cli.node_cmds import parse_duration_s
-from mesh.cli.store_cmds import _asset_json, consent_view, live_roots, open_store
+from mesh.cli.store_cmds import _asset_json, open_store
+from mesh.drivers.purge import consent_view, live_roots
 from mesh.errors import UsageError
 from mesh.state import consent as cs
 from mesh.state.membership import Role

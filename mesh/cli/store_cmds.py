@@ -16,7 +16,7 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.content.cid import Cid
 from mesh.drivers.filestore import AddedFile, FileStore
-from mesh.drivers.purge import consent_view, live_roots, visible_records  # noqa: F401 (re-exported)
+from mesh.drivers.purge import live_roots, visible_records
 from mesh.errors import NotFoundError, UsageError
 from mesh.state.records import AssetRecord, normalize_tag
 
