@@ -17,11 +17,13 @@ Theory of operation:
 from __future__ import annotations
 
 import random
+
+import cbor2
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.config import CoreLimits
-from mesh.content.cid import Cid
+from mesh.content.cid import RAW, Cid
 from mesh.core.events import (
     Action, Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
     DataReceived, Dial, DialFailed, Disconnected, Emit, Event, LoadRelease, LocalChanges,
@@ -31,8 +33,9 @@ from mesh.core.events import (
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
 from mesh.core.swarm import Swarm, SwarmLimits
-from mesh.errors import CredentialError, RemoteProtocolError
+from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
+from mesh.state.consent import hidden_assets
 from mesh.state.document import MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
 from mesh.wire import messages as m
@@ -43,7 +46,11 @@ CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 HEADS_FALLBACK_S = 3.0  # use Automerge sync with a peer whose heads we still do not know by then
+STARTUP_SETTLE_S = 5.0  # after start, move no chunk bytes this long: meet peers, catch up on state
 SEEN_HEADS_MAX = 1 << 16  # our past heads remembered for the fast path
+WITHHELD_RECHECK_S = 30.0  # re-evaluate consent and retention this often even without changes
+WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than this after the last time
+WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,17 @@ class NodeCore:
         self._note_heads()
         self._sync_due: set[str] = set()  # peers to offer state to at the next flush
         self._flush_at: float | None = None  # when to persist and sync next
+        self.health: dict | None = None  # our latest health report
+        self._health_blob: bytes | None = None  # ... as sent to peers
+        self.peer_health: dict[str, tuple[float, dict]] = {}  # node -> (received at, its latest report)
+        self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
+        self.hidden_assets: frozenset[str] = frozenset()  # asset CIDs consent or retention hides now
+        self.withheld: frozenset[Cid] = frozenset()  # blocks we neither serve nor fetch
+        self._withheld_at = now  # when to re-evaluate consent and retention next
+        self._withheld_last = now  # when we last did
+        self._completed_root: Cid | None = None  # the release whose completion we announced
+        self._withheld_dirty = True  # the state changed since consent was last evaluated
+        self._started_at = now  # when this core started (see `_settling`)
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -122,7 +140,7 @@ class NodeCore:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
         times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
         swarm_at = self.swarm.next_deadline() if self.swarm is not None else None
-        times += [t for t in (swarm_at, self._flush_at) if t is not None]
+        times += [t for t in (swarm_at, self._flush_at, self._withheld_at) if t is not None]
         if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
             dial_at = self._addresses.next_deadline(self._skip_nodes())
             if dial_at is not None:
@@ -257,6 +275,7 @@ class NodeCore:
     # ---- messages --------------------------------------------------------------------------------
 
     def _on_message(self, session: Session, msg: m.Message, now: float) -> None:
+        self.last_seen[session.node_id] = now
         if session.phase is Phase.HELLO:
             if not isinstance(msg, m.Hello):
                 raise RemoteProtocolError(f"expected Hello, got {type(msg).__name__}")
@@ -278,6 +297,7 @@ class NodeCore:
             m.ChunkCancel: self._on_chunk_cancel,
             m.ChunkData: self._on_chunk_data,
             m.ChunkMissing: self._on_chunk_missing,
+            m.Health: self._on_health,
         }.get(type(msg))
         if handler is None:
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} in a ready session")
@@ -315,6 +335,7 @@ class NodeCore:
 
     def _on_ready(self, session: Session, now: float) -> None:
         peer = session.peer
+        session.ready_at = now
         self._emit("peer.connected", node=peer.node_id, name=peer.name, role=peer.role.value,
                    addr=_fmt(session.remote), outbound=session.outbound)
         listen = session.listen_address()
@@ -333,6 +354,8 @@ class NodeCore:
         if self.swarm is not None:
             self.swarm.add_peer(peer.node_id)
             self._send_have(session, now)
+        if self._health_blob is not None:
+            self._send(session, m.Health(self._health_blob), now)
 
     def _send_revocations(self, session: Session, now: float) -> None:
         """All revocations we know, in messages that each fit a frame."""
@@ -362,6 +385,27 @@ class NodeCore:
                 state.record_invite_use(invite_id, node_id, now)
 
         self.mutate(change, now)
+
+    # ---- health signals ---------------------------------------------------------------------------
+
+    def set_health(self, report: dict, now: float) -> None:
+        """Make `report` our health report and send it to every ready peer (ephemeral: peers keep
+        only the latest). LocalProtocolError if it does not fit a Health message."""
+        blob = cbor2.dumps(report, canonical=True)
+        if not 0 < len(blob) <= m.HEALTH_BYTES_MAX:
+            raise LocalProtocolError(f"health report is {len(blob)} bytes, at most {m.HEALTH_BYTES_MAX}")
+        self.health, self._health_blob = report, blob
+        for conn_id in self._ready.values():
+            self._send(self._sessions[conn_id], m.Health(blob), now)
+
+    def _on_health(self, session: Session, msg: m.Health, now: float) -> None:
+        try:
+            report = cbor2.loads(msg.report)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+            raise RemoteProtocolError(f"bad health report: {exc}") from None
+        if not isinstance(report, dict):
+            raise RemoteProtocolError("health report is not a map")
+        self.peer_health[session.node_id] = (now, report)
 
     def _on_ping(self, session: Session, ping: m.Ping, now: float) -> None:
         self._send(session, m.Pong(ping.nonce), now)
@@ -432,6 +476,8 @@ class NodeCore:
             self._count("state.changes_applied")
             self._refresh_membership(now)
             self._sync_due.update(self._ready)
+            self._withheld_at = min(self._withheld_at, self._withheld_last + self._withheld_gap())
+            self._withheld_dirty = True
         elif also_reply_to is not None:
             self._sync_due.add(also_reply_to.node_id)
         if (changed or also_reply_to is not None) and self._flush_at is None:
@@ -596,11 +642,15 @@ class NodeCore:
         if release is None or (self.release is not None and release.id == self.release.id):
             return
         self.release = release
-        self.swarm = Swarm(Cid.parse(release.root), self.swarm_limits, self._rng)
+        self._emit("release.current", id=release.id, name=release.name, root=release.root)
+        self._start_swarm()
+
+    def _start_swarm(self) -> None:
+        """A fresh scheduler for the current release; the store's inventory comes first."""
+        self.swarm = Swarm(Cid.parse(self.release.root), self.swarm_limits, self._rng)
         self._manifest_bytes.clear()
         self._inventories_due = 0
         self._replay_haves()
-        self._emit("release.current", id=release.id, name=release.name, root=release.root)
         self._load_inventory()
 
     def _load_inventory(self) -> None:
@@ -628,6 +678,7 @@ class NodeCore:
     def _on_list_known(self, now: float) -> None:
         self._emit("release.listed", root=str(self.swarm.root), chunks=len(self.swarm.chunks),
                    bytes=self.swarm.total_bytes)
+        self._apply_withheld()
         for session in self.peers():
             self._send_have(session, now)
         self._check_complete()
@@ -665,11 +716,47 @@ class NodeCore:
 
     def _on_chunk_request(self, session: Session, msg: m.ChunkRequest, now: float) -> None:
         cid = _parse_cid(msg.cid)
-        queued = self._serving.get(session.conn_id, 0)
+        queued = self._serving.get(session.conn_id, 0) + len(session.deferred_requests)
         if queued >= SERVE_QUEUE_MAX:
             raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
-        self._serving[session.conn_id] = queued + 1
+        if self._settling(now):
+            session.deferred_requests.append(msg.cid)
+            return
+        self._serve(session, cid, now)
+
+    def _serve(self, session: Session, cid: Cid, now: float) -> None:
+        if cid in self.withheld:  # consent or retention took it away: never send it again
+            self._count("chunks.withheld_refused")
+            self._send(session, m.ChunkMissing(cid.to_bytes()), now)
+            return
+        self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
         self._actions.append(ServeChunk(session.conn_id, str(cid)))
+
+    # A node that was offline (or cut off) may lack a revoke that a peer brings. For the first
+    # STARTUP_SETTLE_S after start (time to meet the peers around), and until our state has caught
+    # up with every ready peer's heads (or HEADS_FALLBACK_S passed since that session became ready),
+    # we neither serve nor request chunks; then consent is re-evaluated before any bytes move.
+
+    def _settling(self, now: float) -> bool:
+        if now < self._started_at + STARTUP_SETTLE_S:
+            return True
+        for conn_id in self._ready.values():
+            session = self._sessions[conn_id]
+            caught_up = session.peer_heads is not None and self._knows(session.peer_heads)
+            if not caught_up and session.ready_at is not None and now < session.ready_at + HEADS_FALLBACK_S:
+                return True
+        return False
+
+    def _release_deferred(self, now: float) -> None:
+        waiting = [s for s in self._sessions.values() if s.deferred_requests and s.ready]
+        if not waiting:
+            return
+        if self._withheld_dirty:
+            self._refresh_withheld(now)
+        for session in waiting:
+            requests, session.deferred_requests = session.deferred_requests, []
+            for raw in requests:
+                self._serve(session, _parse_cid(raw), now)
 
     def _on_chunk_cancel(self, session: Session, msg: m.ChunkCancel, now: float) -> None:
         self._actions.append(CancelServe(session.conn_id, str(_parse_cid(msg.cid))))
@@ -680,7 +767,7 @@ class NodeCore:
 
     def _on_chunk_missing(self, session: Session, msg: m.ChunkMissing, now: float) -> None:
         if self.swarm is not None:
-            self.swarm.peer_lacks(session.node_id, _parse_cid(msg.cid))
+            self.swarm.peer_lacks(session.node_id, _parse_cid(msg.cid), now)
 
     def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
         cid = _parse_cid(msg.cid)
@@ -746,10 +833,46 @@ class NodeCore:
                 self._close(session, f"sent a corrupt chunk ({event.cid})")
 
     def _check_complete(self) -> None:
-        if self.swarm is not None and self.swarm.complete:
-            self._emit("release.complete", id=self.release.id, bytes=self.swarm.total_bytes)
+        if self.swarm is not None and self.swarm.complete and self._completed_root != self.swarm.root:
+            self._completed_root = self.swarm.root
+            self._emit("release.complete", id=self.release.id, bytes=self.swarm.wanted_bytes)
 
-    def _run_swarm(self, now: float) -> None:
+    # ---- consent and retention: what we neither serve nor fetch -------------------------------
+
+    def _withheld_gap(self) -> float:
+        return WITHHELD_GAP_MIN_S + WITHHELD_GAP_PER_ASSET_S * self.state.asset_count()
+
+    def _refresh_withheld(self, now: float) -> None:
+        """Re-evaluate which assets consent and retention hide; withhold their blocks at once
+        (the driver's periodic purge deletes them from the store)."""
+        self._withheld_last, self._withheld_at = now, now + WITHHELD_RECHECK_S
+        self._withheld_dirty = False
+        hidden = hidden_assets(self.state, self.identity.authority_public_key, now)
+        if hidden == self.hidden_assets:
+            return
+        self.hidden_assets = hidden
+        self._emit("consent.hidden", assets=len(hidden))
+        self._apply_withheld()
+
+    def _apply_withheld(self) -> None:
+        """Withhold the media of hidden assets: single-chunk files themselves, and the chunks of
+        the current release that only hidden files use. File manifests stay shareable (hashes, no
+        media): every node needs them to build the same chunk list."""
+        files: set[Cid] = set()
+        for text in self.hidden_assets:
+            try:
+                files.add(Cid.parse(text))
+            except ValueError:
+                continue
+        blocks = {cid for cid in files if cid.codec == RAW}
+        if self.swarm is not None and self.swarm.ready:
+            only = self.swarm.chunks_only_in(files)
+            self.swarm.withhold(only)
+            blocks |= only
+            self._check_complete()
+        self.withheld = frozenset(blocks)
+
+    def _run_swarm(self, now: float, settling: bool) -> None:
         swarm = self.swarm
         if swarm is None:
             return
@@ -758,8 +881,8 @@ class NodeCore:
         for node, cid in swarm.expired(now):
             self._count("chunks.timeouts")
             self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
-        if self._inventories_due:
-            return  # the store may hold what we would ask for
+        if self._inventories_due or settling:
+            return  # the store may hold what we would ask for; a revoke may be on its way
         for node, cid in swarm.schedule(now, list(self._ready)):
             session = self._sessions[self._ready[node]]
             self._send(session, m.ChunkRequest(cid.to_bytes()), now)
@@ -812,15 +935,24 @@ class NodeCore:
             return [session.opened_at + self.limits.hello_timeout_s]
         quiet = max(session.last_tx, session.last_rx)
         times = [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
+        if session.ready_at is not None and self._now < session.ready_at + HEADS_FALLBACK_S:
+            times.append(session.ready_at + HEADS_FALLBACK_S)  # settling ends by then
+        if self._now < self._started_at + STARTUP_SETTLE_S:
+            times.append(self._started_at + STARTUP_SETTLE_S)
         return times + ([session.fallback_at] if session.fallback_at is not None else [])
 
     def _on_timers(self, now: float) -> None:
         self._flush_state(now)
+        if now >= self._withheld_at:
+            self._refresh_withheld(now)
+        settling = self._settling(now)
+        if not settling:
+            self._release_deferred(now)
         for session in list(self._sessions.values()):
             self._session_timers(session, now)
         if not self._shutting_down:
             self._dial_due(now)
-            self._run_swarm(now)
+            self._run_swarm(now, settling)
 
     def _session_timers(self, session: Session, now: float) -> None:
         if session.phase is Phase.HELLO and now >= session.opened_at + self.limits.hello_timeout_s:
@@ -892,13 +1024,45 @@ class NodeCore:
             "peers": [self._peer_status(s) for s in self.peers()],
             "state": {"heads": [h.hex() for h in self.state.heads()]},
             "release": self._release_status(),
+            "members": self._members_status(),
+            "health": self.health,
         }
 
     def _peer_status(self, session: Session) -> dict:
         doc = _peer_status(session)
         rates = self.swarm.peer_rates() if self.swarm is not None else {}
         doc["chunk_bytes_received"] = rates.get(session.node_id, 0)
+        health = self.peer_health.get(session.node_id)
+        doc["health"] = health[1] if health is not None else None
+        doc["release"] = self._peer_release(session.node_id)
         return doc
+
+    def _peer_release(self, node: str) -> dict | None:
+        if self.swarm is None:
+            return None
+        progress = self.swarm.peer_progress(node)
+        if progress is None:
+            return None
+        have, total = progress
+        return {"root": str(self.swarm.root), "have_chunks": have, "total_chunks": total,
+                "complete": total is not None and have == total}
+
+    def _members_status(self) -> list[dict]:
+        """Every member in the shared state, with whether it is connected now and when we last
+        heard from it."""
+        rows = []
+        for member in self.state.members():
+            if member.node_id == self.identity.node_id:
+                continue
+            rows.append({
+                "node_id": member.node_id,
+                "name": member.name,
+                "role": member.role,
+                "online": member.node_id in self._ready,
+                "last_seen": self.last_seen.get(member.node_id),
+                "revoked": self.revocations.is_revoked(member.node_id),
+            })
+        return rows
 
     def _release_status(self) -> dict | None:
         if self.release is None or self.swarm is None:
@@ -907,8 +1071,8 @@ class NodeCore:
             "id": self.release.id,
             "name": self.release.name,
             "root": str(self.swarm.root),
-            "have_bytes": self.swarm.have_bytes,
-            "total_bytes": self.swarm.total_bytes if self.swarm.ready else None,
+            "have_bytes": self.swarm.wanted_have_bytes,
+            "total_bytes": self.swarm.wanted_bytes if self.swarm.ready else None,
             "complete": self.swarm.complete,
         }
 

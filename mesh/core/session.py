@@ -63,6 +63,9 @@ class Session:
     peer_heads: tuple[bytes, ...] | None = None  # heads we believe the peer has
     heads_sent: tuple[bytes, ...] = ()  # our heads in the last StateHeads we sent
     fallback_at: float | None = None  # switch to Automerge sync then if heads still unknown
+    ready_at: float | None = None  # when the session became ready
+    deferred_requests: list[bytes] = field(default_factory=list)  # chunk requests held until
+    # our state has caught up with every peer's (a revoke we lack must not let bytes out)
     change_parts: list[bytes] = field(default_factory=list)  # pieces of a StateChanges batch
     change_parts_bytes: int = 0  # their total size
     bytes_in: int = 0  # bytes received

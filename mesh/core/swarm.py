@@ -49,6 +49,7 @@ class SwarmLimits:
     endgame_copies_max: int = 2  # peers asked for one chunk at once, in endgame
     endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
     manifest_requests_max: int = 8  # manifests in flight at once
+    lacked_retry_s: float = 5.0  # ask a peer that said it lacks a manifest again only after this
 
 
 @dataclass
@@ -95,6 +96,8 @@ class Swarm:
         self._retry_at: float | None = None  # when a late request (manifest or endgame) gets a copy
         self._rejected_by: dict[Cid, set[str]] = {}
         self._storing: set[Cid] = set()  # delivered, not yet reported stored or rejected
+        self._withheld: set[int] = set()  # indices of chunks consent or retention took away
+        self._lacked: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: when it said it lacks it}
 
     # ---- local holdings -----------------------------------------------------------------------
 
@@ -104,7 +107,50 @@ class Swarm:
 
     @property
     def complete(self) -> bool:
-        return self.chunks is not None and self._have_count == len(self.chunks)
+        return self.chunks is not None and not self._missing
+
+    @property
+    def wanted_bytes(self) -> int:
+        """Bytes of the release this node should hold: everything not withheld."""
+        return self.total_bytes - sum(self._sizes[i] for i in self._withheld)
+
+    @property
+    def wanted_have_bytes(self) -> int:
+        """Bytes held of what this node should hold."""
+        return self.have_bytes - sum(self._sizes[i] for i in self._withheld if _bit(self._have, i))
+
+    def chunks_only_in(self, files: set[Cid]) -> set[Cid]:
+        """The data chunks of the release only `files` use (no other file shares them). File
+        manifests are not among them: they hold hashes, not media, and every node needs them to
+        build the same chunk list. Empty until the chunk list is known."""
+        root = self._manifests.get(self.root)
+        if self.chunks is None or not isinstance(root, DirManifest):
+            return set()
+        only: set[Cid] = set()
+        shared: set[Cid] = set()
+        for entry in root.entries:
+            if entry.cid.codec == RAW:
+                blocks = {entry.cid}
+            else:
+                blocks = {cid for cid, _, _ in self._manifests[entry.cid].spans()}
+            (only if entry.cid in files else shared).update(blocks)
+        return only - shared
+
+    def withhold(self, cids: set[Cid]) -> None:
+        """From now on fetch none of `cids` (and fetch again what an earlier call withheld and
+        this one does not): their requests are dropped and they no longer count as missing."""
+        if self.chunks is None:
+            return
+        now_withheld = {self._index[cid] for cid in cids if cid in self._index}
+        for index in self._withheld - now_withheld:
+            if not _bit(self._have, index):
+                self._missing[index] = None
+        for index in now_withheld - self._withheld:
+            self._missing.pop(index, None)
+            cid = self.chunks[index]
+            for peer in self._peers.values():
+                peer.inflight.pop(cid, None)
+        self._withheld = now_withheld
 
     def add_manifest(self, cid: Cid, data: bytes) -> None:
         """A manifest of this release we hold (verified by the caller); may complete the list."""
@@ -242,6 +288,16 @@ class Swarm:
             if _bit(peer.bits, index):
                 self._availability[index] += 1
 
+    def peer_progress(self, node: str) -> tuple[int, int | None] | None:
+        """(chunks the peer holds, chunks in the release or None while the list is unknown), or
+        None if the peer has not announced anything for this release."""
+        peer = self._peers.get(node)
+        if peer is None or not peer.announced and peer.bits is None:
+            return None
+        if self.chunks is None or peer.bits is None:
+            return 0, None if self.chunks is None else len(self.chunks)
+        return int.from_bytes(peer.bits, "big").bit_count(), len(self.chunks)
+
     def peer_update(self, node: str, indices: tuple[int, ...]) -> None:
         peer = self._peers.get(node)
         if peer is None:
@@ -259,12 +315,14 @@ class Swarm:
                 _set_bit(peer.bits, index)
                 self._availability[index] += 1
 
-    def peer_lacks(self, node: str, cid: Cid) -> None:
+    def peer_lacks(self, node: str, cid: Cid, now: float) -> None:
         """The peer said it cannot serve `cid` (ChunkMissing)."""
         peer = self._peers.get(node)
         if peer is None:
             return
         peer.inflight.pop(cid, None)
+        if cid in self._manifest_inflight:
+            self._lacked.setdefault(cid, {})[node] = now
         self._drop_manifest_request(cid, node)
         index = self._index.get(cid)
         if index is not None and peer.bits is not None and _bit(peer.bits, index):
@@ -300,20 +358,36 @@ class Swarm:
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """New manifest requests, round-robin over peers (announced first); then a second copy of
         each request unanswered for `request_latency_target_s`, to a peer not yet asked."""
-        candidates = sorted(nodes, key=lambda n: (not self._peers[n].announced, self._rng.random()))
-        if not candidates:
+        ordered = sorted(nodes, key=lambda n: (not self._peers[n].announced, self._rng.random()))
+        if not ordered:
             return []
         missing = [c for c in self.manifests_missing() if c not in self._storing]
         room = self.limits.manifest_requests_max - len(self._manifest_inflight)
         requests = []
         for cid in missing:
             asked = self._manifest_inflight.get(cid)
+            candidates = self._not_lacking(cid, ordered, now)
+            if not candidates:
+                continue
             if asked is None and room > 0:
                 room -= 1
                 requests.append(self._ask_manifest(cid, candidates[len(requests) % len(candidates)], now))
             elif asked and len(asked) < self.limits.endgame_copies_max:
                 requests += self._manifest_copy(cid, asked, candidates, now)
         return requests
+
+    def _not_lacking(self, cid: Cid, nodes: list[str], now: float) -> list[str]:
+        """`nodes` except those that said they lack `cid` within `lacked_retry_s` (and when the
+        first of those may be asked again, as a retry time)."""
+        lacked = self._lacked.get(cid)
+        if not lacked:
+            return nodes
+        fresh = {n: at for n, at in lacked.items() if at + self.limits.lacked_retry_s > now}
+        self._lacked[cid] = fresh
+        if fresh:
+            due = min(fresh.values()) + self.limits.lacked_retry_s
+            self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
+        return [n for n in nodes if n not in fresh]
 
     def _ask_manifest(self, cid: Cid, node: str, now: float) -> tuple[str, Cid]:
         self._manifest_inflight.setdefault(cid, {})[node] = now

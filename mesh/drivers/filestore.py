@@ -646,14 +646,16 @@ class FileStore:
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (cid, reason))
 
-    def gc(self, roots: Iterable[str]) -> GcReport:
+    def gc(self, roots: Iterable[str], unpinned: Iterable[str] = ()) -> GcReport:
         """Delete chunks that neither `roots` (files the caller keeps) nor pins need, and files
-        left by interrupted writes."""
+        left by interrupted writes. Pins of `unpinned` (files consent or retention took away)
+        keep nothing."""
         with self._locked(fcntl.LOCK_EX):
-            return self._gc_locked(set(roots))
+            return self._gc_locked(set(roots), set(unpinned))
 
-    def _gc_locked(self, roots: set[str]) -> GcReport:
-        roots |= {cid for (cid,) in self._db.execute("SELECT cid FROM pins").fetchall()}
+    def _gc_locked(self, roots: set[str], unpinned: set[str]) -> GcReport:
+        pins = {cid for (cid,) in self._db.execute("SELECT cid FROM pins").fetchall()}
+        roots |= pins - unpinned
         live = self._live_chunks(roots)
         rows = self._db.execute("SELECT cid, size FROM chunks").fetchall()
         dead = [(cid, size) for cid, size in rows if cid not in live]

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,10 +36,11 @@ from mesh.drivers.agentfiles import write_status
 from mesh.drivers.channel import HandshakeError, LocalIdentity, secure_accept, secure_connect
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
-from mesh.drivers.purge import live_roots
+from mesh.drivers.purge import agent_keep_set
 from mesh.drivers.statefile import StateFile
 from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError
 from mesh.ports import Transport
+from mesh.state.consent import count_views
 from mesh.state.document import actor_id
 from mesh.wire import messages as m
 
@@ -52,6 +54,13 @@ CLOSE_DRAIN_S = 5.0
 STORE_QUEUE_MAX = 1024  # received chunks waiting to be verified and stored
 STORE_BATCH_CHUNKS_MAX = 64  # chunks made durable by one flush
 PURGE_FULL_EVERY_ROUNDS = 10  # purge this often even when the state did not change (retention)
+VIEW_FLUSH_S = 5.0  # views counted in memory are written to shared state this often
+RECENT_EVENTS_MAX = 200  # events kept for the dashboard
+RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
+    "agent.started", "peer.connected", "peer.disconnected", "peer.corrupt_chunk", "peer.revoked",
+    "release.current", "release.complete", "release.invalid", "store.purged", "health.failed",
+    "health.recovered",
+})
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,9 @@ class Agent:
         self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)
+        self.counters: Counter[str] = Counter()  # bytes_in, bytes_out, chunks_served, views
+        self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS_MAX)  # for the dashboard
+        self._views: Counter[str] = Counter()  # canonical tag -> views not yet in shared state
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -108,6 +120,7 @@ class Agent:
             nursery.start_soon(self._store_writer)
             nursery.start_soon(self._status_loop)
             nursery.start_soon(self._purge_loop)
+            nursery.start_soon(self._views_loop)
             if self.discovery is not None:
                 nursery.start_soon(self._discovery_loop)
             self._emit_log("agent.started", listen=_fmt(self.listen_address), node=self.home.info.node_id)
@@ -144,6 +157,7 @@ class Agent:
 
     def _finish(self) -> None:
         if self.core is not None:
+            self._flush_views()
             try:
                 self.statefile.compact(self.core.state)
             except OSError as exc:
@@ -273,8 +287,10 @@ class Agent:
             return
         piece = m.CHUNK_PIECE_BYTES_MAX
         for offset in range(0, max(len(data), 1), piece):
-            frame = m.ChunkData(cid.to_bytes(), offset, len(data), data[offset:offset + piece])
-            await secure.send_all(m.encode(frame))
+            frame = m.encode(m.ChunkData(cid.to_bytes(), offset, len(data), data[offset:offset + piece]))
+            await secure.send_all(frame)
+            self.counters["bytes_out"] += len(frame)
+        self.counters["chunks_served"] += 1
         await self._events_send.send(ChunkServed(conn_id, cid_text, len(data)))
 
     def _close(self, conn_id: int, reason: str) -> None:
@@ -365,6 +381,7 @@ class Agent:
             data = await secure.receive_some(READ_BYTES_MAX)
             if not data:
                 return
+            self.counters["bytes_in"] += len(data)
             await self._events_send.send(DataReceived(conn_id, bytes(data)))
 
     async def _writer(self, secure, conn_id: int, outbox: trio.MemoryReceiveChannel) -> None:
@@ -380,6 +397,7 @@ class Agent:
                     await self._serve_chunk(secure, conn_id, item.cid)
                 else:
                     await secure.send_all(item)
+                    self.counters["bytes_out"] += len(item)
 
     # ---- discovery and status ---------------------------------------------------------------------
 
@@ -402,11 +420,13 @@ class Agent:
             rounds_since_full += 1
             if heads == last_heads and rounds_since_full < PURGE_FULL_EVERY_ROUNDS:
                 continue  # nothing changed; retention still gets a pass every few rounds
-            roots = live_roots(self.core.state, self.store, self.home.info.authority_public_key, time.time())
-            if self.core.swarm is not None and self.core.swarm.chunks is not None:
-                roots.update(str(cid) for cid in self.core.swarm.chunks)  # chunks still arriving
+            swarm = self.core.swarm
+            arriving = swarm.chunks if swarm is not None and swarm.chunks is not None else ()
+            keep = agent_keep_set(self.core.state, self.store, self.home.info.authority_public_key, time.time(),
+                                  arriving, self.core.withheld)
             try:
-                report = await trio.to_thread.run_sync(self.store.gc, roots, limiter=self._store_limiter)
+                report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden,
+                                                       limiter=self._store_limiter)
             except MeshError as exc:
                 log.warning("store.purge_failed error=%s", exc)
                 continue
@@ -448,7 +468,47 @@ class Agent:
                     found.append((ip.ip, port))
         return found or [("127.0.0.1", port)]
 
+    # ---- what the gateway and the health checks call ----------------------------------------------
+
+    def record_view(self, cid: str) -> None:
+        """Count one view of the asset `cid` under each of its tags. Counts are batched in memory
+        and written to the shared per-tag counters every VIEW_FLUSH_S: nothing per person is kept."""
+        record = self.core.state.asset(cid) if self.core is not None else None
+        if record is None:
+            return
+        self.counters["views"] += 1
+        for tag in set(record.tags):
+            self._views[tag] += 1
+
+    async def _views_loop(self) -> None:
+        while True:
+            await trio.sleep(VIEW_FLUSH_S)
+            self._flush_views()
+
+    def _flush_views(self) -> None:
+        if not self._views:
+            return
+        views, self._views = dict(self._views), Counter()
+        node_id = self.home.info.node_id
+        self.core.mutate(lambda state: count_views(state, node_id, views), time.time())
+        for action in self.core.take_actions():
+            self._execute(action)
+
+    def publish_health(self, report: dict) -> None:
+        """Make `report` this node's health report and send it to every peer (see NodeCore.set_health)."""
+        before = self.core.health
+        self.core.set_health(report, time.time())
+        for action in self.core.take_actions():
+            self._execute(action)
+        was_ok = before is None or before.get("ok", True)
+        if was_ok != report.get("ok", True):
+            failed = [c.get("name") for c in report.get("checks", ()) if not c.get("ok", True)]
+            name = "health.recovered" if report.get("ok", True) else "health.failed"
+            self._emit_log(name, checks=",".join(str(f) for f in failed))
+
     def _emit_log(self, event_name: str, /, **fields: object) -> None:
+        if event_name in RECENT_EVENT_NAMES:
+            self.recent_events.append({"time": time.time(), "event": event_name, **fields})
         text = " ".join(f"{k}={v}" for k, v in fields.items())
         log.info("%s %s", event_name, text, extra={"event": event_name, "fields": fields})
 

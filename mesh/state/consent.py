@@ -659,6 +659,14 @@ def visible(
     return ConsentView(state, policies).visible(asset, now, skew_s)
 
 
+def hidden_assets(state: MeshState, authority_public_key: bytes, now: float,
+                  skew_s: float = RETENTION_SKEW_S) -> frozenset[str]:
+    """CIDs of every asset that may not be listed, served or kept now (the complement of
+    `visible_assets`)."""
+    view = ConsentView(state, effective_policies(state, authority_public_key, now))
+    return frozenset(a.cid for a in state.assets() if not view.visible(a, now, skew_s))
+
+
 def visible_assets(
     state: MeshState, policies: Policies, now: float, skew_s: float = RETENTION_SKEW_S
 ) -> list[AssetRecord]:

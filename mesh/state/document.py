@@ -32,6 +32,7 @@ from typing import Any, Callable, TypeVar
 
 import automerge.core as am
 import blake3
+import cbor2
 
 from mesh.errors import LocalProtocolError, NotFoundError, RemoteProtocolError, UsageError
 from mesh.ids import public_key_from_node_id
@@ -44,6 +45,8 @@ PUBLICATIONS_KEY = "publications"  # a root map created by its own skeleton chan
 CONSENT_POLICIES_KEY = "consent_policies"  # late root map: policy id -> signed policy bytes
 CONSENT_DECISIONS_KEY = "consent_decisions"  # late root map: decision key -> decision bytes
 TAG_VIEWS_KEY = "tag_views"  # late root map: "node/actor/tag" -> that process's own count
+DRILLS_KEY = "drills"  # late root map: drill id -> CBOR {subject, scope, by, at}
+DRILL_BYTES_MAX = 1024
 VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skipped
 ACTOR_SUFFIX_BYTES_MAX = 16
 SUBJECTS_PER_ASSET_MAX = 256
@@ -315,6 +318,10 @@ class MeshState:
                 records.append(record)
         return records
 
+    def asset_count(self) -> int:
+        """How many entries the assets map holds (well-formed or not); cheap."""
+        return len(self._keys(self._root_map("assets")))
+
     def _read_asset(self, cid: str, obj: bytes | None) -> AssetRecord | None:
         if obj is None:
             return None
@@ -565,6 +572,31 @@ class MeshState:
             raise LocalProtocolError("an entry key is not empty")
         obj = self._ensure_late_root_map(root_key)
         self._write(lambda tx: tx.put(obj, key, _S.Bytes, bytes(blob)))
+
+    # -- drills ---------------------------------------------------------------------------------
+
+    def request_drill(self, drill_id: str, subject: str, scope: str, by: str, at: float) -> None:
+        """Ask every node to run its dry-run checks for drill `drill_id` (see `mesh drill`)."""
+        if not drill_id or "/" in drill_id:
+            raise LocalProtocolError("a drill id is non-empty and has no '/'")
+        blob = cbor2.dumps({"subject": subject, "scope": scope, "by": by, "at": float(at)}, canonical=True)
+        drills = self._ensure_late_root_map(DRILLS_KEY)
+        self._write(lambda tx: tx.put(drills, drill_id, _S.Bytes, blob))
+
+    def drill_requests(self) -> dict[str, dict]:
+        """drill id -> {"subject", "scope", "by", "at"} for every well-formed request."""
+        found = {}
+        for drill_id, blob in self._bytes_map(DRILLS_KEY).items():
+            if len(blob) > DRILL_BYTES_MAX:
+                continue
+            try:
+                request = cbor2.loads(blob)
+            except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
+                continue
+            if (isinstance(request, dict) and all(isinstance(request.get(k), str) for k in ("subject", "scope", "by"))
+                    and isinstance(request.get("at"), (int, float))):
+                found[drill_id] = {k: request[k] for k in ("subject", "scope", "by", "at")}
+        return found
 
     def _ensure_late_root_map(self, key: str) -> bytes:
         """A root map added after genesis, created by a deterministic skeleton change (the same on

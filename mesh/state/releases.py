@@ -599,9 +599,13 @@ def release_files(store: BlockReader, root_cid: Cid | str) -> list[ReleaseFile]:
     return [ReleaseFile(e.path, e.cid, e.size, e.media_type) for e in manifest.entries]
 
 
-def release_chunks(store: BlockReader, root_cid: Cid | str, partial: bool = False) -> list[Cid]:
+def release_chunks(store: BlockReader, root_cid: Cid | str, partial: bool = False,
+                   skip: frozenset[str] | set[str] = frozenset()) -> list[Cid]:
     """Every block of a release, each once: the root, then per file in path order its chunk (a
-    single-chunk file) or its FileManifest followed by that manifest's chunks.
+    single-chunk file) or its FileManifest followed by that manifest's chunks. Files whose CID is
+    in `skip` (hidden by consent or retention) contribute only their FileManifest (hashes, no
+    media: every node needs it to build the release's chunk list); their chunks appear only if
+    another file uses them too.
 
     NotFoundError if a manifest is absent, RemoteProtocolError if one is malformed. With `partial`
     (what is known so far), such a manifest contributes only its own CID.
@@ -615,8 +619,11 @@ def release_chunks(store: BlockReader, root_cid: Cid | str, partial: bool = Fals
         raise
     blocks: dict[Cid, None] = {root: None}
     for entry in manifest.entries:
+        hidden = str(entry.cid) in skip
+        if hidden and entry.cid.codec == RAW:
+            continue
         blocks[entry.cid] = None
-        if entry.cid.codec == RAW:
+        if entry.cid.codec == RAW or hidden:
             continue
         try:
             blocks.update(dict.fromkeys(_read_file_manifest(store, entry.cid, entry.size).chunks))

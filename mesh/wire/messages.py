@@ -503,6 +503,19 @@ class StateChangesPart(Message):
     data: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # the next piece, in order
 
 
+# --- signals ------------------------------------------------------------------------------------
+
+HEALTH_BYTES_MAX = 16 * 1024
+
+
+@message(type_code=18)
+@dataclass(frozen=True)
+class Health(Message):
+    """The sender's latest health report (a CBOR map); ephemeral, peers keep only the latest."""
+
+    report: bytes = wire(Bytes(HEALTH_BYTES_MAX, 1))  # canonical CBOR of the report map
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 
