@@ -28,6 +28,29 @@ class CoreLimits:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A user check of something the event depends on (camera, audio bridge, UPS, a drive)."""
+
+    name: str  # shown in health reports and `mesh doctor`
+    kind: str  # "http" (status < 400), "tcp" (connects), "path" (exists) or "command" (exits 0)
+    target: str  # the URL, HOST:PORT, path, or command line (split like a shell, never run by one)
+    timeout_s: float = 5.0  # a probe that takes longer fails
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Thresholds and timings of the periodic health checks (and `mesh doctor`)."""
+
+    interval_s: float = 30.0  # how often the agent runs every check and publishes a report
+    disk_free_bytes_min: int = 512 * 1024 * 1024  # less free space under the home fails
+    sample_chunks: int = 8  # stored chunks re-hashed per run (a rolling sample)
+    peers_min: int = 0  # fewer connected peers fails
+    clock_skew_s_max: float = 5.0  # a peer's clock further off than this fails
+    connect_timeout_s: float = 3.0  # TCP connect to each static peer
+    probes: tuple[Probe, ...] = ()  # user probes, run in order
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """What `mesh up` was asked to do (from flags and --config)."""
 
@@ -42,3 +65,8 @@ class AgentConfig:
     outbox_frames_max: int = 256  # frames queued per connection before it is closed as too slow
     events_max: int = 1024  # events queued for the core
     limits: CoreLimits = CoreLimits()  # protocol engine bounds
+    health: HealthConfig = HealthConfig()  # periodic health checks
+    outbox_url: str | None = None  # uplink webhook: the outbox POSTs queued items here
+    pin_releases: tuple[str, ...] = ()  # release ids or names kept besides the current release
+    outbox_backoff_s_min: float = 1.0  # first retry delay of a failed outbox delivery
+    outbox_backoff_s_max: float = 300.0  # retry delay cap

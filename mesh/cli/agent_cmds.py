@@ -12,9 +12,7 @@ import click
 
 from mesh.cli import output
 from mesh.cli.main import Context
-from mesh.cli.node_cmds import parse_address
 from mesh.config import DEFAULT_PORT, AgentConfig
-from mesh.errors import UsageError
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -48,44 +46,14 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def _load_config_file(path: Path) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], no_mdns: bool,
                  mdns_interfaces: tuple[str, ...], config_file: Path | None) -> AgentConfig:
-    """Flags override the config file, which overrides the defaults."""
-    doc = _load_config_file(config_file) if config_file else {}
-    known = {"listen", "http", "peers", "mdns", "mdns_interfaces", "gc_interval_s"}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise UsageError(f"unknown key {unknown[0]!r} in {config_file}; known keys: {', '.join(sorted(known))}")
-    listen_text = listen or doc.get("listen") or f"0.0.0.0:{DEFAULT_PORT}"
-    http_text = http or doc.get("http")
-    peer_texts = list(peers) or list(doc.get("peers", []))
-    return AgentConfig(
-        listen=parse_address(listen_text),
-        http=parse_address(http_text) if http_text else None,
-        peers=tuple(parse_address(p) for p in peer_texts),
-        mdns=not no_mdns and bool(doc.get("mdns", True)),
-        mdns_interfaces=tuple(mdns_interfaces) or tuple(doc.get("mdns_interfaces", [])),
-        gc_interval_s=_positive(doc.get("gc_interval_s", 60.0), "gc_interval_s", config_file),
-    )
+    """Flags override the config file, which overrides the defaults (see mesh.drivers.settings)."""
+    from mesh.drivers.settings import Flags
+    from mesh.drivers.settings import build_config as settings_config
 
-
-def _positive(value: object, key: str, source: Path | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UsageError(f"{key} in {source} must be a positive number of seconds")
-    return float(value)
+    flags = Flags(listen, http, tuple(peers), no_mdns, tuple(mdns_interfaces))
+    return settings_config(flags, config_file)
 
 
 @click.command()
@@ -126,6 +94,11 @@ async def _run_agent(home, config: AgentConfig) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(agent.serve_signals)
         listen = await nursery.start(_run_then_cancel, agent, nursery.cancel_scope)
+        from mesh.drivers.health import health_loop
+        from mesh.drivers.outbox import outbox_loop
+
+        nursery.start_soon(health_loop, agent, config)  # agent.core exists once run() started
+        nursery.start_soon(outbox_loop, agent, config)  # returns at once without outbox_url
         output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
         if config.http is not None:
             from mesh.gateway.app import create_app, serve_http
@@ -133,6 +106,11 @@ async def _run_agent(home, config: AgentConfig) -> None:
 
             await nursery.start(serve_http, create_app(AgentView(agent)), config.http)
             output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
+            from mesh.cli.web_cmds import crew_token_for
+
+            token = crew_token_for(home)
+            if token:
+                output.stderr.print(f"crew token (log in at /crew): {token}", markup=False)
         if sys.stderr.isatty():
             nursery.start_soon(_release_progress, agent)
 
@@ -188,6 +166,12 @@ def status(ctx: Context, as_json: bool) -> None:
                "peers": [], "release": None}
     else:
         doc["running"] = True
+    if doc.get("outbox") is None:
+        from mesh.drivers.outbox import read_stats
+
+        outbox = read_stats(home.path, time.time())
+        if outbox is not None:
+            doc["outbox"] = outbox
     if as_json:
         output.print_json(doc)
         return
@@ -198,6 +182,14 @@ def status(ctx: Context, as_json: bool) -> None:
     output.stdout.print(f"node {doc['node_id']} ({doc.get('name')}, {doc.get('role')}) — {len(doc['peers'])} peer(s), status {age:.0f}s old")
     for peer in doc["peers"]:
         output.stdout.print(f"  {peer['node_id'][:16]}…  {peer.get('name', ''):16} {peer.get('role', ''):10} {peer.get('addr')}")
+    health = doc.get("health")
+    if health:
+        failed = [c["name"] for c in health.get("checks", []) if not c.get("ok")]
+        output.stdout.print(f"health: {'ok' if health.get('ok') else 'FAILING: ' + ', '.join(failed)}", markup=False)
+    outbox = doc.get("outbox")
+    if outbox:
+        error = f", last error: {outbox['last_error']}" if outbox.get("last_error") else ""
+        output.stdout.print(f"outbox: {outbox['pending']} pending{error}", markup=False)
 
 
 def _release_done(doc: dict | None, release_id: str | None) -> tuple[bool, dict | None]:

@@ -16,7 +16,7 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.cli.node_cmds import parse_duration_s
 from mesh.cli.store_cmds import _asset_json, open_store
-from mesh.drivers.purge import consent_view, live_roots
+from mesh.drivers.purge import consent_view, keep_set
 from mesh.errors import UsageError
 from mesh.state import consent as cs
 from mesh.state.membership import Role
@@ -253,7 +253,8 @@ def forget(ctx: Context, code: str, as_json: bool) -> None:
         revokes = cs.revoke_all(state, subject, before.policies, now, home.info.node_id)
     store, _ = open_store(ctx)
     state = ctx.state_file().load(ctx.actor())
-    report = store.gc(live_roots(state, store, authority, time.time()))
+    keep = keep_set(state, store, authority, time.time())
+    report = store.gc(keep.roots, keep.hidden)
     after = consent_view(state, authority, time.time())
     result = {
         "subject": subject,

@@ -72,6 +72,12 @@ COMMANDS = {
     "policy": "mesh.cli.consent_cmds:policy",
     "consent": "mesh.cli.consent_cmds:consent",
     "stats": "mesh.cli.consent_cmds:stats",
+    "crew-token": "mesh.cli.web_cmds:crew_token",
+    "export-static": "mesh.cli.web_cmds:export_static",
+    "door": "mesh.cli.web_cmds:door",
+    "doctor": "mesh.cli.ops_cmds:doctor",
+    "drill": "mesh.cli.ops_cmds:drill",
+    "demo": "mesh.cli.ops_cmds:demo",
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 import unicodedata
 from pathlib import Path
@@ -15,7 +17,7 @@ from mesh.content.chunking import CHUNK_BYTES_MAX
 from mesh.content.manifest import DirEntry, DirManifest, check_path
 from mesh.content.cid import Cid
 from mesh.drivers.filestore import FileStore, media_type_for
-from mesh.errors import NotFoundError, UsageError
+from mesh.errors import MeshError, NotFoundError, UsageError
 from mesh.state import releases as rel
 from mesh.state.membership import Role
 
@@ -176,10 +178,95 @@ def _target(book: rel.ReleaseBook, release_id: str | None) -> rel.Release:
 @release.command(name="publish")
 @click.argument("release_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help='Print {"id","name","root","at"} as JSON.')
+@click.option("--wait-all", is_flag=True,
+              help="Then wait until this node and every online peer hold and have verified it (pre-sync).")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="With --wait-all: give up after this many seconds (exit 1, naming the nodes behind).")
 @pass_context
-def publish(ctx: Context, release_id: str, as_json: bool) -> None:
+def publish(ctx: Context, release_id: str, as_json: bool, wait_all: bool, timeout_s: float) -> None:
     """Make release ID the mesh's current release."""
+    from mesh.drivers.agentfiles import read_status
+
+    home = ctx.home()
+    if wait_all and read_status(home.path) is None:
+        raise MeshError("--wait-all needs the agent running for this home (start `mesh up`)")
     _publish(ctx, release_id, as_json)
+    if wait_all:
+        rows = _wait_all(home.path, release_id.strip().lower(), timeout_s, as_json)
+        if not as_json:
+            output.stderr.print(f"release {release_id} held and verified on {len(rows)} node(s): "
+                                + ", ".join(r["name"] or r["node_id"][:8] for r in rows), markup=False)
+
+
+# --- pre-sync: --wait-all ------------------------------------------------------------------------
+
+WAIT_POLL_S = 0.2  # how often --wait-all reads the status file
+
+
+def _node_progress(status: dict, release_id: str) -> list[dict]:
+    """This node and every online peer: {node_id, name, done, have, total} (have/total: fraction
+    parts in chunks for peers, bytes here)."""
+    ours = status.get("release") or {}
+    mine = ours.get("id") == release_id
+    rows = [{"node_id": status["node_id"], "name": status.get("name"),
+             "done": mine and bool(ours.get("complete")),
+             "have": ours.get("have_bytes", 0) if mine else 0, "total": ours.get("total_bytes") if mine else None}]
+    for peer in status.get("peers", []):
+        progress = peer.get("release") or {}
+        same = mine and progress.get("root") == ours.get("root")
+        rows.append({"node_id": peer["node_id"], "name": peer.get("name"),
+                     "done": same and bool(progress.get("complete")),
+                     "have": progress.get("have_chunks", 0) if same else 0,
+                     "total": progress.get("total_chunks") if same else None})
+    return rows
+
+
+def _behind_line(rows: list[dict]) -> str:
+    behind = [r for r in rows if not r["done"]]
+    return ", ".join(f"{r['name'] or r['node_id'][:8]} ({r['have']}/{r['total'] if r['total'] is not None else '?'})"
+                     for r in behind)
+
+
+def _wait_all(home_path: Path, release_id: str, timeout_s: float, quiet: bool) -> list[dict]:
+    """Poll the status file until every online node holds the release complete; MeshError on timeout."""
+    from mesh.drivers.agentfiles import read_status
+
+    deadline = time.monotonic() + timeout_s
+    with _nodes_progress(quiet) as show:
+        while True:
+            status = read_status(home_path)
+            if status is None:
+                raise MeshError("the agent stopped while waiting for the release")
+            rows = _node_progress(status, release_id)
+            show(rows)
+            if all(r["done"] for r in rows):
+                return rows
+            if time.monotonic() >= deadline:
+                raise MeshError(f"timed out after {timeout_s:g}s; nodes behind: {_behind_line(rows)}")
+            time.sleep(WAIT_POLL_S)
+
+
+@contextlib.contextmanager
+def _nodes_progress(quiet: bool):
+    """A progress bar per node on a TTY; a no-op elsewhere."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda rows: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                  console=output.stderr, transient=True) as progress:
+        tasks: dict[str, object] = {}
+
+        def show(rows: list[dict]) -> None:
+            for row in rows:
+                if row["node_id"] not in tasks:
+                    tasks[row["node_id"]] = progress.add_task(row["name"] or row["node_id"][:8], total=None)
+                total = row["total"] if row["total"] else None
+                progress.update(tasks[row["node_id"]], completed=row["total"] if row["done"] and total else row["have"],
+                                total=total)
+
+        yield show
 
 
 @release.command(name="rollback")

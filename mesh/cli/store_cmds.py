@@ -16,7 +16,7 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.content.cid import Cid
 from mesh.drivers.filestore import AddedFile, FileStore
-from mesh.drivers.purge import live_roots, visible_records
+from mesh.drivers.purge import keep_set, visible_records
 from mesh.errors import NotFoundError, UsageError
 from mesh.state.records import AssetRecord, normalize_tag
 
@@ -76,6 +76,7 @@ def _asset_json(record: AssetRecord) -> dict:
         "added_by": record.added_by,
         "retention_s": record.retention_s,
         "subjects": sorted(record.subjects),
+        "thumbnail": record.thumbnail,
     }
 
 
@@ -116,10 +117,14 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], subjects: 
     files = _files_under(paths)
     total = sum(path.stat().st_size for path in files)
     added: list[AddedFile] = []
+    thumbs: dict[str, str] = {}  # file CID -> thumbnail CID
     with store.importing(), output.byte_progress("adding", total, as_json) as advance:
         try:
             for path in files:
                 added.append(store.add_file(path, node_id, tag_list, on_bytes=advance))
+                thumb = _add_thumbnail(store, path, added[-1].record.media_type)
+                if thumb is not None:
+                    thumbs[added[-1].cid] = thumb
             store.commit()
         except BaseException:
             store.discard()
@@ -128,8 +133,9 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], subjects: 
         for item in added:
             known = state.asset(item.cid)
             keep_s = retention_s if retention_s is not None or known is None else known.retention_s
+            thumb = thumbs.get(item.cid, known.thumbnail if known is not None else None)
             state.put_asset(dataclasses.replace(
-                item.record, subjects=subject_codes, retention_s=keep_s
+                item.record, subjects=subject_codes, retention_s=keep_s, thumbnail=thumb
             ))
     if as_json:
         output.print_json([
@@ -140,6 +146,21 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], subjects: 
         output.stdout.print(f"{item.cid}  {item.size:>12,}  {item.path}")
     new = sum(item.new_bytes for item in added)
     output.stderr.print(f"added {len(added)} file(s), {total:,} bytes ({new:,} new)")
+
+
+def _add_thumbnail(store: FileStore, path: Path, media_type: str) -> str | None:
+    """Store a small thumbnail of an image as its own object; its CID, or None (not an image)."""
+    if not media_type.startswith("image/"):
+        return None
+    import io
+
+    from mesh.content.thumbs import thumbnail_of_file
+
+    data = thumbnail_of_file(path)
+    if data is None:
+        return None
+    cid, _ = store.add_stream(io.BytesIO(data), len(data))
+    return cid
 
 
 def _retention_s(text: str | None) -> float | None:
@@ -236,7 +257,8 @@ def gc(ctx: Context, as_json: bool) -> None:
     """Delete chunks no asset or release needs, and leftovers of interrupted imports."""
     store, _ = open_store(ctx)
     state = ctx.state_file().load(ctx.actor())
-    report = store.gc(live_roots(state, store, ctx.home().info.authority_public_key))
+    keep = keep_set(state, store, ctx.home().info.authority_public_key)
+    report = store.gc(keep.roots, keep.hidden)
     if as_json:
         output.print_json({
             "chunks_removed": report.chunks_removed, "bytes_freed": report.bytes_freed,

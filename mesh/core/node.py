@@ -23,34 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.config import CoreLimits
-from mesh.content.cid import RAW, Cid
 from mesh.core.events import (
-    Action, Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
-    DataReceived, Dial, DialFailed, Disconnected, Emit, Event, LoadRelease, LocalChanges,
-    PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk, ShutdownRequested,
-    StateReloaded, StoreChunk, Tick,
+    Action, Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
+    Dial, DialFailed, Disconnected, Emit, Event, LocalChanges, PeerDiscovered, PersistChanges,
+    ReleaseInventory, Send, ShutdownRequested, StateReloaded, Tick,
 )
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
-from mesh.core.swarm import Swarm, SwarmLimits
+from mesh.core.swarm import SwarmLimits
+from mesh.core.swarming import HEADS_FALLBACK_S, ReleaseSwarming
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
-from mesh.state.consent import hidden_assets
 from mesh.state.document import MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
 from mesh.wire import messages as m
 
 FEATURES = ("state-sync/1", "swarm/1")
-SERVE_QUEUE_MAX = 64  # chunk requests a peer may have waiting on us
-CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
-HEADS_FALLBACK_S = 3.0  # use Automerge sync with a peer whose heads we still do not know by then
-STARTUP_SETTLE_S = 5.0  # after start, move no chunk bytes this long: meet peers, catch up on state
 SEEN_HEADS_MAX = 1 << 16  # our past heads remembered for the fast path
-WITHHELD_RECHECK_S = 30.0  # re-evaluate consent and retention this often even without changes
-WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than this after the last time
-WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ class CoreIdentity:
     role: str  # our role
 
 
-class NodeCore:
+class NodeCore(ReleaseSwarming):
     """One node's protocol state machine. Not thread-safe; one owner task."""
 
     def __init__(
@@ -76,6 +67,7 @@ class NodeCore:
         now: float,
         limits: CoreLimits = CoreLimits(),
         listen_port: int | None = None,
+        pins: tuple[str, ...] = (),
     ) -> None:
         self.identity = identity
         self.state = state
@@ -92,16 +84,9 @@ class NodeCore:
         self._revocations_seen: set[bytes] = set()
         self._shutting_down = False
         self.counters: dict[str, int] = {}
-        self.swarm: Swarm | None = None
-        self.release: object | None = None  # the current release record (mesh.state.releases)
         self.swarm_limits = SwarmLimits()
-        self._assembling: dict[tuple[int, Cid], bytearray] = {}  # (conn, cid) -> bytes so far
-        self._manifest_bytes: dict[Cid, bytes] = {}  # manifests handed to the store, not yet stored
-        self._storing_from: dict[tuple[int, Cid], str] = {}  # StoreChunk not yet answered -> sender
-        self._inventories_due = 0  # LoadRelease of the current release not yet answered
-        self._have_updates: list[int] = []  # indices to announce after this event
-        self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
-        self._banned_until: dict[str, float] = {}  # node -> time its ban ends
+        self._init_swarming(now, pins)
+        self._invites_in_state: set[str] = set()  # invite ids whose use the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
         self._seen_heads: dict[bytes, None] = {}  # every hash that was ever one of our heads (bounded)
@@ -113,13 +98,6 @@ class NodeCore:
         self._health_blob: bytes | None = None  # ... as sent to peers
         self.peer_health: dict[str, tuple[float, dict]] = {}  # node -> (received at, its latest report)
         self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
-        self.hidden_assets: frozenset[str] = frozenset()  # asset CIDs consent or retention hides now
-        self.withheld: frozenset[Cid] = frozenset()  # blocks we neither serve nor fetch
-        self._withheld_at = now  # when to re-evaluate consent and retention next
-        self._withheld_last = now  # when we last did
-        self._completed_root: Cid | None = None  # the release whose completion we announced
-        self._withheld_dirty = True  # the state changed since consent was last evaluated
-        self._started_at = now  # when this core started (see `_settling`)
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -139,7 +117,7 @@ class NodeCore:
     def next_deadline(self) -> float | None:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
         times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
-        swarm_at = self.swarm.next_deadline() if self.swarm is not None else None
+        swarm_at = self._swarm_deadline()
         times += [t for t in (swarm_at, self._flush_at, self._withheld_at) if t is not None]
         if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
             dial_at = self._addresses.next_deadline(self._skip_nodes())
@@ -351,9 +329,7 @@ class NodeCore:
         else:
             self._send_heads(session, heads, now)
             session.fallback_at = now + HEADS_FALLBACK_S
-        if self.swarm is not None:
-            self.swarm.add_peer(peer.node_id)
-            self._send_have(session, now)
+        self._swarming_ready(session, now)
         if self._health_blob is not None:
             self._send(session, m.Health(self._health_blob), now)
 
@@ -372,14 +348,14 @@ class NodeCore:
 
     def _record_member(self, session: Session, now: float) -> None:
         """Put a newly seen member (and its invite use) into the shared state."""
-        known = {member.node_id for member in self.state.members()}
-        new_uses = [(i, n) for i, n in self.invites.items() if i not in self.state.invite_uses()]
-        if session.node_id in known and not new_uses:
+        known = self.state.member(session.node_id) is not None  # a keyed read, not a scan
+        new_uses = [(i, n) for i, n in self.invites.items() if i not in self._invites_in_state]
+        if known and not new_uses:
             return
 
         def change(state: MeshState) -> None:
             peer = session.peer
-            if session.node_id not in known:
+            if not known:
                 state.put_member(peer.node_id, session.chain, peer.role.value, peer.name, now)
             for invite_id, node_id in new_uses:
                 state.record_invite_use(invite_id, node_id, now)
@@ -476,8 +452,7 @@ class NodeCore:
             self._count("state.changes_applied")
             self._refresh_membership(now)
             self._sync_due.update(self._ready)
-            self._withheld_at = min(self._withheld_at, self._withheld_last + self._withheld_gap())
-            self._withheld_dirty = True
+            self._note_state_changed()
         elif also_reply_to is not None:
             self._sync_due.add(also_reply_to.node_id)
         if (changed or also_reply_to is not None) and self._flush_at is None:
@@ -621,6 +596,7 @@ class NodeCore:
                 self._emit("revocation.rejected", node=node_id, reason=str(exc))
         for invite_id, node_id in self.state.invite_uses().items():
             self.invites.record(invite_id, node_id)
+            self._invites_in_state.add(invite_id)
         self._enforce_revocations(now)
         self._refresh_release(now)
 
@@ -631,276 +607,6 @@ class NodeCore:
                 self._close(session, "node revoked")
         for revocation in self.revocations.revocations():
             self._addresses.forget_node(revocation.node_id)
-
-    # ---- releases and swarming ---------------------------------------------------------------------
-
-    def _refresh_release(self, now: float) -> None:
-        """Follow the current-release pointer (signatures checked by `current_release`)."""
-        from mesh.state.releases import current_release
-
-        release = current_release(self.state, self.identity.authority_public_key, now)
-        if release is None or (self.release is not None and release.id == self.release.id):
-            return
-        self.release = release
-        self._emit("release.current", id=release.id, name=release.name, root=release.root)
-        self._start_swarm()
-
-    def _start_swarm(self) -> None:
-        """A fresh scheduler for the current release; the store's inventory comes first."""
-        self.swarm = Swarm(Cid.parse(self.release.root), self.swarm_limits, self._rng)
-        self._manifest_bytes.clear()
-        self._inventories_due = 0
-        self._replay_haves()
-        self._load_inventory()
-
-    def _load_inventory(self) -> None:
-        """Ask the store what it holds of the release; nothing is requested until it answers."""
-        self._inventories_due += 1
-        self._actions.append(LoadRelease(str(self.swarm.root)))
-
-    def _on_inventory(self, event: ReleaseInventory, now: float) -> None:
-        swarm = self.swarm
-        if swarm is None or str(swarm.root) != event.root:
-            return
-        self._inventories_due = max(0, self._inventories_due - 1)
-        for cid, data in event.manifests:
-            self._add_manifest(Cid.parse(cid), data)
-        swarm.add_present({Cid.parse(cid) for cid in event.present})
-        if swarm.ready:
-            self._on_list_known(now)
-
-    def _add_manifest(self, cid: Cid, data: bytes) -> None:
-        try:
-            self.swarm.add_manifest(cid, data)
-        except RemoteProtocolError as exc:  # a verified manifest that is not a valid release
-            self._emit("release.invalid", root=str(self.swarm.root), reason=str(exc))
-
-    def _on_list_known(self, now: float) -> None:
-        self._emit("release.listed", root=str(self.swarm.root), chunks=len(self.swarm.chunks),
-                   bytes=self.swarm.total_bytes)
-        self._apply_withheld()
-        for session in self.peers():
-            self._send_have(session, now)
-        self._check_complete()
-
-    def _send_have(self, session: Session, now: float) -> None:
-        count, bits = self.swarm.have_bitfield()
-        self._send(session, m.Have(self.swarm.root.to_bytes(), count, bits), now)
-
-    def _on_have(self, session: Session, msg: m.Have, now: float) -> None:
-        if len(msg.bits) != (msg.count + 7) // 8:
-            raise RemoteProtocolError(f"Have bitfield of {len(msg.bits)} bytes for {msg.count} chunks")
-        session.peer_have = (msg.root, msg.count, bytearray(msg.bits))
-        if self.swarm is not None and msg.root == self.swarm.root.to_bytes():
-            self.swarm.peer_have(session.node_id, msg.count, msg.bits)
-
-    def _on_have_update(self, session: Session, msg: m.HaveUpdate, now: float) -> None:
-        known = session.peer_have
-        if known is not None and known[0] == msg.root:
-            _, count, bits = known
-            for index in msg.indices:
-                if index >= count:
-                    raise RemoteProtocolError(f"HaveUpdate index {index} is past {count} chunks")
-                bits[index >> 3] |= 0x80 >> (index & 7)
-        if self.swarm is not None and msg.root == self.swarm.root.to_bytes():
-            self.swarm.peer_update(session.node_id, msg.indices)
-
-    def _replay_haves(self) -> None:
-        """Give a new swarm what peers announced before we followed their release."""
-        root = self.swarm.root.to_bytes()
-        for session in self.peers():
-            self.swarm.add_peer(session.node_id)
-            known = session.peer_have
-            if known is not None and known[0] == root:
-                self.swarm.peer_have(session.node_id, known[1], bytes(known[2]))
-
-    def _on_chunk_request(self, session: Session, msg: m.ChunkRequest, now: float) -> None:
-        cid = _parse_cid(msg.cid)
-        queued = self._serving.get(session.conn_id, 0) + len(session.deferred_requests)
-        if queued >= SERVE_QUEUE_MAX:
-            raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
-        if self._settling(now):
-            session.deferred_requests.append(msg.cid)
-            return
-        self._serve(session, cid, now)
-
-    def _serve(self, session: Session, cid: Cid, now: float) -> None:
-        if cid in self.withheld:  # consent or retention took it away: never send it again
-            self._count("chunks.withheld_refused")
-            self._send(session, m.ChunkMissing(cid.to_bytes()), now)
-            return
-        self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
-        self._actions.append(ServeChunk(session.conn_id, str(cid)))
-
-    # A node that was offline (or cut off) may lack a revoke that a peer brings. For the first
-    # STARTUP_SETTLE_S after start (time to meet the peers around), and until our state has caught
-    # up with every ready peer's heads (or HEADS_FALLBACK_S passed since that session became ready),
-    # we neither serve nor request chunks; then consent is re-evaluated before any bytes move.
-
-    def _settling(self, now: float) -> bool:
-        if now < self._started_at + STARTUP_SETTLE_S:
-            return True
-        for conn_id in self._ready.values():
-            session = self._sessions[conn_id]
-            caught_up = session.peer_heads is not None and self._knows(session.peer_heads)
-            if not caught_up and session.ready_at is not None and now < session.ready_at + HEADS_FALLBACK_S:
-                return True
-        return False
-
-    def _release_deferred(self, now: float) -> None:
-        waiting = [s for s in self._sessions.values() if s.deferred_requests and s.ready]
-        if not waiting:
-            return
-        if self._withheld_dirty:
-            self._refresh_withheld(now)
-        for session in waiting:
-            requests, session.deferred_requests = session.deferred_requests, []
-            for raw in requests:
-                self._serve(session, _parse_cid(raw), now)
-
-    def _on_chunk_cancel(self, session: Session, msg: m.ChunkCancel, now: float) -> None:
-        self._actions.append(CancelServe(session.conn_id, str(_parse_cid(msg.cid))))
-
-    def _on_chunk_served(self, event: ChunkServed, now: float) -> None:
-        self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)
-        self._count("chunks.served" if event.sent_bytes else "chunks.missing_served")
-
-    def _on_chunk_missing(self, session: Session, msg: m.ChunkMissing, now: float) -> None:
-        if self.swarm is not None:
-            self.swarm.peer_lacks(session.node_id, _parse_cid(msg.cid), now)
-
-    def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
-        cid = _parse_cid(msg.cid)
-        if self.swarm is None or not self.swarm.requested_from(session.node_id, cid):
-            self._count("chunks.unrequested_pieces")  # cancelled or timed out: drop it
-            return
-        key = (session.conn_id, cid)
-        buffer = self._assembling.setdefault(key, bytearray())
-        if msg.offset != len(buffer) or msg.total > m.CHUNK_BYTES_MAX or len(buffer) + len(msg.data) > msg.total:
-            raise RemoteProtocolError(f"chunk {cid}: piece at {msg.offset} does not follow {len(buffer)} of {msg.total}")
-        buffer += msg.data
-        if len(buffer) < msg.total:
-            return
-        data = bytes(self._assembling.pop(key))
-        for other_node, other_cid in self.swarm.delivered(session.node_id, cid, now):
-            other = self._sessions.get(self._ready.get(other_node, -1))
-            if other is not None:
-                self._send(other, m.ChunkCancel(other_cid.to_bytes()), now)
-        if self.swarm.is_manifest(cid):
-            self._manifest_bytes[cid] = data
-        self._storing_from[(session.conn_id, cid)] = session.node_id
-        self._actions.append(StoreChunk(session.conn_id, str(cid), data))
-
-    def _on_chunk_stored(self, event: ChunkStored, now: float) -> None:
-        self._count("chunks.verified")
-        cid = Cid.parse(event.cid)
-        self._storing_from.pop((event.conn_id, cid), None)
-        if self.swarm is None:
-            return
-        manifest = self._manifest_bytes.pop(cid, None)
-        if manifest is not None:
-            was_ready = self.swarm.ready
-            self._add_manifest(cid, manifest)
-            if cid == self.swarm.root and not self.swarm.ready:
-                self._load_inventory()  # the file manifests and chunks of it we already hold
-            if self.swarm.ready and not was_ready:
-                self._on_list_known(now)
-                self._load_inventory()  # what else is here already
-            return
-        index = self.swarm.mark_have(cid)
-        if index is not None:
-            self._have_updates.append(index)
-            self._check_complete()
-
-    def _on_chunk_rejected(self, event: ChunkRejected, now: float) -> None:
-        cid = Cid.parse(event.cid)
-        self._manifest_bytes.pop(cid, None)
-        sender = self._storing_from.pop((event.conn_id, cid), None)
-        if self.swarm is not None:
-            self.swarm.store_failed(cid)  # back to the pool, whoever sent it
-        if not event.peer_fault:
-            self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
-            return
-        self._count("chunks.rejected")
-        if sender is None:
-            return
-        if self.swarm is not None:
-            self.swarm.rejected(sender, cid)
-        self._banned_until[sender] = now + CORRUPT_BAN_S
-        self._emit("peer.corrupt_chunk", node=sender, cid=event.cid)
-        for session in list(self._sessions.values()):  # its session may be closing or gone already
-            if session.node_id == sender:
-                self._close(session, f"sent a corrupt chunk ({event.cid})")
-
-    def _check_complete(self) -> None:
-        if self.swarm is not None and self.swarm.complete and self._completed_root != self.swarm.root:
-            self._completed_root = self.swarm.root
-            self._emit("release.complete", id=self.release.id, bytes=self.swarm.wanted_bytes)
-
-    # ---- consent and retention: what we neither serve nor fetch -------------------------------
-
-    def _withheld_gap(self) -> float:
-        return WITHHELD_GAP_MIN_S + WITHHELD_GAP_PER_ASSET_S * self.state.asset_count()
-
-    def _refresh_withheld(self, now: float) -> None:
-        """Re-evaluate which assets consent and retention hide; withhold their blocks at once
-        (the driver's periodic purge deletes them from the store)."""
-        self._withheld_last, self._withheld_at = now, now + WITHHELD_RECHECK_S
-        self._withheld_dirty = False
-        hidden = hidden_assets(self.state, self.identity.authority_public_key, now)
-        if hidden == self.hidden_assets:
-            return
-        self.hidden_assets = hidden
-        self._emit("consent.hidden", assets=len(hidden))
-        self._apply_withheld()
-
-    def _apply_withheld(self) -> None:
-        """Withhold the media of hidden assets: single-chunk files themselves, and the chunks of
-        the current release that only hidden files use. File manifests stay shareable (hashes, no
-        media): every node needs them to build the same chunk list."""
-        files: set[Cid] = set()
-        for text in self.hidden_assets:
-            try:
-                files.add(Cid.parse(text))
-            except ValueError:
-                continue
-        blocks = {cid for cid in files if cid.codec == RAW}
-        if self.swarm is not None and self.swarm.ready:
-            only = self.swarm.chunks_only_in(files)
-            self.swarm.withhold(only)
-            blocks |= only
-            self._check_complete()
-        self.withheld = frozenset(blocks)
-
-    def _run_swarm(self, now: float, settling: bool) -> None:
-        swarm = self.swarm
-        if swarm is None:
-            return
-        if self._have_updates:
-            self._flush_have_updates(now)
-        for node, cid in swarm.expired(now):
-            self._count("chunks.timeouts")
-            self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
-        if self._inventories_due or settling:
-            return  # the store may hold what we would ask for; a revoke may be on its way
-        for node, cid in swarm.schedule(now, list(self._ready)):
-            session = self._sessions[self._ready[node]]
-            self._send(session, m.ChunkRequest(cid.to_bytes()), now)
-
-    def _flush_have_updates(self, now: float) -> None:
-        indices, self._have_updates = tuple(self._have_updates), []
-        root = self.swarm.root.to_bytes()
-        for start in range(0, len(indices), m.HAVE_INDICES_MAX):
-            update = m.HaveUpdate(root, indices[start:start + m.HAVE_INDICES_MAX])
-            for session in self.peers():
-                self._send(session, update, now)
-
-    def _forget_transfers(self, session: Session) -> None:
-        if self.swarm is not None and session.node_id not in self._ready:  # not a lost duplicate
-            self.swarm.remove_peer(session.node_id)
-        for key in [k for k in self._assembling if k[0] == session.conn_id]:
-            del self._assembling[key]
-        self._serving.pop(session.conn_id, None)
 
     # ---- peer exchange ----------------------------------------------------------------------------
 
@@ -935,10 +641,7 @@ class NodeCore:
             return [session.opened_at + self.limits.hello_timeout_s]
         quiet = max(session.last_tx, session.last_rx)
         times = [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
-        if session.ready_at is not None and self._now < session.ready_at + HEADS_FALLBACK_S:
-            times.append(session.ready_at + HEADS_FALLBACK_S)  # settling ends by then
-        if self._now < self._started_at + STARTUP_SETTLE_S:
-            times.append(self._started_at + STARTUP_SETTLE_S)
+        times += self._settle_deadlines(session)
         return times + ([session.fallback_at] if session.fallback_at is not None else [])
 
     def _on_timers(self, now: float) -> None:
@@ -1024,6 +727,7 @@ class NodeCore:
             "peers": [self._peer_status(s) for s in self.peers()],
             "state": {"heads": [h.hex() for h in self.state.heads()]},
             "release": self._release_status(),
+            "pinned": self._pinned_status(),
             "members": self._members_status(),
             "health": self.health,
         }
@@ -1036,16 +740,6 @@ class NodeCore:
         doc["health"] = health[1] if health is not None else None
         doc["release"] = self._peer_release(session.node_id)
         return doc
-
-    def _peer_release(self, node: str) -> dict | None:
-        if self.swarm is None:
-            return None
-        progress = self.swarm.peer_progress(node)
-        if progress is None:
-            return None
-        have, total = progress
-        return {"root": str(self.swarm.root), "have_chunks": have, "total_chunks": total,
-                "complete": total is not None and have == total}
 
     def _members_status(self) -> list[dict]:
         """Every member in the shared state, with whether it is connected now and when we last
@@ -1064,18 +758,6 @@ class NodeCore:
             })
         return rows
 
-    def _release_status(self) -> dict | None:
-        if self.release is None or self.swarm is None:
-            return None
-        return {
-            "id": self.release.id,
-            "name": self.release.name,
-            "root": str(self.swarm.root),
-            "have_bytes": self.swarm.wanted_have_bytes,
-            "total_bytes": self.swarm.wanted_bytes if self.swarm.ready else None,
-            "complete": self.swarm.complete,
-        }
-
 
 def _peer_status(session: Session) -> dict:
     return {
@@ -1087,13 +769,6 @@ def _peer_status(session: Session) -> dict:
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,
     }
-
-
-def _parse_cid(raw: bytes) -> Cid:
-    try:
-        return Cid.from_bytes(raw)
-    except ValueError as exc:
-        raise RemoteProtocolError(f"bad CID: {exc}") from None
 
 
 def _fmt(address: Address | None) -> str | None:

@@ -57,8 +57,8 @@ class Session:
     ping_nonce: int | None = None  # outstanding Ping
     sync_parts: list[bytes] = field(default_factory=list)  # pieces of a state sync message
     sync_parts_bytes: int = 0  # their total size
-    peer_have: tuple[bytes, int, bytearray] | None = None  # its latest (root, count, bits), kept
-    # even before we follow that release, so a swarm started later can use it
+    peer_haves: dict[bytes, tuple[int, bytearray]] = field(default_factory=dict)  # release root ->
+    # its latest (count, bits), kept even for releases we do not follow, so a later track can use it
     automerge_sync: bool = False  # using the Automerge sync protocol (else the heads fast path)
     peer_heads: tuple[bytes, ...] | None = None  # heads we believe the peer has
     heads_sent: tuple[bytes, ...] = ()  # our heads in the last StateHeads we sent

@@ -119,6 +119,10 @@ class Swarm:
         """Bytes held of what this node should hold."""
         return self.have_bytes - sum(self._sizes[i] for i in self._withheld if _bit(self._have, i))
 
+    def file_manifests(self) -> set[Cid]:
+        """CIDs of the release's file manifests (files of several chunks)."""
+        return self._wanted_manifest_set()
+
     def chunks_only_in(self, files: set[Cid]) -> set[Cid]:
         """The data chunks of the release only `files` use (no other file shares them). File
         manifests are not among them: they hold hashes, not media, and every node needs them to
@@ -343,6 +347,10 @@ class Swarm:
         self._rng.shuffle(order)
         fetching = self._fetching()
         wanted = [i for i in self._missing if self.chunks[i] not in fetching]
+        # Rarest first, ties at random: one order for this round; each peer walks it and takes
+        # what it holds until its pipeline is full (chunks taken join `fetching`).
+        draws = {i: self._rng.random() for i in wanted}
+        wanted.sort(key=lambda i: (self._availability[i], draws[i]))
         for node in order:
             requests += self._fill_pipeline(node, now, wanted, fetching)
         requests += self._endgame(now, order, fetching)
@@ -428,13 +436,16 @@ class Swarm:
         room = peer.depth - len(peer.inflight)
         if room <= 0:
             return []
-        candidates = [
-            index for index in wanted
-            if _bit(peer.bits, index) and self.chunks[index] not in fetching
-            and node not in self._rejected_by.get(self.chunks[index], ())
-        ]
-        candidates.sort(key=lambda i: (self._availability[i], self._rng.random()))
-        chosen = [self.chunks[i] for i in candidates[:room]]
+        chosen = []
+        bits, chunks, rejected_by = peer.bits, self.chunks, self._rejected_by
+        for index in wanted:
+            if bits[index >> 3] & (0x80 >> (index & 7)):
+                cid = chunks[index]
+                if cid not in fetching and node not in rejected_by.get(cid, ()):
+                    chosen.append(cid)
+                    fetching[cid] = 1
+                    if len(chosen) >= room:
+                        break
         for cid in chosen:
             peer.inflight[cid] = now
             fetching[cid] = 1
@@ -525,6 +536,11 @@ class Swarm:
                 self._drop_manifest_request(cid, node)
                 gone.append((node, cid))
         return gone
+
+    def defer_retry(self) -> None:
+        """Scheduling is paused (settling, inventory due, or a track we only seed): forget the
+        pending retry time so it does not ask for a wake-up now; the next `schedule` sets it."""
+        self._retry_at = None
 
     def next_deadline(self) -> float | None:
         times = [sent for peer in self._peers.values() for sent in peer.inflight.values()]

@@ -6,8 +6,17 @@ Used by `mesh gc`, `mesh consent forget` and the running agent's periodic purge.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from mesh.state.records import AssetRecord
+
+
+@dataclass(frozen=True)
+class KeepSet:
+    """What a garbage collection keeps and what it must let go even if pinned."""
+
+    roots: set[str] = field(default_factory=set)  # files and blocks to keep
+    hidden: set[str] = field(default_factory=set)  # asset CIDs hidden by consent or retention
 
 
 def consent_view(state, authority_public_key: bytes | None, now: float):
@@ -29,24 +38,50 @@ def visible_records(state, authority_public_key: bytes | None, now: float,
 
 def live_roots(state, store=None, authority_public_key: bytes | None = None,
                now: float | None = None) -> set[str]:
+    """The roots of `keep_set`."""
+    return keep_set(state, store, authority_public_key, now).roots
+
+
+def keep_set(state, store=None, authority_public_key: bytes | None = None,
+             now: float | None = None) -> KeepSet:
     """Files and blocks the shared state keeps alive: every *visible* asset (consented, not
     expired) and its thumbnail and, given the store and the mesh authority key, every block here of
     the current and the previous release (root manifest, file manifests, chunks), so a rollback
     needs no download. Releases older than those are kept only by pins (`mesh release create` pins
-    what it imports). Hidden assets are not roots: their chunks go unless a root still needs them.
+    what it imports). Hidden assets are not roots, not even inside a kept release: their chunks go
+    unless a root still needs them.
     Without the authority key no policy verifies and assets naming a subject count as hidden."""
     now = time.time() if now is None else now
     roots = set()
-    for record in visible_records(state, authority_public_key, now):
+    hidden = set()
+    view = consent_view(state, authority_public_key, now)
+    for record in state.assets():
+        if not view.visible(record, now):
+            hidden.add(record.cid)
+            continue
         roots.add(record.cid)
         if record.thumbnail:
             roots.add(record.thumbnail)
     if store is None or authority_public_key is None:
-        return roots
+        return KeepSet(roots, hidden)
     from mesh.state.releases import ReleaseBook, release_chunks
 
     book = ReleaseBook(state, authority_public_key, now)
     for kept in (book.current(), book.previous()):
         if kept is not None:
-            roots.update(str(cid) for cid in release_chunks(store, kept.root, partial=True))
-    return roots
+            roots.update(str(cid) for cid in release_chunks(store, kept.root, partial=True, skip=hidden))
+    return KeepSet(roots, hidden)
+
+
+def agent_keep_set(state, store, authority_public_key: bytes | None, now: float,
+                   arriving=(), withheld=frozenset(), releases=()) -> KeepSet:
+    """What a running agent's periodic purge keeps: `keep_set`, plus every block here of the
+    releases it fetches (`releases`: roots of the current and pinned ones) and the chunks of those
+    still arriving (`arriving`), except what consent or retention withheld."""
+    from mesh.state.releases import release_chunks
+
+    keep = keep_set(state, store, authority_public_key, now)
+    for root in releases:
+        keep.roots.update(str(cid) for cid in release_chunks(store, root, partial=True, skip=keep.hidden))
+    keep.roots.update(str(cid) for cid in arriving if cid not in withheld)
+    return keep

@@ -106,6 +106,9 @@ class Agent:
         self.counters: Counter[str] = Counter()  # bytes_in, bytes_out, chunks_served, views
         self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS_MAX)  # for the dashboard
         self._views: Counter[str] = Counter()  # canonical tag -> views not yet in shared state
+        self.outbox_status: dict | None = None  # set by the outbox loop when an uplink is configured
+        self._mdns_running = False  # the discovery task is up
+        self._mdns_seen: set[str] = set()  # node ids discovery reported
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class Agent:
         info = self.home.info
         identity = CoreIdentity(info.node_id, info.mesh_id, info.authority_public_key, info.chain, info.name, info.role)
         core = NodeCore(identity, state, random.Random(), time.time(), self.config.limits,
-                        listen_port=self.listen_address[1])
+                        listen_port=self.listen_address[1], pins=tuple(self.config.pin_releases))
         for address in self.config.peers:
             core.learn_address(address, None, "static", time.time())
         for address in info.hints:
@@ -405,7 +408,9 @@ class Agent:
         found_send, found_recv = trio.open_memory_channel(256)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.discovery, found_send, self.listen_address[1])
+            self._mdns_running = True
             async for item in found_recv:
+                self._mdns_seen.add(item.node_id)
                 addresses = tuple((host, item.port) for host in item.addresses)
                 await self._events_send.send(PeerDiscovered(addresses, item.node_id, "mdns"))
 
@@ -420,10 +425,10 @@ class Agent:
             rounds_since_full += 1
             if heads == last_heads and rounds_since_full < PURGE_FULL_EVERY_ROUNDS:
                 continue  # nothing changed; retention still gets a pass every few rounds
-            swarm = self.core.swarm
-            arriving = swarm.chunks if swarm is not None and swarm.chunks is not None else ()
-            keep = agent_keep_set(self.core.state, self.store, self.home.info.authority_public_key, time.time(),
-                                  arriving, self.core.withheld)
+            core = self.core
+            arriving = [cid for root in core.kept_roots() for cid in core.tracks[root].swarm.chunks or ()]
+            keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, time.time(),
+                                  arriving, core.withheld, core.kept_roots())
             try:
                 report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden,
                                                        limiter=self._store_limiter)
@@ -449,6 +454,7 @@ class Agent:
         doc.update({
             "listen_addresses": [list(a) for a in self.listen_addresses()],
             "store": {"chunks": chunks, "bytes": stored},
+            "outbox": self.outbox_status,
             "pid": os.getpid(),
             "updated_at": time.time(),
         })
@@ -493,6 +499,10 @@ class Agent:
         self.core.mutate(lambda state: count_views(state, node_id, views), time.time())
         for action in self.core.take_actions():
             self._execute(action)
+
+    def mdns_state(self) -> dict:
+        """For the health check: is discovery running, and how many nodes has it reported."""
+        return {"running": self._mdns_running, "discovered": len(self._mdns_seen)}
 
     def publish_health(self, report: dict) -> None:
         """Make `report` this node's health report and send it to every peer (see NodeCore.set_health)."""

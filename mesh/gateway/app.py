@@ -1,9 +1,10 @@
 """The HTTP face of a node (ASGI, served by hypercorn's trio worker inside the agent's nursery).
 
-Routes now: `GET /healthz`, `GET /api/status`, the local CDN `GET|HEAD /c/CID` and
+Routes: `GET /healthz`, `GET /metrics`, `GET /api/status`, the local CDN `GET|HEAD /c/CID` and
 `GET|HEAD /release/current/PATH` (Range, ETag, If-None-Match, immutable caching for CIDs, bytes
-streamed chunk by chunk and re-hashed before they leave). Search, consent pages and the dashboard
-arrive with the gateway issue.
+streamed chunk by chunk and re-hashed before they leave; hidden assets answer 410 and never bytes),
+the attendee pages (`mesh.gateway.pages`: home, search, asset, consent, door, service worker) and
+the crew's dashboard and actions (`mesh.gateway.crew`). docs/web.md lists every route.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mesh.content.cid import Cid
 from mesh.errors import MeshError
 
 IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -49,6 +51,9 @@ class GatewayView(Protocol):
 
     def read_chunk(self, cid: str) -> bytes: ...  # re-hashed; MeshError if it cannot
 
+    # Optional (AgentView has them; a bare view serves the CDN routes only): `is_hidden(cid)`,
+    # `record_view(cid)`, `catalog()`, `search(q, tag)`, `asset(cid)`, consent and crew methods.
+
 
 def create_app(view: GatewayView) -> Starlette:
     """An app over a read-only view of the node."""
@@ -65,28 +70,66 @@ def create_app(view: GatewayView) -> Starlette:
             Cid.parse(text)
         except ValueError:
             return JSONResponse({"error": "not a CID"}, status_code=400)
-        return await _serve(request, view, view.file_by_cid(text), IMMUTABLE)
+        if _hidden(view, text):
+            return _gone()
+        may_hide = getattr(view, "may_hide", None)
+        # Media that consent or retention may withdraw is revalidated on every use (a cheap 304),
+        # so a browser never keeps showing it from its cache after a revoke.
+        cache = REVALIDATE if may_hide is not None and may_hide(text) else IMMUTABLE
+        return await _serve(request, view, view.file_by_cid(text), cache)
 
     async def release_file(request: Request) -> Response:
         ref = view.file_in_current_release(request.path_params["path"])
+        if ref is None and _release_path_hidden(view, request.path_params["path"]):
+            return _gone()
         return await _serve(request, view, ref, "no-cache")
 
-    return Starlette(routes=[
+    routes = [
         Route("/healthz", healthz),
         Route("/api/status", api_status),
         Route("/c/{cid}", by_cid, methods=["GET", "HEAD"]),
         Route("/release/current/{path:path}", release_file, methods=["GET", "HEAD"]),
-    ])
+    ]
+    if not hasattr(view, "catalog"):
+        return Starlette(routes=routes)
+    from mesh.gateway import crew, metrics, pages
+
+    registry = metrics.Registry(view)
+    routes += [Route("/metrics", registry.endpoint)] + pages.routes(view) + crew.routes(view)
+    app = Starlette(routes=routes, exception_handlers=pages.exception_handlers())
+    app.add_middleware(metrics.CountRequests, registry=registry)
+    app.add_middleware(pages.SecurityHeaders)
+    return app
+
+
+def _hidden(view: GatewayView, cid: str) -> bool:
+    check = getattr(view, "is_hidden", None)
+    return bool(check is not None and check(cid))
+
+
+def _release_path_hidden(view: GatewayView, path: str) -> bool:
+    entries = getattr(view, "_release_entries", None)
+    entry = entries().get(path) if entries is not None else None
+    return entry is not None and _hidden(view, str(entry.cid))
+
+
+def _gone() -> Response:
+    """A hidden asset (consent withdrawn or retention over): 410, never cached, never bytes."""
+    return JSONResponse({"error": "gone: this media is no longer shown (consent or retention)"},
+                        status_code=410, headers={"Cache-Control": "no-store"})
 
 
 async def _serve(request: Request, view: GatewayView, ref: FileRef | None, cache: str) -> Response:
     if ref is None:
-        return JSONResponse({"error": "not found"}, status_code=404)
+        return JSONResponse({"error": "not found"}, status_code=404, headers={"Cache-Control": "no-store"})
     etag = f'"{ref.cid}"'
-    headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes"}
-    if etag in _etags(request.headers.get("if-none-match", "")):
+    headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes",
+               "X-Content-Type-Options": "nosniff"}
+    if etag in _etags(request.headers.get("if-none-match", "")) or "*" in _etags(request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     span = _parse_range(request.headers.get("range"), ref.size)
+    if span is not None and not _if_range_ok(request.headers.get("if-range"), etag):
+        span = None  # If-Range names another version: send the whole file (RFC 9110 13.1.5)
     if span == "invalid":
         return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{ref.size}"})
     start, end = span if span else (0, ref.size)
@@ -96,9 +139,17 @@ async def _serve(request: Request, view: GatewayView, ref: FileRef | None, cache
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=ref.media_type)
+    if start == 0:
+        record = getattr(view, "record_view", None)
+        if record is not None:
+            record(ref.cid)
     spans = view.chunk_spans(ref.cid)
     body = _stream(view, spans, start, end)
     return StreamingResponse(body, status_code=status, headers=headers, media_type=ref.media_type)
+
+
+def _if_range_ok(header: str | None, etag: str) -> bool:
+    return header is None or header.strip() == etag
 
 
 def _etags(header: str) -> set[str]:

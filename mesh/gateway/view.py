@@ -1,17 +1,63 @@
-"""The gateway's read-only view of a running agent: files by CID and in the current release."""
+"""The gateway's view of a running agent: files by CID and in the current release, the visible
+catalog (search, tags, thumbnails), consent, and the crew's data and actions.
+
+Reads run on the event loop (the core's shared state is only touched there). Writes go through
+`agent.statefile.transaction(actor)` on a worker thread with the same library functions the CLI
+uses; the agent's state poll picks them up within `state_poll_interval_s` and syncs them to peers.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
 
 from mesh.content.cid import Cid
 from mesh.content.manifest import DirEntry, DirManifest, decode_manifest
+from mesh.drivers.purge import consent_view
 from mesh.drivers.runtime import Agent
-from mesh.errors import MeshError
+from mesh.errors import CredentialError, MeshError, NotFoundError, UsageError
 from mesh.gateway.app import FileRef
-from mesh.state.consent import effective_policies, visible
+from mesh.state import consent as cs
+from mesh.state import releases as rel
+from mesh.state.document import actor_id
+from mesh.state.membership import Role, create_revocation
+from mesh.state.records import AssetRecord
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
+CATALOG_TTL_S = 1.0  # rebuild the catalog at least this often (retention is judged by the clock)
+SEARCH_RESULTS_MAX = 200
+QUERY_CHARS_MAX = 100
+OFFLINE_FILE_BYTES_MAX = 2 * 1024 * 1024  # the service worker caches release files up to this size
+OFFLINE_FILES_MAX = 500
+STATE_WAIT_S = 3.0  # how long a write waits for the agent to see it before the page redirects
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    """One tag of the tag cloud."""
+
+    tag: str  # canonical tag
+    count: int  # visible assets with the tag
+    description: str  # the event's description of it, "" for tags in use but not declared
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What attendees may see now, built from the shared state at one moment."""
+
+    visible: dict[str, AssetRecord]  # asset CID -> record, only visible assets
+    hidden: frozenset[str]  # CIDs never served: hidden assets and their thumbnails
+    thumb_owner: dict[str, str]  # thumbnail CID -> asset CID
+    tags: list[TagInfo]  # tag cloud: declared tags first, then tags in use
+    policies: cs.Policies  # policies in force
+    heads: tuple[bytes, ...] = ()  # state heads it was built from
+    built_at: float = 0.0  # unix seconds
+    search_text: dict[str, str] = field(default_factory=dict)  # asset CID -> lower-case name and tags
+    revocable: frozenset[str] = frozenset()  # visible CIDs that consent or retention may hide later
 
 
 class AgentView:
@@ -20,14 +66,64 @@ class AgentView:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self._release_cache: tuple[str, dict[str, DirEntry]] | None = None
+        self._catalog: Catalog | None = None
+        self._write_lock = trio.Lock()
+
+    # ---- node ---------------------------------------------------------------------------------
 
     def status(self) -> dict:
         return self.agent.status()
 
+    def node_info(self) -> dict:
+        info = self.agent.home.info
+        return {"node_id": info.node_id, "name": info.name, "role": info.role, "mesh_id": info.mesh_id,
+                "organizer": info.role == Role.ORGANIZER.value, "mesh_name": info.mesh_name}
+
+    def http_address(self) -> tuple[str, int] | None:
+        return self.agent.config.http
+
+    def lan_hosts(self) -> list[str]:
+        """Addresses other devices can use to reach this node (no loopback)."""
+        host = (self.http_address() or ("127.0.0.1", 0))[0]
+        if host not in ("0.0.0.0", "::"):
+            return [host]
+        import ifaddr
+
+        found = []
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                    found.append(ip.ip)
+        return found
+
+    def record_view(self, cid: str) -> None:
+        """Count a view of an asset (aggregated per tag by the agent; nothing per person)."""
+        record = getattr(self.agent, "record_view", None)
+        if record is not None:
+            owner = self.catalog().thumb_owner.get(cid)
+            if owner is None:  # thumbnails are not views
+                record(cid)
+
+    def counters(self) -> dict[str, float]:
+        """Numbers for /metrics, read at scrape time."""
+        found: dict[str, float] = {}
+        for name, value in dict(getattr(self.agent, "counters", {}) or {}).items():
+            found[str(name)] = float(value)
+        core = self.agent.core
+        for name, value in dict(getattr(core, "counters", {}) or {}).items():
+            if isinstance(value, (int, float)):
+                found[str(name)] = float(value)
+        return found
+
+    def events(self) -> list[dict]:
+        return list(getattr(self.agent, "recent_events", []) or [])
+
+    # ---- files ------------------------------------------------------------------------------------
+
     def file_by_cid(self, cid: str) -> FileRef | None:
         """A file held completely here and not hidden; None otherwise (never partial bytes, never
-        an asset lacking consent or past its retention)."""
-        if self._hidden(cid):
+        an asset lacking consent or past its retention, nor its thumbnail)."""
+        if self.is_hidden(cid):
             return None
         store = self.agent.store
         try:
@@ -38,22 +134,21 @@ class AgentView:
             return None
         return FileRef(cid, size, self._media_type(cid))
 
-    def _hidden(self, cid: str) -> bool:
-        """The CID's asset record exists and is not visible (consent or retention)."""
-        core = self.agent.core
-        record = core.state.asset(cid) if core is not None else None
-        if record is None:
-            return False
-        if not record.subjects and record.retention_s is None:
-            return False  # always visible: skip verifying the policies
-        now = time.time()
-        policies = effective_policies(core.state, self.agent.home.info.authority_public_key, now)
-        return not visible(record, core.state, policies, now)
+    def may_hide(self, cid: str) -> bool:
+        """Consent or retention may hide this CID later: browsers must revalidate, not keep it."""
+        return cid in self.catalog().revocable
+
+    def is_hidden(self, cid: str) -> bool:
+        """The CID is a hidden asset or a hidden asset's thumbnail (serve 410, never bytes)."""
+        return cid in self.catalog().hidden
 
     def _media_type(self, cid: str) -> str:
-        record = self.agent.core.state.asset(cid) if self.agent.core is not None else None
+        catalog = self.catalog()
+        record = catalog.visible.get(cid)
         if record is not None:
             return record.media_type
+        if cid in catalog.thumb_owner:
+            return "image/jpeg"
         for entry in self._release_entries().values():
             if str(entry.cid) == cid:
                 return entry.media_type
@@ -65,6 +160,20 @@ class AgentView:
             return None
         ref = self.file_by_cid(str(entry.cid))
         return None if ref is None else FileRef(ref.cid, ref.size, entry.media_type)
+
+    def release_paths(self) -> list[tuple[str, int]]:
+        """(path, size) of every file of the current release, sorted."""
+        return sorted((path, entry.size) for path, entry in self._release_entries().items())
+
+    def offline_files(self) -> list[str]:
+        """Release paths small enough for the service worker to keep, held here and not hidden."""
+        found = []
+        for path, size in self.release_paths():
+            if size <= OFFLINE_FILE_BYTES_MAX and self.file_in_current_release(path) is not None:
+                found.append(path)
+            if len(found) >= OFFLINE_FILES_MAX:
+                break
+        return found
 
     def _release_entries(self) -> dict[str, DirEntry]:
         core = self.agent.core
@@ -88,3 +197,253 @@ class AgentView:
 
     def read_chunk(self, cid: str) -> bytes:
         return self.agent.store.read_chunk(Cid.parse(cid), verify=True)
+
+    def has_file(self, cid: str) -> bool:
+        try:
+            self.agent.store.object_chunks(cid)
+            return not self.agent.store.missing_chunks(cid)
+        except MeshError:
+            return False
+
+    # ---- catalog ----------------------------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        """The visible catalog, rebuilt when the state changed or after CATALOG_TTL_S."""
+        core = self.agent.core
+        if core is None:
+            return Catalog({}, frozenset(), {}, [], cs.Policies())
+        heads = tuple(core.state.heads())
+        now = time.time()
+        cached = self._catalog
+        if cached is None or cached.heads != heads or now - cached.built_at > CATALOG_TTL_S:
+            self._catalog = build_catalog(core.state, self.agent.home.info.authority_public_key, now)
+            self._catalog = Catalog(**{**self._catalog.__dict__, "heads": heads})
+        return self._catalog
+
+    def search(self, query: str = "", tag: str | None = None) -> list[AssetRecord]:
+        return search_catalog(self.catalog(), query, tag)
+
+    def asset(self, cid: str) -> AssetRecord | None:
+        """A visible asset's record; None if unknown or hidden."""
+        return self.catalog().visible.get(cid)
+
+    # ---- consent ----------------------------------------------------------------------------------
+
+    def consent_rows(self, code: str) -> list[dict]:
+        """Per scope in force or decided: plain-language description, default, granted now."""
+        core = self.agent.core
+        view = consent_view(core.state, self.agent.home.info.authority_public_key, time.time())
+        return consent_rows(view, code)
+
+    async def decide(self, code: str, scope: str, grant: bool) -> None:
+        """Record a grant or revoke for subject `code` (UsageError on a bad code or scope)."""
+        subject = cs.parse_subject_code(code)
+        cs.check_scope(scope)
+        node_id = self.agent.home.info.node_id
+        await self._transact(lambda state: cs.record_decision(state, subject, scope, grant, time.time(), node_id))
+        await self.wait_state(lambda: any(row["scope"] == scope and row["granted"] == grant
+                                          for row in self.consent_rows(subject)))
+
+    async def wait_state(self, condition: Callable[[], bool]) -> bool:
+        """Wait (at most STATE_WAIT_S) until the agent's state poll has picked up our write, so the
+        page we redirect to shows it."""
+        with trio.move_on_after(STATE_WAIT_S):
+            while not condition():
+                await trio.sleep(0.05)
+            return True
+        return False
+
+    # ---- crew ---------------------------------------------------------------------------------------
+
+    def verify_crew(self, token: str):
+        """The CrewGrant of a token, or CredentialError."""
+        from mesh.gateway.crew_token import verify_crew_token
+
+        info = self.agent.home.info
+        now = time.time()
+        revocations = rel.state_revocations(self.agent.core.state, info.authority_public_key, now)
+        return verify_crew_token(token, info.authority_public_key, now, revocations)
+
+    def members(self) -> list[dict]:
+        """Every member with role, online and last seen; this node first."""
+        status = self.status()
+        info = self.agent.home.info
+        me = {"node_id": info.node_id, "name": info.name, "role": info.role, "online": True,
+              "last_seen": time.time(), "self": True, "health": status.get("health"),
+              "store": status.get("store"), "release": status.get("release")}
+        peers = {p["node_id"]: p for p in status.get("peers", [])}
+        rows = [me]
+        for member in status.get("members", []) or self._members_fallback():
+            peer = peers.get(member["node_id"], {})
+            rows.append({**member, "self": False, "health": peer.get("health"),
+                         "release": peer.get("release"), "addr": peer.get("addr")})
+        return rows
+
+    def _members_fallback(self) -> list[dict]:
+        online = {p["node_id"] for p in self.status().get("peers", [])}
+        return [{"node_id": m.node_id, "name": m.name, "role": m.role, "online": m.node_id in online,
+                 "last_seen": None} for m in self.agent.core.state.members()
+                if m.node_id != self.agent.home.info.node_id]
+
+    def releases(self) -> list[dict]:
+        """The release history, newest first, with which one is current."""
+        info = self.agent.home.info
+        book = rel.ReleaseBook(self.agent.core.state, info.authority_public_key, time.time())
+        rows = []
+        for entry in book.history():
+            r = entry.release
+            rows.append({"id": r.id, "name": r.name, "seq": r.seq, "root": r.root, "publisher": r.publisher,
+                         "created_at": r.created_at, "current": entry.current, "previous": entry.previous,
+                         "published_at": entry.published_at})
+        return rows
+
+    def policies_json(self) -> dict:
+        return policies_json(self.catalog().policies)
+
+    def crew_actions_allowed(self) -> str | None:
+        """None if this node can sign crew actions; otherwise why not, in plain language."""
+        if self.agent.home.info.role != Role.ORGANIZER.value:
+            return (f"This node is an {self.agent.home.info.role} node. Rollback, revocations and policies "
+                    "must be signed by an organizer's key: open this dashboard on the organizer's laptop.")
+        return None
+
+    async def rollback(self, release_id: str | None) -> dict:
+        """Publish `release_id` again (None: the previous release); the release's summary."""
+        self._require_organizer()
+        home = self.agent.home
+        authority = home.info.authority_public_key
+
+        def body(state) -> dict:
+            now = time.time()
+            book = rel.ReleaseBook(state, authority, now)
+            target = book.previous() if release_id is None else book.release(release_id)
+            if target is None:
+                raise NotFoundError("no such release to roll back to")
+            at = rel.publication_time(book, now)
+            pub_id, blob = rel.create_publication(authority, home.node_key(), home.info.chain, target.id, at)
+            state.put_publication(pub_id, blob)
+            return {"id": target.id, "name": target.name, "root": target.root, "at": at}
+
+        return await self._transact(body)
+
+    async def revoke_member(self, node_id: str, reason: str) -> None:
+        self._require_organizer()
+        home = self.agent.home
+        if node_id == home.info.node_id:
+            raise UsageError("a node cannot revoke itself; ask another organizer")
+        from mesh.ids import parse_node_id
+
+        try:
+            target = parse_node_id(node_id.strip())
+        except ValueError:
+            raise UsageError(f"{node_id!r} is not a node id") from None
+        blob = create_revocation(home.info.authority_public_key, home.node_key(), home.info.chain,
+                                 target, time.time(), reason or "revoked from the dashboard")
+        await self._transact(lambda state: state.put_revocation(target, blob))
+
+    async def set_policy(self, scope: str, default: str, description: str) -> str:
+        self._require_organizer()
+        home = self.agent.home
+        made = cs.create_policy(home.info.authority_public_key, home.node_key(), home.info.chain,
+                                scope, default, description, time.time())
+        return await self._transact(lambda state: cs.set_policy(state, made))
+
+    def _require_organizer(self) -> None:
+        why = self.crew_actions_allowed()
+        if why is not None:
+            raise CredentialError(why)
+
+    async def _transact(self, body: Callable):
+        """Run `body(state)` inside a state-file transaction on a worker thread, one at a time."""
+        statefile = self.agent.statefile
+        actor = actor_id(self.agent.home.info.node_id, os.urandom(8))
+
+        def run():
+            with statefile.transaction(actor) as state:
+                return body(state)
+
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(run)
+
+
+# ---- pure helpers shared with the static export ----------------------------------------------------
+
+
+def build_catalog(state, authority_public_key: bytes | None, now: float) -> Catalog:
+    """The visible catalog of a state at `now` (failures close: unverifiable reads as hidden)."""
+    view = consent_view(state, authority_public_key, now)
+    visible: dict[str, AssetRecord] = {}
+    hidden: set[str] = set()
+    thumb_owner: dict[str, str] = {}
+    for record in state.assets():
+        shown = view.visible(record, now)
+        (visible.__setitem__(record.cid, record) if shown else hidden.add(record.cid))
+        if record.thumbnail:
+            thumb_owner[record.thumbnail] = record.cid
+            if not shown:
+                hidden.add(record.thumbnail)
+    hidden -= set(visible)  # a CID shared with a visible asset stays servable
+    hidden -= {r.thumbnail for r in visible.values() if r.thumbnail}
+    text = {cid: " ".join([r.name.lower(), *sorted(r.tags)]) for cid, r in visible.items()}
+    revocable = {c for r in visible.values() if r.subjects or r.retention_s is not None
+                 for c in (r.cid, r.thumbnail) if c}
+    return Catalog(visible, frozenset(hidden), thumb_owner, tag_cloud(state, visible.values()),
+                   view.policies, built_at=now, search_text=text, revocable=frozenset(revocable))
+
+
+def tag_cloud(state, records) -> list[TagInfo]:
+    counts: dict[str, int] = {}
+    for record in records:
+        for tag in record.tags:
+            if not tag.startswith(cs.SCOPE_TAG):
+                counts[tag] = counts.get(tag, 0) + 1
+    declared = state.tag_descriptions()
+    cloud = [TagInfo(tag, counts.get(tag, 0), text) for tag, text in declared.items()]
+    cloud += [TagInfo(tag, n, "") for tag, n in sorted(counts.items()) if tag not in declared]
+    return cloud
+
+
+def search_catalog(catalog: Catalog, query: str = "", tag: str | None = None) -> list[AssetRecord]:
+    """Visible assets with `tag` (if given) whose name or tags contain every word of `query`."""
+    words = query.lower()[:QUERY_CHARS_MAX].split()
+    found = []
+    for cid, record in sorted(catalog.visible.items(), key=lambda item: (-item[1].added_at, item[0])):
+        if tag and tag not in record.tags:
+            continue
+        if all(word in catalog.search_text.get(cid, "") for word in words):
+            found.append(record)
+            if len(found) >= SEARCH_RESULTS_MAX:
+                break
+    return found
+
+
+def policies_json(policies: cs.Policies) -> dict:
+    return {
+        "scopes": [{"scope": p.scope, "default": "grant" if p.default_grant else "deny",
+                    "description": p.description, "at": p.at} for p in policies.scopes.values()],
+        "retention": [{"category": r.category, "retention_s": r.retention_s,
+                       "plain": plain_retention(r.retention_s)} for r in policies.retention.values()],
+    }
+
+
+def plain_retention(seconds: float | None) -> str:
+    """'7 days', '12 hours', ... for a retention; 'kept until deleted' for None."""
+    if seconds is None:
+        return "kept until the crew deletes it"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = round(seconds / size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:.0f} seconds"
+
+
+def consent_rows(view: cs.ConsentView, code: str) -> list[dict]:
+    subject = cs.parse_subject_code(code)
+    scopes = set(view.policies.scopes) | set(view.subject_scopes(subject))
+    rows = []
+    for scope in sorted(scopes):
+        policy = view.policies.scopes.get(scope)
+        rows.append({"scope": scope, "granted": view.granted(subject, scope),
+                     "default": "grant" if view.policies.default_grant(scope) else "deny",
+                     "description": policy.description if policy else "(no policy describes this scope)"})
+    return rows

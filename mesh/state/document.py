@@ -396,6 +396,10 @@ class MeshState:
                 found.append(member)
         return found
 
+    def member(self, node_id: str) -> Member | None:
+        """One member entry by node id (None if absent or malformed): a keyed read, not a scan."""
+        return self._read_member(node_id, self._child_map(self._root_map("members"), node_id))
+
     def _read_member(self, node_id: str, obj: bytes | None) -> Member | None:
         if obj is None:
             return None

@@ -27,6 +27,13 @@ Theory of operation:
   Sends and through the same bandwidth model, then answers `ChunkServed` once they left the uplink.
   Faults: a node may serve corrupt bytes (`corrupt_serving`) or never answer requests
   (`stall_serving`). Every block a store takes is re-hashed by the per-step invariant checks.
+- Beyond one host's links (`mesh.testing.netmodel`): a host may be a station of a shared `Medium`
+  (an access point whose airtime all its stations share) and may live at a `Site` (a venue behind
+  a WAN link with its own latency, loss and capacity; only public hosts are reachable from other
+  sites). Without media and sites the model is exactly the one above.
+- Chunk stores may share a `ContentPool`: the first verified copy of a block is kept once and later
+  copies are compared byte for byte with it instead of re-hashed (a thousand stores of a 512 MB
+  release then hold it once in memory). A block that is not that verified object is re-hashed.
 - Everything random comes from `random.Random` seeded by the world's seed (identities too, see
   `mesh.testing.identities`), so one seed replays the same run. Every failure names the seed.
 """
@@ -45,17 +52,18 @@ from mesh.config import DEFAULT_PORT, CoreLimits
 from mesh.content.cid import Cid
 from mesh.content.store import MemoryChunkStore
 from mesh.core.events import (
-    CancelServe,
+    CancelServe, ShutdownRequested,
     Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
     DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
     ReleaseInventory, Send, ServeChunk, StoreChunk, Tick,
 )
 from mesh.core.node import NodeCore
 from mesh.core.session import Phase
-from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError
+from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError, StoreError
 from mesh.state.document import MeshState, actor_id
 from mesh.testing.content import release_inventory
 from mesh.testing.identities import MemberIdentity, TestMesh
+from mesh.testing.netmodel import Pipe, Site
 from mesh.wire import messages as m
 
 START_TIME = 1_750_000_000.0  # virtual unix seconds at time zero (credentials need a real date)
@@ -68,6 +76,7 @@ TICK_RESOLUTION_S = 0.001
 ACTIONS_PER_STEP_MAX = 10_000
 QUEUE_EVENTS_MAX = 1_000_000
 STUCK_TICKS_MAX = 1_000
+STUCK_S_MAX = 10.0  # ... and for this long: a core that spins a while (a bug) is counted, not fatal
 EPHEMERAL_PORT_FIRST = 40000
 STORE_OVERHEAD_S = 0.0002  # a StoreChunk's fixed cost (a worker thread, a file, an fsync batch)
 STORE_BYTES_PER_S = 400e6  # ... plus hashing and writing its bytes
@@ -89,6 +98,9 @@ class _Host:
     download_bytes_per_s: float | None  # None: unlimited
     upload_free_at: float = 0.0  # when the uplink finishes what is queued on it
     download_free_at: float = 0.0  # when the downlink finishes what is queued on it
+    medium: Pipe | None = None  # the access point whose airtime it shares, if a Wi-Fi station
+    site: str | None = None  # its site; None: the default site
+    public: bool = True  # reachable from other sites
 
 
 class SimNetwork:
@@ -109,11 +121,45 @@ class SimNetwork:
         self._links: dict[frozenset[str], tuple[float | None, float | None]] = {}
         self._groups: dict[str, int] = {}  # host -> partition group; absent hosts share group -1
         self._stream_last: dict[object, float] = {}  # stream key -> last arrival (keeps order)
+        self.media: dict[str, Pipe] = {}  # access point name -> its airtime
+        self.sites: dict[str, Site] = {}  # site name -> its WAN parameters
+        self.wan_up: dict[str, Pipe] = {}  # site name -> its WAN uplink
+        self.wan_down: dict[str, Pipe] = {}  # site name -> its WAN downlink
+        self._plain = True  # no media or sites: the fast original path
 
     def add_host(self, name: str, upload_bytes_per_s: float | None = None,
-                 download_bytes_per_s: float | None = None) -> None:
+                 download_bytes_per_s: float | None = None, *, medium: str | None = None,
+                 site: str | None = None, public: bool = True) -> None:
         rate = self.bandwidth_bytes_per_s
-        self._hosts[name] = _Host(upload_bytes_per_s or rate, download_bytes_per_s or rate)
+        self._hosts[name] = _Host(upload_bytes_per_s or rate, download_bytes_per_s or rate,
+                                  medium=self.media[medium] if medium else None, site=site, public=public)
+        if site is not None and site not in self.sites:
+            raise ValueError(f"unknown site {site}")
+
+    def add_medium(self, name: str, bytes_per_s: float) -> Pipe:
+        """A shared medium (a Wi-Fi access point's airtime) that stations can join."""
+        self.media[name] = Pipe(name, bytes_per_s)
+        self._plain = False
+        return self.media[name]
+
+    def add_site(self, name: str, wan_up_bytes_per_s: float, wan_down_bytes_per_s: float,
+                 wan_latency_s: float = 0.02, wan_loss: float = 0.0) -> None:
+        """A site behind one WAN link; hosts of different sites talk over both sites' links."""
+        self.sites[name] = Site(name, wan_latency_s, wan_loss)
+        self.wan_up[name] = Pipe(f"{name}/up", wan_up_bytes_per_s)
+        self.wan_down[name] = Pipe(f"{name}/down", wan_down_bytes_per_s)
+        self._plain = False
+
+    def host_rates(self, name: str) -> tuple[float | None, float | None]:
+        """(upload, download) bytes per second of a host's own links; None is unlimited."""
+        host = self._hosts[name]
+        return host.upload_bytes_per_s, host.download_bytes_per_s
+
+    def medium_of(self, name: str) -> Pipe | None:
+        return self._hosts[name].medium
+
+    def site_of(self, name: str) -> str | None:
+        return self._hosts[name].site
 
     def set_bandwidth(self, name: str, upload_bytes_per_s: float | None,
                       download_bytes_per_s: float | None) -> None:
@@ -125,12 +171,25 @@ class SimNetwork:
         self._links[frozenset((a, b))] = (latency_s, loss)
 
     def latency(self, a: str, b: str) -> float:
-        override = self._links.get(frozenset((a, b)), (None, None))[0]
-        return self.latency_s if override is None else override
+        override = self._links.get(frozenset((a, b)), (None, None))[0] if self._links else None
+        if override is not None:
+            return override
+        return self.latency_s + self._wan(a, b, lambda site: site.wan_latency_s)
 
     def loss_of(self, a: str, b: str) -> float:
-        override = self._links.get(frozenset((a, b)), (None, None))[1]
-        return self.loss if override is None else override
+        override = self._links.get(frozenset((a, b)), (None, None))[1] if self._links else None
+        if override is not None:
+            return override
+        return self.loss + self._wan(a, b, lambda site: site.wan_loss)
+
+    def _wan(self, a: str, b: str, part: Callable[[Site], float]) -> float:
+        """The WAN's share of a latency or loss between two hosts (0 within a site)."""
+        if self._plain:
+            return 0.0
+        site_a, site_b = self._hosts[a].site, self._hosts[b].site
+        if site_a == site_b:
+            return 0.0
+        return sum(part(self.sites[s]) for s in (site_a, site_b) if s is not None)
 
     def partition(self, *groups: list[str] | tuple[str, ...] | set[str]) -> None:
         """Split hosts into groups that cannot reach each other; unnamed hosts form one more group."""
@@ -140,7 +199,12 @@ class SimNetwork:
         self._groups = {}
 
     def reachable(self, a: str, b: str) -> bool:
-        return self._groups.get(a, -1) == self._groups.get(b, -1)
+        if self._groups.get(a, -1) != self._groups.get(b, -1):
+            return False
+        if self._plain:
+            return True
+        host_a, host_b = self._hosts[a], self._hosts[b]
+        return host_a.site == host_b.site or (host_a.public and host_b.public)
 
     def transmit(self, src: str, dst: str, nbytes: int, now: float, stream: object) -> float:
         """When `nbytes` written at `now` on `stream` (src -> dst) have all arrived."""
@@ -155,9 +219,26 @@ class SimNetwork:
             down_busy = max(first_byte, down.download_free_at)
             done = max(done, (first_byte if small else down_busy) + _duration(nbytes, down.download_bytes_per_s))
             down.download_free_at = max(done, down_busy + _duration(nbytes, down.download_bytes_per_s))
+        if not self._plain:
+            done = max(done, self._shared_stages(up, down, nbytes, now, small) + self.latency(src, dst))
         done = max(done, self._stream_last.get(stream, 0.0))
         self._stream_last[stream] = done
         return done
+
+    def _shared_stages(self, up: _Host, down: _Host, nbytes: int, now: float, small: bool) -> float:
+        """When the bytes are through the shared pipes on their path (airtime, WAN links)."""
+        through = now
+        if up.medium is not None and up.medium is down.medium:
+            through = up.medium.reserve(now, nbytes, small, crossings=2)  # station -> AP -> station
+        else:
+            for medium in (up.medium, down.medium):
+                if medium is not None:
+                    through = max(through, medium.reserve(now, nbytes, small))
+        if up.site != down.site:
+            for pipe in (self.wan_up.get(up.site), self.wan_down.get(down.site)):
+                if pipe is not None:
+                    through = max(through, pipe.reserve(now, nbytes, small))
+        return through
 
     def _retransmit_delay(self, src: str, dst: str, nbytes: int) -> float:
         loss = self.loss_of(src, dst)
@@ -190,6 +271,14 @@ class LogEntry:
     node: str  # the emitting node's name
     name: str  # the event name, e.g. "peer.connected"
     fields: dict  # its fields
+
+
+def _summary_of(msg: m.Message) -> tuple:
+    """(type name, payload bytes or -1, (cid, completes the chunk) for ChunkData)."""
+    if isinstance(msg, m.ChunkData):
+        return "ChunkData", len(msg.data), (msg.cid, msg.offset + len(msg.data) >= msg.total)
+    payload = _state_payload(msg)
+    return type(msg).__name__, -1 if payload is None else payload, None
 
 
 def _state_payload(msg: m.Message) -> int | None:
@@ -233,26 +322,83 @@ class Endpoint:
     bytes_in: int = 0  # bytes delivered to this side
 
 
+class ContentPool:
+    """Verified blocks shared by the stores of one world: each kept once, hashed once."""
+
+    def __init__(self) -> None:
+        self.verified: dict[Cid, bytes] = {}  # cid -> the one verified copy
+        self.hashed_bytes = 0  # bytes hashed to verify (the rest were compared)
+
+    def verified_copy(self, cid: Cid, data: bytes) -> bytes | None:
+        """The pool's verified object if `data` is exactly those bytes; None if unknown or not."""
+        known = self.verified.get(cid)
+        if known is not None and (known is data or known == data):
+            return known
+        return None
+
+    def verify(self, cid: Cid, data: bytes) -> bytes | None:
+        """`data` as the pool's verified object, or None if it does not hash to `cid`."""
+        known = self.verified_copy(cid, data)
+        if known is not None:
+            return known
+        self.hashed_bytes += len(data)
+        if not cid.verify(data):
+            return None
+        data = bytes(data)
+        self.verified.setdefault(cid, data)
+        return data
+
+    def holds(self, cid: Cid, data: bytes) -> bool:
+        """`data` is the very object this pool verified for `cid`."""
+        return self.verified.get(cid) is data
+
+
 class SimStore(MemoryChunkStore):
     """A node's chunk store; remembers which blocks arrived since the invariant checks last ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: ContentPool | None = None) -> None:
         super().__init__()
+        self.pool = pool  # shared verified blocks, or None to hash every put and get
         self.unchecked: list[Cid] = []  # blocks stored since the last check, to re-hash once
 
     def put(self, cid: Cid, data: bytes) -> bool:
-        new = super().put(cid, data)
+        if self.pool is None:
+            new = super().put(cid, data)
+        else:
+            new = self._put_pooled(cid, data)
         if new:
             self.unchecked.append(cid)
         return new
+
+    def _put_pooled(self, cid: Cid, data: bytes) -> bool:
+        """`MemoryChunkStore.put`, verifying through the pool (same checks, same errors)."""
+        if len(data) > self.chunk_bytes_max:
+            raise StoreError(f"chunk of {len(data)} bytes exceeds chunk_bytes_max={self.chunk_bytes_max}")
+        verified = self.pool.verify(cid, data)
+        if verified is None:
+            raise CorruptChunkError(str(cid), f"data does not match CID {cid}")
+        if cid in self._blocks:
+            return False
+        if self.bytes_stored + len(data) > self.bytes_max:
+            raise StoreError(f"memory store full ({self.bytes_stored} of {self.bytes_max} bytes)")
+        self._blocks[cid] = verified
+        self.bytes_stored += len(verified)
+        return True
+
+    def get(self, cid: Cid) -> bytes:
+        data = self._blocks.get(cid)
+        if data is not None and self.pool is not None and self.pool.holds(cid, data):
+            return data  # the pool's verified, immutable object
+        return super().get(cid)
 
     def stored_bytes(self, cid: Cid) -> bytes:
         """The bytes as stored, without verifying them (for the invariant checks)."""
         return self._blocks[cid]
 
     def intact(self, cid: Cid) -> bool:
-        """The stored bytes still hash to `cid`."""
-        return cid.verify(self._blocks[cid])
+        """The stored bytes still hash to `cid` (the pool's own verified object needs no hash)."""
+        data = self._blocks[cid]
+        return (self.pool is not None and self.pool.holds(cid, data)) or cid.verify(data)
 
 
 class NodeHandle:
@@ -270,9 +416,11 @@ class NodeHandle:
         self.traffic = Traffic()
         self.tick_at: float | None = None  # when the next Tick is scheduled
         self.stuck_ticks = 0  # Ticks in a row that left a deadline in the past
-        self.store = SimStore()  # its chunk store; survives crashes (see `World.wipe_store`)
+        self.stuck_since = 0.0  # when the first of them ran
+        self.store = SimStore(world.pool)  # its chunk store; survives crashes (see `World.wipe_store`)
         self.corrupts_served = False  # fault: every chunk it serves has a flipped byte
         self.serving_stalled = False  # fault: it never answers a ServeChunk
+        self.pins: tuple[str, ...] = ()  # release ids or names its config pins
 
     @property
     def node_id(self) -> str:
@@ -308,6 +456,23 @@ class _Delivery:
     node: str
     incarnation: int
     event: Event
+    summary: tuple = ()  # for DataReceived: what the bytes carry (see `World.summarize`)
+
+
+@dataclass(frozen=True)
+class SeedDocument:
+    """A shared-state document every node starts from (nodes that met before the run)."""
+
+    saved: bytes  # MeshState.save() output
+    changes: bytes  # the same history as changes (the first entry of each node's durable log)
+
+    @classmethod
+    def of(cls, state: MeshState) -> SeedDocument:
+        return cls(state.save(), state.changes_since([]))
+
+
+# One message of a write: (type name, state payload bytes or -1, (cid, last piece?) for ChunkData)
+MessageSummary = tuple[str, int, tuple[bytes, bool] | None]
 
 
 @dataclass(frozen=True)
@@ -319,6 +484,14 @@ class _Handshake:
     acceptor: str
     acceptor_incarnation: int
     address: Address
+
+
+@dataclass(frozen=True)
+class _Exit:
+    """A node that shut down cleanly ends its process."""
+
+    node: str
+    incarnation: int
 
 
 @dataclass(frozen=True)
@@ -335,8 +508,9 @@ class World:
     def __init__(self, seed: int, *, limits: CoreLimits = CoreLimits(), network: SimNetwork | None = None,
                  latency_s: float = LATENCY_S_DEFAULT, dial_timeout_s: float = DIAL_TIMEOUT_S,
                  actions_per_step_max: int = ACTIONS_PER_STEP_MAX,
-                 queue_events_max: int = QUEUE_EVENTS_MAX) -> None:
+                 queue_events_max: int = QUEUE_EVENTS_MAX, pool: ContentPool | None = None) -> None:
         self.seed = seed
+        self.pool = pool  # verified blocks shared by every store, or None (each store hashes)
         self.limits = limits
         self.net = network or SimNetwork(random.Random(f"{seed}/network"), latency_s=latency_s)
         self.dial_timeout_s = dial_timeout_s
@@ -349,7 +523,10 @@ class World:
         self.log: list[LogEntry] = []
         self.endpoints: dict[int, Endpoint] = {}
         self.steps = 0
+        self.busy_ticks = 0  # Ticks after which a core's next deadline was still in the past
         self.invariants: list[Callable[[World], None]] = []  # called after every step
+        # called after a DataReceived reached a core: (world, node, event, summary of its messages)
+        self.observers: list[Callable[[World, NodeHandle, DataReceived, tuple], None]] = []
         self.action_handlers: dict[type, Callable[[World, NodeHandle, object], None]] = {}  # other actions
         self._by_node_id: dict[str, str] = {}
         self._listeners: dict[Address, str] = {}
@@ -358,6 +535,7 @@ class World:
         self._conn_ids = itertools.count(1)
         self._ports = itertools.count(EPHEMERAL_PORT_FIRST)
         self._touched: set[str] = set()  # nodes whose core ran since the last invariant check
+        self._session_touched: set[tuple[str, int]] = set()  # (node, conn) given bytes since then
         self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk,
                                      CancelServe: lambda world, handle, action: None})  # served at once here
 
@@ -370,19 +548,30 @@ class World:
 
     def add_node(self, name: str, role: str = "edge", *, identity: MemberIdentity | None = None,
                  upload_bytes_per_s: float | None = None,
-                 download_bytes_per_s: float | None = None) -> NodeHandle:
-        """A new member node (real credentials, invited by the mesh founder), started now."""
+                 download_bytes_per_s: float | None = None, medium: str | None = None,
+                 site: str | None = None, public: bool = True,
+                 document: SeedDocument | None = None, pins: tuple[str, ...] = ()) -> NodeHandle:
+        """A new member node (real credentials, invited by the mesh founder), started now.
+
+        `medium`, `site` and `public` place it in the network model (see `SimNetwork.add_host`);
+        `document` is shared state it already holds (and has persisted); `pins` are the release
+        ids or names its config pins (a hub's)."""
         if name in self.nodes:
             raise SimulationError(f"seed={self.seed}: node {name} exists")
         identity = identity or self.mesh.add_member(name, role, self.now)
         index = len(self.nodes)
         host = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
         handle = NodeHandle(self, name, identity, host, DEFAULT_PORT)
+        handle.pins = tuple(pins)
         self.nodes[name] = handle
         self._by_node_id[identity.node_id] = name
         self._listeners[handle.address] = name
-        self.net.add_host(name, upload_bytes_per_s, download_bytes_per_s)
-        self._start(handle, MeshState(self._actor(handle)))
+        self.net.add_host(name, upload_bytes_per_s, download_bytes_per_s, medium=medium, site=site, public=public)
+        if document is None:
+            self._start(handle, MeshState(self._actor(handle)))
+        else:
+            handle.persisted.append(document.changes)
+            self._start(handle, MeshState.load(document.saved, self._actor(handle)))
         return handle
 
     def node(self, name: str) -> NodeHandle:
@@ -398,7 +587,7 @@ class World:
     def _start(self, handle: NodeHandle, state: MeshState) -> None:
         rng = random.Random(f"{self.seed}/{handle.name}/core/{handle.incarnation}")
         handle.core = NodeCore(handle.identity.core_identity(), state, rng, self.now, self.limits,
-                               listen_port=handle.address[1])
+                               listen_port=handle.address[1], pins=handle.pins)
         handle.tick_at = None
         self._process(handle)
         for event in handle.learned:
@@ -448,6 +637,9 @@ class World:
             self._on_delivery(item)
         elif isinstance(item, _Handshake):
             self._on_handshake(item)
+        elif isinstance(item, _Exit):
+            if self.nodes[item.node].incarnation == item.incarnation and self.nodes[item.node].alive:
+                self.crash(item.node)
         self._check_invariants()
         return True
 
@@ -487,7 +679,7 @@ class World:
 
     def wipe_store(self, name: str) -> None:
         """Lose a node's chunk store (a new disk); do it while the node is down."""
-        self.nodes[name].store = SimStore()
+        self.nodes[name].store = SimStore(self.pool)
 
     def corrupt_serving(self, name: str, on: bool = True) -> None:
         """Fault: every chunk the node serves from now on carries a flipped byte."""
@@ -505,6 +697,13 @@ class World:
         for endpoint in list(self.endpoints.values()):
             if endpoint.node == name:
                 self._break(endpoint, "peer crashed")
+
+    def leave(self, name: str, grace_s: float = 1.0) -> None:
+        """A clean exit: the core is asked to shut down, then the process ends `grace_s` later."""
+        handle = self.nodes[name]
+        self._deliver_now(handle, ShutdownRequested("leaving"))
+        incarnation = handle.incarnation
+        self._push(self.now + grace_s, _Exit(name, incarnation))
 
     def restart(self, name: str) -> NodeHandle:
         """Start a crashed node again from its persisted changes (a new process: a new actor)."""
@@ -584,11 +783,15 @@ class World:
             endpoint.bytes_in += len(event.data)
             handle.traffic.bytes_in += len(event.data)
             peer = self.endpoints[endpoint.peer_conn_id].node
-            self._count_messages(event.data, handle.traffic, inbound=True, peer=peer)
+            self._count(item.summary, handle.traffic, inbound=True, peer=peer)
+            self._session_touched.add((handle.name, event.conn_id))
         elif isinstance(event, _PeerClosed):
             return self._on_peer_closed(handle, event)
         handle.core.handle(event, self.now)
         self._process(handle, after_tick=isinstance(event, Tick))
+        if self.observers and isinstance(event, DataReceived):
+            for observer in self.observers:
+                observer(self, handle, event, item.summary)
 
     def _process(self, handle: NodeHandle, after_tick: bool = False) -> None:
         """Carry out the core's actions, then make sure a Tick comes by its next deadline."""
@@ -620,7 +823,10 @@ class World:
             return
         if after_tick and deadline <= self.now:
             handle.stuck_ticks += 1
-            if handle.stuck_ticks > STUCK_TICKS_MAX:
+            self.busy_ticks += 1
+            if handle.stuck_ticks == 1:
+                handle.stuck_since = self.now
+            if handle.stuck_ticks > STUCK_TICKS_MAX and self.now - handle.stuck_since > STUCK_S_MAX:
                 raise self.fail(f"{handle.name}'s next_deadline stays in the past ({deadline - self.start_time:.3f})")
         elif after_tick:
             handle.stuck_ticks = 0
@@ -634,17 +840,22 @@ class World:
     def _on_send(self, handle: NodeHandle, action: Send) -> None:
         self.write(handle, action.conn_id, action.data)
 
-    def write(self, handle: NodeHandle, conn_id: int, data: bytes) -> bool:
-        """Queue bytes on a connection now (bandwidth, latency, order); False if it is closed."""
+    def write(self, handle: NodeHandle, conn_id: int, data: bytes, summary: tuple | None = None) -> bool:
+        """Queue bytes on a connection now (bandwidth, latency, order); False if it is closed.
+
+        `summary` is what the bytes carry, if the writer knows (else they are decoded once)."""
         endpoint = self.endpoint_of(handle, conn_id)
         peer = self.endpoints[endpoint.peer_conn_id]
         if not endpoint.open or not peer.open:
             return False  # writing to a closed connection: the driver drops it
         endpoint.bytes_out += len(data)
         handle.traffic.bytes_out += len(data)
-        self._count_messages(data, handle.traffic, inbound=False, peer=peer.node)
+        if summary is None:
+            summary = self.summarize(data)
+        self._count(summary, handle.traffic, inbound=False, peer=peer.node)
         at = self.net.transmit(handle.name, peer.node, len(data), self.now, endpoint.conn_id)
-        self._deliver_at(at, self.nodes[peer.node], DataReceived(peer.conn_id, data))
+        receiver = self.nodes[peer.node]
+        self._push(at, _Delivery(receiver.name, receiver.incarnation, DataReceived(peer.conn_id, data), summary))
         return True
 
     def endpoint_of(self, handle: NodeHandle, conn_id: int) -> Endpoint:
@@ -730,23 +941,31 @@ class World:
 
     # ---- accounting and invariants ------------------------------------------------------------
 
-    def _count_messages(self, data: bytes, traffic: Traffic, inbound: bool, peer: str) -> None:
+    @staticmethod
+    def summarize(data: bytes) -> tuple[MessageSummary, ...]:
+        """What written bytes carry, decoded once for both ends' counters and the observers."""
         decoder = m.MessageDecoder()
+        found: list[MessageSummary] = []
         try:
             decoder.receive_data(data)
             while (msg := decoder.next_message()) is not None:
-                kind = type(msg).__name__
-                (traffic.messages_in if inbound else traffic.messages_out)[kind] += 1
-                payload = _state_payload(msg)
-                if payload is not None:
-                    if inbound:
-                        traffic.state_sync_bytes_in += payload
-                    else:
-                        traffic.state_sync_bytes_out += payload
-                elif isinstance(msg, m.ChunkData):
-                    (traffic.chunk_bytes_in if inbound else traffic.chunk_bytes_out)[peer] += len(msg.data)
+                found.append(_summary_of(msg))
         except (RemoteProtocolError, MeshError):
-            (traffic.messages_in if inbound else traffic.messages_out)["<undecodable>"] += 1
+            found.append(("<undecodable>", -1, None))
+        return tuple(found)
+
+    @staticmethod
+    def _count(summary: tuple, traffic: Traffic, inbound: bool, peer: str) -> None:
+        messages = traffic.messages_in if inbound else traffic.messages_out
+        for kind, payload, _ in summary:
+            messages[kind] += 1
+            if kind == "ChunkData":
+                (traffic.chunk_bytes_in if inbound else traffic.chunk_bytes_out)[peer] += payload
+            elif payload >= 0:
+                if inbound:
+                    traffic.state_sync_bytes_in += payload
+                else:
+                    traffic.state_sync_bytes_out += payload
 
     def check_stores(self) -> None:
         """Re-hash every block of every store (the per-step check only re-hashes new ones)."""
@@ -768,34 +987,44 @@ class World:
         touched, self._touched = self._touched, set()
         for name in sorted(touched):  # a core changes only when it runs, its store only then too
             handle = self.nodes[name]
-            self._check_new_blocks(handle)
+            if handle.store.unchecked:
+                self._check_new_blocks(handle)
             if handle.core is not None:
                 self._check_core(handle, handle.core)
+        self._session_touched.clear()
         for invariant in self.invariants:
             invariant(self)
 
     def _check_core(self, handle: NodeHandle, core: NodeCore) -> None:
+        """Every bound of the core holds (buffers only of sessions that took bytes this step)."""
         limits = core.limits
-        sessions = list(core._sessions.values())
-        live = [s for s in sessions if s.phase is not Phase.CLOSING]
         problems = []
-        if len(live) > limits.sessions_max:
-            problems.append(f"{len(live)} live sessions > sessions_max")
+        if len(core._sessions) > limits.sessions_max:
+            live = [s for s in core._sessions.values() if s.phase is not Phase.CLOSING]
+            if len(live) > limits.sessions_max:
+                problems.append(f"{len(live)} live sessions > sessions_max")
         if len(core._addresses) > limits.addresses_max:
             problems.append(f"{len(core._addresses)} addresses > addresses_max")
-        for s in sessions:
+        for conn_id in self._session_conns(handle.name):
+            s = core._sessions.get(conn_id)
+            if s is None:
+                continue
             if s.decoder.buffered_bytes > limits.receive_buffer_bytes_max:
                 problems.append(f"session {s.conn_id} buffers {s.decoder.buffered_bytes} bytes")
             if s.sync_parts_bytes > limits.state_sync_bytes_max:
                 problems.append(f"session {s.conn_id} holds {s.sync_parts_bytes} sync bytes")
+        sessions = core._sessions
         for node_id, conn_id in core._ready.items():
-            session = core._sessions.get(conn_id)
-            if session is None or not session.ready or session.node_id != node_id:
+            session = sessions.get(conn_id)
+            if session is None or session.phase is not Phase.READY or session.peer.node_id != node_id:
                 problems.append(f"ready entry for {self.name_of(node_id)} is not a ready session")
         if core._actions:
             problems.append(f"{len(core._actions)} actions left untaken")
         if problems:
             raise self.fail(f"invariant broken on {handle.name}: " + "; ".join(problems))
+
+    def _session_conns(self, name: str) -> list[int]:
+        return [conn for node, conn in self._session_touched if node == name]
 
 
 # ---- content actions, carried out as `mesh.drivers.runtime` does ---------------------------------
@@ -840,8 +1069,11 @@ def _serve_chunk(world: World, handle: NodeHandle, action: ServeChunk) -> None:
 def _write_pieces(world: World, handle: NodeHandle, conn_id: int, cid: Cid, data: bytes) -> int:
     piece = m.CHUNK_PIECE_BYTES_MAX
     for offset in range(0, max(len(data), 1), piece):
-        frame = m.ChunkData(cid.to_bytes(), offset, len(data), data[offset:offset + piece])
-        if not world.write(handle, conn_id, m.encode(frame)):
+        raw = cid.to_bytes()
+        body = data[offset:offset + piece]
+        frame = m.ChunkData(raw, offset, len(data), body)
+        summary = (("ChunkData", len(body), (raw, offset + len(body) >= len(data))),)
+        if not world.write(handle, conn_id, m.encode(frame), summary):
             return 0
     return len(data)
 

@@ -1,0 +1,502 @@
+"""Releases and swarming inside `NodeCore`: which releases this node fetches and seeds, the
+have/want signals, chunk requests and deliveries, and what consent withholds.
+
+Theory of operation:
+- A *track* is one release root this node works on. The current release (the mesh's pointer) and
+  every release the node's config pins are *fetch* tracks: their chunks are requested until the
+  store holds them all. A Have from a peer naming another verified release of this mesh opens a
+  *passive* track (at most PASSIVE_TRACKS_MAX, least recently announced dropped first): we never
+  request for it, but we announce what the store holds of it, so a hub that pins an old release can
+  fetch it from whoever still has it (any node that holds a chunk seeds it).
+- Per track, a `Swarm` schedules requests (rarest first, pipelines, endgame). The current track is
+  scheduled first. A chunk stored for one track counts for every track that lists it.
+- Consent and retention: assets they hide are re-evaluated after state changes (throttled by the
+  size of the asset map) and every WITHHELD_RECHECK_S. Their media (single-chunk files, and chunks
+  only hidden files use) is *withheld*: never requested, never served (ChunkMissing). File
+  manifests stay shareable: they hold hashes, not media, and every node needs them to build the same
+  chunk list (bitfields index into it).
+- Settling: a node that was offline may lack a revoke a peer brings. For STARTUP_SETTLE_S after
+  start, and until our state caught up with each newly ready peer (or HEADS_FALLBACK_S passed), we
+  neither serve nor request chunks; requests that arrive meanwhile wait, then consent is
+  re-evaluated before any of them is answered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mesh.content.cid import Cid
+from mesh.core.events import (
+    CancelServe, ChunkRejected, ChunkServed, ChunkStored, LoadRelease, ReleaseInventory, ServeChunk, StoreChunk,
+)
+from mesh.core.session import Session
+from mesh.core.swarm import Swarm
+from mesh.errors import RemoteProtocolError
+from mesh.state.consent import hidden_assets
+from mesh.state.releases import Release, ReleaseBook
+from mesh.wire import messages as m
+
+SERVE_QUEUE_MAX = 64  # chunk requests a peer may have waiting on us
+CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
+HEADS_FALLBACK_S = 3.0  # use Automerge sync with a peer whose heads we still do not know by then
+STARTUP_SETTLE_S = 5.0  # after start, move no chunk bytes this long: meet peers, catch up on state
+WITHHELD_RECHECK_S = 30.0  # re-evaluate consent and retention this often even without changes
+WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than this after the last time
+WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
+PASSIVE_TRACKS_MAX = 4  # releases we only announce (never fetch) at once
+PEER_HAVES_MAX = 8  # releases whose Have we remember per peer
+
+
+@dataclass
+class Track:
+    """One release root this node fetches or seeds."""
+
+    release: Release  # a verified release record with this root
+    swarm: Swarm  # its scheduler (chunk list, holdings, requests)
+    fetch: bool  # request what we lack (current or pinned); False: only announce what we hold
+    inventories_due: int = 0  # LoadRelease actions not yet answered: request nothing until then
+    have_updates: list[int] = field(default_factory=list)  # indices to announce after this event
+    completed: bool = False  # release.complete was announced
+
+
+class ReleaseSwarming:
+    """The release and swarm half of `NodeCore` (a mixin: it uses the core's sessions, state,
+    `_send`, `_emit`, `_count`, `_close`). Attributes are set up by `_init_swarming`."""
+
+    def _init_swarming(self, now: float, pins: tuple[str, ...]) -> None:
+        self.pins = tuple(pins)  # release ids or names to fetch and keep besides the current one
+        self.tracks: dict[Cid, Track] = {}  # root -> track
+        self._current: Release | None = None  # the current release record
+        self._current_root: Cid | None = None  # ... its root
+        self._release_roots: dict[Cid, Release] = {}  # root -> a verified release of this mesh
+        self._assembling: dict[tuple[int, Cid], bytearray] = {}  # (conn, cid) -> bytes so far
+        self._manifest_bytes: dict[Cid, bytes] = {}  # manifests handed to the store, not yet stored
+        self._storing_from: dict[tuple[int, Cid], str] = {}  # StoreChunk not yet answered -> sender
+        self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
+        self._banned_until: dict[str, float] = {}  # node -> time its ban ends
+        self.hidden_assets: frozenset[str] = frozenset()  # asset CIDs consent or retention hides now
+        self.withheld: frozenset[Cid] = frozenset()  # blocks we neither serve nor fetch
+        self._withheld_at = now  # when to re-evaluate consent and retention next
+        self._withheld_last = now  # when we last did
+        self._withheld_dirty = True  # the state changed since consent was last evaluated
+        self._started_at = now  # when this core started (see `_settling`)
+
+    # ---- what drivers and tests read -----------------------------------------------------------
+
+    @property
+    def release(self) -> Release | None:
+        """The current release record, or None."""
+        return self._current
+
+    @property
+    def swarm(self) -> Swarm | None:
+        """The current release's scheduler, or None."""
+        track = self._current_track()
+        return track.swarm if track is not None else None
+
+    def _current_track(self) -> Track | None:
+        if self._current_root is None:
+            return None
+        return self.tracks.get(self._current_root)
+
+    def _ordered_tracks(self) -> list[Track]:
+        """Fetch tracks first, the current one before pinned ones; passive tracks last."""
+        current = self._current_track()
+        rest = [t for t in self.tracks.values() if t is not current]
+        rest.sort(key=lambda t: not t.fetch)
+        return ([current] if current is not None else []) + rest
+
+    def kept_roots(self) -> list[Cid]:
+        """Roots of the fetch tracks (current and pinned): what a purge must keep whole."""
+        return [root for root, track in self.tracks.items() if track.fetch]
+
+    # ---- which releases ------------------------------------------------------------------------
+
+    def _refresh_release(self, now: float) -> None:
+        """Follow the current-release pointer and the pins (signatures checked by ReleaseBook)."""
+        book = ReleaseBook(self.state, self.identity.authority_public_key, now)
+        current = book.current()
+        releases = book.releases()
+        self._release_roots = {}
+        for release in releases:
+            self._release_roots.setdefault(Cid.parse(release.root), release)
+        wanted: dict[Cid, Release] = {}
+        if current is not None:
+            wanted[Cid.parse(current.root)] = current
+        if self.pins:
+            for release in releases:
+                if release.id in self.pins or release.name in self.pins:
+                    wanted.setdefault(Cid.parse(release.root), release)
+        switched = current is not None and (self._current is None or current.id != self._current.id)
+        self._current = current
+        self._current_root = Cid.parse(current.root) if current is not None else None
+        if switched:
+            self._emit("release.current", id=current.id, name=current.name, root=current.root)
+        for root, track in list(self.tracks.items()):
+            if root not in wanted and track.fetch:
+                del self.tracks[root]
+        for root, release in wanted.items():
+            track = self.tracks.get(root)
+            if track is None:
+                self._start_track(release, fetch=True)
+            elif not track.fetch:  # a passive track becomes one we fetch
+                track.fetch = True
+                if track.swarm.ready:
+                    track.completed = False
+                    self._check_complete(track)
+
+    def _start_track(self, release: Release, fetch: bool) -> Track:
+        track = Track(release, Swarm(Cid.parse(release.root), self.swarm_limits, self._rng), fetch)
+        self.tracks[track.swarm.root] = track
+        self._replay_haves(track)
+        self._load_inventory(track)
+        return track
+
+    def _open_passive(self, root: Cid) -> Track | None:
+        """A track for a release a peer announces, if it is a verified release of this mesh."""
+        release = self._release_roots.get(root)
+        if release is None:
+            return None
+        passive = [r for r, t in self.tracks.items() if not t.fetch]
+        while len(passive) >= PASSIVE_TRACKS_MAX:
+            del self.tracks[passive.pop(0)]
+        return self._start_track(release, fetch=False)
+
+    def _load_inventory(self, track: Track) -> None:
+        """Ask the store what it holds of the release; nothing is requested until it answers."""
+        track.inventories_due += 1
+        self._actions.append(LoadRelease(str(track.swarm.root)))
+
+    def _on_inventory(self, event: ReleaseInventory, now: float) -> None:
+        track = self.tracks.get(_text_cid(event.root))
+        if track is None:
+            return
+        track.inventories_due = max(0, track.inventories_due - 1)
+        for cid, data in event.manifests:
+            self._add_manifest(track, Cid.parse(cid), data)
+        track.swarm.add_present({Cid.parse(cid) for cid in event.present})
+        if track.swarm.ready:
+            self._on_list_known(track, now)
+
+    def _add_manifest(self, track: Track, cid: Cid, data: bytes) -> None:
+        try:
+            track.swarm.add_manifest(cid, data)
+        except RemoteProtocolError as exc:  # a verified manifest that is not a valid release
+            self._emit("release.invalid", root=str(track.swarm.root), reason=str(exc))
+
+    def _on_list_known(self, track: Track, now: float) -> None:
+        swarm = track.swarm
+        self._emit("release.listed", root=str(swarm.root), chunks=len(swarm.chunks), bytes=swarm.total_bytes)
+        self._apply_withheld()
+        for session in self.peers():
+            self._send_have(session, track, now)
+        self._check_complete(track)
+
+    def _check_complete(self, track: Track) -> None:
+        if track.fetch and track.swarm.complete and not track.completed:
+            track.completed = True
+            self._emit("release.complete", id=track.release.id, bytes=track.swarm.wanted_bytes)
+
+    # ---- have signals --------------------------------------------------------------------------
+
+    def _swarming_ready(self, session: Session, now: float) -> None:
+        """A new ready session: it joins every track and learns what we hold."""
+        for track in self._ordered_tracks():
+            track.swarm.add_peer(session.node_id)
+            self._send_have(session, track, now)
+
+    def _send_have(self, session: Session, track: Track, now: float) -> None:
+        count, bits = track.swarm.have_bitfield()
+        self._send(session, m.Have(track.swarm.root.to_bytes(), count, bits), now)
+
+    def _on_have(self, session: Session, msg: m.Have, now: float) -> None:
+        if len(msg.bits) != (msg.count + 7) // 8:
+            raise RemoteProtocolError(f"Have bitfield of {len(msg.bits)} bytes for {msg.count} chunks")
+        haves = session.peer_haves
+        haves.pop(msg.root, None)
+        haves[msg.root] = (msg.count, bytearray(msg.bits))
+        while len(haves) > PEER_HAVES_MAX:
+            del haves[next(iter(haves))]
+        root = _binary_cid(msg.root)
+        track = self.tracks.get(root)
+        if track is None and not self._settling(now):
+            self._open_passive(root)  # replays this Have
+        elif track is not None:
+            track.swarm.peer_have(session.node_id, msg.count, msg.bits)
+
+    def _on_have_update(self, session: Session, msg: m.HaveUpdate, now: float) -> None:
+        known = session.peer_haves.get(msg.root)
+        if known is not None:
+            count, bits = known
+            for index in msg.indices:
+                if index >= count:
+                    raise RemoteProtocolError(f"HaveUpdate index {index} is past {count} chunks")
+                bits[index >> 3] |= 0x80 >> (index & 7)
+        track = self.tracks.get(_binary_cid(msg.root))
+        if track is not None:
+            track.swarm.peer_update(session.node_id, msg.indices)
+
+    def _replay_haves(self, track: Track) -> None:
+        """Give a new swarm what peers announced before we followed their release."""
+        root = track.swarm.root.to_bytes()
+        for session in self.peers():
+            track.swarm.add_peer(session.node_id)
+            known = session.peer_haves.get(root)
+            if known is not None:
+                track.swarm.peer_have(session.node_id, known[0], bytes(known[1]))
+
+    def _flush_have_updates(self, track: Track, now: float) -> None:
+        indices, track.have_updates = tuple(track.have_updates), []
+        root = track.swarm.root.to_bytes()
+        for start in range(0, len(indices), m.HAVE_INDICES_MAX):
+            update = m.HaveUpdate(root, indices[start:start + m.HAVE_INDICES_MAX])
+            for session in self.peers():
+                self._send(session, update, now)
+
+    # ---- serving -------------------------------------------------------------------------------
+
+    def _on_chunk_request(self, session: Session, msg: m.ChunkRequest, now: float) -> None:
+        cid = _binary_cid(msg.cid)
+        queued = self._serving.get(session.conn_id, 0) + len(session.deferred_requests)
+        if queued >= SERVE_QUEUE_MAX:
+            raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
+        if self._settling(now):
+            session.deferred_requests.append(msg.cid)
+            return
+        self._serve(session, cid, now)
+
+    def _serve(self, session: Session, cid: Cid, now: float) -> None:
+        if cid in self.withheld:  # consent or retention took it away: never send it again
+            self._count("chunks.withheld_refused")
+            self._send(session, m.ChunkMissing(cid.to_bytes()), now)
+            return
+        self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
+        self._actions.append(ServeChunk(session.conn_id, str(cid)))
+
+    def _settling(self, now: float) -> bool:
+        if now < self._started_at + STARTUP_SETTLE_S:
+            return True
+        for conn_id in self._ready.values():
+            session = self._sessions[conn_id]
+            caught_up = session.peer_heads is not None and self._knows(session.peer_heads)
+            if not caught_up and session.ready_at is not None and now < session.ready_at + HEADS_FALLBACK_S:
+                return True
+        return False
+
+    def _settle_deadlines(self, session: Session) -> list[float]:
+        times = []
+        if session.ready_at is not None and self._now < session.ready_at + HEADS_FALLBACK_S:
+            times.append(session.ready_at + HEADS_FALLBACK_S)
+        if self._now < self._started_at + STARTUP_SETTLE_S:
+            times.append(self._started_at + STARTUP_SETTLE_S)
+        return times
+
+    def _release_deferred(self, now: float) -> None:
+        waiting = [s for s in self._sessions.values() if s.deferred_requests and s.ready]
+        if not waiting:
+            return
+        if self._withheld_dirty:
+            self._refresh_withheld(now)
+        for session in waiting:
+            requests, session.deferred_requests = session.deferred_requests, []
+            for raw in requests:
+                self._serve(session, _binary_cid(raw), now)
+
+    def _on_chunk_cancel(self, session: Session, msg: m.ChunkCancel, now: float) -> None:
+        self._actions.append(CancelServe(session.conn_id, str(_binary_cid(msg.cid))))
+
+    def _on_chunk_served(self, event: ChunkServed, now: float) -> None:
+        self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)
+        self._count("chunks.served" if event.sent_bytes else "chunks.missing_served")
+
+    # ---- fetching ------------------------------------------------------------------------------
+
+    def _on_chunk_missing(self, session: Session, msg: m.ChunkMissing, now: float) -> None:
+        cid = _binary_cid(msg.cid)
+        for track in self.tracks.values():
+            track.swarm.peer_lacks(session.node_id, cid, now)
+
+    def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
+        cid = _binary_cid(msg.cid)
+        track = next((t for t in self._ordered_tracks() if t.swarm.requested_from(session.node_id, cid)), None)
+        if track is None:
+            self._count("chunks.unrequested_pieces")  # cancelled or timed out: drop it
+            return
+        key = (session.conn_id, cid)
+        buffer = self._assembling.setdefault(key, bytearray())
+        if msg.offset != len(buffer) or msg.total > m.CHUNK_BYTES_MAX or len(buffer) + len(msg.data) > msg.total:
+            raise RemoteProtocolError(f"chunk {cid}: piece at {msg.offset} does not follow {len(buffer)} of {msg.total}")
+        buffer += msg.data
+        if len(buffer) < msg.total:
+            return
+        data = bytes(self._assembling.pop(key))
+        for other_node, other_cid in track.swarm.delivered(session.node_id, cid, now):
+            other = self._sessions.get(self._ready.get(other_node, -1))
+            if other is not None:
+                self._send(other, m.ChunkCancel(other_cid.to_bytes()), now)
+        if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
+            self._manifest_bytes[cid] = data
+        self._storing_from[(session.conn_id, cid)] = session.node_id
+        self._actions.append(StoreChunk(session.conn_id, str(cid), data))
+
+    def _on_chunk_stored(self, event: ChunkStored, now: float) -> None:
+        self._count("chunks.verified")
+        cid = Cid.parse(event.cid)
+        self._storing_from.pop((event.conn_id, cid), None)
+        manifest = self._manifest_bytes.pop(cid, None)
+        for track in list(self.tracks.values()):
+            if manifest is not None and track.swarm.is_manifest(cid):
+                self._manifest_stored(track, cid, manifest, now)
+            elif manifest is None:
+                index = track.swarm.mark_have(cid)
+                if index is not None:
+                    track.have_updates.append(index)
+                    self._check_complete(track)
+
+    def _manifest_stored(self, track: Track, cid: Cid, data: bytes, now: float) -> None:
+        swarm = track.swarm
+        was_ready = swarm.ready
+        self._add_manifest(track, cid, data)
+        if cid == swarm.root and not swarm.ready:
+            self._load_inventory(track)  # the file manifests and chunks of it we already hold
+        if swarm.ready and not was_ready:
+            self._on_list_known(track, now)
+            self._load_inventory(track)  # what else is here already
+
+    def _on_chunk_rejected(self, event: ChunkRejected, now: float) -> None:
+        cid = Cid.parse(event.cid)
+        self._manifest_bytes.pop(cid, None)
+        sender = self._storing_from.pop((event.conn_id, cid), None)
+        for track in self.tracks.values():
+            track.swarm.store_failed(cid)  # back to the pool, whoever sent it
+        if not event.peer_fault:
+            self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
+            return
+        self._count("chunks.rejected")
+        if sender is None:
+            return
+        for track in self.tracks.values():
+            track.swarm.rejected(sender, cid)
+        self._banned_until[sender] = now + CORRUPT_BAN_S
+        self._emit("peer.corrupt_chunk", node=sender, cid=event.cid)
+        for session in list(self._sessions.values()):  # its session may be closing or gone already
+            if session.node_id == sender:
+                self._close(session, f"sent a corrupt chunk ({event.cid})")
+
+    def _run_swarm(self, now: float, settling: bool) -> None:
+        for track in self._ordered_tracks():
+            swarm = track.swarm
+            if track.have_updates:
+                self._flush_have_updates(track, now)
+            for node, cid in swarm.expired(now):
+                self._count("chunks.timeouts")
+                self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
+            if not track.fetch or track.inventories_due or settling:
+                swarm.defer_retry()  # settling and inventories wake us by their own deadlines
+                continue  # the store may hold what we would ask for; a revoke may be on its way
+            for node, cid in swarm.schedule(now, list(self._ready)):
+                session = self._sessions[self._ready[node]]
+                self._send(session, m.ChunkRequest(cid.to_bytes()), now)
+
+    def _swarm_deadline(self) -> float | None:
+        times = [t.swarm.next_deadline() for t in self.tracks.values()]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def _forget_transfers(self, session: Session) -> None:
+        if session.node_id not in self._ready:  # not a lost duplicate
+            for track in self.tracks.values():
+                track.swarm.remove_peer(session.node_id)
+        for key in [k for k in self._assembling if k[0] == session.conn_id]:
+            del self._assembling[key]
+        self._serving.pop(session.conn_id, None)
+
+    # ---- consent and retention: what we neither serve nor fetch -------------------------------
+
+    def _note_state_changed(self) -> None:
+        self._withheld_at = min(self._withheld_at, self._withheld_last + self._withheld_gap())
+        self._withheld_dirty = True
+
+    def _withheld_gap(self) -> float:
+        return WITHHELD_GAP_MIN_S + WITHHELD_GAP_PER_ASSET_S * self.state.asset_count()
+
+    def _refresh_withheld(self, now: float) -> None:
+        """Re-evaluate which assets consent and retention hide; withhold their media at once (the
+        driver's periodic purge deletes it from the store)."""
+        self._withheld_last, self._withheld_at = now, now + WITHHELD_RECHECK_S
+        self._withheld_dirty = False
+        hidden = hidden_assets(self.state, self.identity.authority_public_key, now)
+        if hidden == self.hidden_assets:
+            return
+        self.hidden_assets = hidden
+        self._emit("consent.hidden", assets=len(hidden))
+        self._apply_withheld()
+
+    def _apply_withheld(self) -> None:
+        """Withhold the media of hidden assets: single-chunk files themselves, the manifests of
+        files outside every tracked release, and the chunks of each tracked release that only
+        hidden files use."""
+        files: set[Cid] = set()
+        for text in self.hidden_assets:
+            try:
+                files.add(Cid.parse(text))
+            except ValueError:
+                continue
+        blocks = set(files)  # single-chunk files, and manifests of files outside every release
+        for track in self.tracks.values():
+            if track.swarm.ready:
+                only = track.swarm.chunks_only_in(files)
+                track.swarm.withhold(only)
+                blocks |= only
+                blocks -= track.swarm.file_manifests()  # every node needs those for the chunk list
+                self._check_complete(track)
+        self.withheld = frozenset(blocks)
+
+    # ---- status --------------------------------------------------------------------------------
+
+    def _release_status(self) -> dict | None:
+        track = self._current_track()
+        if track is None:
+            return None
+        return {"id": self._current.id, "name": self._current.name, **_track_progress(track)}
+
+    def _pinned_status(self) -> list[dict]:
+        current = self._current_track()
+        return [{"id": t.release.id, "name": t.release.name, **_track_progress(t)}
+                for t in self.tracks.values() if t.fetch and t is not current]
+
+    def _peer_release(self, node: str) -> dict | None:
+        swarm = self.swarm
+        progress = swarm.peer_progress(node) if swarm is not None else None
+        if progress is None:
+            return None
+        have, total = progress
+        return {"root": str(swarm.root), "have_chunks": have, "total_chunks": total,
+                "complete": total is not None and have == total}
+
+
+def _track_progress(track: Track) -> dict:
+    swarm = track.swarm
+    return {
+        "root": str(swarm.root),
+        "have_bytes": swarm.wanted_have_bytes,
+        "total_bytes": swarm.wanted_bytes if swarm.ready else None,
+        "complete": swarm.complete,
+    }
+
+
+def _binary_cid(raw: bytes) -> Cid:
+    try:
+        return Cid.from_bytes(raw)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"bad CID: {exc}") from None
+
+
+def _text_cid(text: str) -> Cid | None:
+    try:
+        return Cid.parse(text)
+    except ValueError:
+        return None
+
+
+__all__ = ["CORRUPT_BAN_S", "HEADS_FALLBACK_S", "ReleaseSwarming", "Track"]

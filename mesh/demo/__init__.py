@@ -1,0 +1,1 @@
+"""`mesh demo`: sample assets made in code, and three nodes on loopback."""

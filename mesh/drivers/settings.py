@@ -1,0 +1,305 @@
+"""`mesh up --config FILE`: read a TOML file, check every key, and build an `AgentConfig`.
+
+Rules: flags given on the command line win over the file, which wins over the defaults. Every
+problem is one line that names the file and the key (`edge.toml: health.interval_s must be a
+positive number`): unknown keys, wrong types and bad addresses are refused, never ignored.
+The documented examples live in configs/*.toml.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from mesh.config import DEFAULT_PORT, AgentConfig, HealthConfig, Probe
+from mesh.errors import UsageError
+
+PROBE_KINDS = ("http", "tcp", "path", "command")
+PROBES_MAX = 64  # user probes per config
+PEERS_MAX = 256  # static peers per config
+PINS_MAX = 64  # pinned releases per config
+NAME_CHARS_MAX = 64  # a probe's name
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "p": 10**15, "pb": 10**15, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40, "pib": 2**50, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What `mesh up` got on its command line (None / empty: not given)."""
+
+    listen: str | None = None  # --listen HOST:PORT
+    http: str | None = None  # --http HOST:PORT
+    peers: tuple[str, ...] = ()  # --peer HOST:PORT, repeatable
+    no_mdns: bool = False  # --no-mdns
+    mdns_interfaces: tuple[str, ...] = ()  # --mdns-interface ADDR, repeatable
+
+
+class _Where:
+    """Names the file in every error."""
+
+    def __init__(self, source: Path | None) -> None:
+        self.label = source.name if source is not None else "config"
+
+    def fail(self, key: str, problem: str) -> UsageError:
+        return UsageError(f"{self.label}: {key} {problem}")
+
+
+# --- values ---------------------------------------------------------------------------------------
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError with the reason otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("must be a string HOST:PORT")
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 192.0.2.10:{DEFAULT_PORT})")
+    if not _is_host(host):
+        raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a host name")
+    return host, int(port)
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host)) and not host.replace(".", "").isdigit()
+
+
+def parse_size_bytes(value: object) -> int:
+    """An integer of bytes, or a string like '512MiB', '2GB', '1.5 GiB' -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 512MiB or 2GB")
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("must be a size such as 512MiB or 2GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _positive(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("must be a positive number")
+    return float(value)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _url(value: object) -> str:
+    text = _text(value)
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+def _string_list(value: object, limit: int) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    if len(value) > limit:
+        raise ValueError(f"has more than {limit} entries")
+    return value
+
+
+def _addresses(value: object) -> tuple[tuple[str, int], ...]:
+    return tuple(parse_address(text) for text in _string_list(value, PEERS_MAX))
+
+
+def _interfaces(value: object) -> tuple[str, ...]:
+    found = _string_list(value, PEERS_MAX)
+    for text in found:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an interface IP address") from None
+    return tuple(found)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+# key -> (AgentConfig field, parser)
+_TOP: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "listen": ("listen", parse_address),
+    "http": ("http", parse_address),
+    "peers": ("peers", _addresses),
+    "mdns": ("mdns", _boolean),
+    "mdns_interfaces": ("mdns_interfaces", _interfaces),
+    "gc_interval_s": ("gc_interval_s", _positive),
+    "status_interval_s": ("status_interval_s", _positive),
+    "pin": ("pin_releases", lambda v: tuple(_string_list(v, PINS_MAX))),
+}
+_HEALTH: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "interval_s": ("interval_s", _positive),
+    "disk_free_min": ("disk_free_bytes_min", parse_size_bytes),
+    "sample_chunks": ("sample_chunks", _count),
+    "peers_min": ("peers_min", _count),
+    "clock_skew_s_max": ("clock_skew_s_max", _positive),
+    "connect_timeout_s": ("connect_timeout_s", _positive),
+}
+_OUTBOX: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "url": ("outbox_url", _url),
+    "backoff_s_min": ("outbox_backoff_s_min", _positive),
+    "backoff_s_max": ("outbox_backoff_s_max", _positive),
+}
+_TABLES = {"health": _HEALTH, "outbox": _OUTBOX}
+_PROBE_KEYS = frozenset({"name", "timeout_s", *PROBE_KINDS})
+
+
+def _check_keys(doc: dict, known: set[str], prefix: str, where: _Where) -> None:
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise where.fail(f"{prefix}{unknown[0]}", f"is not a known key (known: {', '.join(sorted(known))})")
+
+
+def _apply(doc: dict, table: dict, prefix: str, where: _Where) -> dict[str, Any]:
+    values = {}
+    for key, raw in doc.items():
+        field_name, parser = table[key]
+        try:
+            values[field_name] = parser(raw)
+        except ValueError as exc:
+            raise where.fail(f"{prefix}{key}", str(exc)) from None
+    return values
+
+
+def _table(doc: dict, key: str, where: _Where) -> dict:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise where.fail(key, "must be a table ([" + key + "])")
+    return value
+
+
+def _probe(raw: object, index: int, where: _Where) -> Probe:
+    key = f"health.probe[{index}]"
+    if not isinstance(raw, dict):
+        raise where.fail(key, "must be a table ([[health.probe]])")
+    _check_keys(raw, set(_PROBE_KEYS), key + ".", where)
+    kinds = [k for k in PROBE_KINDS if k in raw]
+    if len(kinds) != 1:
+        raise where.fail(key, f"needs exactly one of {', '.join(PROBE_KINDS)}")
+    kind = kinds[0]
+    try:
+        name = _text(raw.get("name", f"{kind}-{index + 1}"))[:NAME_CHARS_MAX]
+        target = _probe_target(kind, raw[kind])
+        timeout_s = _positive(raw.get("timeout_s", 5.0))
+    except ValueError as exc:
+        raise where.fail(key, str(exc)) from None
+    return Probe(name, kind, target, timeout_s)
+
+
+def _probe_target(kind: str, value: object) -> str:
+    if kind == "command" and isinstance(value, list):
+        return shlex.join(_string_list(value, 256))
+    target = _text(value)
+    if kind == "http":
+        _url(target)
+    elif kind == "tcp":
+        parse_address(target)
+    elif kind == "command":
+        if not shlex.split(target):
+            raise ValueError("command is empty")
+    return target
+
+
+def _health(doc: dict, where: _Where) -> HealthConfig:
+    table = _table(doc, "health", where)
+    _check_keys(table, set(_HEALTH) | {"probe"}, "health.", where)
+    values = _apply({k: v for k, v in table.items() if k != "probe"}, _HEALTH, "health.", where)
+    probes = table.get("probe", [])
+    if not isinstance(probes, list) or len(probes) > PROBES_MAX:
+        raise where.fail("health.probe", f"must be at most {PROBES_MAX} [[health.probe]] tables")
+    values["probes"] = tuple(_probe(raw, i, where) for i, raw in enumerate(probes))
+    return HealthConfig(**values)
+
+
+def config_from_dict(doc: dict, source: Path | None = None) -> AgentConfig:
+    """An `AgentConfig` from a parsed TOML document; UsageError (one line) on any problem."""
+    where = _Where(source)
+    _check_keys(doc, set(_TOP) | set(_TABLES), "", where)
+    values = _apply({k: v for k, v in doc.items() if k not in _TABLES}, _TOP, "", where)
+    outbox = _table(doc, "outbox", where)
+    _check_keys(outbox, set(_OUTBOX), "outbox.", where)
+    values.update(_apply(outbox, _OUTBOX, "outbox.", where))
+    values["health"] = _health(doc, where)
+    config = AgentConfig(**values)
+    if config.outbox_backoff_s_min > config.outbox_backoff_s_max:
+        raise where.fail("outbox.backoff_s_min", "must not exceed outbox.backoff_s_max")
+    return config
+
+
+def read_toml(path: Path) -> dict:
+    """The parsed file; UsageError if it is missing or not TOML."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{Path(path).name}: not valid TOML: {exc}") from None
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    """The config of a file (defaults when `path` is None)."""
+    if path is None:
+        return AgentConfig()
+    return config_from_dict(read_toml(path), Path(path))
+
+
+def _flag_address(text: str, flag: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def apply_flags(config: AgentConfig, flags: Flags) -> AgentConfig:
+    """Command-line flags override what the file said."""
+    changes: dict[str, Any] = {}
+    if flags.listen:
+        changes["listen"] = _flag_address(flags.listen, "--listen")
+    if flags.http:
+        changes["http"] = _flag_address(flags.http, "--http")
+    if flags.peers:
+        changes["peers"] = tuple(_flag_address(p, "--peer") for p in flags.peers)
+    if flags.no_mdns:
+        changes["mdns"] = False
+    if flags.mdns_interfaces:
+        changes["mdns_interfaces"] = tuple(flags.mdns_interfaces)
+    return replace(config, **changes)
+
+
+def build_config(flags: Flags, config_file: Path | None) -> AgentConfig:
+    """Flags override the config file, which overrides the defaults."""
+    return apply_flags(load_config(config_file), flags)

@@ -1,0 +1,267 @@
+"""The crew's side: login (a crew token, or a click from this machine itself), the dashboard, its
+JSON API, and the actions rollback / revoke member / set policy.
+
+Rules:
+- Crew requests carry either `Authorization: Bearer <crew token>` (scripts) or the `mesh_crew`
+  session cookie (browsers; HttpOnly, SameSite=Strict). A session is minted by POST /crew/login
+  with a valid token, or without one when the request comes from a loopback address (someone at
+  the node's own keyboard). Nothing else is crew: a LAN request without either is refused (403).
+- Every crew form POST carries its per-form CSRF token (`mesh.gateway.forms`); API POSTs with a
+  cookie session need the `X-CSRF-Token` header, bearer requests need none.
+- Actions are signed with this node's key, so only an organizer node can perform them; elsewhere
+  the dashboard shows them disabled with the reason.
+- Sessions live in memory (bounded); a token session re-verifies its token on every request, so
+  revoking the organizer that signed it ends it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from mesh.errors import CredentialError, MeshError, UsageError
+from mesh.gateway.forms import CSRF_FIELD, CSRF_HEADER, FormError, check_csrf, csrf_secret, form_token, read_form
+from mesh.gateway.pages import render
+
+SESSION_COOKIE = "mesh_crew"
+SESSIONS_MAX = 256
+LOCAL_SESSION_S = 12 * 3600.0
+EVENTS_SHOWN_MAX = 50
+REASON_CHARS_MAX = 200
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in browser."""
+
+    who: str  # "token:<organizer node id>" or "local"
+    expires_at: float  # unix seconds
+    token: str | None  # the crew token it was made from (re-verified on use)
+
+
+class Sessions:
+    """Bounded in-memory session table; the oldest goes first when full."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, Session] = OrderedDict()
+
+    def add(self, session: Session) -> str:
+        key = secrets.token_urlsafe(32)
+        self._items[key] = session
+        while len(self._items) > SESSIONS_MAX:
+            self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str | None) -> Session | None:
+        found = self._items.get(key) if key else None
+        if found is not None and found.expires_at < time.time():
+            self._items.pop(key, None)
+            return None
+        return found
+
+    def drop(self, key: str | None) -> None:
+        if key:
+            self._items.pop(key, None)
+
+
+def is_loopback(request: Request) -> bool:
+    """The TCP peer is this machine (not a header: X-Forwarded-For is never trusted)."""
+    client = request.client
+    if client is None:
+        return False
+    try:
+        return ipaddress.ip_address(client.host).is_loopback
+    except ValueError:
+        return False
+
+
+def routes(view) -> list:
+    sessions = Sessions()
+
+    def crew_of(request: Request) -> Session | None:
+        """The crew identity of a request, or None."""
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            try:
+                grant = view.verify_crew(header[7:].strip())
+            except CredentialError:
+                return None
+            return Session(f"token:{grant.publisher}", grant.expires_at, None)
+        key = request.cookies.get(SESSION_COOKIE)
+        session = sessions.get(key)
+        if session is not None and session.token is not None:
+            try:
+                view.verify_crew(session.token)
+            except CredentialError:
+                sessions.drop(key)
+                return None
+        return session
+
+    def require_crew(request: Request, form: dict | None, form_name: str) -> Session:
+        session = crew_of(request)
+        if session is None:
+            raise CredentialError("crew only: log in at /crew with a crew token (`mesh crew-token`)")
+        bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+        if not bearer:
+            sent = form.get(CSRF_FIELD) if form is not None else request.headers.get(CSRF_HEADER)
+            check_csrf(request, form_name, sent)
+        return session
+
+    async def dashboard(request: Request) -> Response:
+        session = crew_of(request)
+        if session is None:
+            return render(request, view, "login.html", status=401 if request.method == "GET" else 403,
+                          local=is_loopback(request), error=request.query_params.get("error"))
+        return render(request, view, "dashboard.html", data=dashboard_data(view), session=session,
+                      blocked=view.crew_actions_allowed(), done=request.query_params.get("done"),
+                      api_csrf=form_token(csrf_secret(request), "api"))
+
+    async def login(request: Request) -> Response:
+        form = await read_form(request)
+        check_csrf(request, "login", form.get(CSRF_FIELD))
+        token = form.get("token", "").strip()
+        if token:
+            try:
+                grant = view.verify_crew(token)
+            except CredentialError as exc:
+                return RedirectResponse("/crew?" + urlencode({"error": str(exc)}), status_code=303)
+            session = Session(f"token:{grant.publisher}", grant.expires_at, token)
+        elif is_loopback(request):
+            session = Session("local", time.time() + LOCAL_SESSION_S, None)
+        else:
+            return RedirectResponse("/crew?" + urlencode({"error": "paste a crew token"}), status_code=303)
+        response = RedirectResponse("/crew", status_code=303)
+        response.set_cookie(SESSION_COOKIE, sessions.add(session), httponly=True, samesite="strict", path="/",
+                            max_age=int(max(60, session.expires_at - time.time())))
+        return response
+
+    async def logout(request: Request) -> Response:
+        form = await read_form(request)
+        check_csrf(request, "logout", form.get(CSRF_FIELD))
+        sessions.drop(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/crew", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def act(request: Request, name: str) -> Response:
+        """A crew form: check crew and CSRF, run the action, redirect with what happened."""
+        if crew_of(request) is None:  # refuse before reading anything
+            raise CredentialError("crew only: log in at /crew with a crew token (`mesh crew-token`)")
+        form = await read_form(request)
+        require_crew(request, form, name)
+        try:
+            done = await ACTIONS[name](view, form)
+        except (UsageError, CredentialError, MeshError, ValueError) as exc:
+            return RedirectResponse("/crew?" + urlencode({"done": f"failed: {exc}"}), status_code=303)
+        return RedirectResponse("/crew?" + urlencode({"done": done}), status_code=303)
+
+    async def api_act(request: Request, name: str) -> Response:
+        require_crew(request, None if _has_bearer(request) else {CSRF_FIELD: request.headers.get(CSRF_HEADER)}, "api")
+        form = await _json_or_form(request)
+        try:
+            done = await ACTIONS[name](view, form)
+        except (UsageError, CredentialError, MeshError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"ok": True, "done": done})
+
+    def crew_get(build):
+        async def endpoint(request: Request) -> Response:
+            if crew_of(request) is None:
+                return JSONResponse({"error": "crew only: send Authorization: Bearer <crew token>"},
+                                    status_code=403)
+            return JSONResponse(build())
+        return endpoint
+
+    def post(handler, name):
+        async def endpoint(request: Request) -> Response:
+            return await handler(request, name)
+        return endpoint
+
+    return [
+        Route("/crew", dashboard, methods=["GET"]),
+        Route("/crew/login", login, methods=["POST"]),
+        Route("/crew/logout", logout, methods=["POST"]),
+        *[Route(f"/crew/{name}", post(act, name), methods=["POST"]) for name in ACTIONS],
+        *[Route(f"/api/crew/{name}", post(api_act, name), methods=["POST"]) for name in ACTIONS],
+        Route("/api/dashboard", crew_get(lambda: dashboard_data(view))),
+        Route("/api/members", crew_get(lambda: {"members": view.members()})),
+        Route("/api/peers", crew_get(lambda: {"peers": view.status().get("peers", [])})),
+        Route("/api/releases", crew_get(lambda: {"releases": view.releases()})),
+        Route("/api/events", crew_get(lambda: {"events": _events(view)})),
+        Route("/api/health", crew_get(lambda: {"health": view.status().get("health"),
+                                               "peers": {p["node_id"]: p.get("health")
+                                                         for p in view.status().get("peers", [])}})),
+        Route("/api/store", crew_get(lambda: {"store": view.status().get("store"),
+                                              "release": view.status().get("release")})),
+    ]
+
+
+def _has_bearer(request: Request) -> bool:
+    return request.headers.get("authorization", "").lower().startswith("bearer ")
+
+
+async def _json_or_form(request: Request) -> dict:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.body()
+        if len(body) > 16 * 1024:
+            raise FormError("body too large", 413)
+        import json
+
+        try:
+            found = json.loads(body or b"{}")
+        except ValueError:
+            raise FormError("malformed JSON") from None
+        if not isinstance(found, dict):
+            raise FormError("expected a JSON object")
+        return {str(k): str(v) for k, v in found.items() if v is not None}
+    return await read_form(request)
+
+
+def _events(view) -> list[dict]:
+    events = view.events()[-EVENTS_SHOWN_MAX:]
+    return [{k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for k, v in e.items()}
+            for e in reversed(events)]
+
+
+def dashboard_data(view) -> dict:
+    status = view.status()
+    return {"node": view.node_info(), "members": view.members(), "releases": view.releases(),
+            "release": status.get("release"), "store": status.get("store"), "health": status.get("health"),
+            "events": _events(view), "actions_blocked": view.crew_actions_allowed(),
+            "listen_addresses": status.get("listen_addresses", [])}
+
+
+# ---- actions: (view, form) -> one line saying what happened ------------------------------------------
+
+
+async def _rollback(view, form: dict) -> str:
+    release_id = (form.get("release_id") or "").strip().lower() or None
+    made = await view.rollback(release_id)
+    await view.wait_state(lambda: any(r["current"] and r["id"] == made["id"] for r in view.releases()))
+    return f"release {made['name']} ({made['id']}) is current again"
+
+
+async def _revoke(view, form: dict) -> str:
+    node_id = (form.get("node_id") or "").strip()
+    await view.revoke_member(node_id, (form.get("reason") or "")[:REASON_CHARS_MAX])
+    return f"revoked {node_id[:16]}…; peers drop it as soon as they sync"
+
+
+async def _policy(view, form: dict) -> str:
+    scope = (form.get("scope") or "").strip()
+    default = form.get("default")
+    if default not in ("grant", "deny"):
+        raise UsageError("a policy's default is grant or deny")
+    await view.set_policy(scope, default, (form.get("description") or "").strip())
+    return f"policy for {scope} set (default {default})"
+
+
+ACTIONS = {"rollback": _rollback, "revoke": _revoke, "policy": _policy}

@@ -1,0 +1,5 @@
+"""`python -m simulations SCENARIO [options]`."""
+
+from simulations.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The web as people use it: Debian's Chromium driven by Playwright against two real `mesh up`
+processes on loopback (no mDNS). Node A is the organizer, node B an edge joined to it."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import struct
+import wave
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.agents import free_port, make_mesh, stop_all, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = pytest.mark.skipif(sync_playwright is None or not shutil.which(CHROMIUM),
+                                reason="needs the playwright package and /usr/bin/chromium")
+
+
+def _jpeg(path: Path, color: tuple[int, int, int]) -> None:
+    Image.new("RGB", (1200, 900), color).save(path, "JPEG")
+
+
+def _wav(path: Path, seconds: int = 8, rate: int = 8000) -> None:
+    """A tone clip (WAV: every Chromium plays it, and seeking fetches byte ranges)."""
+    frames = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                      for i in range(seconds * rate))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+
+
+def _bounded(make_page):
+    """Pages with a 10 s timeout instead of Playwright's 30 s, so a failure fails fast."""
+    def new_page():
+        page = make_page()
+        page.set_default_timeout(10_000)
+        return page
+    return new_page
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("web")
+    a, (b,) = make_mesh(root, 1)
+    a.cli("policy", "set", "photo", "--default", "grant", "--describe", "Photos of the audience")
+    site = root / "site"
+    site.mkdir()
+    releases = {}
+    for name in ("v1", "v2"):
+        (site / "index.html").write_text(f"<h1>{name}</h1>")
+        releases[name] = a.json("release", "create", name, str(site))["id"]
+        a.cli("release", "publish", releases[name])
+    media = root / "media"
+    media.mkdir()
+    _jpeg(media / "stage-1.jpg", (220, 30, 30))
+    _jpeg(media / "stage-2.jpg", (30, 160, 30))
+    _jpeg(media / "crowd.jpg", (30, 30, 220))
+    _wav(media / "set.wav")
+    code = a.cli("consent", "new-code").stdout.decode().strip()
+    stage = a.json("add", str(media / "stage-1.jpg"), str(media / "stage-2.jpg"), str(media / "set.wav"),
+                   "--tag", "stage")
+    a.json("add", str(media / "crowd.jpg"), "--tag", "crowd", "--subject", code)
+    records = {r["name"]: r for r in a.json("ls")}
+    a_http, b_http = free_port(), free_port()
+    a.start("--no-mdns", "--http", f"127.0.0.1:{a_http}")
+    b.start("--no-mdns", "--http", f"127.0.0.1:{b_http}", "--peer", a.address)
+    wait_until(lambda: a.node_id in b.peers(), 20, "B to connect to A")
+    token = a.cli("crew-token").stdout.decode().strip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser.new_page = _bounded(browser.new_page)
+        yield {"a": a, "b": b, "A": f"http://127.0.0.1:{a_http}", "B": f"http://127.0.0.1:{b_http}",
+               "records": records, "code": code, "token": token, "releases": releases, "browser": browser,
+               "stage": stage}
+        browser.close()
+    stop_all([b, a])
+
+
+def test_search_by_tag_shows_the_right_thumbnails_and_an_image_opens(lab) -> None:
+    page = lab["browser"].new_page()
+    page.goto(lab["A"] + "/")
+    page.click("a.tag:has-text('stage')")
+    page.wait_for_url(re.compile(r"/search\?tag=stage"))
+    shown = set(page.eval_on_selector_all(".grid img", "imgs => imgs.map(i => i.getAttribute('src'))"))
+    records = lab["records"]
+    assert shown == {f"/c/{records['stage-1.jpg']['thumbnail']}", f"/c/{records['stage-2.jpg']['thumbnail']}"}
+    widths = page.eval_on_selector_all(".grid img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
+    assert widths == [320, 320]  # thumbnails, loaded, not the 1200 px originals
+    assert page.locator(".grid .card").count() == 3  # and the clip, without a thumbnail
+    page.click(f"a[data-cid='{records['stage-1.jpg']['cid']}']")
+    page.wait_for_function("() => { const m = document.getElementById('media'); return m && m.complete && m.naturalWidth; }")
+    assert page.eval_on_selector("#media", "m => m.naturalWidth") == 1200
+    page.close()
+
+
+def _ranges_served(lab) -> float:
+    text = lab["browser"].new_page()
+    try:
+        text.goto(lab["A"] + "/metrics")
+        body = text.inner_text("body")
+    finally:
+        text.close()
+    found = re.search(r'mesh_http_requests_total\{method="GET",route="c",status="206"\} ([0-9.]+)', body)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_clip_plays_and_seeks_with_range_requests(lab) -> None:
+    before = _ranges_served(lab)
+    page = lab["browser"].new_page()
+    page.goto(f"{lab['A']}/a/{lab['records']['set.wav']['cid']}")
+    page.wait_for_function("() => document.getElementById('media').readyState >= 1")
+    assert page.eval_on_selector("#media", "m => m.duration") == pytest.approx(8, abs=0.1)
+    page.eval_on_selector("#media", "m => { m.currentTime = 6.5; }")
+    page.wait_for_function("() => { const m = document.getElementById('media'); return !m.seeking && m.currentTime > 6; }")
+    page.close()
+    assert _ranges_served(lab) > before
+
+
+def test_consent_revoke_on_b_hides_the_asset_on_a(lab) -> None:
+    crowd = lab["records"]["crowd.jpg"]
+    browser = lab["browser"]
+    on_a = browser.new_page()
+    on_a.goto(lab["A"] + "/search?tag=crowd")
+    assert on_a.locator(f"a[data-cid='{crowd['cid']}']").count() == 1
+    attendee = browser.new_page()
+    wait_until(lambda: "photo" in attendee.goto(lab["B"] + "/api/policies").text(), 15, "B to get the policy")
+    attendee.goto(f"{lab['B']}/consent?code={lab['code']}")  # as from the badge QR
+    attendee.click("button:has-text('Stop showing')")
+    attendee.wait_for_selector(".scope.denied")
+    attendee.goto(lab["B"] + "/consent")  # the code is remembered by the browser
+    attendee.wait_for_selector(".scope.denied")
+    assert lab["code"] in attendee.url
+
+    def hidden_on_a() -> bool:
+        on_a.goto(lab["A"] + "/search?tag=crowd")
+        return on_a.locator(f"a[data-cid='{crowd['cid']}']").count() == 0
+
+    wait_until(hidden_on_a, 10, "the revoke to reach A")
+    assert on_a.goto(f"{lab['A']}/c/{crowd['cid']}").status == 410
+    assert on_a.goto(f"{lab['A']}/c/{crowd['thumbnail']}").status == 410
+    on_a.close()
+    attendee.close()
+
+
+def test_dashboard_lists_peers_and_rollback_switches_the_release(lab) -> None:
+    page = lab["browser"].new_context().new_page()
+    page.goto(lab["A"] + "/crew")
+    page.fill("#token", lab["token"])
+    page.click("button:has-text('Log in')")
+    page.wait_for_selector("#members")
+    b_row = page.locator(f"tr[data-node='{lab['b'].node_id}']")
+    assert "online" in b_row.get_attribute("class") and "edge" in b_row.inner_text()
+    assert "v2" in page.inner_text("#current-release")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click(f"tr[data-release='{lab['releases']['v1']}'] button")
+    page.wait_for_selector("#done")
+    assert "current again" in page.inner_text("#done") and "v1" in page.inner_text("#current-release")
+    wait_until(lambda: page.goto(lab["B"] + "/release/current/index.html").text() == "<h1>v1</h1>", 15,
+               "B to switch to v1")
+    page.context.close()
+
+
+def test_crew_action_without_token_is_refused(lab) -> None:
+    page = lab["browser"].new_context().new_page()
+    page.goto(lab["A"] + "/crew")
+    assert page.locator("#token").count() == 1  # the login form, no dashboard
+    status = page.evaluate("""async (id) => {
+        const body = new URLSearchParams({release_id: id, csrf: "0".repeat(64)});
+        const r = await fetch('/crew/rollback', {method: 'POST', body});
+        return r.status; }""", lab["releases"]["v2"])
+    assert status == 403
+    status = page.evaluate("async () => (await fetch('/api/crew/rollback', {method: 'POST'})).status")
+    assert status == 403
+    page.context.close()
+
+
+def test_service_worker_serves_the_page_with_the_node_stopped(lab) -> None:
+    context = lab["browser"].new_context()
+    page = context.new_page()
+    page.goto(lab["B"] + "/")
+    page.evaluate("() => navigator.serviceWorker.ready.then(() => true)")
+    page.wait_for_function("""async () => {
+        const cache = await caches.open('mesh-offline-v1');
+        return !!(await cache.match('/')) && !!(await cache.match('/release/current/index.html'));
+    }""", timeout=15000)
+    page.reload()  # now controlled by the worker
+    page.wait_for_function("() => !!navigator.serviceWorker.controller")
+    lab["b"].stop()
+    page.reload()
+    assert page.title() and page.locator("header .brand").count() == 1
+    page.goto(lab["B"] + "/release/current/index.html")
+    assert "v1" in page.content() or "v2" in page.content()
+    context.close()
