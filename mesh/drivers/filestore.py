@@ -697,6 +697,16 @@ class FileStore:
                         removed += 1
         return removed
 
+    def cids_after(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` stored chunk CIDs greater than `after`, in order (a paged listing)."""
+        rows = self._db.execute("SELECT cid FROM chunks WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
+        return [cid for (cid,) in rows.fetchall()]
+
+    def random_cids(self, count: int) -> list[str]:
+        """Up to `count` stored chunk CIDs picked at random."""
+        rows = self._db.execute("SELECT cid FROM chunks ORDER BY random() LIMIT ?", (count,))
+        return [cid for (cid,) in rows.fetchall()]
+
     def usage(self) -> tuple[int, int]:
         """(chunk count, bytes) indexed in the store."""
         count, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()

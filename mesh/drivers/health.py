@@ -89,15 +89,12 @@ class RollingSample:
 
 
 def _cids_after(store, after: str, count: int) -> list[str]:
-    # A range scan of the store's index (FileStore has no paged listing of its own yet).
-    rows = store._db.execute("SELECT cid FROM chunks WHERE cid > ? ORDER BY cid LIMIT ?", (after, count))
-    return [cid for (cid,) in rows.fetchall()]
+    return store.cids_after(after, count)
 
 
 def random_sample(store, count: int) -> list[str]:
     """`count` stored chunk CIDs picked at random (for one-off checks such as `mesh doctor`)."""
-    rows = store._db.execute("SELECT cid FROM chunks ORDER BY random() LIMIT ?", (count,))
-    return [cid for (cid,) in rows.fetchall()]
+    return store.random_cids(count)
 
 
 def _rehash_problem(store, cid_text: str) -> str | None:
