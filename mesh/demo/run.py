@@ -141,8 +141,14 @@ def _stop(nodes: list[DemoNode]) -> None:
 def _print_urls(nodes: list[DemoNode], release_id: str) -> None:
     output.stdout.print(f"AssetMesh demo: 3 nodes on {HOST}, release {release_id}", markup=False)
     for node in nodes:
-        output.stdout.print(f"  {node.name:<10} {node.url}  release: {node.url}release/current/index.html"
-                            f"  status: {node.url}api/status", markup=False)
+        output.stdout.print(f"  {node.name:<10} {node.url}  search: {node.url}search  consent: {node.url}consent"
+                            f"  release: {node.url}release/current/index.html  crew: {node.url}crew", markup=False)
+    from mesh.cli.web_cmds import crew_token_for
+    from mesh.drivers.home import Home
+
+    token = crew_token_for(Home.open(nodes[0].home))
+    if token:
+        output.stdout.print(f"crew token (log in at any node's /crew): {token}", markup=False)
     output.stdout.print("demo ready: press Ctrl-C to stop", markup=False)
     sys.stdout.flush()
 
