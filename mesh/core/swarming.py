@@ -15,8 +15,9 @@ Theory of operation:
   only hidden files use) is *withheld*: never requested, never served (ChunkMissing). File
   manifests stay shareable: they hold hashes, not media, and every node needs them to build the same
   chunk list (bitfields index into it).
-- Settling: a node that was offline may lack a revoke a peer brings. For STARTUP_SETTLE_S after
-  start, and until our state caught up with each newly ready peer (or HEADS_FALLBACK_S passed), we
+- Settling: a node that was offline may lack a revoke a peer brings. After start, until it met every
+  peer it knows of (at most STARTUP_SETTLE_S), and until our state caught up with each newly ready
+  peer (or HEADS_FALLBACK_S passed), we
   neither serve nor request chunks; requests that arrive meanwhile wait, then consent is
   re-evaluated before any of them is answered.
 """
@@ -274,7 +275,7 @@ class ReleaseSwarming:
         self._actions.append(ServeChunk(session.conn_id, str(cid)))
 
     def _settling(self, now: float) -> bool:
-        if now < self._started_at + STARTUP_SETTLE_S:
+        if now < self._started_at + STARTUP_SETTLE_S and not self._met_everyone():
             return True
         for conn_id in self._ready.values():
             session = self._sessions[conn_id]
@@ -282,6 +283,14 @@ class ReleaseSwarming:
             if not caught_up and session.ready_at is not None and now < session.ready_at + HEADS_FALLBACK_S:
                 return True
         return False
+
+    def _met_everyone(self) -> bool:
+        """At least one session is up, no dial is in flight, and no address we know is due for a
+        dial before the startup window ends: the peers around us are all met (or unreachable)."""
+        if not self._ready or self._addresses.inflight_count():
+            return False
+        next_dial = self._addresses.next_deadline(self._skip_nodes())
+        return next_dial is None or next_dial > self._started_at + STARTUP_SETTLE_S
 
     def _settle_deadlines(self, session: Session) -> list[float]:
         times = []
