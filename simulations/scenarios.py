@@ -252,11 +252,9 @@ def _asset(world: World, origin: str, label: str = "") -> AssetRecord:
 # ---- churn: nodes leave, crash and come back during a release --------------------------------------
 
 
-def churn(seed: int = 7, nodes: int = 200, leave_rate: float = 0.3, release_mb: float = 16,
-          link_mbit: float = 50, degree: int = 4, files: int = 1, ratio_max: float | None = None) -> dict:
-    """A release spreads over a LAN while `leave_rate` of the nodes leave (cleanly or by crashing)
-    and come back with their store intact or wiped; consent decisions are made meanwhile."""
-    rng = random.Random(f"{seed}/churn")
+def _consent_lan(seed: int, nodes: int, link_mbit: float, degree: int):
+    """A seed and `nodes - 1` edges on a sparse LAN (every link `link_mbit`), sessions up, a consent
+    ledger watching every decision, and a subject code: (world, link, names, edges, ledger, subject)."""
     world = new_world(seed)
     link = mbit(link_mbit)
     names = ["seed"] + [f"node-{i:03d}" for i in range(nodes - 1)]
@@ -267,6 +265,15 @@ def churn(seed: int = 7, nodes: int = 200, leave_rate: float = 0.3, release_mb: 
     ledger = checks.ConsentLedger()
     ledger.install(world)
     subject = consent.new_subject_code(random.Random(f"{seed}/subject"))
+    return world, link, names, edges, ledger, subject
+
+
+def churn(seed: int = 7, nodes: int = 200, leave_rate: float = 0.3, release_mb: float = 16,
+          link_mbit: float = 50, degree: int = 4, files: int = 1, ratio_max: float | None = None) -> dict:
+    """A release spreads over a LAN while `leave_rate` of the nodes leave (cleanly or by crashing)
+    and come back with their store intact or wiped; consent decisions are made meanwhile."""
+    rng = random.Random(f"{seed}/churn")
+    world, link, names, edges, ledger, subject = _consent_lan(seed, nodes, link_mbit, degree)
     content = release_content(seed, release_mb, files)
     receivers = names[1:]
     bound = distribution_bound(content.chunk_bytes, len(receivers), link, link, len(receivers) * link)
@@ -332,16 +339,7 @@ def partition(seed: int = 7, nodes: int = 100, split: float = 0.5, heal_after: f
     """A release starts, the mesh splits; one side revokes a consent the other side grants again
     (not having seen the revoke) and both edit tags; after the heal every replica agrees and the
     revoke stands."""
-    world = new_world(seed)
-    link = mbit(link_mbit)
-    names = ["seed"] + [f"node-{i:03d}" for i in range(nodes - 1)]
-    populate(world, [Placement(n, "organizer" if n == "seed" else "edge", link, link) for n in names])
-    edges = topology(seed, names, min(degree, nodes - 1))
-    discover_edges(world, edges)
-    settle(world, lambda w: sessions_up(w, edges), CONNECT_TIMEOUT_S, "sessions up", 0.5)
-    ledger = checks.ConsentLedger()
-    ledger.install(world)
-    subject = consent.new_subject_code(random.Random(f"{seed}/subject"))
+    world, link, names, edges, ledger, subject = _consent_lan(seed, nodes, link_mbit, degree)
     ledger.decide(world, "seed", subject, SUBJECT_SCOPE, True)
     settle(world, lambda w: w.converged(), 60, "grant everywhere", 0.1)
     content = release_content(seed, release_mb, files)

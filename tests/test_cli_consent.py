@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from mesh.drivers.statefile import StateFile
 from mesh.state import consent as cs
 from mesh.state.document import actor_id
-from tests.agents import Node, free_port, stop_all, wait_until
+from tests.agents import Node, free_port, http_status, stop_all, wait_until
 from tests.conftest import assert_one_line_error, run_mesh
 
 CHUNK = 262_144  # the store's chunk size: files sharing a first chunk share a stored chunk
@@ -243,15 +241,6 @@ def _state_path(home: Path) -> Path:
     return Home.open(home).state_path
 
 
-def _http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 @pytest.mark.slow  # starts an agent
 def test_http_never_serves_hidden_media(photo_policy: Path, tmp_path: Path) -> None:
     home = photo_policy
@@ -264,13 +253,13 @@ def test_http_never_serves_hidden_media(photo_policy: Path, tmp_path: Path) -> N
     node.start("--no-mdns", "--http", f"127.0.0.1:{port}")
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _http_status(f"{base}/healthz") == 200, 20, "http to come up")
-        assert _http_status(f"{base}/c/{cid}") in (404, 410)  # default deny: never served
-        assert _http_status(f"{base}/c/{plain}") == 200
+        wait_until(lambda: http_status(f"{base}/healthz") == 200, 20, "http to come up")
+        assert http_status(f"{base}/c/{cid}") in (404, 410)  # default deny: never served
+        assert http_status(f"{base}/c/{plain}") == 200
         _ok(run_mesh("consent", "grant", code, "photo", home=home))
-        wait_until(lambda: _http_status(f"{base}/c/{cid}") == 200, 20, "the grant to apply")
+        wait_until(lambda: http_status(f"{base}/c/{cid}") == 200, 20, "the grant to apply")
         _ok(run_mesh("consent", "revoke", code, "photo", home=home))
-        wait_until(lambda: _http_status(f"{base}/c/{cid}") in (404, 410), 20, "the revoke to apply")
-        assert _http_status(f"{base}/c/{plain}") == 200
+        wait_until(lambda: http_status(f"{base}/c/{cid}") in (404, 410), 20, "the revoke to apply")
+        assert http_status(f"{base}/c/{plain}") == 200
     finally:
         stop_all([node])

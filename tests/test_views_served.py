@@ -3,23 +3,11 @@ count (not HEAD, not a 304, not a Range that starts past byte 0): a real `mesh u
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from agents import Node, free_port, wait_until
-
-
-def _status(url: str, method: str = "GET", headers: dict | None = None) -> int:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+from tests.agents import Node, free_port, http_status, wait_until
 
 
 @pytest.mark.slow  # starts an agent and waits for one view flush
@@ -32,12 +20,12 @@ def test_full_reads_count_one_view_per_tag_and_nothing_else_does(tmp_path: Path)
     node.start("--no-mdns", "--http", f"127.0.0.1:{http}")
     try:
         url = f"http://127.0.0.1:{http}/c/{cid}"
-        wait_until(lambda: _status(f"http://127.0.0.1:{http}/healthz") == 200, 20, "http up")
-        assert _status(url) == 200
-        assert _status(url, headers={"Range": "bytes=0-99"}) == 206  # starts at 0: a view
-        assert _status(url, method="HEAD") == 200
-        assert _status(url, headers={"Range": "bytes=100-199"}) == 206
-        assert _status(url, headers={"If-None-Match": f'"{cid}"'}) == 304
+        wait_until(lambda: http_status(f"http://127.0.0.1:{http}/healthz") == 200, 20, "http up")
+        assert http_status(url) == 200
+        assert http_status(url, headers={"Range": "bytes=0-99"}) == 206  # starts at 0: a view
+        assert http_status(url, method="HEAD") == 200
+        assert http_status(url, headers={"Range": "bytes=100-199"}) == 206
+        assert http_status(url, headers={"If-None-Match": f'"{cid}"'}) == 304
         wait_until(lambda: node.json("stats")["tags"].get("merch") == 2, 20,
                    "two views of merch in the shared counters")
         views = node.json("stats")["tags"]

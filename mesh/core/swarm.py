@@ -85,7 +85,6 @@ class Swarm:
         self._index: dict[Cid, int] = {}
         self._sizes: list[int] = []
         self._have = bytearray()
-        self._have_count = 0
         self._missing: dict[int, None] = {}  # indices we lack, in list order
         self.have_bytes = 0
         self.total_bytes = 0
@@ -227,7 +226,6 @@ class Swarm:
             return None
         _set_bit(self._have, index)
         self._missing.pop(index, None)
-        self._have_count += 1
         self.have_bytes += self._sizes[index]
         return index
 
