@@ -12,8 +12,8 @@ class CoreLimits:
     """Timings and bounds of the protocol engine."""
 
     hello_timeout_s: float = 10.0  # a session that sends no valid Hello by then is closed
-    ping_interval_s: float = 5.0  # send a Ping when a session has been quiet this long
-    peer_timeout_s: float = 20.0  # close a session that has sent nothing for this long
+    ping_interval_s: float = 15.0  # Ping a peer not heard from this long (TCP loses no Ping: two chances per timeout)
+    peer_timeout_s: float = 30.0  # close a session that has sent nothing for this long (Syncthing: 5 min)
     dial_backoff_min_s: float = 1.0  # first retry delay after a failed dial
     dial_backoff_max_s: float = 60.0  # retry delay cap
     dial_grace_s: float = 2.0  # the larger node id waits this long before dialing a discovery

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from mesh.content.chunking import CHUNK_BYTES_START
 from mesh.drivers.statefile import StateFile
 from mesh.state import consent as cs
 from mesh.state.document import actor_id
 from tests.agents import Node, free_port, http_status, stop_all, wait_until
 from tests.conftest import assert_one_line_error, run_mesh
 
-CHUNK = 262_144  # the store's chunk size: files sharing a first chunk share a stored chunk
+CHUNK = CHUNK_BYTES_START  # the store's chunk size: files sharing a first chunk share a stored chunk
 
 
 def _ok(result) -> str:

@@ -33,7 +33,7 @@ def _site(root: Path, seed: int) -> dict[str, bytes]:
     nfd_name = unicodedata.normalize("NFD", "café.txt")
     return {
         "index.html": _write(root / "index.html", 100, seed),
-        "media/clip.mp4": _write(root / "media" / "clip.mp4", 700_000, seed + 1),  # 3 chunks
+        "media/clip.mp4": _write(root / "media" / "clip.mp4", 2_500_000, seed + 1),  # 3 chunks of 1 MiB
         "café.txt": _write(root / nfd_name, 10, seed + 2),
     }
 
@@ -149,9 +149,9 @@ def test_gc_keeps_current_and_previous_releases_and_pinned_ones(org_home: Path, 
     assert_one_line_error(run_mesh("cat", files[made[0]["id"]][0], home=org_home), "no file")
     kept = [cid for release in made[1:] for cid in files[release["id"]]]  # previous, current, pinned
     out = run_mesh("cat", *kept, home=org_home)
-    assert out.returncode == 0 and len(out.stdout) == 3 * 700_110
+    assert out.returncode == 0 and len(out.stdout) == 3 * 2_500_110
     sizes = {row["id"]: row["total_bytes"] for row in _history(org_home)}
-    assert sizes[made[0]["id"]] is None and sizes[made[1]["id"]] == 700_110
+    assert sizes[made[0]["id"]] is None and sizes[made[1]["id"]] == 2_500_110
 
     # after a rollback, v1 is current and v0 previous: but v0 is gone, so nothing comes back
     assert run_mesh("release", "rollback", home=org_home).returncode == 0

@@ -8,11 +8,12 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_mesh
+from tests.conftest import assert_one_line_error, mesh_env, run_mesh
 
 
 def _json(result: subprocess.CompletedProcess):
@@ -43,7 +44,7 @@ def test_add_directory_ls_by_tag_and_cat_byte_identical(org_home: Path, tmp_path
     assets = tmp_path / "assets"
     originals = {
         "a.txt": _write(assets / "a.txt", 10, 1),
-        "sub/b.bin": _write(assets / "sub" / "b.bin", 700_000, 2),  # several 256 KiB chunks
+        "sub/b.bin": _write(assets / "sub" / "b.bin", 2_700_000, 2),  # three 1 MiB chunks
         "empty.dat": _write(assets / "empty.dat", 0, 3),
     }
     added = _json(run_mesh("add", assets, "--tag", "Music", "--tag", "merch", "--json", home=org_home))
@@ -96,7 +97,7 @@ def test_tag_add_and_remove(org_home: Path, tmp_path: Path) -> None:
 
 
 def test_verify_names_and_quarantines_a_flipped_byte(org_home: Path, tmp_path: Path) -> None:
-    _write(tmp_path / "v.bin", 600_000, 6)
+    _write(tmp_path / "v.bin", 2_600_000, 6)  # three 1 MiB chunks and a manifest
     cid = _json(run_mesh("add", tmp_path / "v.bin", "--json", home=org_home))[0]["cid"]
     clean = _json(run_mesh("verify", "--json", home=org_home))
     assert clean["corrupt"] == [] and clean["checked"] >= 3
@@ -187,3 +188,43 @@ def test_disk_full_is_one_line_and_keeps_the_store_consistent(tiny_disk: Path, t
     verify = _json(run_mesh("verify", "--json", home=home))
     assert verify["corrupt"] == [] and verify["missing"] == []
     assert [r["name"] for r in _json(run_mesh("ls", "--json", home=home))] == ["small.bin"]
+
+
+def test_cat_stops_at_a_corrupt_chunk_mid_file_with_one_line_naming_it(org_home: Path, tmp_path: Path) -> None:
+    from mesh.content.chunking import CHUNK_BYTES_START
+    from mesh.drivers.filestore import FileStore
+
+    data = _write(tmp_path / "film.bin", 4 * CHUNK_BYTES_START + 9, 13)
+    after = _write(tmp_path / "after.txt", 100, 14)
+    added = _json(run_mesh("add", tmp_path / "film.bin", tmp_path / "after.txt", "--json", home=org_home))
+    store = FileStore(org_home / "store")
+    _, chunks = store.object_chunks(added[0]["cid"])
+    victim = store._chunk_path(chunks[2])
+    store.close()
+    raw = bytearray(victim.read_bytes())
+    raw[12345] ^= 0x40
+    victim.write_bytes(bytes(raw))
+
+    result = run_mesh("cat", added[0]["cid"], added[1]["cid"], home=org_home)
+    first = assert_one_line_error(result, chunks[2], "corrupt")
+    assert result.returncode == 1 and len(result.stderr.decode().strip().splitlines()) == 1, first
+    assert result.stdout == data[:2 * CHUNK_BYTES_START]  # verified bytes before it, nothing after
+    assert after not in result.stdout
+
+
+@pytest.mark.parametrize("command", ["cat", "add"])
+def test_cat_and_add_start_without_heavy_imports(org_home: Path, tmp_path: Path, command: str) -> None:
+    """`mesh cat` and `mesh add --json` pay their imports on every run (see docs/benchmarks.md)."""
+    _write(tmp_path / "x.bin", 1000, 15)
+    cid = _json(run_mesh("add", tmp_path / "x.bin", "--json", home=org_home))[0]["cid"]
+    args = ("cat", cid) if command == "cat" else ("add", tmp_path / "x.bin", "--json")
+    traced = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mesh", "--home", str(org_home), *map(str, args)],
+        capture_output=True, env=mesh_env(), check=False,
+    )
+    assert traced.returncode == 0, traced.stderr.decode()[-2000:]
+    imported = {line.split("|")[-1].strip() for line in traced.stderr.decode().splitlines() if "|" in line}
+    heavy = {"rich", "trio", "zeroconf", "starlette", "mesh.state.consent"}
+    if command == "cat":
+        heavy.add("automerge")  # `add` records assets in the shared (Automerge) state; `cat` never
+    assert not heavy & imported

@@ -18,6 +18,7 @@ from mesh.content import (
     BLAKE3,
     CHUNK_BYTES_MAX,
     CHUNK_BYTES_MIN,
+    CHUNK_BYTES_START,
     CHUNKS_PER_FILE_TARGET,
     DAG_CBOR,
     RAW,
@@ -231,7 +232,7 @@ def test_chunk_boundaries(chunk_bytes: int, delta: int, multiple: int) -> None:
     _assert_chunks_reassemble(os.urandom(size), chunk_bytes)
 
 
-MIN = CHUNK_BYTES_MIN
+MIN = CHUNK_BYTES_START
 
 
 @pytest.mark.parametrize("size", [0, 1, MIN - 1, MIN, MIN + 1, 3 * MIN + 5])
@@ -273,10 +274,10 @@ def test_iter_chunks_checks_arguments_before_reading() -> None:
 @given(st.integers(min_value=0, max_value=CHUNK_BYTES_MAX * CHUNKS_PER_FILE_TARGET))
 def test_chunk_bytes_for_keeps_files_within_target(size: int) -> None:
     chunk_bytes = chunk_bytes_for(size)
-    assert CHUNK_BYTES_MIN <= chunk_bytes <= CHUNK_BYTES_MAX
+    assert CHUNK_BYTES_START <= chunk_bytes <= CHUNK_BYTES_MAX
     assert chunk_bytes & (chunk_bytes - 1) == 0
     assert chunk_count(size, chunk_bytes) <= CHUNKS_PER_FILE_TARGET
-    assert chunk_bytes == CHUNK_BYTES_MIN or chunk_count(size, chunk_bytes // 2) > CHUNKS_PER_FILE_TARGET
+    assert chunk_bytes == CHUNK_BYTES_START or chunk_count(size, chunk_bytes // 2) > CHUNKS_PER_FILE_TARGET
 
 
 @given(st.integers(min_value=CHUNK_BYTES_MAX * CHUNKS_PER_FILE_TARGET + 1, max_value=1 << 50))
@@ -285,9 +286,9 @@ def test_chunk_bytes_for_caps_at_max(size: int) -> None:
 
 
 def test_chunk_bytes_for_steps() -> None:
-    assert chunk_bytes_for(0) == CHUNK_BYTES_MIN
-    assert chunk_bytes_for(CHUNK_BYTES_MIN * CHUNKS_PER_FILE_TARGET) == CHUNK_BYTES_MIN
-    assert chunk_bytes_for(CHUNK_BYTES_MIN * CHUNKS_PER_FILE_TARGET + 1) == 2 * CHUNK_BYTES_MIN
+    assert chunk_bytes_for(0) == CHUNK_BYTES_START
+    assert chunk_bytes_for(CHUNK_BYTES_START * CHUNKS_PER_FILE_TARGET) == CHUNK_BYTES_START
+    assert chunk_bytes_for(CHUNK_BYTES_START * CHUNKS_PER_FILE_TARGET + 1) == 2 * CHUNK_BYTES_START
     assert chunk_bytes_for(2 << 30) == 2 * 1024 * 1024  # a 2 GiB video: 1024 chunks of 2 MiB
     with pytest.raises(ValueError):
         chunk_bytes_for(-1)
@@ -387,7 +388,7 @@ def test_file_cid_of_one_chunk_is_the_chunk() -> None:
 
 
 def test_file_cid_of_a_stream() -> None:
-    data = os.urandom(2 * CHUNK_BYTES_MIN + 3)
+    data = os.urandom(2 * CHUNK_BYTES_START + 3)
     chunk_cids = [cid_for_raw(chunk) for chunk in iter_chunks(io.BytesIO(data), len(data))]
     cid, manifest = file_cid(chunk_cids, len(data), chunk_bytes_for(len(data)))
     assert manifest is not None and cid == manifest.cid

@@ -31,8 +31,14 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _start_add(home: Path, payload: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mesh", "--home", str(home), "add", str(payload), "--json"]
+# The real CLI with batches of 8 chunks, so a kill lands among many background batch flushes.
+SMALL_BATCHES = "import sys, mesh.drivers.filestore as s; s.BATCH_CHUNKS_MAX = 8; " \
+    "from mesh.cli.main import main; main(sys.argv[1:])"
+
+
+def _start_add(home: Path, payload: Path, small_batches: bool = False) -> subprocess.Popen:
+    launcher = ["-c", SMALL_BATCHES] if small_batches else ["-m", "mesh"]
+    cmd = [sys.executable, *launcher, "--home", str(home), "add", str(payload), "--json"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=mesh_env())
 
 
@@ -60,13 +66,15 @@ def _index_consistent(home: Path) -> None:
         assert path.stat().st_size == size
 
 
-@pytest.mark.parametrize("chunk_files_min", [1, 100, 300])
+@pytest.mark.parametrize(("chunk_files_min", "small_batches"), [
+    (1, False), (100, False), (300, False), (40, True), (200, True),
+])
 def test_sigkill_during_add_leaves_a_clean_store(
-    tmp_path: Path, payload: Path, chunk_files_min: int
+    tmp_path: Path, payload: Path, chunk_files_min: int, small_batches: bool
 ) -> None:
     home = tmp_path / "home"
     assert run_mesh("init", "crash", home=home).returncode == 0
-    proc = _start_add(home, payload)
+    proc = _start_add(home, payload, small_batches)
     _wait_for_progress(home, proc, chunk_files_min)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)

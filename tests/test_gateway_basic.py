@@ -26,7 +26,7 @@ def node(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("gw")
     org = Node(root / "org")
     org.cli("init", "gw-test")
-    data = hashlib.shake_256(b"clip").digest(700_000)  # three chunks and a manifest
+    data = hashlib.shake_256(b"clip").digest(2_500_000)  # three chunks and a manifest
     (root / "site").mkdir()
     (root / "site" / "clip.mp4").write_bytes(data)
     (root / "site" / "index.html").write_bytes(b"<h1>hello</h1>")
@@ -52,10 +52,10 @@ def test_whole_file_by_cid_with_immutable_caching(node) -> None:
 @pytest.mark.parametrize("header, start, end", [
     ("bytes=0-0", 0, 1),
     ("bytes=10-19", 10, 20),
-    ("bytes=262140-262150", 262140, 262151),  # across a chunk boundary
-    ("bytes=699990-", 699990, 700000),
-    ("bytes=-5", 699995, 700000),
-    ("bytes=500000-9999999", 500000, 700000),  # end past the file is clamped
+    ("bytes=1048570-1048580", 1048570, 1048581),  # across a chunk boundary
+    ("bytes=2499990-", 2499990, 2500000),
+    ("bytes=-5", 2499995, 2500000),
+    ("bytes=500000-9999999", 500000, 2500000),  # end past the file is clamped
 ])
 def test_ranges(node, header: str, start: int, end: int) -> None:
     base, cid, data = node
@@ -66,7 +66,7 @@ def test_ranges(node, header: str, start: int, end: int) -> None:
 
 def test_unsatisfiable_range_head_and_conditional_get(node) -> None:
     base, cid, data = node
-    assert _get(f"{base}/c/{cid}", {"Range": "bytes=700000-"})[0] == 416
+    assert _get(f"{base}/c/{cid}", {"Range": "bytes=2500000-"})[0] == 416
     status, headers, body = _get(f"{base}/c/{cid}", method="HEAD")
     assert status == 200 and headers["content-length"] == str(len(data)) and body == b""
     assert _get(f"{base}/c/{cid}", {"If-None-Match": f'"{cid}"'})[0] == 304

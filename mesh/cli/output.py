@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
-from rich.console import Console
+_CONSOLES: dict[str, Any] = {}  # "stdout"/"stderr" -> rich Console, made on first use
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def __getattr__(name: str) -> Any:
+    """`output.stdout` and `output.stderr`: rich Consoles, imported only when a command prints
+    through them (rich costs ~40 ms of start-up that `mesh cat` and `mesh add --json` skip)."""
+    if name not in ("stdout", "stderr"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> Any:  # -> rich.console.Console
+    if name not in _CONSOLES:
+        from rich.console import Console
+
+        _CONSOLES[name] = Console(stderr=name == "stderr", highlight=False, soft_wrap=True)
+    return _CONSOLES[name]
 
 
 def print_json(value: Any) -> None:
@@ -21,7 +34,7 @@ def print_json(value: Any) -> None:
 
 def fail_line(message: str) -> None:
     """The single line a user sees for an error."""
-    stderr.print(f"[bold red]error:[/] {message}", markup=True)
+    _console("stderr").print(f"[bold red]error:[/] {message}", markup=True)
 
 
 @contextmanager
@@ -37,6 +50,6 @@ def byte_progress(description: str, total: int, quiet: bool) -> Iterator[Callabl
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*columns, console=_console("stderr"), transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)

@@ -1,4 +1,8 @@
-"""Commands on the local store: add, ls, cat, tag, verify, gc."""
+"""Commands on the local store: add, ls, cat, tag, verify, gc.
+
+Imports stay light at module level (`mesh cat` and `mesh add` pay them on every run); what only
+one command needs is imported inside it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +20,6 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.content.cid import Cid
 from mesh.drivers.filestore import AddedFile, FileStore
-from mesh.drivers.purge import keep_set, visible_records
 from mesh.errors import NotFoundError, UsageError
 from mesh.state.records import AssetRecord, normalize_tag
 
@@ -82,6 +85,9 @@ def _asset_json(record: AssetRecord) -> dict:
 
 def _subjects(values: tuple[str, ...]) -> frozenset[str]:
     """Canonical subject codes of `--subject` values; UsageError naming the bad one."""
+    if not values:
+        return frozenset()
+    # ~75 ms of imports, so only when a subject is given
     from mesh.state.consent import parse_subject_code
 
     codes = set()
@@ -177,6 +183,8 @@ def _retention_s(text: str | None) -> float | None:
 @pass_context
 def ls(ctx: Context, tag: str | None, as_json: bool) -> None:
     """List the assets this node may show (hidden: lacking consent, or expired)."""
+    from mesh.drivers.purge import visible_records
+
     state = ctx.state_file().load(ctx.actor())
     authority = ctx.home().info.authority_public_key
     records = visible_records(state, authority, time.time(), _tags((tag,))[0] if tag else None)
@@ -194,14 +202,29 @@ def ls(ctx: Context, tag: str | None, as_json: bool) -> None:
 @pass_context
 def cat(ctx: Context, cids: tuple[str, ...]) -> None:
     """Write files' bytes to stdout, one after another (every chunk verified)."""
-    parsed = [_parse_cid(cid) for cid in cids]
+    for cid in cids:
+        _parse_cid(cid)  # canonical text, so the store can take it as it is
     store, _ = open_store(ctx)
-    for cid in parsed:
-        store.object_chunks(cid)  # fail before writing anything if one is unknown
-    out = sys.stdout.buffer
-    for data in store.iter_objects_parallel(parsed):
-        out.write(data)
-    out.flush()
+    views = store.read_objects(cids)  # fails before writing anything if one is unknown
+    write = _raw_writer(sys.stdout)
+    for view in views:
+        write(view)
+
+
+def _raw_writer(stream) -> Callable[[memoryview], None]:
+    """Large writes straight to the file descriptor under `stream` (or to `stream` itself)."""
+    stream.flush()
+    try:
+        fd = stream.buffer.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (io.UnsupportedOperation too)
+        buffer = getattr(stream, "buffer", stream)
+        return lambda view: (buffer.write(view), buffer.flush())
+    return lambda view: _write_all(fd, view)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view.nbytes:
+        view = view[os.write(fd, view):]
 
 
 @click.command()
@@ -255,6 +278,8 @@ def verify(ctx: Context, as_json: bool) -> None:
 @pass_context
 def gc(ctx: Context, as_json: bool) -> None:
     """Delete chunks no asset or release needs, and leftovers of interrupted imports."""
+    from mesh.drivers.purge import keep_set
+
     store, _ = open_store(ctx)
     state = ctx.state_file().load(ctx.actor())
     keep = keep_set(state, store, ctx.home().info.authority_public_key)

@@ -6,6 +6,7 @@ Pure code: nothing here opens files or sockets; callers pass in streams and byte
 from mesh.content.chunking import (
     CHUNK_BYTES_MAX,
     CHUNK_BYTES_MIN,
+    CHUNK_BYTES_START,
     CHUNKS_PER_FILE_TARGET,
     chunk_bytes_for,
     chunk_count,
@@ -21,6 +22,7 @@ __all__ = [
     "CHUNKS_PER_FILE_TARGET",
     "CHUNK_BYTES_MAX",
     "CHUNK_BYTES_MIN",
+    "CHUNK_BYTES_START",
     "DAG_CBOR",
     "RAW",
     "SHA2_256",

@@ -1,9 +1,10 @@
 """Fixed-size chunking with a chunk size that scales with the file, as Syncthing does.
 
 A file of `size` bytes is cut into chunks of `chunk_bytes_for(size)` bytes (the last one shorter).
-The chunk size is the smallest power of two in [CHUNK_BYTES_MIN, CHUNK_BYTES_MAX] that keeps the
+The chunk size is the smallest power of two in [CHUNK_BYTES_START, CHUNK_BYTES_MAX] that keeps the
 file within CHUNKS_PER_FILE_TARGET chunks, so per-chunk overhead stays bounded for big files and
-small files still split finely enough to swarm. Why not content-defined chunking: see
+medium files still split finely enough to swarm. Manifests may name chunk sizes down to
+CHUNK_BYTES_MIN (what earlier versions chose), so their releases still verify and swarm. Why not content-defined chunking: see
 docs/content-addressing.md.
 """
 
@@ -13,7 +14,8 @@ from typing import BinaryIO, Iterator
 
 from mesh.errors import StoreError
 
-CHUNK_BYTES_MIN = 256 * 1024
+CHUNK_BYTES_MIN = 256 * 1024  # the smallest nominal chunk size a manifest may name
+CHUNK_BYTES_START = 1024 * 1024  # the chunk size new files start from (see docs/content-addressing.md)
 CHUNK_BYTES_MAX = 16 * 1024 * 1024
 CHUNKS_PER_FILE_TARGET = 2000
 
@@ -22,7 +24,7 @@ def chunk_bytes_for(size: int) -> int:
     """The nominal chunk size for a file of `size` bytes."""
     if size < 0:
         raise ValueError("a size is not negative")
-    chunk_bytes = CHUNK_BYTES_MIN
+    chunk_bytes = CHUNK_BYTES_START
     while chunk_bytes < CHUNK_BYTES_MAX and chunk_count(size, chunk_bytes) > CHUNKS_PER_FILE_TARGET:
         chunk_bytes *= 2
     return chunk_bytes

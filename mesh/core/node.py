@@ -31,7 +31,7 @@ from mesh.core.events import (
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
 from mesh.core.swarm import SwarmLimits
-from mesh.core.swarming import HEADS_FALLBACK_S, ReleaseSwarming
+from mesh.core.swarming import HEADS_FALLBACK_S, STARTUP_SETTLE_S, ReleaseSwarming
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
 from mesh.state.document import MeshState
@@ -42,6 +42,7 @@ FEATURES = ("state-sync/1", "swarm/1")
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 SEEN_HEADS_MAX = 1 << 16  # our past heads remembered for the fast path
+PEX_SHARE_MAX = 8  # peers told about a new peer
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class NodeCore(ReleaseSwarming):
         self._health_blob: bytes | None = None  # ... as sent to peers
         self.peer_health: dict[str, tuple[float, dict]] = {}  # node -> (received at, its latest report)
         self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
+        self._timers_at = now  # no session timer or dial is due before this (see `_wake_timers`)
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -116,13 +118,10 @@ class NodeCore(ReleaseSwarming):
 
     def next_deadline(self) -> float | None:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
-        times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
         swarm_at = self._swarm_deadline()
-        times += [t for t in (swarm_at, self._flush_at, self._withheld_at) if t is not None]
-        if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
-            dial_at = self._addresses.next_deadline(self._skip_nodes())
-            if dial_at is not None:
-                times.append(dial_at)
+        times = [t for t in (swarm_at, self._flush_at, self._withheld_at) if t is not None]
+        if self._timers_at != float("inf"):
+            times.append(self._timers_at)
         return min(times) if times else None
 
     def authenticate(self, chain: bytes, node_public_key: bytes, now: float) -> Member:
@@ -177,6 +176,7 @@ class NodeCore(ReleaseSwarming):
         }
 
     def _on_connected(self, event: Connected, now: float) -> None:
+        self._wake_timers()
         session = Session(
             conn_id=event.conn_id, peer=event.peer, chain=event.chain, remote=event.remote,
             outbound=event.outbound, opened_at=now, last_rx=now, last_tx=now,
@@ -211,6 +211,7 @@ class NodeCore(ReleaseSwarming):
             self._close(session, f"protocol error: {exc}")
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
+        self._wake_timers()
         session = self._sessions.pop(event.conn_id, None)
         if session is None:
             return
@@ -221,6 +222,7 @@ class NodeCore(ReleaseSwarming):
             self._addresses.dial_finished(session.remote, session.node_id, now)
 
     def _on_dial_failed(self, event: DialFailed, now: float) -> None:
+        self._wake_timers()
         self._addresses.dial_failed(event.address, now)
         self._emit("peer.dial_failed", addr=_fmt(event.address), reason=event.reason)
 
@@ -229,6 +231,7 @@ class NodeCore(ReleaseSwarming):
         if node is not None and (node == self.identity.node_id or self.revocations.is_revoked(node)):
             return
         # When both sides discover each other, the smaller node id dials first.
+        self._wake_timers()
         delay = self.limits.dial_grace_s if node is not None and node < self.identity.node_id else 0.0
         for address in event.addresses:
             self._addresses.learn(address, node, event.source, now, delay)
@@ -247,6 +250,7 @@ class NodeCore(ReleaseSwarming):
 
     def _on_shutdown(self, event: ShutdownRequested, now: float) -> None:
         self._shutting_down = True
+        self._wake_timers()
         for session in list(self._sessions.values()):
             self._close(session, f"shutting down ({event.reason})")
 
@@ -314,6 +318,7 @@ class NodeCore(ReleaseSwarming):
     def _on_ready(self, session: Session, now: float) -> None:
         peer = session.peer
         session.ready_at = now
+        self._wake_timers()  # its settle and fallback deadlines; a dial it makes unnecessary
         self._emit("peer.connected", node=peer.node_id, name=peer.name, role=peer.role.value,
                    addr=_fmt(session.remote), outbound=session.outbound)
         listen = session.listen_address()
@@ -624,13 +629,18 @@ class NodeCore(ReleaseSwarming):
             self._send(session, m.PeerAddresses(tuple(records)), now)
 
     def _share_new_peer(self, new: Session, now: float) -> None:
+        """Tell a few other peers (at most PEX_SHARE_MAX, at random) about a new one. The newcomer
+        already got our whole list and dials it; telling every peer would cost N^3 records when a
+        whole venue starts at once."""
         listen = new.listen_address()
         if listen is None:
             return
         record = m.PeerAddresses((m.PeerAddress(new.node_id, listen[0], listen[1]),))
-        for session in self.peers():
-            if session.conn_id != new.conn_id:
-                self._send(session, record, now)
+        others = [session for session in self.peers() if session.conn_id != new.conn_id]
+        if len(others) > PEX_SHARE_MAX:
+            others = self._rng.sample(others, PEX_SHARE_MAX)
+        for session in others:
+            self._send(session, record, now)
 
     # ---- timers -----------------------------------------------------------------------------------
 
@@ -639,23 +649,45 @@ class NodeCore(ReleaseSwarming):
             return []
         if session.phase is Phase.HELLO:
             return [session.opened_at + self.limits.hello_timeout_s]
-        quiet = max(session.last_tx, session.last_rx)
+        quiet = max(session.last_rx, session.ping_at)
         times = [quiet + self.limits.ping_interval_s, session.last_rx + self.limits.peer_timeout_s]
         times += self._settle_deadlines(session)
         return times + ([session.fallback_at] if session.fallback_at is not None else [])
+
+    def _wake_timers(self) -> None:
+        """Something may have moved a session timer or a dial earlier: look at them all after this
+        event. (Deadlines that only move later, like a ping after traffic, need no wake-up.)"""
+        self._timers_at = self._now
 
     def _on_timers(self, now: float) -> None:
         self._flush_state(now)
         if now >= self._withheld_at:
             self._refresh_withheld(now)
+        if now >= self._timers_at:
+            self._session_and_dial_timers(now)
         settling = self._settling(now)
         if not settling:
             self._release_deferred(now)
+        if not self._shutting_down:
+            self._run_swarm(now, settling)
+
+    def _session_and_dial_timers(self, now: float) -> None:
+        """Every session's timers and due dials; then when to look again (O(sessions + addresses),
+        so it runs when something is due or changed, not after every event)."""
         for session in list(self._sessions.values()):
             self._session_timers(session, now)
+        skip = self._skip_nodes()
         if not self._shutting_down:
-            self._dial_due(now)
-            self._run_swarm(now, settling)
+            self._dial_due(now, skip)
+        times = [t for s in self._sessions.values() for t in self._session_deadlines(s)]
+        dial_at = None
+        if not self._shutting_down and self._addresses.inflight_count() < self.limits.dials_inflight_max:
+            dial_at = self._addresses.next_deadline(skip)
+            if dial_at is not None:
+                times.append(dial_at)
+        self._timers_at = min(times) if times else float("inf")
+        if now < self._started_at + STARTUP_SETTLE_S:
+            self._met_all = self._met_everyone(dial_at)
 
     def _session_timers(self, session: Session, now: float) -> None:
         if session.phase is Phase.HELLO and now >= session.opened_at + self.limits.hello_timeout_s:
@@ -668,7 +700,11 @@ class NodeCore(ReleaseSwarming):
             if session.peer_heads is None or not self._knows(session.peer_heads):
                 self._use_automerge_sync(session, now)
             session.fallback_at = None
-        if now >= max(session.last_tx, session.last_rx) + self.limits.ping_interval_s:
+        # Ping a peer we have not heard from (what we send does not count: traffic can be one-way,
+        # e.g. HaveUpdates go only to peers that lack a chunk). Sessions due within the next quarter
+        # interval are pinged too: one wake-up serves them all, not one per session.
+        if now >= max(session.last_rx, session.ping_at) + self.limits.ping_interval_s * 0.75:
+            session.ping_at = now
             session.ping_nonce = self._rng.getrandbits(63)
             self._send(session, m.Ping(session.ping_nonce), now)
 
@@ -677,17 +713,20 @@ class NodeCore(ReleaseSwarming):
         banned = {node for node, until in self._banned_until.items() if until > self._now}
         return connected | banned | {self.identity.node_id}
 
-    def _dial_due(self, now: float) -> None:
+    def _dial_due(self, now: float, skip: set[str]) -> None:
         slots = self.limits.dials_inflight_max - self._addresses.inflight_count()
         if slots <= 0:
             return
-        for candidate in self._addresses.due(now, self._skip_nodes(), slots):
+        for candidate in self._addresses.due(now, skip, slots):
             self._actions.append(Dial(candidate.address, candidate.node_id))
 
     # ---- helpers ----------------------------------------------------------------------------------
 
     def _send(self, session: Session, msg: m.Message, now: float) -> None:
-        data = m.encode(msg)
+        self._send_encoded(session, m.encode(msg), now)
+
+    def _send_encoded(self, session: Session, data: bytes, now: float) -> None:
+        """Send a message already encoded (one message to many peers is encoded once)."""
         session.last_tx = now
         session.bytes_out += len(data)
         self._actions.append(Send(session.conn_id, data))
@@ -695,6 +734,7 @@ class NodeCore(ReleaseSwarming):
     def _close(self, session: Session, reason: str) -> None:
         if session.phase is Phase.CLOSING:
             return
+        self._wake_timers()  # its node may be dialled again
         self._actions.append(Send(session.conn_id, m.encode(m.Close(reason[: m.CLOSE_REASON_BYTES_MAX]))))
         session.advance(Trigger.CLOSE)
         self._drop_ready(session)

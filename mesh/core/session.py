@@ -55,6 +55,7 @@ class Session:
     last_tx: float = 0.0  # when we last sent anything
     listen_port: int | None = None  # where the peer accepts sessions (from its Hello)
     ping_nonce: int | None = None  # outstanding Ping
+    ping_at: float = float("-inf")  # when we last sent a Ping
     sync_parts: list[bytes] = field(default_factory=list)  # pieces of a state sync message
     sync_parts_bytes: int = 0  # their total size
     peer_haves: dict[bytes, tuple[int, bytearray]] = field(default_factory=dict)  # release root ->

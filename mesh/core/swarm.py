@@ -15,12 +15,26 @@ Rules:
   chunk that took longer; halves on a timeout; always within [depth_min, depth_max]). Latency, not
   just delivery, steers it: a peer that many others also ask (a lone seed) answers late, and a deep
   pipeline there would hoard chunks other peers could serve sooner.
-- Rarest first: among chunks we lack, that this peer has and nobody is fetching, pick the ones held
-  by the fewest peers (random tie-break from the injected rng).
+- A node-wide budget bounds the bytes in flight over all peers: what this node received in the last
+  `rate_window_s`, scaled to `inflight_queue_s` of queue (within [inflight_bytes_min,
+  inflight_bytes_max]; `inflight_bytes_start` until a rate is known). Per-peer pipelines alone do
+  not bound it: on a shared medium (one Wi-Fi access point) forty peers times two chunks each is
+  more than the air carries in a timeout, and requests would time out and be sent again, each
+  copy taking more air (congestion collapse). The budget keeps queueing near `inflight_queue_s`.
+- Rarest first, chunk by chunk: every chunk we lack and nobody is fetching, fewest holders first
+  (ties in an order the injected rng draws once per node, so nodes do not all chase the same chunk),
+  goes to the holder with the most room in its pipeline (a slow or busy peer's pipeline has shrunk).
+- Seed avoidance: a peer that holds the whole release (a seed) is asked for a chunk only if no other
+  peer holds it, unless a non-seed peer stalled (timed out since it last delivered). The seed's
+  upload is the scarce resource: each byte it sends should be a byte no one else has yet.
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
-  duplicate each request that is late (unanswered for `request_latency_target_s`) to another peer
-  that holds the chunk (at most `endgame_copies_max` per chunk); the first arrival wins and the
-  others are cancelled. Only late ones: a copy of a request about to be answered is pure waste.
+  duplicate each request that is late (unanswered for `request_latency_target_s`, or twice the
+  queueing the budget expects if that is longer) to another peer that holds the chunk (at most
+  `endgame_copies_max` per chunk); the first arrival wins and the others are cancelled. Only late
+  ones: a copy of a request about to be answered is pure waste.
+- Work is proportional to what changed: `schedule` returns at once unless something that can free
+  or create work happened since its last run (a delivery, a timeout, a new holder with room...) or a
+  retry time passed; request timeouts are checked when the earliest one is due.
 - A request unanswered after `request_timeout_s` returns its chunk to the pool.
 - Chunks arrive assembled; the node verifies and stores them and then reports `stored` (we hold
   it) or `rejected` (the peer is dropped by the node, the chunk goes back to the pool). While a
@@ -30,6 +44,7 @@ Rules:
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from mesh.content.cid import RAW, Cid
@@ -41,7 +56,7 @@ from mesh.errors import RemoteProtocolError
 class SwarmLimits:
     """Bounds of the scheduler."""
 
-    depth_min: int = 2  # requests in flight per peer, at least
+    depth_min: int = 1  # requests in flight per peer, at least (a slow peer keeps one)
     depth_start: int = 4  # ... at first
     depth_max: int = 24  # ... at most
     request_timeout_s: float = 20.0  # give a request up after this long
@@ -50,6 +65,11 @@ class SwarmLimits:
     endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
     manifest_requests_max: int = 8  # manifests in flight at once
     lacked_retry_s: float = 5.0  # ask a peer that said it lacks a manifest again only after this
+    inflight_bytes_min: int = 2 * 1024 * 1024  # node-wide bytes in flight, at least
+    inflight_bytes_start: int = 8 * 1024 * 1024  # ... until a receive rate is measured
+    inflight_bytes_max: int = 256 * 1024 * 1024  # ... at most
+    inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
+    rate_window_s: float = 2.0  # the receive rate is measured over this window
 
 
 @dataclass
@@ -63,6 +83,8 @@ class _Peer:
     depth: int = 4  # current pipeline target
     announced: bool = False  # sent a Have for this release
     delivered_bytes: int = 0  # chunk bytes it delivered
+    count: int = 0  # chunks its bitfield holds
+    stalled: bool = False  # a request to it timed out since it last delivered
 
 
 def _bit(bits: bytearray | bytes, index: int) -> bool:
@@ -89,6 +111,7 @@ class Swarm:
         self.have_bytes = 0
         self.total_bytes = 0
         self._availability: list[int] = []
+        self._ties: list[int] = []  # chunk index -> its rank among equally rare chunks (random per node)
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._manifest_inflight: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: asked at}
@@ -97,6 +120,12 @@ class Swarm:
         self._storing: set[Cid] = set()  # delivered, not yet reported stored or rejected
         self._withheld: set[int] = set()  # indices of chunks consent or retention took away
         self._lacked: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: when it said it lacks it}
+        self._dirty = True  # something changed that may allow new requests since `schedule` ran
+        self._expire_at = float("inf")  # no request times out before this
+        self._received: deque[tuple[float, int]] = deque()  # (when, bytes) of recent deliveries
+        self._busy_since: float | None = None  # when requests last went from none to some in flight
+        self._late_s = limits.request_latency_target_s  # a request older than this is late
+        self._budget_left = limits.inflight_bytes_start  # bytes the budget had left after `schedule`
 
     # ---- local holdings -----------------------------------------------------------------------
 
@@ -154,6 +183,7 @@ class Swarm:
             for peer in self._peers.values():
                 peer.inflight.pop(cid, None)
         self._withheld = now_withheld
+        self._dirty = True
 
     def add_manifest(self, cid: Cid, data: bytes) -> None:
         """A manifest of this release we hold (verified by the caller); may complete the list."""
@@ -205,6 +235,8 @@ class Swarm:
                     chunks.append(cid)
                     sizes.append(length)
         self.chunks, self._sizes = chunks, sizes
+        self._ties = list(range(len(chunks)))
+        self._rng.shuffle(self._ties)  # this node's random order among equally rare chunks
         self._have = bytearray((len(chunks) + 7) // 8)
         self._missing = dict.fromkeys(range(len(chunks)))
         self._availability = [0] * len(chunks)
@@ -217,6 +249,7 @@ class Swarm:
             for index in peer.early_updates:
                 self.peer_update(node, (index,))
             peer.early, peer.early_updates = None, []
+        self._dirty = True
 
     def mark_have(self, cid: Cid) -> int | None:
         """We now hold this chunk; its index if it is in the list and was new."""
@@ -256,12 +289,14 @@ class Swarm:
 
     def add_peer(self, node: str) -> None:
         self._peers.setdefault(node, _Peer(depth=self.limits.depth_start))
+        self._dirty = True
 
     def remove_peer(self, node: str) -> None:
         """The peer is gone: forget its holdings; its requests go back to the pool."""
         peer = self._peers.pop(node, None)
         if peer is None:
             return
+        self._dirty = True
         if peer.bits is not None:
             for index in range(len(self._availability)):
                 if _bit(peer.bits, index):
@@ -281,14 +316,18 @@ class Swarm:
             if count == 0:  # the peer does not know the list yet
                 return
             raise RemoteProtocolError(f"Have lists {count} chunks, the release has {len(self.chunks)}")
-        if peer.bits is not None:
-            for index in range(count):
-                if _bit(peer.bits, index):
-                    self._availability[index] -= 1
+        old = peer.bits if peer.bits is not None else bytes(len(bits))
+        availability = self._availability
+        for at, (before, after) in enumerate(zip(old, bits)):
+            if before == after:
+                continue  # a Have mostly repeats what we knew: touch only the bytes that differ
+            for bit in range(8):
+                mask = 0x80 >> bit
+                if (before ^ after) & mask:
+                    availability[at * 8 + bit] += 1 if after & mask else -1
         peer.bits = bytearray(bits)
-        for index in range(count):
-            if _bit(peer.bits, index):
-                self._availability[index] += 1
+        peer.count = int.from_bytes(bits, "big").bit_count()
+        self._dirty = True
 
     def peer_progress(self, node: str) -> tuple[int, int | None] | None:
         """(chunks the peer holds, chunks in the release or None while the list is unknown), or
@@ -316,6 +355,17 @@ class Swarm:
             if not _bit(peer.bits, index):
                 _set_bit(peer.bits, index)
                 self._availability[index] += 1
+                peer.count += 1
+                if index in self._missing and len(peer.inflight) < peer.depth and self._budget_left > 0:
+                    self._dirty = True  # a chunk we lack at a peer with room, budget to spare
+
+    def peer_lacking(self, node: str, indices: tuple[int, ...]) -> tuple[int, ...]:
+        """Those of `indices` the peer's bitfield lacks (all of them while it is unknown)."""
+        peer = self._peers.get(node)
+        bits = peer.bits if peer is not None else None
+        if bits is None:
+            return indices
+        return tuple(i for i in indices if not bits[i >> 3] & (0x80 >> (i & 7)))
 
     def peer_lacks(self, node: str, cid: Cid, now: float) -> None:
         """The peer said it cannot serve `cid` (ChunkMissing)."""
@@ -330,36 +380,108 @@ class Swarm:
         if index is not None and peer.bits is not None and _bit(peer.bits, index):
             peer.bits[index >> 3] &= ~(0x80 >> (index & 7)) & 0xFF
             self._availability[index] -= 1
+            peer.count -= 1
+        self._dirty = True
 
     # ---- scheduling ---------------------------------------------------------------------------
 
     def schedule(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """Requests to send now: manifests first, then rarest-first chunks, then endgame copies."""
-        self._retry_at = None
         if self.chunks is None:
+            self._retry_at = None
             return self._schedule_manifests(now, nodes)
-        if self.complete or not self._any_room(nodes):
-            return []  # nothing can be sent: skip the scan (it runs after every event)
-        requests: list[tuple[str, Cid]] = []
+        if self.complete or not self._dirty and (self._retry_at is None or now < self._retry_at):
+            return []  # nothing changed that could allow a request (this runs after every event)
+        self._dirty, self._retry_at = False, None
+        fetching = self._fetching()
         order = list(nodes)
         self._rng.shuffle(order)
-        fetching = self._fetching()
-        wanted = [i for i in self._missing if self.chunks[i] not in fetching]
-        # Rarest first, ties at random: one order for this round; each peer walks it and takes
-        # what it holds until its pipeline is full (chunks taken join `fetching`).
-        draws = {i: self._rng.random() for i in wanted}
-        wanted.sort(key=lambda i: (self._availability[i], draws[i]))
-        for node in order:
-            requests += self._fill_pipeline(node, now, wanted, fetching)
+        inflight_bytes = self._inflight_bytes()
+        if not inflight_bytes and not self._storing:
+            self._busy_since = None  # idle until now: the rate is measured afresh
+        rate = self._receive_rate(now)
+        budget = self._budget(now, rate)
+        expected_s = inflight_bytes / rate if rate else self.limits.inflight_queue_s
+        self._late_s = max(self.limits.request_latency_target_s, 2 * expected_s)
+        self._budget_left = budget - inflight_bytes
+        requests = self._assign(now, order, fetching)
         requests += self._endgame(now, order, fetching)
+        if requests and self._busy_since is None:
+            self._busy_since = now
         return requests
 
-    def _any_room(self, nodes: list[str]) -> bool:
-        for node in nodes:
+    def _inflight_bytes(self) -> int:
+        sizes, index = self._sizes, self._index
+        return sum(sizes[index[cid]] for peer in self._peers.values() for cid in peer.inflight if cid in index)
+
+    def _receive_rate(self, now: float) -> float | None:
+        """Bytes per second delivered over the last `rate_window_s` of fetching; None until a
+        window's worth (or half of one, with deliveries) has passed."""
+        window = self.limits.rate_window_s
+        received = self._received
+        while received and received[0][0] < now - window:
+            received.popleft()
+        if self._busy_since is None:
+            return None
+        elapsed = min(window, now - self._busy_since)
+        if elapsed < window / 2 or (elapsed < window and not received):
+            return None
+        return sum(size for _, size in received) / elapsed
+
+    def _budget(self, now: float, rate: float | None) -> int:
+        limits = self.limits
+        if rate is None:
+            return limits.inflight_bytes_start
+        return int(min(limits.inflight_bytes_max, max(limits.inflight_bytes_min, rate * limits.inflight_queue_s)))
+
+    def _assign(self, now: float, order: list[str], fetching: dict[Cid, int]) -> list[tuple[str, Cid]]:
+        """Chunk by chunk, rarest first: each goes to a holder with room (a non-seed if any holds
+        it), while the node-wide budget lasts. Chunks chosen here join `fetching`."""
+        chunks, total = self.chunks, len(self.chunks)
+        room: dict[str, int] = {}
+        seeds = 0
+        stalled = False
+        for node in order:
             peer = self._peers.get(node)
-            if peer is not None and peer.bits is not None and len(peer.inflight) < peer.depth:
-                return True
-        return False
+            if peer is None or peer.bits is None:
+                continue
+            seeds += peer.count == total
+            stalled = stalled or (peer.stalled and peer.count < total)
+            if len(peer.inflight) < peer.depth:
+                room[node] = peer.depth - len(peer.inflight)
+        if not room or self._budget_left <= 0:
+            return []
+        wanted = [i for i in self._missing if chunks[i] not in fetching]
+        availability, ties = self._availability, self._ties
+        wanted.sort(key=lambda i: availability[i] * total + ties[i])
+        peers, rejected_by = self._peers, self._rejected_by
+        requests = []
+        for index in wanted:
+            cid = chunks[index]
+            byte, mask = index >> 3, 0x80 >> (index & 7)
+            refused = rejected_by.get(cid, ())
+            holders = [n for n in room if peers[n].bits[byte] & mask and n not in refused]
+            if not holders:
+                continue
+            others = [n for n in holders if peers[n].count < total]
+            if others:
+                node = max(others, key=room.__getitem__)  # the least loaded (pipelines shrink when slow)
+            elif availability[index] > seeds and not stalled:
+                continue  # a non-seed peer holds it: leave the seed's upload for what only it has
+            else:
+                node = holders[0]
+            peers[node].inflight[cid] = now
+            fetching[cid] = 1
+            requests.append((node, cid))
+            self._budget_left -= self._sizes[index]
+            room[node] -= 1
+            if not room[node]:
+                del room[node]
+            if not room or self._budget_left <= 0:
+                break
+        if requests:
+            self._expire_at = min(self._expire_at, now + self.limits.request_timeout_s)
+        return requests
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """New manifest requests, round-robin over peers (announced first); then a second copy of
@@ -397,6 +519,7 @@ class Swarm:
 
     def _ask_manifest(self, cid: Cid, node: str, now: float) -> tuple[str, Cid]:
         self._manifest_inflight.setdefault(cid, {})[node] = now
+        self._expire_at = min(self._expire_at, now + self.limits.request_timeout_s)
         return node, cid
 
     def _manifest_copy(self, cid: Cid, asked: dict[str, float], candidates: list[str],
@@ -411,7 +534,7 @@ class Swarm:
 
     def _late(self, sent: float, now: float) -> bool:
         """True if a request sent at `sent` is late; if not, remember to look again when it is."""
-        due = sent + self.limits.request_latency_target_s
+        due = sent + self._late_s
         if due <= now:
             return True
         self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
@@ -423,31 +546,6 @@ class Swarm:
             asked.pop(node, None)
             if not asked:
                 del self._manifest_inflight[cid]
-
-    def _fill_pipeline(self, node: str, now: float, wanted: list[int],
-                       fetching: dict[Cid, int]) -> list[tuple[str, Cid]]:
-        """Fill `node`'s pipeline from `wanted` (indices we lack and nobody was fetching when this
-        round began); chunks chosen here join `fetching`."""
-        peer = self._peers.get(node)
-        if peer is None or peer.bits is None:
-            return []
-        room = peer.depth - len(peer.inflight)
-        if room <= 0:
-            return []
-        chosen = []
-        bits, chunks, rejected_by = peer.bits, self.chunks, self._rejected_by
-        for index in wanted:
-            if bits[index >> 3] & (0x80 >> (index & 7)):
-                cid = chunks[index]
-                if cid not in fetching and node not in rejected_by.get(cid, ()):
-                    chosen.append(cid)
-                    fetching[cid] = 1
-                    if len(chosen) >= room:
-                        break
-        for cid in chosen:
-            peer.inflight[cid] = now
-            fetching[cid] = 1
-        return [(node, cid) for cid in chosen]
 
     def _fetching(self) -> dict[Cid, int]:
         """Chunks requested or being verified -> how many copies (verifying counts as one)."""
@@ -478,6 +576,8 @@ class Swarm:
                     peer.inflight[cid] = now
                     fetching[cid] = fetching.get(cid, 0) + 1
                     requests.append((node, cid))
+        if requests:
+            self._expire_at = min(self._expire_at, now + self.limits.request_timeout_s)
         return requests
 
     def requested_from(self, node: str, cid: Cid) -> bool:
@@ -491,9 +591,13 @@ class Swarm:
         """A whole chunk arrived from `node` (not yet verified); returns (peer, cid) to cancel."""
         peer = self._peers.get(node)
         sent = peer.inflight.pop(cid, None) if peer is not None else None
+        self._dirty = True
         if sent is not None:
             self._adapt_depth(peer, now - sent)
-            peer.delivered_bytes += self.chunk_size(cid) or 0
+            size = self.chunk_size(cid) or 0
+            peer.delivered_bytes += size
+            peer.stalled = False
+            self._received.append((now, size))
         others_asked = self._manifest_inflight.pop(cid, {})
         self._storing.add(cid)
         cancels = [(other_node, cid) for other_node in others_asked if other_node != node]
@@ -513,13 +617,17 @@ class Swarm:
         """The chunk from `node` did not verify: never ask that peer for it again."""
         self._storing.discard(cid)
         self._rejected_by.setdefault(cid, set()).add(node)
+        self._dirty = True
 
     def store_failed(self, cid: Cid) -> None:
         """The chunk verified but could not be stored (disk full...): it goes back to the pool."""
         self._storing.discard(cid)
+        self._dirty = True
 
     def expired(self, now: float) -> list[tuple[str, Cid]]:
         """Requests past their timeout, now returned to the pool (each peer's depth halves)."""
+        if now < self._expire_at:
+            return []
         limit = now - self.limits.request_timeout_s
         gone: list[tuple[str, Cid]] = []
         for node, peer in self._peers.items():
@@ -529,10 +637,16 @@ class Swarm:
                 gone.append((node, cid))
             if late:
                 peer.depth = max(self.limits.depth_min, peer.depth // 2)
+                peer.stalled = True
         for cid, asked in list(self._manifest_inflight.items()):
             for node in [n for n, sent in asked.items() if sent <= limit]:
                 self._drop_manifest_request(cid, node)
                 gone.append((node, cid))
+        sent_times = [sent for peer in self._peers.values() for sent in peer.inflight.values()]
+        sent_times += [sent for asked in self._manifest_inflight.values() for sent in asked.values()]
+        self._expire_at = min(sent_times) + self.limits.request_timeout_s if sent_times else float("inf")
+        if gone:
+            self._dirty = True
         return gone
 
     def defer_retry(self) -> None:
@@ -541,9 +655,7 @@ class Swarm:
         self._retry_at = None
 
     def next_deadline(self) -> float | None:
-        times = [sent for peer in self._peers.values() for sent in peer.inflight.values()]
-        times += [sent for asked in self._manifest_inflight.values() for sent in asked.values()]
-        deadline = min(times) + self.limits.request_timeout_s if times else None
+        deadline = self._expire_at if self._expire_at != float("inf") else None
         if self._retry_at is not None and not self.complete:
             deadline = self._retry_at if deadline is None else min(deadline, self._retry_at)
         return deadline

@@ -16,8 +16,8 @@ Theory of operation:
   manifests stay shareable: they hold hashes, not media, and every node needs them to build the same
   chunk list (bitfields index into it).
 - Settling: a node that was offline may lack a revoke a peer brings. After start, until it met every
-  peer it knows of (at most STARTUP_SETTLE_S), and until our state caught up with each newly ready
-  peer (or HEADS_FALLBACK_S passed), we
+  peer it knows of (at most STARTUP_SETTLE_S), and until our state caught up once with each newly
+  ready peer (or HEADS_FALLBACK_S passed), we
   neither serve nor request chunks; requests that arrive meanwhile wait, then consent is
   re-evaluated before any of them is answered.
 """
@@ -46,6 +46,7 @@ WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than th
 WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
 PASSIVE_TRACKS_MAX = 4  # releases we only announce (never fetch) at once
 PEER_HAVES_MAX = 8  # releases whose Have we remember per peer
+HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Track:
     fetch: bool  # request what we lack (current or pinned); False: only announce what we hold
     inventories_due: int = 0  # LoadRelease actions not yet answered: request nothing until then
     have_updates: list[int] = field(default_factory=list)  # indices to announce after this event
+    have_owed: set[str] = field(default_factory=set)  # peers not told of chunks they hold: a Have is due
+    have_owed_at: float | None = None  # when that Have is sent (at the latest)
     completed: bool = False  # release.complete was announced
 
 
@@ -81,6 +84,9 @@ class ReleaseSwarming:
         self._withheld_last = now  # when we last did
         self._withheld_dirty = True  # the state changed since consent was last evaluated
         self._started_at = now  # when this core started (see `_settling`)
+        self._deferred_conns: set[int] = set()  # conns with chunk requests waiting for settling to end
+        self._met_all = False  # `_met_everyone()` as of the last session and dial timers
+        self._settle_watch: set[int] = set()  # conns ready for less than HEADS_FALLBACK_S (see `_settling`)
 
     # ---- what drivers and tests read -----------------------------------------------------------
 
@@ -103,6 +109,8 @@ class ReleaseSwarming:
     def _ordered_tracks(self) -> list[Track]:
         """Fetch tracks first, the current one before pinned ones; passive tracks last."""
         current = self._current_track()
+        if len(self.tracks) == 1 and current is not None:
+            return [current]
         rest = [t for t in self.tracks.values() if t is not current]
         rest.sort(key=lambda t: not t.fetch)
         return ([current] if current is not None else []) + rest
@@ -202,6 +210,7 @@ class ReleaseSwarming:
 
     def _swarming_ready(self, session: Session, now: float) -> None:
         """A new ready session: it joins every track and learns what we hold."""
+        self._settle_watch.add(session.conn_id)
         for track in self._ordered_tracks():
             track.swarm.add_peer(session.node_id)
             self._send_have(session, track, now)
@@ -247,12 +256,32 @@ class ReleaseSwarming:
                 track.swarm.peer_have(session.node_id, known[0], bytes(known[1]))
 
     def _flush_have_updates(self, track: Track, now: float) -> None:
+        """Announce new chunks to the peers that lack them. A peer that holds a chunk does not need
+        it from us, so it is told only by a whole Have within HAVE_OWED_S (or when we complete),
+        which keeps its view of our progress honest at a fraction of the messages."""
         indices, track.have_updates = tuple(track.have_updates), []
         root = track.swarm.root.to_bytes()
-        for start in range(0, len(indices), m.HAVE_INDICES_MAX):
-            update = m.HaveUpdate(root, indices[start:start + m.HAVE_INDICES_MAX])
-            for session in self.peers():
-                self._send(session, update, now)
+        encoded: dict[tuple[int, ...], list[bytes]] = {}  # most peers lack the same: encode once
+        for session in self.peers():
+            lacking = track.swarm.peer_lacking(session.node_id, indices)
+            if len(lacking) < len(indices):
+                track.have_owed.add(session.node_id)
+            if lacking not in encoded:
+                encoded[lacking] = [m.encode(m.HaveUpdate(root, lacking[start:start + m.HAVE_INDICES_MAX]))
+                                    for start in range(0, len(lacking), m.HAVE_INDICES_MAX)]
+            for data in encoded[lacking]:
+                self._send_encoded(session, data, now)
+        if track.have_owed and track.have_owed_at is None:
+            track.have_owed_at = now + HAVE_OWED_S
+
+    def _send_owed_haves(self, track: Track, now: float) -> None:
+        owed, track.have_owed, track.have_owed_at = track.have_owed, set(), None
+        count, bits = track.swarm.have_bitfield()
+        data = m.encode(m.Have(track.swarm.root.to_bytes(), count, bits))
+        for node in sorted(owed):
+            conn_id = self._ready.get(node)
+            if conn_id is not None:
+                self._send_encoded(self._sessions[conn_id], data, now)
 
     # ---- serving -------------------------------------------------------------------------------
 
@@ -263,6 +292,7 @@ class ReleaseSwarming:
             raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
         if self._settling(now):
             session.deferred_requests.append(msg.cid)
+            self._deferred_conns.add(session.conn_id)
             return
         self._serve(session, cid, now)
 
@@ -275,21 +305,26 @@ class ReleaseSwarming:
         self._actions.append(ServeChunk(session.conn_id, str(cid)))
 
     def _settling(self, now: float) -> bool:
-        if now < self._started_at + STARTUP_SETTLE_S and not self._met_everyone():
+        if now < self._started_at + STARTUP_SETTLE_S and not self._met_all:
             return True
-        for conn_id in self._ready.values():
-            session = self._sessions[conn_id]
-            caught_up = session.peer_heads is not None and self._knows(session.peer_heads)
-            if not caught_up and session.ready_at is not None and now < session.ready_at + HEADS_FALLBACK_S:
+        watch = self._settle_watch  # newly ready sessions we have not caught up with yet
+        for conn_id in list(watch):
+            session = self._sessions.get(conn_id)
+            if (session is None or self._ready.get(session.node_id) != conn_id or session.ready_at is None
+                    or now >= session.ready_at + HEADS_FALLBACK_S):
+                watch.discard(conn_id)  # gone, or waited long enough
+            elif session.peer_heads is not None and self._knows(session.peer_heads):
+                watch.discard(conn_id)  # caught up with it
+            else:
                 return True
         return False
 
-    def _met_everyone(self) -> bool:
+    def _met_everyone(self, next_dial: float | None) -> bool:
         """At least one session is up, no dial is in flight, and no address we know is due for a
-        dial before the startup window ends: the peers around us are all met (or unreachable)."""
+        dial (`next_dial`) before the startup window ends: the peers around us are all met (or
+        unreachable)."""
         if not self._ready or self._addresses.inflight_count():
             return False
-        next_dial = self._addresses.next_deadline(self._skip_nodes())
         return next_dial is None or next_dial > self._started_at + STARTUP_SETTLE_S
 
     def _settle_deadlines(self, session: Session) -> list[float]:
@@ -301,7 +336,11 @@ class ReleaseSwarming:
         return times
 
     def _release_deferred(self, now: float) -> None:
-        waiting = [s for s in self._sessions.values() if s.deferred_requests and s.ready]
+        if not self._deferred_conns:
+            return
+        sessions = [self._sessions.get(conn_id) for conn_id in sorted(self._deferred_conns)]
+        self._deferred_conns = set()
+        waiting = [s for s in sessions if s is not None and s.deferred_requests and s.ready]
         if not waiting:
             return
         if self._withheld_dirty:
@@ -340,13 +379,17 @@ class ReleaseSwarming:
             return
         data = bytes(self._assembling.pop(key))
         for other_node, other_cid in track.swarm.delivered(session.node_id, cid, now):
-            other = self._sessions.get(self._ready.get(other_node, -1))
-            if other is not None:
-                self._send(other, m.ChunkCancel(other_cid.to_bytes()), now)
+            self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
             self._manifest_bytes[cid] = data
         self._storing_from[(session.conn_id, cid)] = session.node_id
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
+
+    def _cancel_request(self, node: str, cid: Cid, now: float) -> None:
+        session = self._sessions.get(self._ready.get(node, -1))
+        if session is not None:
+            self._send(session, m.ChunkCancel(cid.to_bytes()), now)
+            self._assembling.pop((session.conn_id, cid), None)  # pieces already here are dropped
 
     def _on_chunk_stored(self, event: ChunkStored, now: float) -> None:
         self._count("chunks.verified")
@@ -397,6 +440,8 @@ class ReleaseSwarming:
             swarm = track.swarm
             if track.have_updates:
                 self._flush_have_updates(track, now)
+            if track.have_owed_at is not None and (now >= track.have_owed_at or swarm.complete):
+                self._send_owed_haves(track, now)
             for node, cid in swarm.expired(now):
                 self._count("chunks.timeouts")
                 self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
@@ -409,6 +454,7 @@ class ReleaseSwarming:
 
     def _swarm_deadline(self) -> float | None:
         times = [t.swarm.next_deadline() for t in self.tracks.values()]
+        times += [t.have_owed_at for t in self.tracks.values()]
         times = [t for t in times if t is not None]
         return min(times) if times else None
 

@@ -76,6 +76,7 @@ TICK_RESOLUTION_S = 0.001
 ACTIONS_PER_STEP_MAX = 10_000
 QUEUE_EVENTS_MAX = 1_000_000
 STUCK_TICKS_MAX = 1_000
+SUMMARIES_MAX = 4096  # distinct written byte strings whose summary is remembered
 STUCK_S_MAX = 10.0  # ... and for this long: a core that spins a while (a bug) is counted, not fatal
 EPHEMERAL_PORT_FIRST = 40000
 STORE_OVERHEAD_S = 0.0002  # a StoreChunk's fixed cost (a worker thread, a file, an fsync batch)
@@ -410,6 +411,7 @@ class NodeHandle:
         self.identity = identity
         self.address: Address = (host, port)
         self.core: NodeCore | None = None  # None while crashed
+        self.checked_shape: tuple[int, int] | None = None  # (ready, sessions) at the last full check
         self.incarnation = 0  # bumped on every crash; events for older incarnations are dropped
         self.persisted: list[bytes] = []  # PersistChanges payloads, in order (the durable log)
         self.learned: list[PeerDiscovered] = []  # addresses given at start-up, replayed on restart
@@ -536,6 +538,8 @@ class World:
         self._ports = itertools.count(EPHEMERAL_PORT_FIRST)
         self._touched: set[str] = set()  # nodes whose core ran since the last invariant check
         self._session_touched: set[tuple[str, int]] = set()  # (node, conn) given bytes since then
+        self._conns_touched: dict[str, list[int]] = {}  # node -> conns given bytes this step
+        self._summaries: dict[bytes, tuple] = {}  # written bytes -> what they carry (see `summarize`)
         self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk,
                                      CancelServe: lambda world, handle, action: None})  # served at once here
 
@@ -941,9 +945,18 @@ class World:
 
     # ---- accounting and invariants ------------------------------------------------------------
 
+    def summarize(self, data: bytes) -> tuple[MessageSummary, ...]:
+        """What written bytes carry, decoded once for both ends' counters and the observers (and
+        once only for the same bytes sent to many peers: a HaveUpdate goes to dozens)."""
+        summary = self._summaries.get(data)
+        if summary is None:
+            if len(self._summaries) >= SUMMARIES_MAX:
+                self._summaries.clear()
+            summary = self._summaries[data] = self._decode_summary(data)
+        return summary
+
     @staticmethod
-    def summarize(data: bytes) -> tuple[MessageSummary, ...]:
-        """What written bytes carry, decoded once for both ends' counters and the observers."""
+    def _decode_summary(data: bytes) -> tuple[MessageSummary, ...]:
         decoder = m.MessageDecoder()
         found: list[MessageSummary] = []
         try:
@@ -985,6 +998,9 @@ class World:
         if len(self._queue) > self.queue_events_max:
             raise self.fail(f"{len(self._queue)} queued events (more than {self.queue_events_max})")
         touched, self._touched = self._touched, set()
+        self._conns_touched = {}
+        for node, conn in self._session_touched:
+            self._conns_touched.setdefault(node, []).append(conn)
         for name in sorted(touched):  # a core changes only when it runs, its store only then too
             handle = self.nodes[name]
             if handle.store.unchecked:
@@ -1014,7 +1030,18 @@ class World:
             if s.sync_parts_bytes > limits.state_sync_bytes_max:
                 problems.append(f"session {s.conn_id} holds {s.sync_parts_bytes} sync bytes")
         sessions = core._sessions
-        for node_id, conn_id in core._ready.items():
+        shape = (len(core._ready), len(sessions))
+        if handle.checked_shape == shape:  # no session came or went: check the ones that moved
+            ready = []
+            for conn_id in self._session_conns(handle.name):
+                session = sessions.get(conn_id)
+                node_id = session.peer.node_id if session is not None else None
+                if node_id is not None and core._ready.get(node_id) == conn_id:
+                    ready.append((node_id, conn_id))
+        else:
+            handle.checked_shape = shape
+            ready = list(core._ready.items())
+        for node_id, conn_id in ready:
             session = sessions.get(conn_id)
             if session is None or session.phase is not Phase.READY or session.peer.node_id != node_id:
                 problems.append(f"ready entry for {self.name_of(node_id)} is not a ready session")
@@ -1024,7 +1051,7 @@ class World:
             raise self.fail(f"invariant broken on {handle.name}: " + "; ".join(problems))
 
     def _session_conns(self, name: str) -> list[int]:
-        return [conn for node, conn in self._session_touched if node == name]
+        return self._conns_touched.get(name, [])
 
 
 # ---- content actions, carried out as `mesh.drivers.runtime` does ---------------------------------
