@@ -87,9 +87,10 @@ def test_eight_peers_get_most_of_a_release_from_each_other() -> None:
           f"({took / bound:.2f}x); seed uploaded {seed_out / size:.2f} F; "
           f"seed share per peer max {max(shares.values()):.2f} mean {sum(shares.values()) / len(shares):.2f}")
     assert max(shares.values()) < 0.5, f"seed={world.seed}: {shares}"
-    # seed avoidance: the seed is asked only for what no peer holds yet. Peers that cannot see each
-    # other's requests still collide on the last seed-only chunks, but nowhere near once per peer.
-    assert seed_out < 2.5 * size, f"seed={world.seed}: the seed uploaded {seed_out / size:.2f} F"
+    # seed avoidance: the seed is asked only for what no peer holds yet, and a request two peers
+    # made at once is held and cancelled rather than sent twice (1.3-1.5 F across seeds; 2.0 F
+    # before the scheduler avoided the seed)
+    assert seed_out < 1.7 * size, f"seed={world.seed}: the seed uploaded {seed_out / size:.2f} F"
     assert took < 4 * bound, f"seed={world.seed}: {took:.2f} s vs bound {bound:.2f} s"
     world.check_stores()
 

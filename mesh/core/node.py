@@ -666,8 +666,13 @@ class NodeCore(ReleaseSwarming):
         if now >= self._timers_at:
             self._session_and_dial_timers(now)
         settling = self._settling(now)
+        if settling != self._was_settling:
+            self._was_settling = settling
+            self._emit("swarm.settling" if settling else "swarm.settled", after_s=round(now - self._started_at, 3))
         if not settling:
             self._release_deferred(now)
+        if now >= self._held_at:
+            self._release_held(now)
         if not self._shutting_down:
             self._run_swarm(now, settling)
 

@@ -26,7 +26,11 @@ Rules:
   goes to the holder with the most room in its pipeline (a slow or busy peer's pipeline has shrunk).
 - Seed avoidance: a peer that holds the whole release (a seed) is asked for a chunk only if no other
   peer holds it, unless a non-seed peer stalled (timed out since it last delivered). The seed's
-  upload is the scarce resource: each byte it sends should be a byte no one else has yet.
+  upload is the scarce resource: each byte it sends should be a byte no one else has yet. When a
+  non-seed peer announces a chunk we asked a seed for (two peers asked the seed for the same chunk
+  at once), the seed's request is cancelled and the chunk asked of that peer; a server holds back a
+  request for a chunk it has just sent someone else (`SERVE_HOLD_S` in swarming.py), so the cancel
+  usually arrives before a byte went out twice.
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
   duplicate each request that is late (unanswered for `request_latency_target_s`, or twice the
   queueing the budget expects if that is longer) to another peer that holds the chunk (at most
@@ -63,13 +67,14 @@ class SwarmLimits:
     request_latency_target_s: float = 1.0  # a chunk delivered within this grows the pipeline
     endgame_copies_max: int = 2  # peers asked for one chunk at once, in endgame
     endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
-    manifest_requests_max: int = 8  # manifests in flight at once
+    manifest_requests_max: int = 32  # manifests in flight at once (a few KB each)
     lacked_retry_s: float = 5.0  # ask a peer that said it lacks a manifest again only after this
     inflight_bytes_min: int = 2 * 1024 * 1024  # node-wide bytes in flight, at least
     inflight_bytes_start: int = 8 * 1024 * 1024  # ... until a receive rate is measured
     inflight_bytes_max: int = 256 * 1024 * 1024  # ... at most
     inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
     rate_window_s: float = 2.0  # the receive rate is measured over this window
+    seed_cancel_s: float = 1.0  # a seed's request this young is cancelled when a non-seed announces it
 
 
 @dataclass
@@ -112,6 +117,8 @@ class Swarm:
         self.total_bytes = 0
         self._availability: list[int] = []
         self._ties: list[int] = []  # chunk index -> its rank among equally rare chunks (random per node)
+        self._at_seed: dict[Cid, str] = {}  # chunk -> the seed it was asked of (may be stale: checked)
+        self._now = 0.0  # the time of the last `peer_update`
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._manifest_inflight: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: asked at}
@@ -308,7 +315,7 @@ class Swarm:
         peer = self._peers.get(node)
         if peer is None:
             return
-        peer.announced = True
+        peer.announced = peer.announced or count > 0  # it knows the list, so it holds the manifests
         if self.chunks is None:
             peer.early = (count, bytes(bits))
             return
@@ -339,14 +346,17 @@ class Swarm:
             return 0, None if self.chunks is None else len(self.chunks)
         return int.from_bytes(peer.bits, "big").bit_count(), len(self.chunks)
 
-    def peer_update(self, node: str, indices: tuple[int, ...]) -> None:
+    def peer_update(self, node: str, indices: tuple[int, ...], now: float = 0.0) -> list[tuple[str, Cid]]:
+        """The peer now holds these chunks; returns (seed, cid) requests to cancel: chunks we asked
+        a seed for that this (non-seed) peer can serve instead."""
         peer = self._peers.get(node)
         if peer is None:
-            return
+            return []
         if self.chunks is None:
             peer.early_updates.extend(indices[: len(indices)])
             del peer.early_updates[1 << 20:]
-            return
+            return []
+        self._now = now
         if peer.bits is None:
             peer.bits = bytearray(len(self._have))
         for index in indices:
@@ -358,6 +368,24 @@ class Swarm:
                 peer.count += 1
                 if index in self._missing and len(peer.inflight) < peer.depth and self._budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
+        return self._seed_requests_to_cancel(node, indices)
+
+    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...]) -> list[tuple[str, Cid]]:
+        """Only young requests: an older one is probably on its way already (a server holds a
+        duplicate request only briefly), and cancelling it would cost the bytes twice."""
+        if not self._at_seed or self._peers[node].count >= len(self.chunks):
+            return []
+        cancels = []
+        for index in indices:
+            cid = self.chunks[index]
+            seed = self._at_seed.pop(cid, None)
+            peer = self._peers.get(seed) if seed is not None else None
+            if (peer is not None and cid in peer.inflight and cid not in self._storing
+                    and peer.inflight[cid] > self._now - self.limits.seed_cancel_s):
+                del peer.inflight[cid]
+                cancels.append((seed, cid))
+                self._dirty = True
+        return cancels
 
     def peer_lacking(self, node: str, indices: tuple[int, ...]) -> tuple[int, ...]:
         """Those of `indices` the peer's bitfield lacks (all of them while it is unknown)."""
@@ -470,6 +498,7 @@ class Swarm:
                 continue  # a non-seed peer holds it: leave the seed's upload for what only it has
             else:
                 node = holders[0]
+                self._at_seed[cid] = node  # cancelled if a non-seed peer announces it first
             peers[node].inflight[cid] = now
             fetching[cid] = 1
             requests.append((node, cid))
@@ -591,6 +620,7 @@ class Swarm:
         """A whole chunk arrived from `node` (not yet verified); returns (peer, cid) to cancel."""
         peer = self._peers.get(node)
         sent = peer.inflight.pop(cid, None) if peer is not None else None
+        self._at_seed.pop(cid, None)
         self._dirty = True
         if sent is not None:
             self._adapt_depth(peer, now - sent)

@@ -17,9 +17,10 @@ Theory of operation:
   chunk list (bitfields index into it).
 - Settling: a node that was offline may lack a revoke a peer brings. After start, until it met every
   peer it knows of (at most STARTUP_SETTLE_S), and until our state caught up once with each newly
-  ready peer (or HEADS_FALLBACK_S passed), we
-  neither serve nor request chunks; requests that arrive meanwhile wait, then consent is
-  re-evaluated before any of them is answered.
+  ready peer (or HEADS_FALLBACK_S passed), we neither serve nor request media chunks; requests
+  that arrive meanwhile wait, then consent is re-evaluated before any of them is answered. Release
+  manifests (hashes, never withheld) are served and fetched meanwhile, so the chunk list is known
+  when settling ends.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than th
 WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
 PASSIVE_TRACKS_MAX = 4  # releases we only announce (never fetch) at once
 PEER_HAVES_MAX = 8  # releases whose Have we remember per peer
+SERVE_HOLD_S = 1.0  # hold a request for a chunk sent to another peer this recently, this long
 HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
 
 
@@ -86,6 +88,9 @@ class ReleaseSwarming:
         self._started_at = now  # when this core started (see `_settling`)
         self._deferred_conns: set[int] = set()  # conns with chunk requests waiting for settling to end
         self._met_all = False  # `_met_everyone()` as of the last session and dial timers
+        self._was_settling = True  # settling when the last timers ran (its changes are logged)
+        self._served_recently: dict[Cid, tuple[int, float]] = {}  # chunk -> (conn, when) sent lately
+        self._held_at = float("inf")  # when the first held request is due (see `_serve`)
         self._settle_watch: set[int] = set()  # conns ready for less than HEADS_FALLBACK_S (see `_settling`)
 
     # ---- what drivers and tests read -----------------------------------------------------------
@@ -244,7 +249,9 @@ class ReleaseSwarming:
                 bits[index >> 3] |= 0x80 >> (index & 7)
         track = self.tracks.get(_binary_cid(msg.root))
         if track is not None:
-            track.swarm.peer_update(session.node_id, msg.indices)
+            for seed, cid in track.swarm.peer_update(session.node_id, msg.indices, now):
+                self._count("chunks.seed_requests_cancelled")
+                self._cancel_request(seed, cid, now)
 
     def _replay_haves(self, track: Track) -> None:
         """Give a new swarm what peers announced before we followed their release."""
@@ -287,22 +294,53 @@ class ReleaseSwarming:
 
     def _on_chunk_request(self, session: Session, msg: m.ChunkRequest, now: float) -> None:
         cid = _binary_cid(msg.cid)
-        queued = self._serving.get(session.conn_id, 0) + len(session.deferred_requests)
+        queued = self._serving.get(session.conn_id, 0) + len(session.deferred_requests) + len(session.held_serves)
         if queued >= SERVE_QUEUE_MAX:
             raise RemoteProtocolError(f"more than {SERVE_QUEUE_MAX} chunk requests outstanding")
-        if self._settling(now):
+        if self._settling(now) and not self._is_release_manifest(cid):
             session.deferred_requests.append(msg.cid)
             self._deferred_conns.add(session.conn_id)
             return
         self._serve(session, cid, now)
 
-    def _serve(self, session: Session, cid: Cid, now: float) -> None:
+    def _is_release_manifest(self, cid: Cid) -> bool:
+        """A release's root or file manifest: hashes, not media, never withheld, so it is served
+        (and fetched) even while settling; every node needs them to know what to fetch."""
+        return cid in self.tracks or any(t.swarm.is_manifest(cid) for t in self.tracks.values())
+
+    def _serve(self, session: Session, cid: Cid, now: float, held: bool = False) -> None:
         if cid in self.withheld:  # consent or retention took it away: never send it again
             self._count("chunks.withheld_refused")
             self._send(session, m.ChunkMissing(cid.to_bytes()), now)
             return
+        recent = self._served_recently
+        while recent and next(iter(recent.values()))[1] < now - SERVE_HOLD_S:
+            del recent[next(iter(recent))]
+        earlier = recent.get(cid)
+        if not held and earlier is not None and earlier[0] != session.conn_id:
+            # We just sent this chunk to another peer, which will announce it: the asker may well
+            # cancel and fetch it there. Hold the request briefly rather than send the bytes twice.
+            session.held_serves[cid] = now + SERVE_HOLD_S
+            self._held_at = min(self._held_at, now + SERVE_HOLD_S)
+            return
+        recent.pop(cid, None)
+        recent[cid] = (session.conn_id, now)
         self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
         self._actions.append(ServeChunk(session.conn_id, str(cid)))
+
+    def _release_held(self, now: float) -> None:
+        """Serve held requests whose hold is over (nobody cancelled them)."""
+        self._held_at = float("inf")
+        for session in list(self._sessions.values()):
+            if not session.held_serves:
+                continue
+            for cid, until in list(session.held_serves.items()):
+                if until <= now and session.ready:
+                    del session.held_serves[cid]
+                    self._count("chunks.held_served")
+                    self._serve(session, cid, now, held=True)
+                elif session.ready:
+                    self._held_at = min(self._held_at, until)
 
     def _settling(self, now: float) -> bool:
         if now < self._started_at + STARTUP_SETTLE_S and not self._met_all:
@@ -351,7 +389,11 @@ class ReleaseSwarming:
                 self._serve(session, _binary_cid(raw), now)
 
     def _on_chunk_cancel(self, session: Session, msg: m.ChunkCancel, now: float) -> None:
-        self._actions.append(CancelServe(session.conn_id, str(_binary_cid(msg.cid))))
+        cid = _binary_cid(msg.cid)
+        if session.held_serves.pop(cid, None) is not None:
+            self._count("chunks.held_cancelled")  # a byte-for-byte copy we did not send
+            return
+        self._actions.append(CancelServe(session.conn_id, str(cid)))
 
     def _on_chunk_served(self, event: ChunkServed, now: float) -> None:
         self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)
@@ -445,7 +487,7 @@ class ReleaseSwarming:
             for node, cid in swarm.expired(now):
                 self._count("chunks.timeouts")
                 self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
-            if not track.fetch or track.inventories_due or settling:
+            if not track.fetch or track.inventories_due or (settling and swarm.ready):
                 swarm.defer_retry()  # settling and inventories wake us by their own deadlines
                 continue  # the store may hold what we would ask for; a revoke may be on its way
             for node, cid in swarm.schedule(now, list(self._ready)):
@@ -455,6 +497,8 @@ class ReleaseSwarming:
     def _swarm_deadline(self) -> float | None:
         times = [t.swarm.next_deadline() for t in self.tracks.values()]
         times += [t.have_owed_at for t in self.tracks.values()]
+        if self._held_at != float("inf"):
+            times.append(self._held_at)
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
