@@ -66,6 +66,8 @@ def test_churn_with_leaves_crashes_and_wiped_rejoins_completes() -> None:
     assert churned["leave"] + churned["crash"] == round(0.4 * 13)
     assert churned["rejoin"] + churned["rejoin-wiped"] == churned["leave"] + churned["crash"]
     assert result["distribution"]["receivers"] == 13
+    # a node shutting down stops swarming: its swarm's retry time must not keep waking it
+    assert result["sim"]["busy_ticks"] == 0, f"seed={SEED}: {result['sim']['busy_ticks']} busy ticks"
 
 
 def test_partition_heals_to_identical_heads_and_the_revoke_stands() -> None:

@@ -118,7 +118,7 @@ class NodeCore(ReleaseSwarming):
 
     def next_deadline(self) -> float | None:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
-        swarm_at = self._swarm_deadline()
+        swarm_at = None if self._shutting_down else self._swarm_deadline()  # no swarming once stopping
         times = [t for t in (swarm_at, self._flush_at, self._withheld_at) if t is not None]
         if self._timers_at != float("inf"):
             times.append(self._timers_at)

@@ -20,13 +20,17 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from mesh.errors import HomeError, StoreError
 from mesh.ids import MeshId, NodeId, b32decode, b32encode, mesh_id_from_authority_key
 from mesh.ids import node_id_from_public_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography and platformdirs are imported where used: commands such as `mesh cat` open a home
+# without touching a key, and their start-up time is part of what they cost (docs/benchmarks.md).
 
 HOME_FORMAT = 1
 HOME_FILE = "home.json"
@@ -40,6 +44,8 @@ def default_home() -> Path:
     env = os.environ.get("MESH_HOME")
     if env:
         return Path(env)
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("assetmesh", appauthor=False))
 
 
@@ -48,6 +54,8 @@ def default_node_name() -> str:
 
 
 def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -70,12 +78,17 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _key_pem(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
 def _load_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
