@@ -91,7 +91,7 @@ class ReleaseSwarming:
         self._was_settling = True  # settling when the last timers ran (its changes are logged)
         self._served_recently: dict[Cid, tuple[int, float]] = {}  # chunk -> (conn, when) sent lately
         self._held_at = float("inf")  # when the first held request is due (see `_serve`)
-        self._settle_watch: set[int] = set()  # conns ready for less than HEADS_FALLBACK_S (see `_settling`)
+        self._settle_watch: set[int] = set()  # newly ready conns not yet caught up with (see `_settling`)
 
     # ---- what drivers and tests read -----------------------------------------------------------
 
