@@ -43,6 +43,7 @@ STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 SEEN_HEADS_MAX = 1 << 16  # our past heads remembered for the fast path
 PEX_SHARE_MAX = 8  # peers told about a new peer
+PING_EARLY = 0.25  # sessions whose Ping is due within this fraction of the interval are pinged together
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class NodeCore(ReleaseSwarming):
         self.peer_health: dict[str, tuple[float, dict]] = {}  # node -> (received at, its latest report)
         self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
         self._timers_at = now  # no session timer or dial is due before this (see `_wake_timers`)
+        self._handler_table = self._handlers()  # event type -> handler (built once: looked up per event)
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -107,7 +109,7 @@ class NodeCore(ReleaseSwarming):
     def handle(self, event: Event, now: float) -> None:
         """Take one event; then run timers that are due."""
         self._now = now
-        handler = self._handlers().get(type(event))
+        handler = self._handler_table.get(type(event))
         if handler is not None:
             handler(event, now)
         self._on_timers(now)
@@ -708,7 +710,7 @@ class NodeCore(ReleaseSwarming):
         # Ping a peer we have not heard from (what we send does not count: traffic can be one-way,
         # e.g. HaveUpdates go only to peers that lack a chunk). Sessions due within the next quarter
         # interval are pinged too: one wake-up serves them all, not one per session.
-        if now >= max(session.last_rx, session.ping_at) + self.limits.ping_interval_s * 0.75:
+        if now >= max(session.last_rx, session.ping_at) + self.limits.ping_interval_s * (1 - PING_EARLY):
             session.ping_at = now
             session.ping_nonce = self._rng.getrandbits(63)
             self._send(session, m.Ping(session.ping_nonce), now)

@@ -118,7 +118,6 @@ class Swarm:
         self._availability: list[int] = []
         self._ties: list[int] = []  # chunk index -> its rank among equally rare chunks (random per node)
         self._at_seed: dict[Cid, str] = {}  # chunk -> the seed it was asked of (may be stale: checked)
-        self._now = 0.0  # the time of the last `peer_update`
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._manifest_inflight: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: asked at}
@@ -346,7 +345,7 @@ class Swarm:
             return 0, None if self.chunks is None else len(self.chunks)
         return int.from_bytes(peer.bits, "big").bit_count(), len(self.chunks)
 
-    def peer_update(self, node: str, indices: tuple[int, ...], now: float = 0.0) -> list[tuple[str, Cid]]:
+    def peer_update(self, node: str, indices: tuple[int, ...], now: float | None = None) -> list[tuple[str, Cid]]:
         """The peer now holds these chunks; returns (seed, cid) requests to cancel: chunks we asked
         a seed for that this (non-seed) peer can serve instead."""
         peer = self._peers.get(node)
@@ -356,7 +355,6 @@ class Swarm:
             peer.early_updates.extend(indices[: len(indices)])
             del peer.early_updates[1 << 20:]
             return []
-        self._now = now
         if peer.bits is None:
             peer.bits = bytearray(len(self._have))
         for index in indices:
@@ -368,9 +366,9 @@ class Swarm:
                 peer.count += 1
                 if index in self._missing and len(peer.inflight) < peer.depth and self._budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
-        return self._seed_requests_to_cancel(node, indices)
+        return [] if now is None else self._seed_requests_to_cancel(node, indices, now)
 
-    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...]) -> list[tuple[str, Cid]]:
+    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...], now: float) -> list[tuple[str, Cid]]:
         """Only young requests: an older one is probably on its way already (a server holds a
         duplicate request only briefly), and cancelling it would cost the bytes twice."""
         if not self._at_seed or self._peers[node].count >= len(self.chunks):
@@ -381,7 +379,7 @@ class Swarm:
             seed = self._at_seed.pop(cid, None)
             peer = self._peers.get(seed) if seed is not None else None
             if (peer is not None and cid in peer.inflight and cid not in self._storing
-                    and peer.inflight[cid] > self._now - self.limits.seed_cancel_s):
+                    and peer.inflight[cid] > now - self.limits.seed_cancel_s):
                 del peer.inflight[cid]
                 cancels.append((seed, cid))
                 self._dirty = True

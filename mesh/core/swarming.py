@@ -283,12 +283,10 @@ class ReleaseSwarming:
 
     def _send_owed_haves(self, track: Track, now: float) -> None:
         owed, track.have_owed, track.have_owed_at = track.have_owed, set(), None
-        count, bits = track.swarm.have_bitfield()
-        data = m.encode(m.Have(track.swarm.root.to_bytes(), count, bits))
         for node in sorted(owed):
             conn_id = self._ready.get(node)
             if conn_id is not None:
-                self._send_encoded(self._sessions[conn_id], data, now)
+                self._send_have(self._sessions[conn_id], track, now)
 
     # ---- serving -------------------------------------------------------------------------------
 
