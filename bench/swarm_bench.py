@@ -6,15 +6,22 @@ Needs root (network namespaces). Nothing networks outside loopback or the lab's 
 every agent runs with `--no-mdns` and one static `--peer` (the seed's lab address; the edges find
 each other through peer exchange), listening on its lab host's address.
 
-1. An organizer home (the seed) imports `--mib` MiB of random bytes in `--files` files as a release
-   and publishes it. Every edge home is joined offline, before any agent runs.
+1. For every swarm run, a fresh organizer home (the seed, its own mesh) imports `--mib` MiB of random
+   bytes in `--files` files as a release; fresh edge homes join it offline, before any agent runs.
 2. Swarm 1->1 and 1->N: a `Lab` of the seed and N edge hosts, every host's egress capped at
-   `--cap-mbit` (tc tbf). The seed agent starts first and must report the release complete; then
-   the clock starts and the N edge agents are launched together. An edge is done at the timestamp
-   of its `release.complete` log event (JSON logs, ms precision; the status file only refreshes
-   every second). Afterwards each edge's status (`run/status.json`, what `mesh status --json`
-   prints) gives the chunk bytes it received from each peer, hence the seed's share of the upload;
-   each host's eth0 tx_bytes counter (read inside its namespace) gives the same on the wire.
+   `--cap-mbit` (tc tbf). Two ways to start, each measured:
+   - publish (the headline, what the issue describes: organizers publish, the edges that run
+     get it): every agent runs and has met every other (each logged `peer.connected` for all of
+     them); then the clock starts and `mesh release publish ID` runs on the seed's home (the
+     agent picks the new pointer up from its state log).
+   - cold: the release is published before any agent runs; the seed agent starts and reports the
+     release complete; then the clock starts and the N edge agents are launched together (so
+     process start-up, handshakes and the state sync of brand-new members are in the time).
+   An edge is done at the timestamp of its `release.complete` log event (JSON logs, ms precision;
+   the status file only refreshes every second). Afterwards each edge's status
+   (`run/status.json`, what `mesh status --json` prints) gives the chunk bytes it received from
+   each peer, hence the seed's share of the upload; each host's eth0 tx_bytes counter (read inside
+   its namespace) gives the same on the wire.
 3. HTTP baseline, same lab and caps: `python -m http.server` on the seed serving the release
    directory, one `curl --parallel` per edge fetching every file at once (bytes counted, then discarded);
    time until all exit.
@@ -102,13 +109,31 @@ def write_random_files(directory: Path, total_bytes: int, files: int) -> list[Pa
     return paths
 
 
-def make_seed(workdir: Path, release_dir: Path) -> tuple[Path, str]:
-    """An organizer home holding the published release; (home, release id)."""
-    home = workdir / "seed"
+def make_seed(home: Path, release_dir: Path, publish: bool) -> str:
+    """An organizer home holding the release (published or not); the release id."""
     mesh_cli(home, "init", "swarm-bench", "--node-name", "seed")
     created = json.loads(mesh_cli(home, "release", "create", "bench", str(release_dir), "--json"))
-    mesh_cli(home, "release", "publish", created["id"])
-    return home, created["id"]
+    if publish:
+        mesh_cli(home, "release", "publish", created["id"])
+    return created["id"]
+
+
+@dataclass(frozen=True)
+class Homes:
+    """The homes of one run: a seed (its own mesh) and edges joined to it."""
+
+    seed: Path
+    release_id: str
+    edges: list[Path]
+
+
+def make_homes(directory: Path, release_dir: Path, edges: int, publish: bool) -> Homes:
+    seed = directory / "seed"
+    release_id = make_seed(seed, release_dir, publish)
+    edge_homes = [directory / f"e{index + 1}" for index in range(edges)]
+    for index, home in enumerate(edge_homes):
+        join_edge(seed, home, f"{directory.name}-e{index + 1}")
+    return Homes(seed, release_id, edge_homes)
 
 
 def join_edge(seed_home: Path, home: Path, name: str) -> None:
@@ -133,6 +158,7 @@ class Agent:
     log_path: Path  # stderr/stdout (JSON lines)
     process: subprocess.Popen | None = None  # the agent, once started
     events: dict[str, float] = field(default_factory=dict)  # first ts of each timeline event
+    connected: int = 0  # `peer.connected` events seen
     _log_offset: int = 0
 
     def read_events(self) -> None:
@@ -148,6 +174,7 @@ class Agent:
             except ValueError:
                 continue
             event = doc.get("event") if isinstance(doc, dict) else None
+            self.connected += event == "peer.connected"
             if event in TIMELINE_EVENTS and event not in self.events:
                 self.events[event] = float(doc["ts"])
 
@@ -200,15 +227,29 @@ def stop_agents(agents: list[Agent]) -> None:
             agent.process.wait()
 
 
-def wait_seed_ready(seed: Agent, deadline: float) -> None:
-    """Until the seed's status says it runs and holds its whole release."""
+def wait_seed_ready(seed: Agent, deadline: float, release: bool = True) -> None:
+    """Until the seed's status says it runs (and, with `release`, holds its whole release)."""
     while time.monotonic() < deadline:
         seed.check_alive()
-        release = (read_status(seed.home) or {}).get("release") or {}
-        if release.get("complete"):
+        status = read_status(seed.home)
+        if status is not None and (not release or (status.get("release") or {}).get("complete")):
             return
         time.sleep(POLL_INTERVAL_S)
-    raise BenchError(f"seed agent did not report its release complete in time:\n{seed.log_path.read_text()[-2000:]}")
+    raise BenchError(f"seed agent did not report ready in time:\n{seed.log_path.read_text()[-2000:]}")
+
+
+def wait_meshed(agents: list[Agent], deadline: float) -> None:
+    """Until every agent logged a session with every other."""
+    while True:
+        for agent in agents:
+            agent.read_events()
+            agent.check_alive()
+        if all(agent.connected >= len(agents) - 1 for agent in agents):
+            return
+        if time.monotonic() > deadline:
+            counts = {a.name: a.connected for a in agents}
+            raise BenchError(f"agents did not all meet in time; sessions per agent: {counts}")
+        time.sleep(POLL_INTERVAL_S)
 
 
 def wait_edges_complete(edges: list[Agent], deadline: float) -> None:
@@ -233,10 +274,11 @@ class SwarmRun:
     """One seed -> N edges transfer of the release."""
 
     edges: int  # N
-    seconds: float  # launch of the edge agents .. last edge's release.complete
+    start: str  # "publish": agents up and met, clock from `release publish`; "cold": from launching the edges
+    seconds: float  # clock start .. last edge's release.complete
     transfer_seconds: float  # the same, from the earliest edge's release.current instead
-    per_edge_seconds: dict[str, float]  # edge -> launch .. its release.complete
-    timeline_s: dict[str, dict[str, float]]  # edge -> event -> seconds after launch
+    per_edge_seconds: dict[str, float]  # edge -> clock start .. its release.complete
+    timeline_s: dict[str, dict[str, float]]  # edge -> event -> seconds after the clock started
     received_from: dict[str, dict[str, int]]  # edge -> peer name -> chunk bytes received
     seed_share: float  # chunk bytes the edges got from the seed / all chunk bytes they got
     tx_bytes: dict[str, int]  # host -> bytes its eth0 sent during the run (frames, all protocols)
@@ -245,32 +287,38 @@ class SwarmRun:
     cpu_s: dict[str, float]  # agent -> CPU seconds used during the run (user + system)
 
 
-def run_swarm(seed_home: Path, edge_homes: list[Path], cap_mbit: float | None, timeout_s: float,
+def run_swarm(homes: Homes, start: str, cap_mbit: float | None, timeout_s: float, total_bytes: int,
               log_level: str, logs: Path) -> SwarmRun:
-    names = [f"e{index + 1}" for index in range(len(edge_homes))]
-    with build_lab(len(edge_homes), cap_mbit) as lab:
+    names = [f"e{index + 1}" for index in range(len(homes.edges))]
+    label = f"{start}{len(names)}"
+    with build_lab(len(homes.edges), cap_mbit) as lab:
         seed_addr = f"{lab.address('seed')}:{AGENT_PORT}"
-        seed = Agent("seed", seed_home, logs / f"swarm{len(names)}-seed.log")
-        edges = [Agent(n, h, logs / f"swarm{len(names)}-{n}.log") for n, h in zip(names, edge_homes)]
+        seed = Agent("seed", homes.seed, logs / f"{label}-seed.log")
+        edges = [Agent(n, h, logs / f"{label}-{n}.log") for n, h in zip(names, homes.edges)]
         try:
-            start_agent(seed, up_argv(seed_home, seed_addr, None, log_level), lab)
-            wait_seed_ready(seed, time.monotonic() + AGENT_START_TIMEOUT_S)
-            seed_cpu0 = seed.cpu_s() or 0.0
-            total_bytes = release_bytes(seed_home)
-            tx0 = {host: tx_bytes(lab, host) for host in lab.hosts}
+            start_agent(seed, up_argv(homes.seed, seed_addr, None, log_level), lab)
+            wait_seed_ready(seed, time.monotonic() + AGENT_START_TIMEOUT_S, release=start == "cold")
             argvs = [up_argv(e.home, f"{lab.address(e.name)}:{AGENT_PORT}", seed_addr, log_level) for e in edges]
+            if start == "publish":
+                for edge, argv in zip(edges, argvs):
+                    start_agent(edge, argv, lab)
+                wait_meshed([seed, *edges], time.monotonic() + AGENT_START_TIMEOUT_S)
+            cpu0 = {a.name: a.cpu_s() or 0.0 for a in [seed, *edges]}
+            tx0 = {host: tx_bytes(lab, host) for host in lab.hosts}
             started = time.time()
-            for edge, argv in zip(edges, argvs):
-                start_agent(edge, argv, lab)
+            if start == "publish":
+                mesh_cli(homes.seed, "release", "publish", homes.release_id)
+            else:
+                for edge, argv in zip(edges, argvs):
+                    start_agent(edge, argv, lab)
             wait_edges_complete(edges, time.monotonic() + timeout_s)
-            cpu = {e.name: e.cpu_s() or 0.0 for e in edges}
-            cpu["seed"] = (seed.cpu_s() or 0.0) - seed_cpu0
+            cpu = {a.name: (a.cpu_s() or 0.0) - cpu0[a.name] for a in [seed, *edges]}
             sent = {host: tx_bytes(lab, host) - tx0[host] for host in lab.hosts}
             time.sleep(STATUS_SETTLE_S)
             statuses = {e.name: read_status(e.home) or {} for e in edges}
         finally:
             stop_agents([*edges, seed])
-    return summarize_swarm(edges, started, statuses, node_id(seed_home), cpu, sent, total_bytes)
+    return summarize_swarm(edges, start, started, statuses, node_id(homes.seed), cpu, sent, total_bytes)
 
 
 def tx_bytes(lab: Lab, host: str) -> int:
@@ -281,12 +329,7 @@ def tx_bytes(lab: Lab, host: str) -> int:
     return int(result.stdout)
 
 
-def release_bytes(seed_home: Path) -> int:
-    """The release's size, from the running seed's status."""
-    return int((read_status(seed_home) or {}).get("release", {}).get("total_bytes") or 0)
-
-
-def summarize_swarm(edges: list[Agent], started: float, statuses: dict[str, dict], seed_id: str,
+def summarize_swarm(edges: list[Agent], start: str, started: float, statuses: dict[str, dict], seed_id: str,
                     cpu: dict[str, float], sent: dict[str, int], total_bytes: int) -> SwarmRun:
     done = {e.name: e.events["release.complete"] - started for e in edges}
     timeline = {e.name: {k: round(v - started, 3) for k, v in e.events.items()} for e in edges}
@@ -302,7 +345,7 @@ def summarize_swarm(edges: list[Agent], started: float, statuses: dict[str, dict
             total += got
             from_seed += got if peer["node_id"] == seed_id else 0
     return SwarmRun(
-        edges=len(edges), seconds=max(done.values()),
+        edges=len(edges), start=start, seconds=max(done.values()),
         transfer_seconds=max(e.events["release.complete"] for e in edges) - first_current,
         per_edge_seconds=done, timeline_s=timeline, received_from=received,
         seed_share=from_seed / total if total else float("nan"), tx_bytes=sent,
@@ -479,7 +522,7 @@ def run_loopback(seed_home: Path, edge_home: Path, paths: list[Path], total: int
 # ---- the whole benchmark ------------------------------------------------------------------------------
 
 
-SCENARIOS = ("swarm", "http", "loopback")
+SCENARIOS = ("swarm", "cold", "http", "loopback")
 
 
 def code_version() -> str:
@@ -498,28 +541,31 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     logs = workdir / "logs"
     logs.mkdir(parents=True)
     paths = write_random_files(release_dir, total, args.files)
-    seed_home, release_id = make_seed(workdir, release_dir)
-    homes = {"s1": [workdir / "s1" / "e1"], f"s{args.edges}": [workdir / f"s{args.edges}" / f"e{i + 1}"
-                                                                 for i in range(args.edges)],
-             "loop": [workdir / "loop" / "e1"]}
-    for key, edge_homes in homes.items():
-        for index, home in enumerate(edge_homes):
-            join_edge(seed_home, home, f"{key}-e{index + 1}")
     floor_s = total / mbit_to_bytes_per_s(args.cap_mbit)
     timeout_s = args.timeout_s or 60 + 10 * floor_s
-    print(f"# release {release_id}: {total:,} bytes in {args.files} files; floor {floor_s:.2f} s at "
+    print(f"# release: {total:,} bytes in {args.files} files; floor {floor_s:.2f} s at "
           f"{args.cap_mbit:g} Mbit/s; timeout {timeout_s:.0f} s per run", file=sys.stderr, flush=True)
+
+    def swarm(start: str, edges: int) -> SwarmRun:
+        homes = make_homes(workdir / f"{start}{edges}", release_dir, edges, publish=start == "cold")
+        return run_swarm(homes, start, args.cap_mbit, timeout_s, total, args.log_level, logs)
+
+    def loopback() -> LoopbackRun:
+        homes = make_homes(workdir / "loop", release_dir, 1, publish=True)
+        return run_loopback(homes.seed, homes.edges[0], paths, total, timeout_s, args.log_level, workdir)
+
     results: dict = {"mib": args.mib, "files": args.files, "cap_mbit": args.cap_mbit, "edges": args.edges,
                      "bytes": total, "floor_s": floor_s, "code": code_version(), "cpus": os.cpu_count(),
                      "discovery": "static --peer to the seed + peer exchange, --no-mdns"}
     n = args.edges
     steps = {
-        "swarm_1": lambda: run_swarm(seed_home, homes["s1"], args.cap_mbit, timeout_s, args.log_level, logs),
-        f"swarm_{n}": lambda: run_swarm(seed_home, homes[f"s{n}"], args.cap_mbit, timeout_s, args.log_level, logs),
+        "swarm_1": lambda: swarm("publish", 1),
+        f"swarm_{n}": lambda: swarm("publish", n),
+        "cold_1": lambda: swarm("cold", 1),
+        f"cold_{n}": lambda: swarm("cold", n),
         "http_1": lambda: run_http(release_dir, paths, 1, args.cap_mbit, timeout_s),
         f"http_{n}": lambda: run_http(release_dir, paths, n, args.cap_mbit, timeout_s),
-        "loopback": lambda: run_loopback(seed_home, homes["loop"][0], paths, total, timeout_s, args.log_level,
-                                         workdir),
+        "loopback": loopback,
     }
     for key, step in steps.items():
         if key.split("_")[0] not in args.scenarios:
@@ -544,6 +590,11 @@ def figures(results: dict, n: int) -> dict:
                     f"swarm_{n}_transfer_over_floor": many["transfer_seconds"] / floor,
                     f"seed_share_{n}": many["seed_share"], f"seed_wire_share_{n}": many["seed_wire_share"],
                     f"seed_upload_releases_{n}": many["seed_upload_releases"]})
+    cold_one, cold_many = results.get("cold_1"), results.get(f"cold_{n}")
+    if cold_one and cold_many:
+        out.update({f"cold_ratio_{n}_over_1": cold_many["seconds"] / cold_one["seconds"],
+                    "cold_1_over_floor": cold_one["seconds"] / floor,
+                    f"cold_{n}_over_floor": cold_many["seconds"] / floor})
     if http_one and http_many:
         out.update({"http_1_over_floor": http_one["seconds"] / floor,
                     f"http_{n}_over_floor": http_many["seconds"] / floor})
@@ -568,10 +619,11 @@ def report(results: dict) -> str:
         "",
         f"{'run':<26}{'seconds':>9}{'/ floor':>9}   notes",
     ]
-    for key in ("swarm_1", f"swarm_{n}"):
+    for key, label in (("swarm_1", "mesh 1->1"), (f"swarm_{n}", f"mesh 1->{n}"),
+                       ("cold_1", "cold start 1->1"), (f"cold_{n}", f"cold start 1->{n}")):
         if key in results:
             run_ = results[key]
-            lines.append(f"{'mesh 1->' + str(run_['edges']):<26}{run_['seconds']:>9.2f}"
+            lines.append(f"{label:<26}{run_['seconds']:>9.2f}"
                          f"{run_['seconds'] / floor:>9.2f}   per edge: {_per(run_['per_edge_seconds'])}")
             lines.append(f"{'  from release.current':<26}{run_['transfer_seconds']:>9.2f}"
                          f"{run_['transfer_seconds'] / floor:>9.2f}   seed share {run_['seed_share']:.1%}")
@@ -580,7 +632,8 @@ def report(results: dict) -> str:
             run_ = results[key]
             lines.append(f"{'http 1->' + str(run_['edges']):<26}{run_['seconds']:>9.2f}"
                          f"{run_['seconds'] / floor:>9.2f}   per client: {_per(run_['per_edge_seconds'])}")
-    lines.append("")
+    lines += ["", "mesh: every agent up and met, clock from `mesh release publish`; cold start: release "
+              "published first, clock from launching the edge agents", ""]
     if f"ratio_{n}_over_1" in f:
         many = results[f"swarm_{n}"]
         lines += [
@@ -600,6 +653,9 @@ def report(results: dict) -> str:
             + f" (sum {sum(many['cpu_s'].values()):.1f} in {many['seconds']:.1f} s wall on {results['cpus']} CPUs: "
             f"at least {sum(many['cpu_s'].values()) / results['cpus']:.1f} s even if perfectly parallel)",
         ]
+    if f"cold_ratio_{n}_over_1" in f:
+        lines.append(f"cold start 1->{n} / 1->1     {f[f'cold_ratio_{n}_over_1']:6.2f};  1->{n} / floor "
+                     f"{f[f'cold_{n}_over_floor']:.2f}")
     if f"http_{n}_over_floor" in f:
         lines.append(f"http 1->{n} / floor           {f[f'http_{n}_over_floor']:6.2f}   (expected ~{n})")
     if "loopback" in results:
@@ -644,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):  # unwind (stop agents, delete the lab), then exit
         signal.signal(signum, _exit_on_signal)
-    reason = lab_available() if args.scenarios & {"swarm", "http"} else None
+    reason = lab_available() if args.scenarios & {"swarm", "cold", "http"} else None
     if reason is not None:
         print(f"error: this benchmark needs a namespace lab: {reason}", file=sys.stderr)
         return 2

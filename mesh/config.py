@@ -59,7 +59,7 @@ class AgentConfig:
     peers: tuple[tuple[str, int], ...] = ()  # static peers, always (re)dialed
     mdns: bool = True  # announce and browse with mDNS
     mdns_interfaces: tuple[str, ...] = ()  # restrict mDNS to these interface addresses; empty: all
-    state_poll_interval_s: float = 0.25  # how often to look for changes written by CLI commands
+    state_poll_interval_s: float = 0.1  # how often to look for changes written by CLI commands (a stat and a lock)
     status_interval_s: float = 1.0  # how often to refresh the status file
     gc_interval_s: float = 60.0  # how often to purge what consent, retention and releases let go
     outbox_frames_max: int = 256  # frames queued per connection before it is closed as too slow

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -190,7 +191,10 @@ def test_disk_full_is_one_line_and_keeps_the_store_consistent(tiny_disk: Path, t
     assert [r["name"] for r in _json(run_mesh("ls", "--json", home=home))] == ["small.bin"]
 
 
-def test_cat_stops_at_a_corrupt_chunk_mid_file_with_one_line_naming_it(org_home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rehash", [(), ("--rehash",)], ids=["checksum", "rehash"])
+def test_cat_stops_at_a_corrupt_chunk_mid_file_with_one_line_naming_it(
+    org_home: Path, tmp_path: Path, rehash: tuple[str, ...],
+) -> None:
     from mesh.content.chunking import CHUNK_BYTES_START
     from mesh.drivers.filestore import FileStore
 
@@ -205,11 +209,78 @@ def test_cat_stops_at_a_corrupt_chunk_mid_file_with_one_line_naming_it(org_home:
     raw[12345] ^= 0x40
     victim.write_bytes(bytes(raw))
 
-    result = run_mesh("cat", added[0]["cid"], added[1]["cid"], home=org_home)
+    result = run_mesh("cat", *rehash, added[0]["cid"], added[1]["cid"], home=org_home)
     first = assert_one_line_error(result, chunks[2], "corrupt")
     assert result.returncode == 1 and len(result.stderr.decode().strip().splitlines()) == 1, first
     assert result.stdout == data[:2 * CHUNK_BYTES_START]  # verified bytes before it, nothing after
     assert after not in result.stdout
+
+
+def _index(home: Path, sql: str, *args) -> list[tuple]:
+    """Edit the store's index behind the CLI's back, as older code or a damaged disk would."""
+    db = sqlite3.connect(home / "store" / "index.sqlite")
+    try:
+        with db:
+            return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def _data_chunks(home: Path, cid: str) -> list[str]:
+    from mesh.drivers.filestore import FileStore
+
+    store = FileStore(home / "store")
+    try:
+        return store.object_chunks(cid)[1]
+    finally:
+        store.close()
+
+
+def _flip_middle_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_store_from_older_code_cats_and_verify_fills_in_checksums(org_home: Path, tmp_path: Path) -> None:
+    data = _write(tmp_path / "old.bin", 2_600_000, 16)  # three 1 MiB chunks and a manifest
+    cid = _json(run_mesh("add", tmp_path / "old.bin", "--json", home=org_home))[0]["cid"]
+    _index(org_home, "ALTER TABLE chunks DROP COLUMN xxh3")  # the index as older code wrote it
+    assert run_mesh("cat", cid, home=org_home).stdout == data  # migrated in place, BLAKE3 checks
+    assert _index(org_home, "SELECT COUNT(*) FROM chunks WHERE xxh3 IS NULL") == [(4,)]
+
+    report = _json(run_mesh("verify", "--json", home=org_home))
+    assert report["checksums_added"] == 4 and report["corrupt"] == report["checksums_wrong"] == []
+    assert _index(org_home, "SELECT COUNT(*) FROM chunks WHERE xxh3 IS NULL") == [(0,)]
+    assert _json(run_mesh("verify", "--json", home=org_home))["checksums_added"] == 0
+    assert run_mesh("cat", cid, home=org_home).stdout == data
+
+
+def test_a_store_without_checksums_still_detects_a_flipped_byte(org_home: Path, tmp_path: Path) -> None:
+    _write(tmp_path / "old.bin", 2_600_000, 17)
+    cid = _json(run_mesh("add", tmp_path / "old.bin", "--json", home=org_home))[0]["cid"]
+    _index(org_home, "UPDATE chunks SET xxh3 = NULL")
+    victim = next(p for p in _chunk_files(org_home) if p.name == _data_chunks(org_home, cid)[1])
+    _flip_middle_byte(victim)
+    assert_one_line_error(run_mesh("cat", cid, home=org_home), victim.name, "corrupt")
+    result = run_mesh("verify", home=org_home)
+    assert result.returncode == 1 and victim.name.encode() in result.stdout
+
+
+def test_verify_reports_and_rewrites_a_wrong_checksum(org_home: Path, tmp_path: Path) -> None:
+    data = _write(tmp_path / "w.bin", 2_600_000, 18)
+    cid = _json(run_mesh("add", tmp_path / "w.bin", "--json", home=org_home))[0]["cid"]
+    victim = _data_chunks(org_home, cid)[2]
+    _index(org_home, "UPDATE chunks SET xxh3 = ? WHERE cid = ?", b"\x00" * 16, victim)
+    assert_one_line_error(run_mesh("cat", cid, home=org_home), victim, "corrupt")
+    assert run_mesh("cat", "--rehash", cid, home=org_home).stdout == data  # the bytes are intact
+
+    result = run_mesh("verify", home=org_home)
+    assert result.returncode == 1 and b"checksum" in result.stdout and victim.encode() in result.stdout
+    assert (org_home / "store" / "chunks" / victim[-2:] / victim).exists()  # not quarantined
+    clean = _json(run_mesh("verify", "--json", home=org_home))
+    assert clean["checksums_wrong"] == [] and clean["corrupt"] == []
+    assert run_mesh("cat", cid, home=org_home).stdout == data
 
 
 @pytest.mark.parametrize("command", ["cat", "add"])

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from chunkstore_conformance import ChunkStoreConformance
-from hypothesis import given
+import xxhash
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.content.chunking import CHUNK_BYTES_START
 from mesh.content.cid import BLAKE3, DAG_CBOR, HASHES, RAW, SHA2_256, Cid, cid_for_raw
-from mesh.drivers.filestore import FileStore, _hash_and_digest
+from mesh.drivers.filestore import FileStore, _hash_and_digest, checksum
 from mesh.errors import CorruptChunkError, NotFoundError
 
 
@@ -177,3 +178,111 @@ def test_read_objects_refuses_unknown_files_before_any_byte(tmp_path: Path) -> N
 def test_indexed_cid_decoding_matches_cid_parse(data: bytes, hash_code: int, codec: int) -> None:
     cid = Cid(codec, hash_code, HASHES[hash_code](data).digest())
     assert _hash_and_digest(str(cid)) == (hash_code, cid.digest)
+
+
+# ---- local integrity checksums (XXH3-128 in the index; docs/content-addressing.md) ---------------
+
+def _checksums(store: FileStore) -> dict[str, bytes | None]:
+    return dict(store._db.execute("SELECT cid, xxh3 FROM chunks").fetchall())
+
+
+def _set_checksums(store: FileStore, value: bytes | None, cid: str | None = None) -> None:
+    """What an older store (NULL) or a damaged index (wrong bytes) looks like."""
+    where, args = ("WHERE cid = ?", (value, cid)) if cid else ("", (value,))
+    store._db.execute(f"UPDATE chunks SET xxh3 = ? {where}", args)
+
+
+def test_every_way_in_records_the_checksum_of_the_checked_bytes(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    cids, _ = _add_files(store, tmp_path, [3 * CHUNK_BYTES_START + 1, 10])  # add: chunks and a manifest
+    blocks = [hashlib.shake_256(bytes([i])).digest(4000 + i) for i in range(4)]
+    assert store.put(cid_for_raw(blocks[0]), blocks[0])  # one chunk from a peer
+    assert store.put_many([(cid_for_raw(b), b) for b in blocks[1:]]) == [None] * 3  # a swarm's batch
+    recorded = _checksums(store)
+    assert len(recorded) == 4 + 1 + 1 + 4
+    for cid, xxh3 in recorded.items():
+        assert xxh3 == checksum(store._chunk_path(cid).read_bytes()), cid
+    assert xxhash.xxh3_128_digest(blocks[2]) == recorded[str(cid_for_raw(blocks[2]))]
+
+
+def test_a_wrong_checksum_fails_the_local_read_not_rehash_and_verify_fixes_it(tmp_path: Path) -> None:
+    """Tells the two checks apart: intact bytes, a wrong checksum in the index."""
+    store = FileStore(tmp_path / "s")
+    cids, datas = _add_files(store, tmp_path, [3 * CHUNK_BYTES_START + 1])
+    _, chunks = store.object_chunks(cids[0])
+    _set_checksums(store, b"\x00" * 16, chunks[1])
+    with pytest.raises(CorruptChunkError, match=chunks[1]):
+        b"".join(store.iter_objects_parallel(cids))
+    assert b"".join(bytes(v) for v in store.read_objects(cids, rehash=True)) == datas[0]
+    assert b"".join(store.iter_object(cids[0], rehash=True)) == datas[0]
+    report = store.verify()
+    assert report.checksums_wrong == (chunks[1],) and report.corrupt == () and report.checksums_added == 0
+    assert b"".join(store.iter_object(cids[0])) == datas[0]
+    assert store.verify().checksums_wrong == ()
+
+
+def test_reads_that_leave_the_node_rehash_even_when_the_checksum_was_forged(tmp_path: Path) -> None:
+    """Someone who can write chunk files can rewrite the index too: peers and HTTP get BLAKE3."""
+    store = FileStore(tmp_path / "s")
+    cids, datas = _add_files(store, tmp_path, [2 * CHUNK_BYTES_START])
+    _, chunks = store.object_chunks(cids[0])
+    forged = bytearray(datas[0][CHUNK_BYTES_START:])
+    forged[7] ^= 0x80
+    store._chunk_path(chunks[1]).write_bytes(bytes(forged))
+    _set_checksums(store, checksum(bytes(forged)), chunks[1])
+    for serve in (store.get, store.read_chunk):  # the runtime, gateway, export and health call these
+        with pytest.raises(CorruptChunkError, match=chunks[1]):
+            serve(Cid.parse(chunks[1]))
+    with pytest.raises(CorruptChunkError, match=chunks[1]):
+        b"".join(bytes(v) for v in store.read_objects(cids, rehash=True))
+    assert store.verify().corrupt == (chunks[1],)
+
+
+def test_a_store_written_by_older_code_is_migrated_and_read_with_blake3(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    cids, datas = _add_files(store, tmp_path, [3 * CHUNK_BYTES_START + 1, 100])
+    store._db.execute("ALTER TABLE chunks DROP COLUMN xxh3")  # the schema before checksums
+    store.close()
+    old = FileStore(tmp_path / "s")  # migrates in place, no user step
+    assert set(_checksums(old).values()) == {None}
+    assert b"".join(old.iter_objects_parallel(cids)) == b"".join(datas)
+    _, chunks = old.object_chunks(cids[0])
+    _damage(old._chunk_path(chunks[2]), "flip")
+    for threads in (1, 2):
+        with pytest.raises(CorruptChunkError, match=chunks[2]):
+            b"".join(old.iter_objects_parallel(cids, threads))
+    report = old.verify()
+    assert report.corrupt == (chunks[2],) and report.checksums_added == len(chunks) - 1 + 1 + 1
+    assert None not in _checksums(old).values()
+    assert old.verify().checksums_added == 0
+
+
+@pytest.mark.parametrize("rehash", [False, True])
+def test_any_flipped_bit_anywhere_in_a_chunk_stops_the_read_there(tmp_path: Path, rehash: bool) -> None:
+    store = FileStore(tmp_path / "s")
+    cids, datas = _add_files(store, tmp_path, [2 * CHUNK_BYTES_START + 3, 5000])
+    _, chunks = store.object_chunks(cids[0])
+    offsets = {chunk: index * CHUNK_BYTES_START for index, chunk in enumerate(chunks)}
+    offsets[cids[1]] = len(datas[0])  # the small file is its single chunk
+    whole = b"".join(datas)
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.data())
+    def flip_one_bit(data: st.DataObject) -> None:
+        victim = data.draw(st.sampled_from(sorted(offsets)))
+        path = store._chunk_path(victim)
+        original = path.read_bytes()
+        damaged = bytearray(original)
+        damaged[data.draw(st.integers(0, len(original) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+        path.write_bytes(bytes(damaged))
+        try:
+            got = bytearray()
+            with pytest.raises(CorruptChunkError) as raised:
+                for view in store.read_objects(cids, threads=2, rehash=rehash):
+                    got += view
+            assert raised.value.cid == victim
+            assert bytes(got) == whole[:offsets[victim]]  # what came before it, nothing of it
+        finally:
+            path.write_bytes(original)
+
+    flip_one_bit()

@@ -380,9 +380,12 @@ def test_a_document_with_more_heads_than_a_message_holds_still_syncs() -> None:
     world = make_world()
     world.add_node("org", role="organizer")
     world.add_node("edge")
+    # Both change the document before they meet: neither knows the other's heads, so the state
+    # travels by Automerge sync, whose received changes are persisted at the next flush.
+    world.mutate("org", lambda s: [s.put_asset(asset(world, i)) for i in range(1500)])
+    world.mutate("edge", lambda s: s.put_asset(asset(world, 9999)))
     world.discover_all()
     connect(world)
-    world.mutate("org", lambda s: [s.put_asset(asset(world, i)) for i in range(1500)])
     sync(world)
     world.crash("edge")  # at once: the last received changes were never persisted
     world.restart("edge")
@@ -391,3 +394,29 @@ def test_a_document_with_more_heads_than_a_message_holds_still_syncs() -> None:
     connect(world)
     sync(world, timeout_s=120)
     assert world.nodes["edge"].state.heads() == world.nodes["org"].state.heads()
+
+
+def test_heads_that_arrived_under_later_changes_are_known() -> None:
+    """A peer's heads are often changes we hold without ever having had them as our heads (they
+    came in one batch with later changes on top). Two such nodes must take the heads fast path at
+    once, not treat each other as diverged and fall back to Automerge sync."""
+    world = make_world()
+    for name in ("org", "b", "c"):
+        world.add_node(name, role="organizer" if name == "org" else "edge")
+    world.discover_all()
+    world.partition(["org", "b"], ["c"])
+    connect(world, ["org", "b"])
+    world.mutate("org", lambda s: s.put_asset(asset(world, 1)))  # X: b gets it alone
+    sync(world, ["org", "b"])
+    world.partition(["org", "c"], ["b"])
+    world.mutate("org", lambda s: s.put_asset(asset(world, 2)))  # Y, on top of X
+    connect(world, ["org", "c"])
+    sync(world, ["org", "c"])  # c gets X and Y together: X is never one of c's heads
+    before = {n: world.nodes[n].live_core().counters.get("state.automerge_sync_sessions", 0) for n in ("b", "c")}
+    world.partition(["b", "c"], ["org"])
+    connect(world, ["b", "c"])
+    took = sync(world, ["b", "c"])
+    after = {n: world.nodes[n].live_core().counters.get("state.automerge_sync_sessions", 0) for n in ("b", "c")}
+    assert after == before, f"seed={world.seed}: Automerge sync sessions {before} -> {after}"
+    assert took < 1.0, f"seed={world.seed}: b and c took {took:.2f} s to converge"
+    assert asset(world, 2).cid in {a.cid for a in world.nodes["b"].state.assets()}

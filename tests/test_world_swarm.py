@@ -12,7 +12,9 @@ import os
 import random
 
 from mesh.content.chunking import CHUNK_BYTES_START
+from mesh.content.cid import cid_for_raw
 from mesh.core.swarm import SwarmLimits
+from mesh.state.records import AssetRecord
 from mesh.testing.content import ReleaseContent, build_release, publish, random_files, seed_and_publish, sign_release
 from mesh.testing.sim import World
 
@@ -88,9 +90,10 @@ def test_eight_peers_get_most_of_a_release_from_each_other() -> None:
           f"seed share per peer max {max(shares.values()):.2f} mean {sum(shares.values()) / len(shares):.2f}")
     assert max(shares.values()) < 0.5, f"seed={world.seed}: {shares}"
     # seed avoidance: the seed is asked only for what no peer holds yet, and a request two peers
-    # made at once is held and cancelled rather than sent twice (1.3-1.5 F across seeds; 2.0 F
+    # made at once is held while the first copy goes out and then cancelled, rather than sent
+    # twice (1.13-1.23 F across seeds; 1.3-1.5 F when the hold lasted 1 s from the request; 2.0 F
     # before the scheduler avoided the seed)
-    assert seed_out < 1.7 * size, f"seed={world.seed}: the seed uploaded {seed_out / size:.2f} F"
+    assert seed_out < 1.4 * size, f"seed={world.seed}: the seed uploaded {seed_out / size:.2f} F"
     assert took < 4 * bound, f"seed={world.seed}: {took:.2f} s vs bound {bound:.2f} s"
     world.check_stores()
 
@@ -208,3 +211,44 @@ def test_a_stalled_peer_loses_its_requests_and_everyone_completes() -> None:
     for name in world.nodes:
         assert "peer-0" not in world.nodes[name].traffic.chunk_bytes_in
         assert holds_all(world, name, content), f"seed={world.seed}: {name}"
+
+
+# ---- the swarm lab's shape: publish to running agents that met as strangers ---------------------
+
+
+LAB_UPLOAD_BYTES_PER_S = 25_000_000  # 200 Mbit/s, the swarm lab's cap
+
+
+def test_four_new_edges_get_a_release_near_the_seeds_upload_bound() -> None:
+    """bench/swarm_bench.py in the World: a seed and four edges that joined offline and meet for the
+    first time (each side records the other as a member at once, so both documents have changes
+    the other lacks), then 256 MiB at 200 Mbit/s each. The heads fast path must not leave them
+    settling (no chunk moving) until HEADS_FALLBACK_S, and the seed should send each chunk about once:
+    a request for a chunk it is still sending to another edge waits for that edge's announcement."""
+    print(f"World seed={SEED} (replay: MESH_WORLD_SEED={SEED})")
+    world = World(SEED)
+    world.add_node("seed", identity=world.mesh.founder, upload_bytes_per_s=LAB_UPLOAD_BYTES_PER_S)
+    rng = random.Random(f"{SEED}/lab")
+    content = build_release({f"asset-{i:02d}.bin": rng.randbytes(4 * 1024 * KIB) for i in range(64)})
+    release_id = seed_and_publish(world, "seed", content, "bench")
+    edges = [f"edge-{i}" for i in range(4)]
+    for name in edges:
+        world.add_node(name, upload_bytes_per_s=LAB_UPLOAD_BYTES_PER_S)
+        world.mutate(name, lambda state, name=name: state.put_asset(_local_asset(name)))  # its own change
+        world.add_static_peer(name, "seed")  # the others it learns from the seed (peer exchange)
+    took = wait_complete(world, release_id, edges)
+
+    bound = content.chunk_bytes / LAB_UPLOAD_BYTES_PER_S
+    seed_out = sum(world.nodes["seed"].traffic.chunk_bytes_out.values())
+    settled = {e.node: e.fields["after_s"] for e in world.events("swarm.settled")}  # the last of each
+    print(f"complete in {took:.2f} s, bound {bound:.2f} s ({took / bound:.2f}x); seed uploaded "
+          f"{seed_out / content.chunk_bytes:.2f} F; settled after {settled}")
+    assert set(settled) == {"seed", *edges} and max(settled.values()) < 1.0, f"seed={SEED}: {settled}"
+    assert seed_out < 1.1 * content.chunk_bytes, f"seed={SEED}: the seed uploaded {seed_out / content.chunk_bytes:.2f} F"
+    assert took < 1.25 * bound, f"seed={SEED}: {took:.2f} s vs bound {bound:.2f} s"  # 1.48x before
+    world.check_stores()
+
+
+def _local_asset(name: str) -> AssetRecord:
+    return AssetRecord(cid=str(cid_for_raw(name.encode())), name=f"{name}.txt", size=len(name),
+                       media_type="text/plain", added_at=1.0, added_by=name)

@@ -13,20 +13,25 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.content.cid import Cid
-from mesh.drivers.filestore import AddedFile, FileStore
+from mesh.drivers.filestore import AddedFile, FileStore, VerifyReport
 from mesh.errors import NotFoundError, UsageError
-from mesh.state.records import AssetRecord, normalize_tag
+
+if TYPE_CHECKING:
+    from mesh.state.records import AssetRecord
 
 pass_context = click.make_pass_decorator(Context)
 
 
 def _tags(values: tuple[str, ...]) -> list[str]:
+    from mesh.state.records import normalize_tag  # not imported by `mesh cat`
+
     try:
         return sorted({normalize_tag(value) for value in values})
     except ValueError as exc:
@@ -199,13 +204,15 @@ def ls(ctx: Context, tag: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.argument("cids", nargs=-1, required=True)
+@click.option("--rehash", is_flag=True,
+              help="Re-hash every chunk with BLAKE3 against its CID instead of its stored checksum.")
 @pass_context
-def cat(ctx: Context, cids: tuple[str, ...]) -> None:
-    """Write files' bytes to stdout, one after another (every chunk verified)."""
+def cat(ctx: Context, cids: tuple[str, ...], rehash: bool) -> None:
+    """Write files' bytes to stdout, one after another (every chunk checked)."""
     for cid in cids:
         _parse_cid(cid)  # canonical text, so the store can take it as it is
     store, _ = open_store(ctx)
-    views = store.read_objects(cids)  # fails before writing anything if one is unknown
+    views = store.read_objects(cids, rehash=rehash)  # fails before writing anything if one is unknown
     write = _raw_writer(sys.stdout)
     for view in views:
         write(view)
@@ -250,10 +257,11 @@ def tag(ctx: Context, cid: str, to_add: tuple[str, ...], to_remove: tuple[str, .
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print {checked, corrupt, missing} as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {checked, corrupt, missing, checksums_added, checksums_wrong} as JSON.")
 @pass_context
 def verify(ctx: Context, as_json: bool) -> None:
-    """Re-hash every stored chunk; exit 1 and quarantine any that is corrupt."""
+    """Re-hash every stored chunk with BLAKE3; exit 1 and quarantine any that is corrupt."""
     store, _ = open_store(ctx)
     _, total = store.usage()
     with output.byte_progress("verifying", total, as_json) as advance:
@@ -261,16 +269,24 @@ def verify(ctx: Context, as_json: bool) -> None:
     if as_json:
         output.print_json({
             "checked": report.checked, "corrupt": list(report.corrupt), "missing": list(report.missing),
+            "checksums_added": report.checksums_added, "checksums_wrong": list(report.checksums_wrong),
         })
     else:
-        for cid in report.corrupt:
-            output.stdout.print(f"corrupt  {cid}  (quarantined)")
-        for cid in report.missing:
-            output.stdout.print(f"missing  {cid}")
-        bad = len(report.corrupt) + len(report.missing)
-        output.stderr.print(f"checked {report.checked} chunk(s): {bad or 'none'} bad")
-    if report.corrupt or report.missing:
+        _print_verify_report(report)
+    if report.corrupt or report.missing or report.checksums_wrong:
         raise SystemExit(1)
+
+
+def _print_verify_report(report: VerifyReport) -> None:
+    for cid in report.corrupt:
+        output.stdout.print(f"corrupt  {cid}  (quarantined)")
+    for cid in report.missing:
+        output.stdout.print(f"missing  {cid}")
+    for cid in report.checksums_wrong:
+        output.stdout.print(f"checksum {cid}  (bytes intact, the index had a wrong checksum: rewritten)")
+    bad = len(report.corrupt) + len(report.missing) + len(report.checksums_wrong)
+    added = f"; recorded {report.checksums_added} missing checksum(s)" if report.checksums_added else ""
+    output.stderr.print(f"checked {report.checked} chunk(s): {bad or 'none'} bad{added}")
 
 
 @click.command()

@@ -10,7 +10,6 @@ one encoding and therefore one CID. Schemas are in docs/content-addressing.md.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Sequence
@@ -184,6 +183,8 @@ def check_path(path: str) -> str:
         raise ValueError(f"path {path!r} is absolute")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
         raise ValueError(f"path {path!r} contains a control character")
+    import unicodedata  # only release trees have paths; `mesh cat` and `add` skip its import
+
     if unicodedata.normalize("NFC", path) != path:
         raise ValueError(f"path {path!r} is not in Unicode NFC form")
     for segment in path.split("/"):

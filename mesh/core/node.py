@@ -41,9 +41,10 @@ from mesh.wire import messages as m
 FEATURES = ("state-sync/1", "swarm/1")
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
-SEEN_HEADS_MAX = 1 << 16  # our past heads remembered for the fast path
+KNOWN_CHANGES_MAX = 1 << 16  # change hashes remembered for the heads fast path
 PEX_SHARE_MAX = 8  # peers told about a new peer
 PING_EARLY = 0.25  # sessions whose Ping is due within this fraction of the interval are pinged together
+HEADS_WAIT_S = 0.25  # unknown heads from a peer: wait this long for its changes, then use Automerge sync
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,9 @@ class NodeCore(ReleaseSwarming):
         self._invites_in_state: set[str] = set()  # invite ids whose use the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
-        self._seen_heads: dict[bytes, None] = {}  # every hash that was ever one of our heads (bounded)
+        self._known_changes: dict[bytes, None] = {}  # hashes of changes we hold (the latest KNOWN_CHANGES_MAX)
         self._flushed_heads: tuple[bytes, ...] = ()  # our heads at the last flush
-        self._note_heads()
+        self._note_changes([])
         self._sync_due: set[str] = set()  # peers to offer state to at the next flush
         self._flush_at: float | None = None  # when to persist and sync next
         self.health: dict | None = None  # our latest health report
@@ -329,13 +330,16 @@ class NodeCore(ReleaseSwarming):
         self._send_revocations(session, now)
         self._send_peer_addresses(session, now)
         self._share_new_peer(session, now)
-        self._record_member(session, now)
         heads = tuple(self.state.heads())
         if len(heads) > m.HEADS_MAX:  # a very divergent document: only Automerge sync copes
             self._use_automerge_sync(session, now)
         else:
             self._send_heads(session, heads, now)
             session.fallback_at = now + HEADS_FALLBACK_S
+        # After our heads went out: both sides record each other at once, and heads sent before
+        # those changes let the one that is ahead send the difference at once (the changes follow
+        # with it), where heads sent after them would be unknown on both sides until the fallback.
+        self._record_member(session, now)
         self._swarming_ready(session, now)
         if self._health_blob is not None:
             self._send(session, m.Health(self._health_blob), now)
@@ -453,7 +457,7 @@ class NodeCore(ReleaseSwarming):
         every `state_flush_s`, because both cost time that grows with the document's history."""
         changed = self.state.heads() != heads_before
         if changed:
-            self._note_heads()
+            self._note_changes(heads_before)
             if persist and self._unpersisted_since is None:
                 self._unpersisted_since = heads_before
             self._count("state.changes_applied")
@@ -492,14 +496,18 @@ class NodeCore(ReleaseSwarming):
     # costs one `changes_since` per flush; the Automerge sync protocol (whose message generation
     # grows with the whole history in this binding) is the fallback when heads are unknown.
 
-    def _note_heads(self) -> None:
-        for head in self.state.heads():
-            self._seen_heads[head] = None
-        while len(self._seen_heads) > SEEN_HEADS_MAX:
-            del self._seen_heads[next(iter(self._seen_heads))]
+    def _note_changes(self, heads_before: list[bytes]) -> None:
+        """Remember the hashes of the changes since `heads_before`: every one, not only our heads,
+        since a peer's heads may be changes that arrived here with later ones on top of them."""
+        known = self._known_changes
+        for change in self.state.change_hashes_since(heads_before)[-KNOWN_CHANGES_MAX:]:
+            known[change] = None
+        while len(known) > KNOWN_CHANGES_MAX:
+            del known[next(iter(known))]
 
     def _knows(self, heads: tuple[bytes, ...]) -> bool:
-        return all(head in self._seen_heads for head in heads)
+        """We hold these changes (as far as KNOWN_CHANGES_MAX recent ones tell)."""
+        return all(head in self._known_changes for head in heads)
 
     def _send_heads(self, session: Session, heads: tuple[bytes, ...], now: float) -> None:
         self._send(session, m.StateHeads(heads), now)
@@ -511,8 +519,17 @@ class NodeCore(ReleaseSwarming):
             session.automerge_sync = False  # back to (or on) the fast path
             session.fallback_at = None
             self._send_changes(session, now, {})
-        # else: the peer is ahead of us (it sends its changes) or we diverged (`fallback_at`, or
-        # an Automerge sync already running, settles it)
+        elif not session.automerge_sync:
+            # The peer is ahead of us (our heads reached it as its reached us, so its changes
+            # follow within a round trip) or we diverged: each made changes the other lacks, as two
+            # nodes that meet usually have. Then neither sends anything, and Automerge sync must
+            # settle it: start it after HEADS_WAIT_S rather than HEADS_FALLBACK_S, so a node that
+            # meets its peers is not kept settling (no chunks moving) for seconds.
+            wait_until = now + HEADS_WAIT_S
+            if session.fallback_at is None or session.fallback_at > wait_until:
+                session.fallback_at = wait_until
+                self._wake_timers()
+        # else: an Automerge sync already running settles it
 
     def _send_changes(self, session: Session, now: float, batch: dict[str, bytes]) -> None:
         """Send the peer what it lacks, if we know its heads; else fall back to Automerge sync."""

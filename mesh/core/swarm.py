@@ -28,9 +28,11 @@ Rules:
   peer holds it, unless a non-seed peer stalled (timed out since it last delivered). The seed's
   upload is the scarce resource: each byte it sends should be a byte no one else has yet. When a
   non-seed peer announces a chunk we asked a seed for (two peers asked the seed for the same chunk
-  at once), the seed's request is cancelled and the chunk asked of that peer; a server holds back a
-  request for a chunk it has just sent someone else (`SERVE_HOLD_S` in swarming.py), so the cancel
-  usually arrives before a byte went out twice.
+  at once) and none of its bytes has arrived yet, the seed's request is cancelled and the chunk
+  asked of that peer (if its pipeline has room). A busy server holds back a request for a chunk it
+  is sending, or has just sent, to someone else (`SERVE_HOLD_S` in swarming.py), so the cancel
+  arrives before a byte went out twice: behind a queue of seconds, a fixed age limit on the asker's
+  side let most of those duplicates through.
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
   duplicate each request that is late (unanswered for `request_latency_target_s`, or twice the
   queueing the budget expects if that is longer) to another peer that holds the chunk (at most
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.content.cid import RAW, Cid
@@ -64,7 +67,7 @@ class SwarmLimits:
     depth_start: int = 4  # ... at first
     depth_max: int = 24  # ... at most
     request_timeout_s: float = 20.0  # give a request up after this long
-    request_latency_target_s: float = 1.0  # a chunk delivered within this grows the pipeline
+    request_latency_target_s: float = 0.5  # a chunk delivered within this grows the pipeline
     endgame_copies_max: int = 2  # peers asked for one chunk at once, in endgame
     endgame_missing_max: int = 8  # endgame starts only when at most this many chunks are missing
     manifest_requests_max: int = 32  # manifests in flight at once (a few KB each)
@@ -74,7 +77,6 @@ class SwarmLimits:
     inflight_bytes_max: int = 256 * 1024 * 1024  # ... at most
     inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
     rate_window_s: float = 2.0  # the receive rate is measured over this window
-    seed_cancel_s: float = 1.0  # a seed's request this young is cancelled when a non-seed announces it
 
 
 @dataclass
@@ -345,9 +347,11 @@ class Swarm:
             return 0, None if self.chunks is None else len(self.chunks)
         return int.from_bytes(peer.bits, "big").bit_count(), len(self.chunks)
 
-    def peer_update(self, node: str, indices: tuple[int, ...], now: float | None = None) -> list[tuple[str, Cid]]:
+    def peer_update(self, node: str, indices: tuple[int, ...],
+                    arriving: Callable[[str, Cid], bool] | None = None) -> list[tuple[str, Cid]]:
         """The peer now holds these chunks; returns (seed, cid) requests to cancel: chunks we asked
-        a seed for that this (non-seed) peer can serve instead."""
+        a seed for that this (non-seed) peer can serve instead, unless `arriving(seed, cid)` says
+        their bytes have started to come (cancelling then would cost them twice). None: no cancels."""
         peer = self._peers.get(node)
         if peer is None:
             return []
@@ -366,20 +370,21 @@ class Swarm:
                 peer.count += 1
                 if index in self._missing and len(peer.inflight) < peer.depth and self._budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
-        return [] if now is None else self._seed_requests_to_cancel(node, indices, now)
+        return [] if arriving is None else self._seed_requests_to_cancel(node, indices, arriving)
 
-    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...], now: float) -> list[tuple[str, Cid]]:
-        """Only young requests: an older one is probably on its way already (a server holds a
-        duplicate request only briefly), and cancelling it would cost the bytes twice."""
-        if not self._at_seed or self._peers[node].count >= len(self.chunks):
-            return []
+    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...],
+                                 arriving: Callable[[str, Cid], bool]) -> list[tuple[str, Cid]]:
+        """A seed request with no bytes here yet waits in the seed's queue (or is held there,
+        since the seed is sending the chunk to someone else): cancel it and ask this peer."""
+        announcer = self._peers[node]
+        if not self._at_seed or announcer.count >= len(self.chunks) or len(announcer.inflight) >= announcer.depth:
+            return []  # no seed requests, or a seed announced, or the announcer is busy with ours
         cancels = []
         for index in indices:
             cid = self.chunks[index]
             seed = self._at_seed.pop(cid, None)
             peer = self._peers.get(seed) if seed is not None else None
-            if (peer is not None and cid in peer.inflight and cid not in self._storing
-                    and peer.inflight[cid] > now - self.limits.seed_cancel_s):
+            if peer is not None and cid in peer.inflight and cid not in self._storing and not arriving(seed, cid):
                 del peer.inflight[cid]
                 cancels.append((seed, cid))
                 self._dirty = True

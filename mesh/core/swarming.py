@@ -48,6 +48,7 @@ WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every 
 PASSIVE_TRACKS_MAX = 4  # releases we only announce (never fetch) at once
 PEER_HAVES_MAX = 8  # releases whose Have we remember per peer
 SERVE_HOLD_S = 1.0  # hold a request for a chunk sent to another peer this recently, this long
+SERVE_HOLD_MAX_S = 5.0  # ... and while that copy is still being sent, at most this long
 HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
 
 
@@ -89,6 +90,7 @@ class ReleaseSwarming:
         self._deferred_conns: set[int] = set()  # conns with chunk requests waiting for settling to end
         self._met_all = False  # `_met_everyone()` as of the last session and dial timers
         self._was_settling = True  # settling when the last timers ran (its changes are logged)
+        self._sending: dict[Cid, int] = {}  # chunk -> the conn its first copy is being sent to
         self._served_recently: dict[Cid, tuple[int, float]] = {}  # chunk -> (conn, when) sent lately
         self._held_at = float("inf")  # when the first held request is due (see `_serve`)
         self._settle_watch: set[int] = set()  # newly ready conns not yet caught up with (see `_settling`)
@@ -249,7 +251,7 @@ class ReleaseSwarming:
                 bits[index >> 3] |= 0x80 >> (index & 7)
         track = self.tracks.get(_binary_cid(msg.root))
         if track is not None:
-            for seed, cid in track.swarm.peer_update(session.node_id, msg.indices, now):
+            for seed, cid in track.swarm.peer_update(session.node_id, msg.indices, self._arriving):
                 self._count("chunks.seed_requests_cancelled")
                 self._cancel_request(seed, cid, now)
 
@@ -311,20 +313,49 @@ class ReleaseSwarming:
             self._count("chunks.withheld_refused")
             self._send(session, m.ChunkMissing(cid.to_bytes()), now)
             return
+        until = None if held else self._hold_until(session, cid, now)
+        if until is not None:
+            # We are sending (or just sent) this chunk to another peer, which will announce it: the
+            # asker may well cancel and fetch it there. Hold the request rather than send it twice.
+            session.held_serves[cid] = until
+            self._held_at = min(self._held_at, until)
+            return
+        self._sending.setdefault(cid, session.conn_id)
+        self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
+        self._actions.append(ServeChunk(session.conn_id, str(cid)))
+
+    def _hold_until(self, session: Session, cid: Cid, now: float) -> float | None:
+        """Until when to hold this peer's request for `cid`; None: serve it now. Held while the
+        first copy to another peer is on its way (at most SERVE_HOLD_MAX_S: behind a deep queue
+        that takes seconds), then SERVE_HOLD_S more for that peer to verify and announce it.
+        Only while our uplink has other work: idle, a copy costs nothing else. Manifests are never
+        held: small, and every peer needs them before it can ask for anything."""
         recent = self._served_recently
         while recent and next(iter(recent.values()))[1] < now - SERVE_HOLD_S:
             del recent[next(iter(recent))]
-        earlier = recent.get(cid)
-        if not held and earlier is not None and earlier[0] != session.conn_id:
-            # We just sent this chunk to another peer, which will announce it: the asker may well
-            # cancel and fetch it there. Hold the request briefly rather than send the bytes twice.
-            session.held_serves[cid] = now + SERVE_HOLD_S
-            self._held_at = min(self._held_at, now + SERVE_HOLD_S)
-            return
-        recent.pop(cid, None)
-        recent[cid] = (session.conn_id, now)
-        self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
-        self._actions.append(ServeChunk(session.conn_id, str(cid)))
+        if not any(self._serving.values()):
+            return None  # our uplink is idle: a copy now costs nothing else
+        sending = self._sending.get(cid)
+        if sending is not None and sending != session.conn_id:
+            until = now + SERVE_HOLD_MAX_S
+        elif cid in recent and recent[cid][0] != session.conn_id:
+            until = recent[cid][1] + SERVE_HOLD_S
+        else:
+            return None
+        return None if self._is_release_manifest(cid) else until
+
+    def _first_copy_done(self, conn_id: int, cid: Cid, sent: bool, now: float) -> None:
+        """The first copy of `cid` left (or was cancelled, or its connection is gone): requests held
+        for it wait SERVE_HOLD_S more if it went out, none if not."""
+        del self._sending[cid]
+        if sent:
+            self._served_recently.pop(cid, None)
+            self._served_recently[cid] = (conn_id, now)
+        until = now + SERVE_HOLD_S if sent else now
+        for session in self._sessions.values():
+            if session.held_serves.get(cid, until) > until:
+                session.held_serves[cid] = until
+                self._held_at = min(self._held_at, until)
 
     def _release_held(self, now: float) -> None:
         """Serve held requests whose hold is over (nobody cancelled them)."""
@@ -396,6 +427,9 @@ class ReleaseSwarming:
     def _on_chunk_served(self, event: ChunkServed, now: float) -> None:
         self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)
         self._count("chunks.served" if event.sent_bytes else "chunks.missing_served")
+        cid = Cid.parse(event.cid)
+        if self._sending.get(cid) == event.conn_id:
+            self._first_copy_done(event.conn_id, cid, event.sent_bytes > 0, now)
 
     # ---- fetching ------------------------------------------------------------------------------
 
@@ -424,6 +458,10 @@ class ReleaseSwarming:
             self._manifest_bytes[cid] = data
         self._storing_from[(session.conn_id, cid)] = session.node_id
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
+
+    def _arriving(self, node: str, cid: Cid) -> bool:
+        """Pieces of `cid` from this peer have arrived (and more are on their way)."""
+        return (self._ready.get(node, -1), cid) in self._assembling
 
     def _cancel_request(self, node: str, cid: Cid, now: float) -> None:
         session = self._sessions.get(self._ready.get(node, -1))
@@ -507,6 +545,8 @@ class ReleaseSwarming:
         for key in [k for k in self._assembling if k[0] == session.conn_id]:
             del self._assembling[key]
         self._serving.pop(session.conn_id, None)
+        for cid in [c for c, conn_id in self._sending.items() if conn_id == session.conn_id]:
+            self._first_copy_done(session.conn_id, cid, False, self._now)
 
     # ---- consent and retention: what we neither serve nor fetch -------------------------------
 

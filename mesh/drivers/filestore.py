@@ -12,14 +12,21 @@ Rules that make it crash-safe (a `kill -9` at any instant leaves a consistent st
    invisible: files in `tmp/` or renamed chunk files without a row; `gc` removes both, and a re-run
    of `add` simply writes them again.
 
-Every read that leaves the node is re-hashed (`read_chunk(..., verify=True)`, `read_objects`);
-`verify` re-hashes everything and moves corrupt chunks to `quarantine/` and out of the index, so a
+Integrity (docs/content-addressing.md, "Local integrity checks"): a chunk enters the store only
+after its bytes were hashed to its CID (BLAKE3) -- by `add`, or by `put`/`put_many` for bytes from a
+peer -- and its index row then also records an XXH3-128 checksum of those same bytes. Every read
+that leaves the node is re-hashed with BLAKE3 (`read_chunk(..., verify=True)`, `get`): a peer or a
+browser never gets bytes that do not match the CID. Local reads of files (`read_objects`, what
+`mesh cat` uses, and `iter_object`) check size and checksum instead, ~10x cheaper, the way Btrfs
+and ZFS check every read; a row without a checksum (written by older code) is checked with BLAKE3,
+and so is everything when the caller asks for `rehash`. `verify` re-hashes everything with BLAKE3,
+fills in missing checksums, and moves corrupt chunks to `quarantine/` and out of the index, so a
 later fetch can replace them.
 
-Reading files (`read_objects`, what `mesh cat` uses): one index query per file, then reader threads
-(read() and BLAKE3 both drop the GIL) fill reused buffers with groups of chunks, each chunk hashed
-in L2-sized pieces as it is read; the caller gets the verified groups in order, so it makes few,
-large writes, and a corrupt chunk stops the stream before any of its bytes are handed out.
+Reading files: one index query per file, then reader threads (read() and BLAKE3 drop the GIL;
+XXH3 keeps it ~10 us per piece) fill reused buffers with groups of chunks, each chunk checked in
+L2-sized pieces as it is read; the caller gets the checked groups in order, so it makes few, large
+writes, and a corrupt chunk stops the stream before any of its bytes are handed out.
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import mimetypes
 import mmap
 import os
 import sqlite3
@@ -37,13 +43,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+import xxhash
 
 from mesh.content.chunking import CHUNK_BYTES_MAX, chunk_bytes_for, iter_chunks
 from mesh.content.cid import DAG_CBOR, HASHES, RAW, Cid, cid_for_raw
 from mesh.content.manifest import FileManifest, decode_manifest, file_cid
 from mesh.errors import CorruptChunkError, MeshError, NotFoundError, StoreError
-from mesh.state.records import AssetRecord
+
+if TYPE_CHECKING:
+    from mesh.content.cid import _Hash
+    from mesh.state.records import AssetRecord
 
 BATCH_BYTES_MAX = 64 * 1024 * 1024  # flush a batch once this many chunk bytes are staged
 BATCH_CHUNKS_MAX = 512  # ... or this many chunk files
@@ -58,7 +69,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
     cid TEXT PRIMARY KEY,          -- CID of the chunk bytes
     size INTEGER NOT NULL,         -- bytes in the chunk file
-    stored_at REAL NOT NULL        -- unix seconds
+    stored_at REAL NOT NULL,       -- unix seconds
+    xxh3 BLOB                      -- XXH3-128 of the bytes whose CID was checked; NULL: older code
 );
 CREATE TABLE IF NOT EXISTS objects (
     cid TEXT PRIMARY KEY,          -- file CID: a manifest CID, or the single chunk's CID
@@ -83,6 +95,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL
 );
 """
+_INSERT_CHUNK = "INSERT OR IGNORE INTO chunks (cid, size, stored_at, xxh3) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class VerifyReport:
     checked: int  # chunks re-hashed
     corrupt: tuple[str, ...]  # CIDs whose bytes no longer match (now quarantined)
     missing: tuple[str, ...]  # CIDs indexed but whose file is gone (now dropped from the index)
+    checksums_added: int = 0  # intact chunks whose row had no checksum (older code): now recorded
+    checksums_wrong: tuple[str, ...] = ()  # intact chunks whose recorded checksum was wrong: rewritten
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,7 @@ class GcReport:
 class _Batch:
     """Chunks written to tmp/ and waiting to be flushed, renamed and indexed together."""
 
-    staged: dict[str, tuple[Path, int]] = field(default_factory=dict)  # cid -> (tmp path, size)
+    staged: dict[str, tuple[Path, int, bytes]] = field(default_factory=dict)  # cid -> (tmp, size, checksum)
     staged_bytes: int = 0  # sum of staged sizes
     objects: list[tuple[str, int, str | None, list[str]]] = field(default_factory=list)
 
@@ -151,15 +166,20 @@ def _syncfs() -> Callable[[int], int] | None:
     return _SYNCFS[0]
 
 
-@dataclass(frozen=True)
-class _ChunkRead:
-    """One chunk the read path reads and verifies."""
+def checksum(data: bytes | memoryview) -> bytes:
+    """The local integrity checksum (XXH3-128) recorded for a chunk's CID-checked bytes."""
+    return xxhash.xxh3_128_digest(data)
+
+
+class _ChunkRead(NamedTuple):
+    """One chunk the read path reads and checks (a NamedTuple: one is built per chunk, and it
+    defines in a seventh of the time a frozen dataclass takes at `mesh cat`'s start-up)."""
 
     cid: str  # its text CID, named in errors
     path: str  # its file
     size: int  # bytes the index says it holds
-    hash_code: int  # multihash function of its CID
-    digest: bytes  # what its bytes must hash to
+    new_hasher: Callable[[], _Hash]  # XXH3-128 if its row has a checksum, else its CID's hash
+    expected: bytes  # what its bytes must hash to with that function
 
 
 _B32_TO_INT_DIGITS = str.maketrans("abcdefghijklmnopqrstuvwxyz234567", "0123456789abcdefghijklmnopqrstuv")
@@ -223,7 +243,7 @@ def _read_chunk_into(chunk: _ChunkRead, view: memoryview) -> None:
         raise CorruptChunkError(chunk.cid, f"chunk {chunk.cid} is indexed but its file is missing") from None
     except OSError as exc:
         raise _os_error(exc, f"reading chunk {chunk.cid}") from None
-    hasher = HASHES[chunk.hash_code]()
+    hasher = chunk.new_hasher()
     try:
         if os.fstat(fd).st_size != chunk.size:
             raise CorruptChunkError(chunk.cid, f"chunk {chunk.cid} is corrupt (wrong size)")
@@ -238,7 +258,7 @@ def _read_chunk_into(chunk: _ChunkRead, view: memoryview) -> None:
         raise _os_error(exc, f"reading chunk {chunk.cid}") from None
     finally:
         os.close(fd)
-    if hasher.digest() != chunk.digest:
+    if hasher.digest() != chunk.expected:
         raise CorruptChunkError(chunk.cid)
 
 
@@ -322,6 +342,8 @@ def _reader_thread(groups: list[list[_ChunkRead]], lane: _ReaderLane, stop: thre
 
 def media_type_for(name: str) -> str:
     """Media type from a file name; a generic binary type when unknown."""
+    import mimetypes  # imports only: `mesh cat` does not pay for it
+
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed or "application/octet-stream"
 
@@ -344,6 +366,7 @@ class FileStore:
             self._local = threading.local()  # one SQLite connection per thread
             self._connections: list[sqlite3.Connection] = []
             self._db.executescript(_SCHEMA)
+            self._add_checksum_column()
         except OSError as exc:
             raise _os_error(exc, "opening the store") from None
         except sqlite3.Error as exc:
@@ -353,6 +376,18 @@ class FileStore:
         self._flush_job = None  # its concurrent.futures.Future, while it runs
         self._flusher = None  # a one-thread executor, made by the first full batch of an import
         self._lock_path = self.root / "store.lock"
+
+    def _add_checksum_column(self) -> None:
+        """Migrate an index written by older code in place: its rows keep a NULL checksum (read
+        with BLAKE3 until `verify` fills it in)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        if "xxh3" in columns:
+            return
+        try:
+            self._db.execute("ALTER TABLE chunks ADD COLUMN xxh3 BLOB")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process migrated it just now
+                raise
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -458,7 +493,7 @@ class FileStore:
             try:
                 self._flush_chunks(batch)
             except StoreError as exc:
-                for tmp_path, _ in batch.staged.values():
+                for tmp_path, _, _ in batch.staged.values():
                     with contextlib.suppress(OSError):
                         tmp_path.unlink()
                 staged = {Cid.parse(text) for text in batch.staged}
@@ -496,8 +531,9 @@ class FileStore:
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
             raise _os_error(exc, "storing a chunk") from None
+        row = (cid, len(data), time.time(), checksum(data))
         with self._transaction():
-            self._db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", (cid, len(data), time.time()))
+            self._db.execute(_INSERT_CHUNK, row)
 
     def delete(self, cid: Cid) -> bool:
         text = str(cid)
@@ -510,7 +546,8 @@ class FileStore:
     # ---- importing files ------------------------------------------------------------------------
 
     def _stage(self, cid: str, data: bytes | memoryview, batch: _Batch | None = None) -> None:
-        """Write a chunk under tmp/ (not yet durable, not yet visible)."""
+        """Write a chunk under tmp/ (not yet durable, not yet visible); `data` has been checked
+        against `cid`, so its checksum is recorded now."""
         batch = self._batch if batch is None else batch
         tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -520,7 +557,7 @@ class FileStore:
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
             raise _os_error(exc, "writing a chunk") from None
-        batch.staged[cid] = (tmp_path, len(data))
+        batch.staged[cid] = (tmp_path, len(data), checksum(data))
         batch.staged_bytes += len(data)
 
     def _batch_full(self) -> bool:
@@ -613,6 +650,8 @@ class FileStore:
         on_bytes: Callable[[int], None] | None = None,
     ) -> AddedFile:
         """Import one file; durable after `commit`. `AddedFile.record` is its asset record."""
+        from mesh.state.records import AssetRecord  # imports only: `mesh cat` does not pay for it
+
         try:
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
@@ -636,9 +675,9 @@ class FileStore:
         if not batch.staged:
             return
         try:
-            self._sync_files([path for path, _ in batch.staged.values()])
+            self._sync_files([path for path, _, _ in batch.staged.values()])
             touched = set()
-            for cid, (tmp_path, _) in batch.staged.items():
+            for cid, (tmp_path, _, _) in batch.staged.items():
                 final = self._chunk_path(cid)
                 final.parent.mkdir(exist_ok=True)
                 os.replace(tmp_path, final)
@@ -647,9 +686,9 @@ class FileStore:
         except OSError as exc:
             raise _os_error(exc, "flushing chunks to disk") from None
         now = time.time()
-        rows = [(cid, size, now) for cid, (_, size) in batch.staged.items()]
+        rows = [(cid, size, now, xxh3) for cid, (_, size, xxh3) in batch.staged.items()]
         with self._transaction():
-            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", rows)
+            self._db.executemany(_INSERT_CHUNK, rows)
         batch.staged.clear()
         batch.staged_bytes = 0
 
@@ -701,7 +740,7 @@ class FileStore:
         in_flight = self._in_flight
         self._stop_flusher()
         for batch in (in_flight, self._batch):
-            for tmp_path, _ in batch.staged.values():
+            for tmp_path, _, _ in batch.staged.values():
                 with contextlib.suppress(OSError):
                     tmp_path.unlink()
         self._batch = _Batch()
@@ -763,50 +802,60 @@ class FileStore:
             self._index_object(text, manifest.size, text, chunks)
         return manifest.size, chunks
 
-    def iter_object(self, cid: Cid | str) -> Iterator[bytes]:
-        """Stream a file's bytes, chunk by chunk, every chunk re-hashed before it is yielded."""
-        _, chunks = self.object_chunks(cid)
-        for chunk in chunks:
-            yield self.read_chunk(Cid.parse(chunk), verify=True)
+    def iter_object(self, cid: Cid | str, rehash: bool = False) -> Iterator[bytes]:
+        """Stream a file's bytes, chunk by chunk, each checked as `read_objects` does. Local use
+        only: what leaves the node goes through `read_chunk(verify=True)`."""
+        for chunk in self._read_plan(cid, rehash):
+            buffer = bytearray(chunk.size)
+            _read_chunk_into(chunk, memoryview(buffer))
+            yield bytes(buffer)
 
     def iter_objects_parallel(self, cids: Iterable[Cid | str], threads: int | None = None) -> Iterator[bytes]:
-        """Stream several files in order as bytes objects, every chunk re-hashed (see `read_objects`)."""
+        """Stream several files in order as bytes objects, every chunk checked (see `read_objects`)."""
         for view in self.read_objects(cids, threads):
             yield bytes(view)
 
-    def read_objects(self, cids: Iterable[Cid | str], threads: int | None = None) -> Iterator[memoryview]:
-        """Stream several files' bytes in order, every chunk re-hashed before it is handed out.
+    def read_objects(
+        self, cids: Iterable[Cid | str], threads: int | None = None, rehash: bool = False,
+    ) -> Iterator[memoryview]:
+        """Stream several files' bytes in order, every chunk checked before it is handed out.
 
-        Every CID is looked up first (NotFoundError before any byte if one is unknown or lacks a
-        chunk). Each view is valid until the next one is asked for; a corrupt chunk raises
-        CorruptChunkError naming it, after the verified bytes before it. Memory: about
-        threads x READ_SLOTS_PER_THREAD x max(READ_GROUP_BYTES, largest chunk)."""
-        plans = [self._read_plan(cid) for cid in cids]
+        The check is the chunk's size and its recorded checksum (BLAKE3 against its CID where the
+        row has none, or for every chunk with `rehash`): for local reads only; bytes for a peer or
+        HTTP go through `read_chunk(verify=True)`. Every CID is looked up first (NotFoundError
+        before any byte if one is unknown or lacks a chunk). Each view is valid until the next one
+        is asked for; a corrupt chunk raises CorruptChunkError naming it, after the checked bytes
+        before it. Memory: about threads x READ_SLOTS_PER_THREAD x max(READ_GROUP_BYTES, largest
+        chunk)."""
+        plans = [self._read_plan(cid, rehash) for cid in cids]
         threads = threads or min(READ_THREADS_MAX, os.cpu_count() or 1)
         return _verified_groups(_read_groups(plans), threads)
 
-    def _read_plan(self, cid: Cid | str) -> list[_ChunkRead]:
-        """The chunks of one file, with sizes and digests, from one index query."""
+    def _read_plan(self, cid: Cid | str, rehash: bool = False) -> list[_ChunkRead]:
+        """The chunks of one file, with sizes and what each must hash to, from one index query."""
         text = str(cid)
         rows = self._db.execute(
-            "SELECT oc.chunk, c.size FROM object_chunks AS oc LEFT JOIN chunks AS c ON c.cid = oc.chunk"
-            " WHERE oc.object = ? ORDER BY oc.seq", (text,)
+            "SELECT oc.chunk, c.size, c.xxh3 FROM object_chunks AS oc LEFT JOIN chunks AS c"
+            " ON c.cid = oc.chunk WHERE oc.object = ? ORDER BY oc.seq", (text,)
         ).fetchall()
         if not rows:  # a file that came from peers, or a single raw chunk: see `object_chunks`
             _, chunks = self.object_chunks(text)
-            rows = [(chunk, self._size_or_none(chunk)) for chunk in chunks]
+            rows = [(chunk, *self._size_and_checksum(chunk)) for chunk in chunks]
         plan = []
-        for chunk, size in rows:
+        for chunk, size, xxh3 in rows:
             if size is None:
                 raise NotFoundError(f"chunk {chunk} of {text} is missing here (run `mesh verify`)")
-            hash_code, digest = _hash_and_digest(chunk)
             path = f"{self._chunks_text}/{chunk[-2:]}/{chunk}"  # as `_chunk_path`, without pathlib
-            plan.append(_ChunkRead(chunk, path, size, hash_code, digest))
+            if xxh3 is None or rehash:
+                hash_code, digest = _hash_and_digest(chunk)
+                plan.append(_ChunkRead(chunk, path, size, HASHES[hash_code], digest))
+            else:
+                plan.append(_ChunkRead(chunk, path, size, xxhash.xxh3_128, xxh3))
         return plan
 
-    def _size_or_none(self, cid: str) -> int | None:
-        row = self._db.execute("SELECT size FROM chunks WHERE cid = ?", (cid,)).fetchone()
-        return None if row is None else int(row[0])
+    def _size_and_checksum(self, cid: str) -> tuple[int | None, bytes | None]:
+        row = self._db.execute("SELECT size, xxh3 FROM chunks WHERE cid = ?", (cid,)).fetchone()
+        return (None, None) if row is None else (int(row[0]), row[1])
 
     def release_inventory(self, root: str) -> tuple[list[tuple[str, bytes]], list[str]]:
         """What this store holds of a release: (manifests as (CID, bytes), data chunk CIDs).
@@ -842,29 +891,44 @@ class FileStore:
     # ---- integrity and space ------------------------------------------------------------------
 
     def verify(self, on_chunk: Callable[[int], None] | None = None) -> VerifyReport:
-        """Re-hash every indexed chunk; quarantine corrupt ones and drop missing ones."""
-        rows = self._db.execute("SELECT cid, size FROM chunks ORDER BY cid").fetchall()
+        """Re-hash every indexed chunk with its CID's hash; quarantine corrupt ones, drop missing
+        ones, and record the checksum of intact ones whose row lacks it or has a wrong one."""
+        rows = self._db.execute("SELECT cid, size, xxh3 FROM chunks ORDER BY cid").fetchall()
         corrupt: list[str] = []
         missing: list[str] = []
-        for cid, size in rows:
-            problem = self._check_chunk(cid)
+        added: list[tuple[bytes, str]] = []  # (checksum, cid) for rows that had none
+        wrong: list[tuple[bytes, str]] = []  # (checksum, cid) for rows whose checksum was wrong
+        for cid, size, recorded in rows:
+            problem, actual = self._check_chunk(cid)
             if problem == "missing":
                 missing.append(cid)
             elif problem == "corrupt":
                 corrupt.append(cid)
+            elif recorded is None:
+                added.append((actual, cid))
+            elif recorded != actual:
+                wrong.append((actual, cid))
             if on_chunk is not None:
                 on_chunk(size)
         self._quarantine_chunks(corrupt, missing)
-        return VerifyReport(checked=len(rows), corrupt=tuple(corrupt), missing=tuple(missing))
+        self._record_checksums(added + wrong)
+        return VerifyReport(checked=len(rows), corrupt=tuple(corrupt), missing=tuple(missing),
+                            checksums_added=len(added), checksums_wrong=tuple(cid for _, cid in wrong))
 
-    def _check_chunk(self, cid: str) -> str | None:
+    def _check_chunk(self, cid: str) -> tuple[str | None, bytes]:
+        """(None, checksum) for an intact chunk; ("missing" or "corrupt", b"") otherwise."""
         try:
             data = self._chunk_path(cid).read_bytes()
         except FileNotFoundError:
-            return "missing"
+            return "missing", b""
         except OSError as exc:
             raise _os_error(exc, f"reading chunk {cid}") from None
-        return None if Cid.parse(cid).verify(data) else "corrupt"
+        return (None, checksum(data)) if Cid.parse(cid).verify(data) else ("corrupt", b"")
+
+    def _record_checksums(self, rows: list[tuple[bytes, str]]) -> None:
+        if rows:
+            with self._transaction():
+                self._db.executemany("UPDATE chunks SET xxh3 = ? WHERE cid = ?", rows)
 
     def _quarantine_chunks(self, corrupt: list[str], missing: list[str]) -> None:
         now = time.time()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,8 @@ def default_home() -> Path:
 
 
 def default_node_name() -> str:
+    import socket  # only here: it pulls in selectors, and `mesh cat` never names a node
+
     return socket.gethostname().split(".")[0][:NODE_NAME_CHARS_MAX] or "node"
 
 
