@@ -219,18 +219,18 @@ DOC_TAIL = """## Reading the figures
   every station could approach 1; the scheduler does not know which peers share an access point
   (its seed avoidance is right on a switched LAN, where the seed's uplink is the bottleneck).
 
-## Speed of the full-size commands (2-core machine, measured 2026-11-26, nothing else running)
+## Speed of the full-size commands (2-core machine, nothing else running)
 
 | command | wall | events | virtual time | result |
 |---|---|---|---|---|
-| `venue --nodes 40 --release-mb 512 --wifi-mbit 200 --seed 7` | **112 s** | 851,000 | 1,657 s | all 39 complete, ratio 1.98, 131 duplicate chunks of 19,968 |
-| `gossip --nodes 1000 --seed 7` | **60 s** | 66,630 | | 5 rounds vs log2 N + ln N = 16.9 |
+| `venue --nodes 40 --release-mb 512 --wifi-mbit 200 --seed 7` | **119 s** | 671,000 | 1,657 s | all 39 complete, ratio 1.98, 104 duplicate chunks of 19,968 |
+| `gossip --nodes 1000 --seed 7` | **66 s** | 66,630 | | 5 rounds vs log2 N + ln N = 16.9 |
 
-The venue run took 88 s (665,000 events, 60 duplicate chunks) before the last swarm change, which
-holds a request for a chunk the server just sent elsewhere and cancels young requests to a seed
-when another peer announces the chunk: it cut the swarm lab's seed upload from 1.27 to 1.10 times
-the release, and costs this run cancels and re-requests. Two minutes is close: the next step is
-fewer HaveUpdates on a shared medium.
+Measured 2026-11-26 (session 4). The machine ran slower than in session 3, when the venue run took
+112 s: the session 3 code, run again the same hour, took 121 s (851,000 events, ratio 1.98, 131
+duplicates). Session 4's swarm changes (a duplicate request held while the first copy is being
+sent, a 0.5 s latency target) cut the events by a fifth and the duplicates by a fifth. Two minutes
+is close: the next step is fewer HaveUpdates on a shared medium.
 
 How the venue run got there (it did not finish within 300 s before): 1 MiB chunks (4x fewer
 chunk events); a node-wide in-flight budget (below it, forty stations each asking every peer for two

@@ -28,11 +28,11 @@ Rules:
   peer holds it, unless a non-seed peer stalled (timed out since it last delivered). The seed's
   upload is the scarce resource: each byte it sends should be a byte no one else has yet. When a
   non-seed peer announces a chunk we asked a seed for (two peers asked the seed for the same chunk
-  at once) and none of its bytes has arrived yet, the seed's request is cancelled and the chunk
-  asked of that peer (if its pipeline has room). A busy server holds back a request for a chunk it
+  at once), the request is younger than `seed_cancel_s` and none of its bytes has arrived, the
+  seed's request is cancelled and the chunk asked of that peer (if its pipeline has room). A busy server holds back a request for a chunk it
   is sending, or has just sent, to someone else (`SERVE_HOLD_S` in swarming.py), so the cancel
-  arrives before a byte went out twice: behind a queue of seconds, a fixed age limit on the asker's
-  side let most of those duplicates through.
+  arrives before a byte went out twice (a hold that ran 1 s from the request let most of them
+  through behind a seed's queue of seconds).
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
   duplicate each request that is late (unanswered for `request_latency_target_s`, or twice the
   queueing the budget expects if that is longer) to another peer that holds the chunk (at most
@@ -77,6 +77,7 @@ class SwarmLimits:
     inflight_bytes_max: int = 256 * 1024 * 1024  # ... at most
     inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
     rate_window_s: float = 2.0  # the receive rate is measured over this window
+    seed_cancel_s: float = 1.0  # a seed's request this young is cancelled when a non-seed announces it
 
 
 @dataclass
@@ -347,11 +348,11 @@ class Swarm:
             return 0, None if self.chunks is None else len(self.chunks)
         return int.from_bytes(peer.bits, "big").bit_count(), len(self.chunks)
 
-    def peer_update(self, node: str, indices: tuple[int, ...],
+    def peer_update(self, node: str, indices: tuple[int, ...], now: float | None = None,
                     arriving: Callable[[str, Cid], bool] | None = None) -> list[tuple[str, Cid]]:
         """The peer now holds these chunks; returns (seed, cid) requests to cancel: chunks we asked
         a seed for that this (non-seed) peer can serve instead, unless `arriving(seed, cid)` says
-        their bytes have started to come (cancelling then would cost them twice). None: no cancels."""
+        their bytes have started to come (cancelling then would cost them twice). No `now`: none."""
         peer = self._peers.get(node)
         if peer is None:
             return []
@@ -370,12 +371,16 @@ class Swarm:
                 peer.count += 1
                 if index in self._missing and len(peer.inflight) < peer.depth and self._budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
-        return [] if arriving is None else self._seed_requests_to_cancel(node, indices, arriving)
+        if now is None:
+            return []
+        return self._seed_requests_to_cancel(node, indices, now, arriving or (lambda seed, cid: False))
 
-    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...],
+    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...], now: float,
                                  arriving: Callable[[str, Cid], bool]) -> list[tuple[str, Cid]]:
-        """A seed request with no bytes here yet waits in the seed's queue (or is held there,
-        since the seed is sending the chunk to someone else): cancel it and ask this peer."""
+        """A young seed request with no bytes here yet waits in the seed's queue, or is held there
+        while the seed sends the chunk to someone else: cancel it and ask this peer. Not an older
+        one: on a shared medium it is probably in the air already, and cancelling it would cost
+        the bytes twice (without this limit the venue simulation delivered 3x the duplicates)."""
         announcer = self._peers[node]
         if not self._at_seed or announcer.count >= len(self.chunks) or len(announcer.inflight) >= announcer.depth:
             return []  # no seed requests, or a seed announced, or the announcer is busy with ours
@@ -384,7 +389,8 @@ class Swarm:
             cid = self.chunks[index]
             seed = self._at_seed.pop(cid, None)
             peer = self._peers.get(seed) if seed is not None else None
-            if peer is not None and cid in peer.inflight and cid not in self._storing and not arriving(seed, cid):
+            if (peer is not None and cid in peer.inflight and cid not in self._storing and not arriving(seed, cid)
+                    and peer.inflight[cid] > now - self.limits.seed_cancel_s):
                 del peer.inflight[cid]
                 cancels.append((seed, cid))
                 self._dirty = True

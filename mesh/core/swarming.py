@@ -251,7 +251,7 @@ class ReleaseSwarming:
                 bits[index >> 3] |= 0x80 >> (index & 7)
         track = self.tracks.get(_binary_cid(msg.root))
         if track is not None:
-            for seed, cid in track.swarm.peer_update(session.node_id, msg.indices, self._arriving):
+            for seed, cid in track.swarm.peer_update(session.node_id, msg.indices, now, self._arriving):
                 self._count("chunks.seed_requests_cancelled")
                 self._cancel_request(seed, cid, now)
 
