@@ -4,8 +4,8 @@ A file of `size` bytes is cut into chunks of `chunk_bytes_for(size)` bytes (the 
 The chunk size is the smallest power of two in [CHUNK_BYTES_START, CHUNK_BYTES_MAX] that keeps the
 file within CHUNKS_PER_FILE_TARGET chunks, so per-chunk overhead stays bounded for big files and
 medium files still split finely enough to swarm. Manifests may name chunk sizes down to
-CHUNK_BYTES_MIN (what earlier versions chose), so their releases still verify and swarm. Why not content-defined chunking: see
-docs/content-addressing.md.
+CHUNK_BYTES_MIN (what earlier versions chose), so their releases still verify and swarm. Why not
+content-defined chunking: see docs/content-addressing.md.
 """
 
 from __future__ import annotations

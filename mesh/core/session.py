@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mesh.core.events import Address
 from mesh.errors import LocalProtocolError
 from mesh.state.membership import Member
 from mesh.wire.messages import MessageDecoder
+
+if TYPE_CHECKING:
+    from mesh.content.cid import Cid
 
 
 class Phase(enum.Enum):
@@ -65,7 +69,7 @@ class Session:
     heads_sent: tuple[bytes, ...] = ()  # our heads in the last StateHeads we sent
     fallback_at: float | None = None  # switch to Automerge sync then if heads still unknown
     ready_at: float | None = None  # when the session became ready
-    held_serves: dict = field(default_factory=dict)  # chunk CID -> until when a request for it is held
+    held_serves: dict[Cid, float] = field(default_factory=dict)  # chunk -> until when a request for it is held
     deferred_requests: list[bytes] = field(default_factory=list)  # chunk requests held until
     # our state has caught up with every peer's (a revoke we lack must not let bytes out)
     change_parts: list[bytes] = field(default_factory=list)  # pieces of a StateChanges batch

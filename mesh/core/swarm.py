@@ -29,10 +29,10 @@ Rules:
   upload is the scarce resource: each byte it sends should be a byte no one else has yet. When a
   non-seed peer announces a chunk we asked a seed for (two peers asked the seed for the same chunk
   at once), the request is younger than `seed_cancel_s` and none of its bytes has arrived, the
-  seed's request is cancelled and the chunk asked of that peer (if its pipeline has room). A busy server holds back a request for a chunk it
-  is sending, or has just sent, to someone else (`SERVE_HOLD_S` in swarming.py), so the cancel
-  arrives before a byte went out twice (a hold that ran 1 s from the request let most of them
-  through behind a seed's queue of seconds).
+  seed's request is cancelled and the chunk asked of that peer (if its pipeline has room). A busy
+  server holds back a request for a chunk it is sending, or has just sent, to someone else
+  (`SERVE_HOLD_S` in swarming.py), so the cancel arrives before a byte went out twice (a hold that
+  ran 1 s from the request let most of them through behind a seed's queue of seconds).
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
   duplicate each request that is late (unanswered for `request_latency_target_s`, or twice the
   queueing the budget expects if that is longer) to another peer that holds the chunk (at most
@@ -111,6 +111,7 @@ class Swarm:
         self.limits = limits
         self._rng = rng
         self._manifests: dict[Cid, DirManifest | FileManifest] = {}
+        self._file_manifests: frozenset[Cid] = frozenset()  # the root's multi-chunk files, once known
         self.chunks: list[Cid] | None = None  # the chunk list, once every manifest is known
         self._index: dict[Cid, int] = {}
         self._sizes: list[int] = []
@@ -158,7 +159,7 @@ class Swarm:
 
     def file_manifests(self) -> set[Cid]:
         """CIDs of the release's file manifests (files of several chunks)."""
-        return self._wanted_manifest_set()
+        return set(self._file_manifests)
 
     def chunks_only_in(self, files: set[Cid]) -> set[Cid]:
         """The data chunks of the release only `files` use (no other file shares them). File
@@ -197,9 +198,11 @@ class Swarm:
     def add_manifest(self, cid: Cid, data: bytes) -> None:
         """A manifest of this release we hold (verified by the caller); may complete the list."""
         try:
-            self._manifests[cid] = decode_manifest(data)
+            manifest = self._manifests[cid] = decode_manifest(data)
         except ValueError as exc:
             raise RemoteProtocolError(f"manifest {cid} does not decode: {exc}") from None
+        if cid == self.root and isinstance(manifest, DirManifest):
+            self._file_manifests = frozenset(e.cid for e in manifest.entries if e.cid.codec != RAW)
         self._manifest_inflight.pop(cid, None)
         self._storing.discard(cid)
         if self.chunks is None and not self.manifests_missing():
@@ -282,13 +285,7 @@ class Swarm:
         return index is not None and _bit(self._have, index)
 
     def is_manifest(self, cid: Cid) -> bool:
-        return cid == self.root or (cid.codec != RAW and cid in self._wanted_manifest_set())
-
-    def _wanted_manifest_set(self) -> set[Cid]:
-        root = self._manifests.get(self.root)
-        if not isinstance(root, DirManifest):
-            return set()
-        return {entry.cid for entry in root.entries if entry.cid.codec != RAW}
+        return cid == self.root or cid in self._file_manifests
 
     def chunk_size(self, cid: Cid) -> int | None:
         index = self._index.get(cid)
@@ -346,20 +343,17 @@ class Swarm:
             return None
         if self.chunks is None or peer.bits is None:
             return 0, None if self.chunks is None else len(self.chunks)
-        return int.from_bytes(peer.bits, "big").bit_count(), len(self.chunks)
+        return peer.count, len(self.chunks)
 
-    def peer_update(self, node: str, indices: tuple[int, ...], now: float | None = None,
-                    arriving: Callable[[str, Cid], bool] | None = None) -> list[tuple[str, Cid]]:
-        """The peer now holds these chunks; returns (seed, cid) requests to cancel: chunks we asked
-        a seed for that this (non-seed) peer can serve instead, unless `arriving(seed, cid)` says
-        their bytes have started to come (cancelling then would cost them twice). No `now`: none."""
+    def peer_update(self, node: str, indices: tuple[int, ...]) -> None:
+        """The peer now holds these chunks."""
         peer = self._peers.get(node)
         if peer is None:
-            return []
+            return
         if self.chunks is None:
             peer.early_updates.extend(indices[: len(indices)])
             del peer.early_updates[1 << 20:]
-            return []
+            return
         if peer.bits is None:
             peer.bits = bytearray(len(self._have))
         for index in indices:
@@ -371,18 +365,18 @@ class Swarm:
                 peer.count += 1
                 if index in self._missing and len(peer.inflight) < peer.depth and self._budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
-        if now is None:
-            return []
-        return self._seed_requests_to_cancel(node, indices, now, arriving or (lambda seed, cid: False))
 
-    def _seed_requests_to_cancel(self, node: str, indices: tuple[int, ...], now: float,
-                                 arriving: Callable[[str, Cid], bool]) -> list[tuple[str, Cid]]:
-        """A young seed request with no bytes here yet waits in the seed's queue, or is held there
-        while the seed sends the chunk to someone else: cancel it and ask this peer. Not an older
+    def seed_requests_to_cancel(self, node: str, indices: tuple[int, ...], now: float,
+                                arriving: Callable[[str, Cid], bool]) -> list[tuple[str, Cid]]:
+        """(seed, cid) requests to cancel now that `node` announced `indices`: chunks we asked a
+        seed for that this non-seed peer can serve instead. Only a young seed request whose bytes
+        have not started to arrive (`arriving(seed, cid)`): it waits in the seed's queue, or is held
+        there while the seed sends the chunk to someone else. Not an older
         one: on a shared medium it is probably in the air already, and cancelling it would cost
         the bytes twice (without this limit the venue simulation delivered 3x the duplicates)."""
-        announcer = self._peers[node]
-        if not self._at_seed or announcer.count >= len(self.chunks) or len(announcer.inflight) >= announcer.depth:
+        announcer = self._peers.get(node)
+        if (not self._at_seed or announcer is None or self.chunks is None or announcer.count >= len(self.chunks)
+                or len(announcer.inflight) >= announcer.depth):
             return []  # no seed requests, or a seed announced, or the announcer is busy with ours
         cancels = []
         for index in indices:
@@ -437,7 +431,7 @@ class Swarm:
         if not inflight_bytes and not self._storing:
             self._busy_since = None  # idle until now: the rate is measured afresh
         rate = self._receive_rate(now)
-        budget = self._budget(now, rate)
+        budget = self._budget(rate)
         expected_s = inflight_bytes / rate if rate else self.limits.inflight_queue_s
         self._late_s = max(self.limits.request_latency_target_s, 2 * expected_s)
         self._budget_left = budget - inflight_bytes
@@ -465,7 +459,7 @@ class Swarm:
             return None
         return sum(size for _, size in received) / elapsed
 
-    def _budget(self, now: float, rate: float | None) -> int:
+    def _budget(self, rate: float | None) -> int:
         limits = self.limits
         if rate is None:
             return limits.inflight_bytes_start

@@ -251,7 +251,8 @@ class ReleaseSwarming:
                 bits[index >> 3] |= 0x80 >> (index & 7)
         track = self.tracks.get(_binary_cid(msg.root))
         if track is not None:
-            for seed, cid in track.swarm.peer_update(session.node_id, msg.indices, now, self._arriving):
+            track.swarm.peer_update(session.node_id, msg.indices)
+            for seed, cid in track.swarm.seed_requests_to_cancel(session.node_id, msg.indices, now, self._arriving):
                 self._count("chunks.seed_requests_cancelled")
                 self._cancel_request(seed, cid, now)
 
@@ -333,16 +334,14 @@ class ReleaseSwarming:
         recent = self._served_recently
         while recent and next(iter(recent.values()))[1] < now - SERVE_HOLD_S:
             del recent[next(iter(recent))]
-        if not any(self._serving.values()):
-            return None  # our uplink is idle: a copy now costs nothing else
+        if not any(self._serving.values()) or self._is_release_manifest(cid):
+            return None  # our uplink is idle (a copy now costs nothing else), or a manifest
         sending = self._sending.get(cid)
         if sending is not None and sending != session.conn_id:
-            until = now + SERVE_HOLD_MAX_S
-        elif cid in recent and recent[cid][0] != session.conn_id:
-            until = recent[cid][1] + SERVE_HOLD_S
-        else:
-            return None
-        return None if self._is_release_manifest(cid) else until
+            return now + SERVE_HOLD_MAX_S
+        if cid in recent and recent[cid][0] != session.conn_id:
+            return recent[cid][1] + SERVE_HOLD_S
+        return None
 
     def _first_copy_done(self, conn_id: int, cid: Cid, sent: bool, now: float) -> None:
         """The first copy of `cid` left (or was cancelled, or its connection is gone): requests held

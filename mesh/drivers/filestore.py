@@ -17,9 +17,9 @@ after its bytes were hashed to its CID (BLAKE3) -- by `add`, or by `put`/`put_ma
 peer -- and its index row then also records an XXH3-128 checksum of those same bytes. Every read
 that leaves the node is re-hashed with BLAKE3 (`read_chunk(..., verify=True)`, `get`): a peer or a
 browser never gets bytes that do not match the CID. Local reads of files (`read_objects`, what
-`mesh cat` uses, and `iter_object`) check size and checksum instead, ~10x cheaper, the way Btrfs
-and ZFS check every read; a row without a checksum (written by older code) is checked with BLAKE3,
-and so is everything when the caller asks for `rehash`. `verify` re-hashes everything with BLAKE3,
+`mesh cat` uses) check size and checksum instead, ~10x cheaper, the way Btrfs and ZFS check every
+read; a row without a checksum (written by older code) is checked with BLAKE3, and so is
+everything when the caller asks for `rehash`. `verify` re-hashes everything with BLAKE3,
 fills in missing checksums, and moves corrupt chunks to `quarantine/` and out of the index, so a
 later fetch can replace them.
 
@@ -801,19 +801,6 @@ class FileStore:
         with self._transaction():
             self._index_object(text, manifest.size, text, chunks)
         return manifest.size, chunks
-
-    def iter_object(self, cid: Cid | str, rehash: bool = False) -> Iterator[bytes]:
-        """Stream a file's bytes, chunk by chunk, each checked as `read_objects` does. Local use
-        only: what leaves the node goes through `read_chunk(verify=True)`."""
-        for chunk in self._read_plan(cid, rehash):
-            buffer = bytearray(chunk.size)
-            _read_chunk_into(chunk, memoryview(buffer))
-            yield bytes(buffer)
-
-    def iter_objects_parallel(self, cids: Iterable[Cid | str], threads: int | None = None) -> Iterator[bytes]:
-        """Stream several files in order as bytes objects, every chunk checked (see `read_objects`)."""
-        for view in self.read_objects(cids, threads):
-            yield bytes(view)
 
     def read_objects(
         self, cids: Iterable[Cid | str], threads: int | None = None, rehash: bool = False,

@@ -51,6 +51,7 @@ class _Cursor:
     generation: bytes | None = None  # log generation last read; None: never read
     offset: int = 0  # bytes of the log applied to the state
     file_heads: list[bytes] = field(default_factory=list)  # hashes known to be in the file
+    stamp: tuple[int, int, int] | None = None  # the log's (inode, size, mtime) before the last read
 
 
 def _checksum(length_bytes: bytes, payload: bytes) -> bytes:
@@ -143,9 +144,24 @@ class StateFile:
             self._maybe_compact_locked(None)
 
     def read_new(self, state: MeshState) -> bool:
-        """Apply what other processes wrote since this state last read; True if anything was new."""
+        """Apply what other processes wrote since this state last read; True if anything was new.
+
+        A log unchanged since the last read costs one stat: the agent asks many times a second."""
+        cursor = self._cursor(state)
+        stamp = self._log_stamp()
+        if stamp is not None and stamp == cursor.stamp:
+            return False  # an append grows the file; a compaction replaces it (a new inode)
         with self._locked(fcntl.LOCK_SH):
-            return self._read_new_locked(state, self._cursor(state))
+            changed = self._read_new_locked(state, cursor)
+        cursor.stamp = stamp  # taken before reading: a write after it shows as a change next time
+        return changed
+
+    def _log_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(self.log_path)
+        except OSError:
+            return None
+        return info.st_ino, info.st_size, info.st_mtime_ns
 
     def persist(self, state: MeshState) -> bool:
         """Write this state's unsaved changes and read others'; True if others' were new here."""
