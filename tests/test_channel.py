@@ -233,6 +233,39 @@ def test_small_reads_return_every_byte_in_order() -> None:
     run(main)
 
 
+def test_records_that_arrived_together_come_back_in_one_read() -> None:
+    """Each send is its own record; a reader that was busy gets every record that arrived
+    meanwhile in one read (up to its max), in order, instead of one read per record."""
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+    messages = [os.urandom(100 + index) for index in range(50)]
+    client: SecureStream
+
+    async def send() -> None:
+        for message in messages:
+            await client.send_all(message)
+        await client.send_all(b"\x00" * 100_000)  # bulk after them: two records
+
+    async def main() -> None:
+        nonlocal client
+        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        expected = b"".join(messages) + b"\x00" * 100_000
+        reads = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            await trio.sleep(0.2)  # all of it is in the server's socket now
+            while sum(map(len, reads)) < len(expected):
+                reads.append(await server.receive_some(64 * 1024))
+        assert b"".join(reads) == expected
+        assert all(len(read) <= 64 * 1024 for read in reads)
+        assert reads[0] == b"".join(messages)  # 50 records, one read (the next record is too big)
+        assert len(reads) <= 4
+        await client.aclose()
+        await server.aclose()
+
+    run(main)
+
+
 def test_secure_stream_passes_trio_two_way_stream_checks() -> None:
     mesh = make_mesh()
     edge = mesh.invite("edge")

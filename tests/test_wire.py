@@ -43,6 +43,8 @@ from mesh.wire.messages import (
     CBOR_DEPTH_MAX,
     CBOR_ITEMS_MAX,
     Base32Id,
+    ChunkData,
+    ChunkRequest,
     Bytes,
     Int,
     Nested,
@@ -50,6 +52,7 @@ from mesh.wire.messages import (
     Spec,
     Text,
     TupleOf,
+    arriving_chunk,
     message,
     record_fields,
     type_code_of,
@@ -489,3 +492,37 @@ def test_a_mutable_dataclass_is_refused() -> None:
             nonce: int = wire(Int(0, 1))  # never registered
 
     assert 250 not in MESSAGE_TYPES and 251 not in MESSAGE_TYPES
+
+
+# ---- a chunk seen arriving before its frame is whole -----------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cid=st.binary(min_size=36, max_size=64),
+    total=st.integers(1, 300_000),
+    data=st.data(),
+)
+def test_the_chunk_of_a_frame_still_arriving_is_known_once_its_cid_is_in(
+    cid: bytes, total: int, data: st.DataObject
+) -> None:
+    frame = encode(ChunkData(cid, 0, total, b"\x07" * total))
+    cid_end = frame.index(cid) + len(cid)  # header, array head, type code, CID head, CID
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    decoder = MessageDecoder()
+    decoder.receive_data(frame[:cut])
+    assert arriving_chunk(decoder) == (cid if cut >= cid_end else None)
+    decoder.receive_data(frame[cut:])
+    assert decoder.next_message() == ChunkData(cid, 0, total, b"\x07" * total)
+    assert arriving_chunk(decoder) is None  # nothing is arriving once the frame is whole and taken
+
+
+def test_only_chunk_data_counts_as_a_chunk_arriving() -> None:
+    cid = bytes(range(40))
+    decoder = MessageDecoder()
+    decoder.receive_data(encode(ChunkRequest(cid)) + encode(ChunkData(cid, 0, 10, b"x" * 10))[:30])
+    assert decoder.next_message() == ChunkRequest(cid)
+    assert arriving_chunk(decoder) is None  # the CID of the arriving ChunkData is not all in yet
+    junk = MessageDecoder()
+    junk.receive_data(b"\x00\x00\x01\x00" + b"\xff" * 60)  # a frame whose body is not a message
+    assert arriving_chunk(junk) is None

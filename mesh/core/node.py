@@ -31,14 +31,14 @@ from mesh.core.events import (
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
 from mesh.core.swarm import SwarmLimits
-from mesh.core.swarming import HEADS_FALLBACK_S, STARTUP_SETTLE_S, ReleaseSwarming
+from mesh.core.swarming import FEATURE_CHUNK_BUSY, HEADS_FALLBACK_S, STARTUP_SETTLE_S, ReleaseSwarming
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
 from mesh.state.document import MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
 from mesh.wire import messages as m
 
-FEATURES = ("state-sync/1", "swarm/1")
+FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY)
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 KNOWN_CHANGES_MAX = 1 << 16  # change hashes remembered for the heads fast path
@@ -282,6 +282,7 @@ class NodeCore(ReleaseSwarming):
             m.ChunkCancel: self._on_chunk_cancel,
             m.ChunkData: self._on_chunk_data,
             m.ChunkMissing: self._on_chunk_missing,
+            m.ChunkBusy: self._on_chunk_busy,
             m.Health: self._on_health,
         }.get(type(msg))
         if handler is None:
@@ -296,6 +297,7 @@ class NodeCore(ReleaseSwarming):
         if hello.mesh_id != self.identity.mesh_id:
             raise RemoteProtocolError("Hello names another mesh")
         session.listen_port = hello.listen_port
+        session.features = frozenset(hello.features)
         session.advance(Trigger.HELLO_OK)
         if not self._keep_one_session(session):
             return

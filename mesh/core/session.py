@@ -58,6 +58,7 @@ class Session:
     last_rx: float = 0.0  # when the peer last sent anything
     last_tx: float = 0.0  # when we last sent anything
     listen_port: int | None = None  # where the peer accepts sessions (from its Hello)
+    features: frozenset[str] = frozenset()  # optional capabilities the peer's Hello lists
     ping_nonce: int | None = None  # outstanding Ping
     ping_at: float = float("-inf")  # when we last sent a Ping
     sync_parts: list[bytes] = field(default_factory=list)  # pieces of a state sync message

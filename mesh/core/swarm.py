@@ -3,8 +3,9 @@
 Rules:
 - A release is a root DirManifest. Its *chunk list* is, for every entry in manifest order, the file's
   chunk CIDs (a single-chunk file is its own chunk), each CID once. Manifests are resolved first:
-  the root, then the FileManifest of every multi-chunk file; they are fetched like chunks from any
-  ready peer, preferring peers that announced the release. A manifest unanswered for
+  the root, then the FileManifest of every multi-chunk file; they are fetched like chunks, from the
+  peers known to hold them (those that announced the release, and its publisher; any ready peer
+  when none of those is connected). A manifest unanswered for
   `request_latency_target_s` is also asked of another peer (at most `endgame_copies_max` at once):
   manifests are small, and one stalled peer must not hold up the whole list.
 - Peers announce a bitfield over the same list (`Have`) and then increments (`HaveUpdate`). A
@@ -30,9 +31,11 @@ Rules:
   non-seed peer announces a chunk we asked a seed for (two peers asked the seed for the same chunk
   at once), the request is younger than `seed_cancel_s` and none of its bytes has arrived, the
   seed's request is cancelled and the chunk asked of that peer (if its pipeline has room). A busy
-  server holds back a request for a chunk it is sending, or has just sent, to someone else
-  (`SERVE_HOLD_S` in swarming.py), so the cancel arrives before a byte went out twice (a hold that
-  ran 1 s from the request let most of them through behind a seed's queue of seconds).
+  seed declines a request for a chunk it is sending, or has just sent, to someone else
+  (`ChunkBusy`, `_hold_until` in swarming.py): the asker fetches the chunk from the peer that
+  announces it, or asks a seed again after `seed_busy_retry_s`. No byte goes out twice, and no
+  cancel races the seed's copy through a busy medium. (Peers without the "chunk-busy/1" feature
+  get the older behaviour: the seed holds the request, for their cancel to arrive in time.)
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
   duplicate each request that is late (unanswered for `request_latency_target_s`, or twice the
   queueing the budget expects if that is longer) to another peer that holds the chunk (at most
@@ -78,6 +81,7 @@ class SwarmLimits:
     inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
     rate_window_s: float = 2.0  # the receive rate is measured over this window
     seed_cancel_s: float = 1.0  # a seed's request this young is cancelled when a non-seed announces it
+    seed_busy_retry_s: float = 1.0  # a chunk a seed declined (ChunkBusy) is asked of a seed again after this
 
 
 @dataclass
@@ -106,8 +110,9 @@ def _set_bit(bits: bytearray, index: int) -> None:
 class Swarm:
     """Scheduler state for the release this node wants now."""
 
-    def __init__(self, root: Cid, limits: SwarmLimits, rng: random.Random) -> None:
+    def __init__(self, root: Cid, limits: SwarmLimits, rng: random.Random, publisher: str | None = None) -> None:
         self.root = root
+        self.publisher = publisher  # the node that made the release: it holds every manifest
         self.limits = limits
         self._rng = rng
         self._manifests: dict[Cid, DirManifest | FileManifest] = {}
@@ -122,6 +127,7 @@ class Swarm:
         self._availability: list[int] = []
         self._ties: list[int] = []  # chunk index -> its rank among equally rare chunks (random per node)
         self._at_seed: dict[Cid, str] = {}  # chunk -> the seed it was asked of (may be stale: checked)
+        self._seed_busy_until: dict[Cid, float] = {}  # chunk -> no seed is asked for it before then
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._manifest_inflight: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: asked at}
@@ -371,13 +377,14 @@ class Swarm:
         """(seed, cid) requests to cancel now that `node` announced `indices`: chunks we asked a
         seed for that this non-seed peer can serve instead. Only a young seed request whose bytes
         have not started to arrive (`arriving(seed, cid)`): it waits in the seed's queue, or is held
-        there while the seed sends the chunk to someone else. Not an older
-        one: on a shared medium it is probably in the air already, and cancelling it would cost
-        the bytes twice (without this limit the venue simulation delivered 3x the duplicates)."""
+        there while the seed sends the chunk to someone else. Not an older one: on a shared medium
+        it is probably in the air already, and cancelling it would cost the bytes twice (without
+        this limit the venue simulation delivered 3x the duplicates)."""
         announcer = self._peers.get(node)
-        if (not self._at_seed or announcer is None or self.chunks is None or announcer.count >= len(self.chunks)
-                or len(announcer.inflight) >= announcer.depth):
-            return []  # no seed requests, or a seed announced, or the announcer is busy with ours
+        if announcer is None or self.chunks is None or announcer.count >= len(self.chunks):
+            return []  # a seed announced
+        if not self._at_seed or len(announcer.inflight) >= announcer.depth:
+            return []  # no seed requests, or the announcer is busy with ours
         cancels = []
         for index in indices:
             cid = self.chunks[index]
@@ -389,6 +396,17 @@ class Swarm:
                 cancels.append((seed, cid))
                 self._dirty = True
         return cancels
+
+    def seed_busy(self, node: str, cid: Cid, now: float) -> None:
+        """The seed `node` declined our request for `cid` (ChunkBusy: it is sending the chunk to
+        another peer, which will announce it). Fetch it from a non-seed that holds it, or ask a
+        seed again after `seed_busy_retry_s`."""
+        peer = self._peers.get(node)
+        if peer is None or peer.inflight.pop(cid, None) is None:
+            return
+        self._at_seed.pop(cid, None)
+        self._seed_busy_until[cid] = now + self.limits.seed_busy_retry_s
+        self._dirty = True
 
     def peer_lacking(self, node: str, indices: tuple[int, ...]) -> tuple[int, ...]:
         """Those of `indices` the peer's bitfield lacks (all of them while it is unknown)."""
@@ -499,6 +517,10 @@ class Swarm:
                 node = max(others, key=room.__getitem__)  # the least loaded (pipelines shrink when slow)
             elif availability[index] > seeds and not stalled:
                 continue  # a non-seed peer holds it: leave the seed's upload for what only it has
+            elif self._seed_busy_until.get(cid, 0.0) > now:
+                due = self._seed_busy_until[cid]  # the seed is sending it to a peer that will announce it
+                self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
+                continue
             else:
                 node = holders[0]
                 self._at_seed[cid] = node  # cancelled if a non-seed peer announces it first
@@ -516,17 +538,21 @@ class Swarm:
         return requests
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
-        """New manifest requests, round-robin over peers (announced first); then a second copy of
-        each request unanswered for `request_latency_target_s`, to a peer not yet asked."""
+        """New manifest requests, round-robin over the peers known to hold every manifest (those
+        that announced the release, and its publisher), or over any peer when none of those can be
+        asked (peers that learned of the release when we did would only say they lack it); then
+        a second copy of each request unanswered for `request_latency_target_s`, to a peer not
+        yet asked."""
         ordered = sorted(nodes, key=lambda n: (not self._peers[n].announced, self._rng.random()))
         if not ordered:
             return []
+        holders = [n for n in ordered if self._peers[n].announced or n == self.publisher]
         missing = [c for c in self.manifests_missing() if c not in self._storing]
         room = self.limits.manifest_requests_max - len(self._manifest_inflight)
         requests = []
         for cid in missing:
             asked = self._manifest_inflight.get(cid)
-            candidates = self._not_lacking(cid, ordered, now)
+            candidates = self._not_lacking(cid, holders, now) or self._not_lacking(cid, ordered, now)
             if not candidates:
                 continue
             if asked is None and room > 0:

@@ -38,6 +38,7 @@ from mesh.state.consent import hidden_assets
 from mesh.state.releases import Release, ReleaseBook
 from mesh.wire import messages as m
 
+FEATURE_CHUNK_BUSY = "chunk-busy/1"  # a peer listing this in its Hello understands ChunkBusy
 SERVE_QUEUE_MAX = 64  # chunk requests a peer may have waiting on us
 CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
 HEADS_FALLBACK_S = 3.0  # use Automerge sync with a peer whose heads we still do not know by then
@@ -162,7 +163,7 @@ class ReleaseSwarming:
                     self._check_complete(track)
 
     def _start_track(self, release: Release, fetch: bool) -> Track:
-        track = Track(release, Swarm(Cid.parse(release.root), self.swarm_limits, self._rng), fetch)
+        track = Track(release, Swarm(Cid.parse(release.root), self.swarm_limits, self._rng, release.publisher), fetch)
         self.tracks[track.swarm.root] = track
         self._replay_haves(track)
         self._load_inventory(track)
@@ -318,6 +319,11 @@ class ReleaseSwarming:
         if until is not None:
             # We are sending (or just sent) this chunk to another peer, which will announce it: the
             # asker may well cancel and fetch it there. Hold the request rather than send it twice.
+            if FEATURE_CHUNK_BUSY in session.features and self._seeding(cid):
+                # Say so instead: the asker fetches it from that peer, or asks us again later.
+                self._count("chunks.busy_declined")
+                self._send(session, m.ChunkBusy(cid.to_bytes()), now)
+                return
             session.held_serves[cid] = until
             self._held_at = min(self._held_at, until)
             return
@@ -329,13 +335,17 @@ class ReleaseSwarming:
         """Until when to hold this peer's request for `cid`; None: serve it now. Held while the
         first copy to another peer is on its way (at most SERVE_HOLD_MAX_S: behind a deep queue
         that takes seconds), then SERVE_HOLD_S more for that peer to verify and announce it.
-        Only while our uplink has other work: idle, a copy costs nothing else. Manifests are never
-        held: small, and every peer needs them before it can ask for anything."""
+        Only by a seed (peers ask a seed only for what no one else has, and cancel when someone
+        announces it; a non-seed's held request is never cancelled, only delayed: in the swarm
+        lab, edges left holding each other's requests were the last second of the run), and only
+        while our uplink has other work: idle, a copy costs nothing else. Manifests are never
+        held: small, and every peer needs them before it can ask for anything. A peer that
+        understands ChunkBusy is told instead (see `_serve`)."""
         recent = self._served_recently
         while recent and next(iter(recent.values()))[1] < now - SERVE_HOLD_S:
             del recent[next(iter(recent))]
-        if not any(self._serving.values()) or self._is_release_manifest(cid):
-            return None  # our uplink is idle (a copy now costs nothing else), or a manifest
+        if not any(self._serving.values()) or self._is_release_manifest(cid) or not self._seeding(cid):
+            return None  # idle uplink (a copy now costs nothing else), a manifest, or not a seed
         sending = self._sending.get(cid)
         if sending is not None and sending != session.conn_id:
             return now + SERVE_HOLD_MAX_S
@@ -437,6 +447,15 @@ class ReleaseSwarming:
         for track in self.tracks.values():
             track.swarm.peer_lacks(session.node_id, cid, now)
 
+    def _seeding(self, cid: Cid) -> bool:
+        """We hold the whole of a release that has `cid` (peers count us as one of its seeds)."""
+        return any(t.swarm.complete and t.swarm.holds(cid) for t in self.tracks.values())
+
+    def _on_chunk_busy(self, session: Session, msg: m.ChunkBusy, now: float) -> None:
+        cid = _binary_cid(msg.cid)
+        for track in self.tracks.values():
+            track.swarm.seed_busy(session.node_id, cid, now)
+
     def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
         cid = _binary_cid(msg.cid)
         track = next((t for t in self._ordered_tracks() if t.swarm.requested_from(session.node_id, cid)), None)
@@ -444,13 +463,16 @@ class ReleaseSwarming:
             self._count("chunks.unrequested_pieces")  # cancelled or timed out: drop it
             return
         key = (session.conn_id, cid)
-        buffer = self._assembling.setdefault(key, bytearray())
-        if msg.offset != len(buffer) or msg.total > m.CHUNK_BYTES_MAX or len(buffer) + len(msg.data) > msg.total:
-            raise RemoteProtocolError(f"chunk {cid}: piece at {msg.offset} does not follow {len(buffer)} of {msg.total}")
-        buffer += msg.data
-        if len(buffer) < msg.total:
-            return
-        data = bytes(self._assembling.pop(key))
+        if msg.offset == 0 and len(msg.data) == msg.total <= m.CHUNK_BYTES_MAX and key not in self._assembling:
+            data = msg.data  # the whole chunk in one piece (the usual case): no copies
+        else:
+            buffer = self._assembling.setdefault(key, bytearray())
+            if msg.offset != len(buffer) or msg.total > m.CHUNK_BYTES_MAX or len(buffer) + len(msg.data) > msg.total:
+                raise RemoteProtocolError(f"chunk {cid}: piece at {msg.offset} does not follow {len(buffer)} of {msg.total}")
+            buffer += msg.data
+            if len(buffer) < msg.total:
+                return
+            data = bytes(self._assembling.pop(key))
         for other_node, other_cid in track.swarm.delivered(session.node_id, cid, now):
             self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
@@ -459,8 +481,13 @@ class ReleaseSwarming:
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
 
     def _arriving(self, node: str, cid: Cid) -> bool:
-        """Pieces of `cid` from this peer have arrived (and more are on their way)."""
-        return (self._ready.get(node, -1), cid) in self._assembling
+        """Bytes of `cid` from this peer have arrived (and the rest is on its way): earlier
+        pieces, or the head of the frame now arriving."""
+        conn_id = self._ready.get(node, -1)
+        if (conn_id, cid) in self._assembling:
+            return True
+        session = self._sessions.get(conn_id)
+        return session is not None and m.arriving_chunk(session.decoder) == cid.to_bytes()
 
     def _cancel_request(self, node: str, cid: Cid, now: float) -> None:
         session = self._sessions.get(self._ready.get(node, -1))

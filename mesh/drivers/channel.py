@@ -595,17 +595,29 @@ class SecureStream(trio.abc.Stream):
             self._plain.append(plain)
 
     def _take(self, max_bytes: int | None) -> bytes:
-        """Pop up to `max_bytes` of buffered plaintext (b"" at EOF)."""
-        if not self._plain:
+        """Pop up to `max_bytes` (None: RECEIVE_BYTES_MAX) of buffered plaintext (b"" at EOF).
+        Whole records that fit are joined into one result: a reader that handles each read as
+        one event then handles many small messages (or a chunk's records) at once."""
+        plain = self._plain
+        if not plain:
             return b""
-        head, start = self._plain[0], self._plain_start
-        end = len(head) if max_bytes is None else min(len(head), start + max_bytes)
-        if end == len(head):
-            self._plain.popleft()
-            self._plain_start = 0
-            return head if start == 0 else head[start:]
-        self._plain_start = end  # copy only what is returned: small reads stay linear
-        return head[start:end]
+        limit = RECEIVE_BYTES_MAX if max_bytes is None else max_bytes
+        head, start = plain[0], self._plain_start
+        end = min(len(head), start + limit)
+        if end < len(head):
+            self._plain_start = end  # copy only what is returned: small reads stay linear
+            return head[start:end]
+        plain.popleft()
+        self._plain_start = 0
+        first = head if start == 0 else head[start:]
+        if not plain or len(first) + len(plain[0]) > limit:
+            return first
+        parts, size = [first], len(first)
+        while plain and size + len(plain[0]) <= limit:
+            record = plain.popleft()
+            parts.append(record)
+            size += len(record)
+        return b"".join(parts)
 
     def _break(self, reason: str) -> None:
         self._receive_broken = True

@@ -18,14 +18,14 @@ import os
 import random
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
 
 from mesh.config import AgentConfig
-from mesh.content.cid import Cid
+from mesh.content.cid import DAG_CBOR, Cid
 from mesh.core.events import (
     Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
     DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
@@ -51,9 +51,11 @@ HANDSHAKE_TIMEOUT_S = 10.0
 READ_BYTES_MAX = 256 * 1024
 SHUTDOWN_GRACE_S = 3.0
 CLOSE_DRAIN_S = 5.0
+WRITE_GATHER_BYTES_MAX = 64 * 1024  # queued frames joined into one write, at most
 STORE_QUEUE_MAX = 1024  # received chunks waiting to be verified and stored
 STORE_BATCH_CHUNKS_MAX = 64  # chunks made durable by one flush
 PURGE_FULL_EVERY_ROUNDS = 10  # purge this often even when the state did not change (retention)
+MANIFEST_CACHE_BYTES_MAX = 8 * 1024 * 1024  # manifests kept in memory for serving (least recent go)
 VIEW_FLUSH_S = 5.0  # views counted in memory are written to shared state this often
 RECENT_EVENTS_MAX = 200  # events kept for the dashboard
 RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
@@ -103,6 +105,8 @@ class Agent:
         self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)
+        self._manifest_cache: OrderedDict[str, bytes] = OrderedDict()  # text CID -> verified manifest
+        self._manifest_cache_bytes = 0
         self.counters: Counter[str] = Counter()  # bytes_in, bytes_out, chunks_served, views
         self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS_MAX)  # for the dashboard
         self._views: Counter[str] = Counter()  # canonical tag -> views not yet in shared state
@@ -166,7 +170,7 @@ class Agent:
             except OSError as exc:
                 log.warning("state.compact_failed error=%s", exc)
         self.store.close()
-        self._emit_log("agent.stopped")
+        self._emit_log("agent.stopped", **({"c_" + k.replace(".", "_"): v for k, v in self.core.counters.items()} if self.core else {}))
 
     # ---- the core's task --------------------------------------------------------------------------
 
@@ -277,13 +281,39 @@ class Agent:
         except MeshError as exc:
             log.warning("release.inventory_failed root=%s error=%s", root, exc)
             manifests, present = [], []
+        for cid_text, data in manifests:  # peers will ask for all of them as soon as we announce
+            self._cache_manifest(cid_text, data)
         await self._events_send.send(ReleaseInventory(root, tuple(manifests), tuple(present)))
 
+    async def _read_for_peer(self, cid: Cid, cid_text: str) -> bytes:
+        """A block's bytes for a peer, re-hashed as they are read from the store. Manifests are
+        kept in memory once verified (read, or listed in a release inventory): every peer asks for
+        all of them at once when a release is published, and a worker-thread read for each
+        request made listing a release take ~1 s on a busy seed."""
+        cache = self._manifest_cache
+        data = cache.get(cid_text)
+        if data is not None:
+            cache.move_to_end(cid_text)
+            return data
+        data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._serve_limiter)
+        if cid.codec == DAG_CBOR:
+            self._cache_manifest(cid_text, data)
+        return data
+
+    def _cache_manifest(self, cid_text: str, data: bytes) -> None:
+        """Keep a verified manifest for serving (the least recently used go beyond the bound)."""
+        cache = self._manifest_cache
+        old = cache.pop(cid_text, None)
+        self._manifest_cache_bytes += len(data) - (0 if old is None else len(old))
+        cache[cid_text] = data
+        while self._manifest_cache_bytes > MANIFEST_CACHE_BYTES_MAX:
+            self._manifest_cache_bytes -= len(cache.popitem(last=False)[1])
+
     async def _serve_chunk(self, secure, conn_id: int, cid_text: str) -> None:
-        """Send one chunk as ChunkData pieces, re-hashed just before it leaves."""
+        """Send one chunk as ChunkData pieces."""
         cid = Cid.parse(cid_text)
         try:
-            data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._serve_limiter)
+            data = await self._read_for_peer(cid, cid_text)
         except MeshError:
             await secure.send_all(m.encode(m.ChunkMissing(cid.to_bytes())))
             await self._events_send.send(ChunkServed(conn_id, cid_text, 0))
@@ -389,18 +419,33 @@ class Agent:
 
     async def _writer(self, secure, conn_id: int, outbox: trio.MemoryReceiveChannel) -> None:
         """Send queued frames until the outbox is closed (CloseConnection): all of it goes out."""
+        jobs: deque[_ChunkJob] = deque()  # chunks to serve, in order, behind any queued frames
         async with outbox:
-            async for item in outbox:
-                if isinstance(item, _ChunkJob):
-                    conn = self._connections.get(conn_id)
-                    if conn is not None and item.cid in conn.cancelled:
-                        conn.cancelled.discard(item.cid)
-                        await self._events_send.send(ChunkServed(conn_id, item.cid, 0))
-                        continue
-                    await self._serve_chunk(secure, conn_id, item.cid)
-                else:
-                    await secure.send_all(item)
-                    self.counters["bytes_out"] += len(item)
+            while True:
+                frames = _take_queued(outbox, jobs)
+                if frames:
+                    await secure.send_all(frames)
+                    self.counters["bytes_out"] += len(frames)
+                if jobs:
+                    await self._chunk_job(secure, conn_id, jobs.popleft())
+                elif not frames:
+                    try:
+                        item = await outbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                    if isinstance(item, _ChunkJob):
+                        jobs.append(item)
+                    else:
+                        await secure.send_all(item)
+                        self.counters["bytes_out"] += len(item)
+
+    async def _chunk_job(self, secure, conn_id: int, job: _ChunkJob) -> None:
+        conn = self._connections.get(conn_id)
+        if conn is not None and job.cid in conn.cancelled:
+            conn.cancelled.discard(job.cid)
+            await self._events_send.send(ChunkServed(conn_id, job.cid, 0))
+            return
+        await self._serve_chunk(secure, conn_id, job.cid)
 
     # ---- discovery and status ---------------------------------------------------------------------
 
@@ -521,6 +566,27 @@ class Agent:
             self.recent_events.append({"time": time.time(), "event": event_name, **fields})
         text = " ".join(f"{k}={v}" for k, v in fields.items())
         log.info("%s %s", event_name, text, extra={"event": event_name, "fields": fields})
+
+
+def _take_queued(outbox: trio.MemoryReceiveChannel, jobs: deque[_ChunkJob]) -> bytes:
+    """Take what the outbox holds now: chunk jobs join `jobs`, frames (up to
+    WRITE_GATHER_BYTES_MAX) are returned joined as one write. Frames go ahead of queued chunks:
+    a ChunkBusy, a request or a HaveUpdate must not wait seconds behind a seed's MiBs of data
+    (they are independent messages, so only each kind's own order matters). Many small
+    messages then also cost one write here and one read at the peer."""
+    frames: list[bytes] = []
+    size = 0
+    while size < WRITE_GATHER_BYTES_MAX:
+        try:
+            item = outbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        if isinstance(item, _ChunkJob):
+            jobs.append(item)
+        else:
+            frames.append(item)
+            size += len(item)
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 def _reason(exc: BaseException) -> str:

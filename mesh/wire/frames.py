@@ -57,6 +57,13 @@ class FrameDecoder:
         """How many more bytes `receive_data` accepts right now."""
         return self._buffer_bytes_max - len(self._buffer)
 
+    def partial_body(self, bytes_max: int) -> bytes:
+        """The first (at most `bytes_max`) bytes of the frame now arriving, once its header is
+        in (b"" otherwise): lets a receiver see what a large frame carries before it is whole."""
+        if len(self._buffer) <= FRAME_HEADER_BYTES or self._error is not None:
+            return b""
+        return bytes(self._buffer[FRAME_HEADER_BYTES : FRAME_HEADER_BYTES + bytes_max])
+
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer; LocalProtocolError if the caller overfills the buffer."""
         if self._error is not None:
@@ -92,6 +99,6 @@ class FrameDecoder:
         end = FRAME_HEADER_BYTES + length
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[FRAME_HEADER_BYTES:end])
+        body = bytes(memoryview(self._buffer)[FRAME_HEADER_BYTES:end])  # one copy, not two
         del self._buffer[:end]  # bytearray drops a prefix in O(1) amortised
         return body

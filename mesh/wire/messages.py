@@ -472,6 +472,16 @@ class ChunkMissing(Message):
     cid: bytes = wire(CID)  # binary CID that was requested
 
 
+@message(type_code=19)
+@dataclass(frozen=True)
+class ChunkBusy(Message):
+    """Not now: the sender (which holds the whole release) is sending this chunk to another peer,
+    which will announce it. The request is dropped and no byte of it was sent: fetch the chunk
+    from that peer, or ask again later. Sent only to peers whose Hello lists "chunk-busy/1"."""
+
+    cid: bytes = wire(CID)  # binary CID of a chunk we requested
+
+
 # --- state sync fast path -------------------------------------------------------------------------
 
 HEADS_MAX = 1024
@@ -627,6 +637,27 @@ def encode(msg: Message, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     return encode_frame(encode_message(msg), frame_bytes_max)
 
 
+_CHUNK_DATA_CODE = type_code_of(ChunkData)
+CHUNK_DATA_PREFIX_BYTES = 1 + 1 + 2 + CID_BYTES_MAX  # array head, type code, CID head, CID
+
+
+def arriving_chunk(decoder: MessageDecoder) -> bytes | None:
+    """The binary CID of the ChunkData whose frame is arriving in `decoder` (its head is in, the
+    frame is not whole yet), or None. A 1 MiB piece takes a while on a slow link; its chunk is
+    already on its way, and cancelling its request then would only waste the sender's upload."""
+    prefix = decoder.partial_body(CHUNK_DATA_PREFIX_BYTES)
+    try:
+        major, length, pos = _read_head(prefix, 0)
+        code_major, code, pos = _read_head(prefix, pos)
+        cid_major, cid_length, pos = _read_head(prefix, pos)
+    except RemoteProtocolError:
+        return None  # not enough of it yet, or not a message (the whole frame will say why)
+    if (major, length, code_major, code, cid_major) != (4, 5, 0, _CHUNK_DATA_CODE, 2):
+        return None
+    cid = prefix[pos : pos + cid_length]
+    return cid if len(cid) == cid_length else None
+
+
 class MessageDecoder:
     """Sans-IO: bytes in with `receive_data`, messages out with `next_message`.
 
@@ -649,6 +680,10 @@ class MessageDecoder:
     def receive_bytes_max(self) -> int:
         """How many more bytes `receive_data` accepts right now."""
         return self._frames.receive_bytes_max
+
+    def partial_body(self, bytes_max: int) -> bytes:
+        """The start of the frame now arriving (see `FrameDecoder.partial_body`)."""
+        return self._frames.partial_body(bytes_max)
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer (see `FrameDecoder.receive_data`)."""
