@@ -170,7 +170,8 @@ class Agent:
             except OSError as exc:
                 log.warning("state.compact_failed error=%s", exc)
         self.store.close()
-        self._emit_log("agent.stopped", **({"c_" + k.replace(".", "_"): v for k, v in self.core.counters.items()} if self.core else {}))
+        counters = self.core.counters if self.core is not None else {}  # chunks served, declined...
+        self._emit_log("agent.stopped", **{f"count.{name}": counters[name] for name in sorted(counters)})
 
     # ---- the core's task --------------------------------------------------------------------------
 
