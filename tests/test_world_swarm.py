@@ -273,9 +273,13 @@ def test_a_release_published_to_four_met_edges_costs_the_seed_one_copy() -> None
     seed_out = sum(world.nodes["seed"].traffic.chunk_bytes_out.values())
     missing = {n: world.nodes[n].traffic.messages_in["ChunkMissing"] for n in edges}
     busy = sum(world.nodes[n].traffic.messages_in["ChunkBusy"] for n in edges)
+    published = next(e.time for e in world.events("release.current", node="seed"))
+    listed = max(e.time for e in world.events("release.listed") if e.node in edges) - published
     print(f"complete in {took:.2f} s, bound {bound:.2f} s ({took / bound:.2f}x); seed uploaded "
-          f"{seed_out / content.chunk_bytes:.3f} F; ChunkMissing {missing}; ChunkBusy {busy}")
+          f"{seed_out / content.chunk_bytes:.3f} F; listed after {listed:.3f} s; ChunkMissing {missing}; "
+          f"ChunkBusy {busy}")
     assert not any(missing.values()), f"seed={SEED}: manifests asked of peers lacking them: {missing}"
+    assert listed < 0.1, f"seed={SEED}: the last edge knew what to fetch {listed:.3f} s after the publish"
     assert busy > 0, f"seed={SEED}: the seed never declined a duplicate request"
     # 1.00-1.04 F and 1.03-1.10x over seeds 1-5; before: 1.05 F, 1.10x, 24 ChunkMissing per edge
     assert seed_out < 1.06 * content.chunk_bytes, f"seed={SEED}: the seed uploaded {seed_out / content.chunk_bytes:.3f} F"

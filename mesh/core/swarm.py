@@ -116,6 +116,7 @@ class Swarm:
         self.limits = limits
         self._rng = rng
         self._manifests: dict[Cid, DirManifest | FileManifest] = {}
+        self._manifest_data: dict[Cid, bytes] = {}  # ... as verified bytes, for serving them
         self._file_manifests: frozenset[Cid] = frozenset()  # the root's multi-chunk files, once known
         self.chunks: list[Cid] | None = None  # the chunk list, once every manifest is known
         self._index: dict[Cid, int] = {}
@@ -207,6 +208,7 @@ class Swarm:
             manifest = self._manifests[cid] = decode_manifest(data)
         except ValueError as exc:
             raise RemoteProtocolError(f"manifest {cid} does not decode: {exc}") from None
+        self._manifest_data[cid] = data
         if cid == self.root and isinstance(manifest, DirManifest):
             self._file_manifests = frozenset(e.cid for e in manifest.entries if e.cid.codec != RAW)
         self._manifest_inflight.pop(cid, None)
@@ -289,6 +291,10 @@ class Swarm:
     def holds(self, cid: Cid) -> bool:
         index = self._index.get(cid)
         return index is not None and _bit(self._have, index)
+
+    def manifest_data(self, cid: Cid) -> bytes | None:
+        """The verified bytes of one of this release's manifests we hold, else None."""
+        return self._manifest_data.get(cid)
 
     def is_manifest(self, cid: Cid) -> bool:
         return cid == self.root or cid in self._file_manifests

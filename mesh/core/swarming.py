@@ -315,6 +315,11 @@ class ReleaseSwarming:
             self._count("chunks.withheld_refused")
             self._send(session, m.ChunkMissing(cid.to_bytes()), now)
             return
+        manifest = self._manifest_data(cid)
+        if manifest is not None:  # answered at once, with the other messages queued for this peer
+            self._count("chunks.manifests_served")
+            self._send(session, m.ChunkData(cid.to_bytes(), 0, len(manifest), manifest), now)
+            return
         until = None if held else self._hold_until(session, cid, now)
         if until is not None:
             # We are sending (or just sent) this chunk to another peer, which will announce it: the
@@ -446,6 +451,16 @@ class ReleaseSwarming:
         cid = _binary_cid(msg.cid)
         for track in self.tracks.values():
             track.swarm.peer_lacks(session.node_id, cid, now)
+
+    def _manifest_data(self, cid: Cid) -> bytes | None:
+        """A manifest of a release we track, if we hold it and it fits one ChunkData piece:
+        every peer asks for all of them at once when a release is published; each one as a chunk
+        job (a worker-thread read, a write, an event) made listing take ~1 s on a busy seed."""
+        for track in self.tracks.values():
+            data = track.swarm.manifest_data(cid)
+            if data is not None and len(data) <= m.CHUNK_PIECE_BYTES_MAX:
+                return data
+        return None
 
     def _seeding(self, cid: Cid) -> bool:
         """We hold the whole of a release that has `cid` (peers count us as one of its seeds)."""

@@ -18,14 +18,14 @@ import os
 import random
 import signal
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
 
 from mesh.config import AgentConfig
-from mesh.content.cid import DAG_CBOR, Cid
+from mesh.content.cid import Cid
 from mesh.core.events import (
     Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
     DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
@@ -55,7 +55,6 @@ WRITE_GATHER_BYTES_MAX = 64 * 1024  # queued frames joined into one write, at mo
 STORE_QUEUE_MAX = 1024  # received chunks waiting to be verified and stored
 STORE_BATCH_CHUNKS_MAX = 64  # chunks made durable by one flush
 PURGE_FULL_EVERY_ROUNDS = 10  # purge this often even when the state did not change (retention)
-MANIFEST_CACHE_BYTES_MAX = 8 * 1024 * 1024  # manifests kept in memory for serving (least recent go)
 VIEW_FLUSH_S = 5.0  # views counted in memory are written to shared state this often
 RECENT_EVENTS_MAX = 200  # events kept for the dashboard
 RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
@@ -105,8 +104,6 @@ class Agent:
         self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)
-        self._manifest_cache: OrderedDict[str, bytes] = OrderedDict()  # text CID -> verified manifest
-        self._manifest_cache_bytes = 0
         self.counters: Counter[str] = Counter()  # bytes_in, bytes_out, chunks_served, views
         self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS_MAX)  # for the dashboard
         self._views: Counter[str] = Counter()  # canonical tag -> views not yet in shared state
@@ -282,39 +279,13 @@ class Agent:
         except MeshError as exc:
             log.warning("release.inventory_failed root=%s error=%s", root, exc)
             manifests, present = [], []
-        for cid_text, data in manifests:  # peers will ask for all of them as soon as we announce
-            self._cache_manifest(cid_text, data)
         await self._events_send.send(ReleaseInventory(root, tuple(manifests), tuple(present)))
 
-    async def _read_for_peer(self, cid: Cid, cid_text: str) -> bytes:
-        """A block's bytes for a peer, re-hashed as they are read from the store. Manifests are
-        kept in memory once verified (read, or listed in a release inventory): every peer asks for
-        all of them at once when a release is published, and a worker-thread read for each
-        request made listing a release take ~1 s on a busy seed."""
-        cache = self._manifest_cache
-        data = cache.get(cid_text)
-        if data is not None:
-            cache.move_to_end(cid_text)
-            return data
-        data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._serve_limiter)
-        if cid.codec == DAG_CBOR:
-            self._cache_manifest(cid_text, data)
-        return data
-
-    def _cache_manifest(self, cid_text: str, data: bytes) -> None:
-        """Keep a verified manifest for serving (the least recently used go beyond the bound)."""
-        cache = self._manifest_cache
-        old = cache.pop(cid_text, None)
-        self._manifest_cache_bytes += len(data) - (0 if old is None else len(old))
-        cache[cid_text] = data
-        while self._manifest_cache_bytes > MANIFEST_CACHE_BYTES_MAX:
-            self._manifest_cache_bytes -= len(cache.popitem(last=False)[1])
-
     async def _serve_chunk(self, secure, conn_id: int, cid_text: str) -> None:
-        """Send one chunk as ChunkData pieces."""
+        """Send one chunk as ChunkData pieces, re-hashed just before it leaves."""
         cid = Cid.parse(cid_text)
         try:
-            data = await self._read_for_peer(cid, cid_text)
+            data = await trio.to_thread.run_sync(self.store.read_chunk, cid, limiter=self._serve_limiter)
         except MeshError:
             await secure.send_all(m.encode(m.ChunkMissing(cid.to_bytes())))
             await self._events_send.send(ChunkServed(conn_id, cid_text, 0))

@@ -40,6 +40,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -64,6 +65,7 @@ from mesh.state.document import MeshState, actor_id
 from mesh.testing.content import release_inventory
 from mesh.testing.identities import MemberIdentity, TestMesh
 from mesh.testing.netmodel import Pipe, Site
+from mesh.wire import FRAME_HEADER_BYTES
 from mesh.wire import messages as m
 
 START_TIME = 1_750_000_000.0  # virtual unix seconds at time zero (credentials need a real date)
@@ -421,7 +423,7 @@ class NodeHandle:
         self.stuck_since = 0.0  # when the first of them ran
         self.store = SimStore(world.pool)  # its chunk store; survives crashes (see `World.wipe_store`)
         self.corrupts_served = False  # fault: every chunk it serves has a flipped byte
-        self.serving_stalled = False  # fault: it never answers a ServeChunk
+        self.serving_stalled = False  # fault: it never sends chunk data (ServeChunk or its own)
         self.pins: tuple[str, ...] = ()  # release ids or names its config pins
 
     @property
@@ -842,7 +844,14 @@ class World:
     # ---- actions ------------------------------------------------------------------------------
 
     def _on_send(self, handle: NodeHandle, action: Send) -> None:
-        self.write(handle, action.conn_id, action.data)
+        data = action.data
+        if (handle.serving_stalled or handle.corrupts_served) and self.summarize(data)[0][0] == "ChunkData":
+            # The faults cover chunk data a core sends itself (manifests it holds in memory) too.
+            if handle.serving_stalled:
+                return
+            msg = m.decode_message(data[FRAME_HEADER_BYTES:])
+            data = m.encode(dataclasses.replace(msg, data=_flip_byte(msg.data)))
+        self.write(handle, action.conn_id, data)
 
     def write(self, handle: NodeHandle, conn_id: int, data: bytes, summary: tuple | None = None) -> bool:
         """Queue bytes on a connection now (bandwidth, latency, order); False if it is closed.
