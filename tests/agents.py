@@ -152,6 +152,12 @@ class PrivateNet:
     def prefix(self) -> tuple[str, ...]:
         return ("nsenter", f"--net=/proc/{self.holder.pid}/ns/net")
 
+    def cap(self, bytes_per_s: int) -> None:
+        """Cap everything sent in the namespace (all of it crosses `lo`) with `tc tbf`."""
+        from mesh.testing.netns import tbf_qdisc_command
+
+        subprocess.run([*self.prefix, *tbf_qdisc_command("lo", bytes_per_s)], check=True, capture_output=True)
+
     def close(self) -> None:
         os.killpg(self.holder.pid, signal.SIGKILL)
         self.holder.wait()

@@ -18,6 +18,7 @@ from tests.agents import Node, PrivateNet, free_port, make_mesh, stop_all, wait_
 
 RELEASE_FILES = 16
 FILE_BYTES = 4 * 1024 * 1024
+LINK_BYTES_PER_S = 24_000_000  # all nodes share it: ~8 s for three edges to fetch 64 MiB each
 
 FETCH_SCRIPT = """
 import hashlib, json, sys, urllib.request
@@ -66,6 +67,7 @@ def test_release_swarms_to_three_edges_over_mdns_with_a_sigkill_resume(tmp_path:
     http_ports = {edge.home.name: free_port() for edge in edges}
     net = PrivateNet()
     try:
+        net.cap(LINK_BYTES_PER_S)  # so that the victim is still fetching when it is killed
         org.start(prefix=net.prefix)
         for edge in edges:
             edge.start("--http", f"127.0.0.1:{http_ports[edge.home.name]}", prefix=net.prefix)
@@ -73,6 +75,7 @@ def test_release_swarms_to_three_edges_over_mdns_with_a_sigkill_resume(tmp_path:
         wait_until(lambda: _release(victim).get("have_bytes", 0) >= 16 * 1024 * 1024, 120, "victim a quarter done")
         victim.stop(signal.SIGKILL)
         had = _stored_bytes(victim)
+        assert had < RELEASE_FILES * FILE_BYTES - 8 * 1024 * 1024, f"the victim had {had} B when killed: not halfway"
         victim.start("--http", f"127.0.0.1:{http_ports[victim.home.name]}", prefix=net.prefix)
 
         for edge in edges:

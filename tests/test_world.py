@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from mesh.config import CoreLimits
 from mesh.content.cid import cid_for_raw
 from mesh.core.events import DataReceived, Dial, PeerDiscovered
 from mesh.state.document import MeshState
@@ -255,6 +256,22 @@ def test_one_session_per_pair_when_both_dial_at_once() -> None:
 
 
 # ---- (f) --------------------------------------------------------------------------------------
+
+
+def test_a_session_refused_before_hello_is_a_clean_close_not_a_protocol_error() -> None:
+    """A node at its session limit (or shutting down, or banning the peer) answers a new session
+    with Close before any Hello; the other side takes that as the peer's word, not as bad input."""
+    world = make_world(limits=CoreLimits(sessions_max=1))
+    world.add_node("org", identity=world.mesh.founder)
+    world.add_node("edge-1")
+    world.add_node("edge-2")
+    world.add_static_peer("edge-1", "org")
+    world.run_until(lambda w: w.nodes["org"].peer_names() == {"edge-1"}, 10, "org full")
+    world.add_static_peer("edge-2", "org")
+    world.run_until(lambda w: bool(w.events("peer.closed_by_peer", node="edge-2")), 10, "edge-2 refused")
+    refused = world.events("peer.closed_by_peer", node="edge-2")[0]
+    assert refused.fields["reason"] == "too many sessions"
+    assert world.nodes["edge-2"].live_core().counters.get("sessions.protocol_errors", 0) == 0
 
 
 def test_peer_sending_garbage_is_dropped_and_others_are_served() -> None:

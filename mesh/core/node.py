@@ -262,6 +262,8 @@ class NodeCore(ReleaseSwarming):
     def _on_message(self, session: Session, msg: m.Message, now: float) -> None:
         self.last_seen[session.node_id] = now
         if session.phase is Phase.HELLO:
+            if isinstance(msg, m.Close):  # it refused the session (shutting down, too many, ...)
+                return self._on_close(session, msg, now)
             if not isinstance(msg, m.Hello):
                 raise RemoteProtocolError(f"expected Hello, got {type(msg).__name__}")
             return self._on_hello(session, msg, now)

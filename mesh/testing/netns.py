@@ -229,11 +229,17 @@ class Lab:
 
 
 def _tbf_command(netns: str, bytes_per_s: int) -> list[str]:
-    """A token-bucket egress cap on eth0 (tc's "bit" unit; its "bps" would mean bytes)."""
+    """A token-bucket egress cap on eth0 of a named namespace."""
+    return ["ip", "netns", "exec", netns, *tbf_qdisc_command("eth0", bytes_per_s)]
+
+
+def tbf_qdisc_command(device: str, bytes_per_s: int) -> list[str]:
+    """`tc` argv for a token-bucket egress cap on `device` (tc's "bit" unit; its "bps" would mean
+    bytes); run it inside the namespace that owns the device."""
     burst_bytes = max(TBF_BURST_BYTES_MIN, bytes_per_s // 50)
     rate = f"{bytes_per_s * 8}bit"
     qdisc = ["tbf", "rate", rate, "burst", str(burst_bytes), "latency", f"{TBF_LATENCY_MS}ms"]
-    return ["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", "eth0", "root", *qdisc]
+    return ["tc", "qdisc", "add", "dev", device, "root", *qdisc]
 
 
 def _check(argv: list[str]) -> None:
