@@ -33,7 +33,7 @@ Rules:
   seed's request is cancelled and the chunk asked of that peer (if its pipeline has room). A busy
   seed declines a request for a chunk it is sending, or has just sent, to someone else
   (`ChunkBusy`, `_hold_until` in swarming.py): the asker fetches the chunk from the peer that
-  announces it, or asks a seed again after `seed_busy_retry_s`. No byte goes out twice, and no
+  announces it, or asks the seed again after `seed_busy_retry_s`. No byte goes out twice, and no
   cancel races the seed's copy through a busy medium. (Peers without the "chunk-busy/1" feature
   get the older behaviour: the seed holds the request, for their cancel to arrive in time.)
 - Endgame: when at most `endgame_missing_max` chunks are missing and all of them are in flight,
@@ -81,7 +81,7 @@ class SwarmLimits:
     inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
     rate_window_s: float = 2.0  # the receive rate is measured over this window
     seed_cancel_s: float = 1.0  # a seed's request this young is cancelled when a non-seed announces it
-    seed_busy_retry_s: float = 1.0  # a chunk a seed declined (ChunkBusy) is asked of a seed again after this
+    seed_busy_retry_s: float = 1.0  # a chunk a peer declined (ChunkBusy) is asked of it again after this
 
 
 @dataclass
@@ -128,7 +128,7 @@ class Swarm:
         self._availability: list[int] = []
         self._ties: list[int] = []  # chunk index -> its rank among equally rare chunks (random per node)
         self._at_seed: dict[Cid, str] = {}  # chunk -> the seed it was asked of (may be stale: checked)
-        self._seed_busy_until: dict[Cid, float] = {}  # chunk -> no seed is asked for it before then
+        self._busy_until: dict[Cid, dict[str, float]] = {}  # chunk -> {peer: not asked again before}
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._manifest_inflight: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: asked at}
@@ -403,16 +403,31 @@ class Swarm:
                 self._dirty = True
         return cancels
 
-    def seed_busy(self, node: str, cid: Cid, now: float) -> None:
-        """The seed `node` declined our request for `cid` (ChunkBusy: it is sending the chunk to
-        another peer, which will announce it). Fetch it from a non-seed that holds it, or ask a
-        seed again after `seed_busy_retry_s`."""
+    def peer_busy(self, node: str, cid: Cid, now: float) -> None:
+        """`node` declined our request for `cid` (ChunkBusy: it is sending the chunk to another
+        peer, which will announce it; seeds do this). Fetch it from another peer that holds it, or
+        ask `node` again after `seed_busy_retry_s`."""
         peer = self._peers.get(node)
         if peer is None or peer.inflight.pop(cid, None) is None:
             return
         self._at_seed.pop(cid, None)
-        self._seed_busy_until[cid] = now + self.limits.seed_busy_retry_s
+        self._busy_until.setdefault(cid, {})[node] = now + self.limits.seed_busy_retry_s
         self._dirty = True
+
+    def _not_busy(self, cid: Cid, holders: list[str], now: float) -> list[str]:
+        """`holders` except those that declined `cid` lately (and when to look again)."""
+        busy = self._busy_until.get(cid)
+        if busy is None:
+            return holders
+        for node, until in list(busy.items()):
+            if until <= now:
+                del busy[node]
+            else:
+                self._retry_at = until if self._retry_at is None else min(self._retry_at, until)
+        if not busy:
+            del self._busy_until[cid]
+            return holders
+        return [n for n in holders if n not in busy]
 
     def peer_lacking(self, node: str, indices: tuple[int, ...]) -> tuple[int, ...]:
         """Those of `indices` the peer's bitfield lacks (all of them while it is unknown)."""
@@ -509,13 +524,15 @@ class Swarm:
         wanted = [i for i in self._missing if chunks[i] not in fetching]
         availability, ties = self._availability, self._ties
         wanted.sort(key=lambda i: availability[i] * total + ties[i])
-        peers, rejected_by = self._peers, self._rejected_by
+        peers, rejected_by, busy_until = self._peers, self._rejected_by, self._busy_until
         requests = []
         for index in wanted:
             cid = chunks[index]
             byte, mask = index >> 3, 0x80 >> (index & 7)
             refused = rejected_by.get(cid, ())
             holders = [n for n in room if peers[n].bits[byte] & mask and n not in refused]
+            if busy_until and cid in busy_until:
+                holders = self._not_busy(cid, holders, now)
             if not holders:
                 continue
             others = [n for n in holders if peers[n].count < total]
@@ -523,10 +540,6 @@ class Swarm:
                 node = max(others, key=room.__getitem__)  # the least loaded (pipelines shrink when slow)
             elif availability[index] > seeds and not stalled:
                 continue  # a non-seed peer holds it: leave the seed's upload for what only it has
-            elif self._seed_busy_until.get(cid, 0.0) > now:
-                due = self._seed_busy_until[cid]  # the seed is sending it to a peer that will announce it
-                self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
-                continue
             else:
                 node = holders[0]
                 self._at_seed[cid] = node  # cancelled if a non-seed peer announces it first

@@ -469,7 +469,7 @@ class ReleaseSwarming:
     def _on_chunk_busy(self, session: Session, msg: m.ChunkBusy, now: float) -> None:
         cid = _binary_cid(msg.cid)
         for track in self.tracks.values():
-            track.swarm.seed_busy(session.node_id, cid, now)
+            track.swarm.peer_busy(session.node_id, cid, now)
 
     def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
         cid = _binary_cid(msg.cid)
