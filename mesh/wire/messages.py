@@ -638,6 +638,8 @@ def encode(msg: Message, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
 
 
 _CHUNK_DATA_CODE = type_code_of(ChunkData)
+_CHUNK_DATA_ITEMS = 1 + len(record_fields(ChunkData))  # the type code, then the fields
+_CBOR_UINT, _CBOR_BYTES, _CBOR_ARRAY = 0, 2, 4  # major types
 CHUNK_DATA_PREFIX_BYTES = 1 + 1 + 2 + CID_BYTES_MAX  # array head, type code, CID head, CID
 
 
@@ -652,7 +654,8 @@ def arriving_chunk(decoder: MessageDecoder) -> bytes | None:
         cid_major, cid_length, pos = _read_head(prefix, pos)
     except RemoteProtocolError:
         return None  # not enough of it yet, or not a message (the whole frame will say why)
-    if (major, length, code_major, code, cid_major) != (4, 5, 0, _CHUNK_DATA_CODE, 2):
+    expected = (_CBOR_ARRAY, _CHUNK_DATA_ITEMS, _CBOR_UINT, _CHUNK_DATA_CODE, _CBOR_BYTES)
+    if (major, length, code_major, code, cid_major) != expected:
         return None
     cid = prefix[pos : pos + cid_length]
     return cid if len(cid) == cid_length else None
