@@ -136,7 +136,7 @@ class Swarm:
         self._rejected_by: dict[Cid, set[str]] = {}
         self._storing: set[Cid] = set()  # delivered, not yet reported stored or rejected
         self._withheld: set[int] = set()  # indices of chunks consent or retention took away
-        self._lacked: dict[Cid, dict[str, float]] = {}  # manifest -> {peer: when it said it lacks it}
+        self._lacked: dict[Cid, dict[str, float]] = {}  # manifest -> {peer that said it lacks it: ask again from}
         self._dirty = True  # something changed that may allow new requests since `schedule` ran
         self._expire_at = float("inf")  # no request times out before this
         self._received: deque[tuple[float, int]] = deque()  # (when, bytes) of recent deliveries
@@ -414,21 +414,6 @@ class Swarm:
         self._busy_until.setdefault(cid, {})[node] = now + self.limits.seed_busy_retry_s
         self._dirty = True
 
-    def _not_busy(self, cid: Cid, holders: list[str], now: float) -> list[str]:
-        """`holders` except those that declined `cid` lately (and when to look again)."""
-        busy = self._busy_until.get(cid)
-        if busy is None:
-            return holders
-        for node, until in list(busy.items()):
-            if until <= now:
-                del busy[node]
-            else:
-                self._retry_at = until if self._retry_at is None else min(self._retry_at, until)
-        if not busy:
-            del self._busy_until[cid]
-            return holders
-        return [n for n in holders if n not in busy]
-
     def peer_lacking(self, node: str, indices: tuple[int, ...]) -> tuple[int, ...]:
         """Those of `indices` the peer's bitfield lacks (all of them while it is unknown)."""
         peer = self._peers.get(node)
@@ -444,7 +429,7 @@ class Swarm:
             return
         peer.inflight.pop(cid, None)
         if cid in self._manifest_inflight:
-            self._lacked.setdefault(cid, {})[node] = now
+            self._lacked.setdefault(cid, {})[node] = now + self.limits.lacked_retry_s
         self._drop_manifest_request(cid, node)
         index = self._index.get(cid)
         if index is not None and peer.bits is not None and _bit(peer.bits, index):
@@ -532,7 +517,7 @@ class Swarm:
             refused = rejected_by.get(cid, ())
             holders = [n for n in room if peers[n].bits[byte] & mask and n not in refused]
             if busy_until and cid in busy_until:
-                holders = self._not_busy(cid, holders, now)
+                holders = self._excluding(busy_until, cid, holders, now)
             if not holders:
                 continue
             others = [n for n in holders if peers[n].count < total]
@@ -582,17 +567,24 @@ class Swarm:
         return requests
 
     def _not_lacking(self, cid: Cid, nodes: list[str], now: float) -> list[str]:
-        """`nodes` except those that said they lack `cid` within `lacked_retry_s` (and when the
-        first of those may be asked again, as a retry time)."""
-        lacked = self._lacked.get(cid)
-        if not lacked:
+        """`nodes` except those that said they lack `cid` within `lacked_retry_s`."""
+        return self._excluding(self._lacked, cid, nodes, now)
+
+    def _excluding(self, table: dict[Cid, dict[str, float]], cid: Cid, nodes: list[str], now: float) -> list[str]:
+        """`nodes` except those `table` keeps from being asked for `cid` until a later time (and
+        the earliest of those times as a retry time); expired entries are dropped."""
+        until = table.get(cid)
+        if not until:
             return nodes
-        fresh = {n: at for n, at in lacked.items() if at + self.limits.lacked_retry_s > now}
-        self._lacked[cid] = fresh
-        if fresh:
-            due = min(fresh.values()) + self.limits.lacked_retry_s
-            self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
-        return [n for n in nodes if n not in fresh]
+        for node, at in list(until.items()):
+            if at <= now:
+                del until[node]
+            else:
+                self._retry_at = at if self._retry_at is None else min(self._retry_at, at)
+        if not until:
+            del table[cid]
+            return nodes
+        return [n for n in nodes if n not in until]
 
     def _ask_manifest(self, cid: Cid, node: str, now: float) -> tuple[str, Cid]:
         self._manifest_inflight.setdefault(cid, {})[node] = now

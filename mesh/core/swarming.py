@@ -321,14 +321,13 @@ class ReleaseSwarming:
             self._send(session, m.ChunkData(cid.to_bytes(), 0, len(manifest), manifest), now)
             return
         until = None if held else self._hold_until(session, cid, now)
-        if until is not None:
-            # We are sending (or just sent) this chunk to another peer, which will announce it: the
-            # asker may well cancel and fetch it there. Hold the request rather than send it twice.
-            if FEATURE_CHUNK_BUSY in session.features and self._seeding(cid):
-                # Say so instead: the asker fetches it from that peer, or asks us again later.
-                self._count("chunks.busy_declined")
-                self._send(session, m.ChunkBusy(cid.to_bytes()), now)
-                return
+        if until is not None and FEATURE_CHUNK_BUSY in session.features:
+            # We are sending (or just sent) this chunk to another peer, which will announce it:
+            # decline, and the asker fetches it from that peer (or asks us again later).
+            self._count("chunks.busy_declined")
+            self._send(session, m.ChunkBusy(cid.to_bytes()), now)
+            return
+        if until is not None:  # the same for a peer without ChunkBusy: hold it, for its cancel
             session.held_serves[cid] = until
             self._held_at = min(self._held_at, until)
             return

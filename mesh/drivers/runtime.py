@@ -293,8 +293,7 @@ class Agent:
         piece = m.CHUNK_PIECE_BYTES_MAX
         for offset in range(0, max(len(data), 1), piece):
             frame = m.encode(m.ChunkData(cid.to_bytes(), offset, len(data), data[offset:offset + piece]))
-            await secure.send_all(frame)
-            self.counters["bytes_out"] += len(frame)
+            await self._write(secure, frame)
         self.counters["chunks_served"] += 1
         await self._events_send.send(ChunkServed(conn_id, cid_text, len(data)))
 
@@ -396,8 +395,7 @@ class Agent:
             while True:
                 frames = _take_queued(outbox, jobs)
                 if frames:
-                    await secure.send_all(frames)
-                    self.counters["bytes_out"] += len(frames)
+                    await self._write(secure, frames)
                 if jobs:
                     await self._chunk_job(secure, conn_id, jobs.popleft())
                 elif not frames:
@@ -408,8 +406,12 @@ class Agent:
                     if isinstance(item, _ChunkJob):
                         jobs.append(item)
                     else:
-                        await secure.send_all(item)
-                        self.counters["bytes_out"] += len(item)
+                        await self._write(secure, item)
+
+    async def _write(self, secure, data: bytes) -> None:
+        """Send bytes to the peer and count them."""
+        await secure.send_all(data)
+        self.counters["bytes_out"] += len(data)
 
     async def _chunk_job(self, secure, conn_id: int, job: _ChunkJob) -> None:
         conn = self._connections.get(conn_id)
