@@ -802,7 +802,7 @@ class NodeCore(ReleaseSwarming):
 
     def _peer_status(self, session: Session) -> dict:
         doc = _peer_status(session)
-        rates = self.swarm.peer_rates() if self.swarm is not None else {}
+        rates = self.transfers.peer_rates()
         doc["chunk_bytes_received"] = rates.get(session.node_id, 0)
         health = self.peer_health.get(session.node_id)
         doc["health"] = health[1] if health is not None else None

@@ -32,7 +32,7 @@ from mesh.core.events import (
     CancelServe, ChunkRejected, ChunkServed, ChunkStored, LoadRelease, ReleaseInventory, ServeChunk, StoreChunk,
 )
 from mesh.core.session import Session
-from mesh.core.swarm import Swarm
+from mesh.core.swarm import Swarm, Transfers
 from mesh.errors import RemoteProtocolError
 from mesh.state.consent import hidden_assets
 from mesh.state.releases import Release, ReleaseBook
@@ -74,6 +74,7 @@ class ReleaseSwarming:
     def _init_swarming(self, now: float, pins: tuple[str, ...]) -> None:
         self.pins = tuple(pins)  # release ids or names to fetch and keep besides the current one
         self.tracks: dict[Cid, Track] = {}  # root -> track
+        self.transfers = Transfers(self.swarm_limits)  # requests over every track: pipelines, budget
         self._current: Release | None = None  # the current release record
         self._current_root: Cid | None = None  # ... its root
         self._release_roots: dict[Cid, Release] = {}  # root -> a verified release of this mesh
@@ -163,7 +164,8 @@ class ReleaseSwarming:
                     self._check_complete(track)
 
     def _start_track(self, release: Release, fetch: bool) -> Track:
-        track = Track(release, Swarm(Cid.parse(release.root), self.swarm_limits, self._rng, release.publisher), fetch)
+        swarm = Swarm(Cid.parse(release.root), self.swarm_limits, self._rng, release.publisher, self.transfers)
+        track = Track(release, swarm, fetch)
         self.tracks[track.swarm.root] = track
         self._replay_haves(track)
         self._load_inventory(track)
@@ -448,8 +450,9 @@ class ReleaseSwarming:
 
     def _on_chunk_missing(self, session: Session, msg: m.ChunkMissing, now: float) -> None:
         cid = _binary_cid(msg.cid)
+        self.transfers.lacks(session.node_id, cid, now)
         for track in self.tracks.values():
-            track.swarm.peer_lacks(session.node_id, cid, now)
+            track.swarm.peer_lacks(session.node_id, cid)
 
     def _manifest_data(self, cid: Cid) -> bytes | None:
         """A manifest of a release we track, if we hold it and it fits one ChunkData piece:
@@ -466,14 +469,11 @@ class ReleaseSwarming:
         return any(t.swarm.complete and t.swarm.holds(cid) for t in self.tracks.values())
 
     def _on_chunk_busy(self, session: Session, msg: m.ChunkBusy, now: float) -> None:
-        cid = _binary_cid(msg.cid)
-        for track in self.tracks.values():
-            track.swarm.peer_busy(session.node_id, cid, now)
+        self.transfers.busy(session.node_id, _binary_cid(msg.cid), now)
 
     def _on_chunk_data(self, session: Session, msg: m.ChunkData, now: float) -> None:
         cid = _binary_cid(msg.cid)
-        track = next((t for t in self._ordered_tracks() if t.swarm.requested_from(session.node_id, cid)), None)
-        if track is None:
+        if not self.transfers.requested_from(session.node_id, cid):
             self._count("chunks.unrequested_pieces")  # cancelled or timed out: drop it
             return
         key = (session.conn_id, cid)
@@ -487,7 +487,7 @@ class ReleaseSwarming:
             if len(buffer) < msg.total:
                 return
             data = bytes(self._assembling.pop(key))
-        for other_node, other_cid in track.swarm.delivered(session.node_id, cid, now):
+        for other_node, other_cid in self.transfers.delivered(session.node_id, cid, now):
             self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
             self._manifest_bytes[cid] = data
@@ -512,6 +512,7 @@ class ReleaseSwarming:
     def _on_chunk_stored(self, event: ChunkStored, now: float) -> None:
         self._count("chunks.verified")
         cid = Cid.parse(event.cid)
+        self.transfers.stored(cid)
         self._storing_from.pop((event.conn_id, cid), None)
         manifest = self._manifest_bytes.pop(cid, None)
         for track in list(self.tracks.values()):
@@ -537,16 +538,14 @@ class ReleaseSwarming:
         cid = Cid.parse(event.cid)
         self._manifest_bytes.pop(cid, None)
         sender = self._storing_from.pop((event.conn_id, cid), None)
-        for track in self.tracks.values():
-            track.swarm.store_failed(cid)  # back to the pool, whoever sent it
+        self.transfers.store_failed(cid)  # back to the pool, whoever sent it
         if not event.peer_fault:
             self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
             return
         self._count("chunks.rejected")
         if sender is None:
             return
-        for track in self.tracks.values():
-            track.swarm.rejected(sender, cid)
+        self.transfers.rejected(sender, cid)
         self._banned_until[sender] = now + CORRUPT_BAN_S
         self._emit("peer.corrupt_chunk", node=sender, cid=event.cid)
         for session in list(self._sessions.values()):  # its session may be closing or gone already
@@ -554,25 +553,32 @@ class ReleaseSwarming:
                 self._close(session, f"sent a corrupt chunk ({event.cid})")
 
     def _run_swarm(self, now: float, settling: bool) -> None:
+        """One scheduling round: every track in priority order against one budget."""
+        transfers = self.transfers
+        transfers.start_round()
+        for node, cid in transfers.expired(now):
+            self._count("chunks.timeouts")
+            self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
         for track in self._ordered_tracks():
             swarm = track.swarm
             if track.have_updates:
                 self._flush_have_updates(track, now)
             if track.have_owed_at is not None and (now >= track.have_owed_at or swarm.complete):
                 self._send_owed_haves(track, now)
-            for node, cid in swarm.expired(now):
-                self._count("chunks.timeouts")
-                self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
             if not track.fetch or track.inventories_due or (settling and swarm.ready):
                 swarm.defer_retry()  # settling and inventories wake us by their own deadlines
+                if transfers.changed:
+                    swarm.mark_dirty()  # what freed room now may let it ask once it runs again
                 continue  # the store may hold what we would ask for; a revoke may be on its way
             for node, cid in swarm.schedule(now, list(self._ready)):
                 session = self._sessions[self._ready[node]]
                 self._send(session, m.ChunkRequest(cid.to_bytes()), now)
+        transfers.end_round()
 
     def _swarm_deadline(self) -> float | None:
         times = [t.swarm.next_deadline() for t in self.tracks.values()]
         times += [t.have_owed_at for t in self.tracks.values()]
+        times.append(self.transfers.next_deadline())
         if self._held_at != float("inf"):
             times.append(self._held_at)
         times = [t for t in times if t is not None]
@@ -582,6 +588,7 @@ class ReleaseSwarming:
         if session.node_id not in self._ready:  # not a lost duplicate
             for track in self.tracks.values():
                 track.swarm.remove_peer(session.node_id)
+            self.transfers.remove_peer(session.node_id)
         for key in [k for k in self._assembling if k[0] == session.conn_id]:
             del self._assembling[key]
         self._serving.pop(session.conn_id, None)

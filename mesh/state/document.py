@@ -46,6 +46,7 @@ CONSENT_POLICIES_KEY = "consent_policies"  # late root map: policy id -> signed 
 CONSENT_DECISIONS_KEY = "consent_decisions"  # late root map: decision key -> decision bytes
 TAG_VIEWS_KEY = "tag_views"  # late root map: "node/actor/tag" -> that process's own count
 DRILLS_KEY = "drills"  # late root map: drill id -> CBOR {subject, scope, by, at}
+NODE_PINS_KEY = "node_pins"  # late root map: "node/tag" -> true (pinned) or false (unpinned)
 DRILL_BYTES_MAX = 1024
 VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skipped
 ACTOR_SUFFIX_BYTES_MAX = 16
@@ -326,7 +327,7 @@ class MeshState:
         if obj is None:
             return None
         values = {key: self._scalar(obj, key, read) for key, (_, read) in _ASSET_FIELDS.items()}
-        for key in ("retention_s", "thumbnail"):
+        for key in _ASSET_OPTIONAL:
             if values[key] is _MISSING and self._get(obj, key) is None:
                 values[key] = None  # absent optional field
         if any(v is _MISSING for v in values.values()):
@@ -464,6 +465,32 @@ class MeshState:
             if _canonical(tag) and isinstance(text, str):
                 found[tag] = text
         return found
+
+    def undeclare_tag(self, tag: str) -> None:
+        """Take a tag out of the event's canonical set (assets keep it; it is no longer declared)."""
+        tags = self._require_root("tags")
+        if self._get(tags, tag) is not None:
+            self._write(lambda tx: tx.delete(tags, tag))
+
+    def set_node_pin(self, node_id: str, tag: str, pinned: bool) -> None:
+        """Pin (or unpin) a tag's originals on one node; last writer wins per (node, tag)."""
+        _check_tag(tag)
+        if not node_id or _INVITE_KEY_SEP in node_id:
+            raise LocalProtocolError("a node id is non-empty and has no '/'")
+        pins = self._ensure_late_root_map(NODE_PINS_KEY)
+        key = f"{node_id}{_INVITE_KEY_SEP}{tag}"
+        if not self._stored_equals(pins, key, _S.Boolean, bool(pinned)):
+            self._write(lambda tx: tx.put(pins, key, _S.Boolean, bool(pinned)))
+
+    def node_pins(self, node_id: str) -> frozenset[str]:
+        """The canonical tags `node_id` pins (entries of another type read as unpinned)."""
+        pins = self._root_map(NODE_PINS_KEY)
+        prefix = f"{node_id}{_INVITE_KEY_SEP}"
+        found = set()
+        for key in self._keys(pins):
+            if key.startswith(prefix) and _canonical(key[len(prefix):]) and self._scalar(pins, key, _as_true):
+                found.add(key[len(prefix):])
+        return frozenset(found)
 
     def put_release(self, release_id: str, blob: bytes) -> None:
         """Store a signed release record (verified by readers)."""
@@ -712,8 +739,10 @@ _ASSET_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "added_by": (_S.Str, _as_str),
     "retention_s": (_S.F64, _as_float),
     "thumbnail": (_S.Str, _as_str),
+    "preview": (_S.Str, _as_str),
 }  # field -> (scalar type written, reader); ScalarType is unhashable, hence keyed by name
 _ASSET_REQUIRED = ("name", "size", "media_type", "added_at", "added_by")
+_ASSET_OPTIONAL = ("retention_s", "thumbnail", "preview")  # absent in records older code wrote
 
 
 def _asset_fields(record: AssetRecord) -> dict[str, tuple[Any, Any]]:

@@ -26,7 +26,8 @@ class AssetRecord:
     tags: frozenset[str] = field(default_factory=frozenset)  # canonical tags
     subjects: frozenset[str] = frozenset()  # pseudonymous subject codes shown in the media
     retention_s: float | None = None  # seconds after added_at when it expires; None = keep
-    thumbnail: str | None = None  # CID of a small thumbnail image, if any
+    thumbnail: str | None = None  # CID of a small JPEG: the image scaled down, or a video's poster frame
+    preview: str | None = None  # CID of a short, small preview clip (MP4) of a video, if any
 
 
 def normalize_tag(text: str) -> str:
