@@ -68,5 +68,9 @@ class AgentConfig:
     health: HealthConfig = HealthConfig()  # periodic health checks
     outbox_url: str | None = None  # uplink webhook: the outbox POSTs queued items here
     pin_releases: tuple[str, ...] = ()  # release ids or names kept besides the current release
+    pin_tags: tuple[str, ...] = ()  # canonical tags whose originals this box keeps (besides `mesh pin`)
+    pin_canonical: bool | None = None  # keep the originals of every canonical tag; None: on edges only
+    store_budget_bytes: int | None = None  # how much the store may hold; None: store_budget_fraction
+    store_budget_fraction: float = 0.5  # ... of the disk (the store's bytes plus the free space)
     outbox_backoff_s_min: float = 1.0  # first retry delay of a failed outbox delivery
     outbox_backoff_s_max: float = 300.0  # retry delay cap

@@ -78,6 +78,10 @@ COMMANDS = {
     "doctor": "mesh.cli.ops_cmds:doctor",
     "drill": "mesh.cli.ops_cmds:drill",
     "demo": "mesh.cli.ops_cmds:demo",
+    "watch": "mesh.cli.ingest_cmds:watch",
+    "tags": "mesh.cli.tag_cmds:tags",
+    "pin": "mesh.cli.tag_cmds:pin",
+    "unpin": "mesh.cli.tag_cmds:unpin",
 }
 
 

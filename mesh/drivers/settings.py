@@ -128,6 +128,34 @@ def _string_list(value: object, limit: int) -> list[str]:
     return value
 
 
+def parse_budget(value: object) -> tuple[int | None, float | None]:
+    """A store budget: a size ('20GB', bytes) -> (bytes, None), or a share of the disk ('50%') ->
+    (None, fraction)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError("must be a size such as 20GB or a share of the disk such as 50%") from None
+        if not 0 < percent <= 100:
+            raise ValueError("a share of the disk is more than 0% and at most 100%")
+        return None, percent / 100
+    try:
+        return parse_size_bytes(value), None
+    except ValueError:
+        raise ValueError("must be a size such as 20GB or a share of the disk such as 50%") from None
+
+
+def _budget_fields(value: object) -> dict[str, Any]:
+    size, fraction = parse_budget(value)
+    return {"store_budget_bytes": size} if size is not None else {"store_budget_fraction": fraction}
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    from mesh.state.records import normalize_tag
+
+    return tuple(sorted({normalize_tag(tag) for tag in _string_list(value, PINS_MAX)}))
+
+
 def _addresses(value: object) -> tuple[tuple[str, int], ...]:
     return tuple(parse_address(text) for text in _string_list(value, PEERS_MAX))
 
@@ -154,6 +182,9 @@ _TOP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "gc_interval_s": ("gc_interval_s", _positive),
     "status_interval_s": ("status_interval_s", _positive),
     "pin": ("pin_releases", lambda v: tuple(_string_list(v, PINS_MAX))),
+    "pin_tags": ("pin_tags", _tags),
+    "pin_canonical": ("pin_canonical", _boolean),
+    "store_budget": ("", _budget_fields),  # sets store_budget_bytes or store_budget_fraction
 }
 _HEALTH: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "interval_s": ("interval_s", _positive),
@@ -183,9 +214,13 @@ def _apply(doc: dict, table: dict, prefix: str, where: _Where) -> dict[str, Any]
     for key, raw in doc.items():
         field_name, parser = table[key]
         try:
-            values[field_name] = parser(raw)
+            parsed = parser(raw)
         except ValueError as exc:
             raise where.fail(f"{prefix}{key}", str(exc)) from None
+        if field_name:
+            values[field_name] = parsed
+        else:  # one key that sets several fields
+            values.update(parsed)
     return values
 
 
