@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_PORT = 7450
+INGEST_EXCLUDE_DEFAULT = (  # names a camera, browser or FTP server uses while a file is unfinished
+    "*.part", "*.partial", "*.tmp", "*.temp", "*.crdownload", "*.download", "*.filepart", "*.swp", "*~",
+    "~*", "Thumbs.db", "desktop.ini",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,20 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class IngestRule:
+    """A folder (a camera's card, an FTP drop) whose complete files are imported as assets."""
+
+    path: Path  # the folder, watched recursively
+    tags: tuple[str, ...] = ()  # canonical tags given to every file imported
+    subject: str | None = None  # a canonical subject code given to every file imported
+    subject_pattern: str | None = None  # regex with a group named `subject`, searched in the file name
+    retention_s: float | None = None  # keep the assets this long (as `mesh add --retention`); None: keep
+    settle_s: float = 2.0  # a file is complete once its size and mtime have not changed for this long
+    include: tuple[str, ...] = ()  # glob patterns of file names to import; empty: every name
+    exclude: tuple[str, ...] = INGEST_EXCLUDE_DEFAULT  # glob patterns of names skipped (dotfiles always are)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """What `mesh up` was asked to do (from flags and --config)."""
 
@@ -74,3 +93,4 @@ class AgentConfig:
     store_budget_fraction: float = 0.5  # ... of the disk (the store's bytes plus the free space)
     outbox_backoff_s_min: float = 1.0  # first retry delay of a failed outbox delivery
     outbox_backoff_s_max: float = 300.0  # retry delay cap
+    ingest: tuple[IngestRule, ...] = ()  # folders the agent imports from ([[ingest]] tables)

@@ -95,10 +95,12 @@ async def _run_agent(home, config: AgentConfig) -> None:
         nursery.start_soon(agent.serve_signals)
         listen = await nursery.start(_run_then_cancel, agent, nursery.cancel_scope)
         from mesh.drivers.health import health_loop
+        from mesh.drivers.ingest import ingest_loop
         from mesh.drivers.outbox import outbox_loop
 
         nursery.start_soon(health_loop, agent, config)  # agent.core exists once run() started
         nursery.start_soon(outbox_loop, agent, config)  # returns at once without outbox_url
+        nursery.start_soon(ingest_loop, agent, config)  # returns at once without [[ingest]] tables
         output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
         if config.http is not None:
             from mesh.gateway.app import create_app, serve_http

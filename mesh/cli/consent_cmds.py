@@ -253,7 +253,7 @@ def forget(ctx: Context, code: str, as_json: bool) -> None:
         revokes = cs.revoke_all(state, subject, before.policies, now, home.info.node_id)
     store, _ = open_store(ctx)
     state = ctx.state_file().load(ctx.actor())
-    keep = keep_set(state, store, authority, time.time())
+    keep = keep_set(state, store, authority, time.time(), home.info.node_id)
     report = store.gc(keep.roots, keep.hidden)
     after = consent_view(state, authority, time.time())
     result = {

@@ -6,7 +6,6 @@ one command needs is imported inside it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import click
 from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.content.cid import Cid
-from mesh.drivers.filestore import AddedFile, FileStore, VerifyReport
+from mesh.drivers.filestore import FileStore, VerifyReport
 from mesh.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -120,34 +119,18 @@ def open_store(ctx: Context) -> tuple[FileStore, str]:
 @pass_context
 def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], subjects: tuple[str, ...],
         retention: str | None, as_json: bool) -> None:
-    """Import files or directories into the store."""
+    """Import files or directories into the store (images get a thumbnail, videos a poster and a clip)."""
+    from mesh.drivers.importer import import_files  # not imported by `mesh cat`
+
     tag_list = _tags(tags)
     subject_codes = _subjects(subjects)
     retention_s = _retention_s(retention)
     store, node_id = open_store(ctx)
     files = _files_under(paths)
     total = sum(path.stat().st_size for path in files)
-    added: list[AddedFile] = []
-    thumbs: dict[str, str] = {}  # file CID -> thumbnail CID
-    with store.importing(), output.byte_progress("adding", total, as_json) as advance:
-        try:
-            for path in files:
-                added.append(store.add_file(path, node_id, tag_list, on_bytes=advance))
-                thumb = _add_thumbnail(store, path, added[-1].record.media_type)
-                if thumb is not None:
-                    thumbs[added[-1].cid] = thumb
-            store.commit()
-        except BaseException:
-            store.discard()
-            raise
-    with ctx.state_file().transaction(ctx.actor()) as state:
-        for item in added:
-            known = state.asset(item.cid)
-            keep_s = retention_s if retention_s is not None or known is None else known.retention_s
-            thumb = thumbs.get(item.cid, known.thumbnail if known is not None else None)
-            state.put_asset(dataclasses.replace(
-                item.record, subjects=subject_codes, retention_s=keep_s, thumbnail=thumb
-            ))
+    with output.byte_progress("adding", total, as_json) as advance:
+        added = import_files(store, ctx.state_file(), ctx.actor(), node_id, files, tag_list, subject_codes,
+                             retention_s, on_bytes=advance)
     if as_json:
         output.print_json([
             {"cid": a.cid, "path": a.path, "size": a.size, "tags": tag_list} for a in added
@@ -157,21 +140,6 @@ def add(ctx: Context, paths: tuple[Path, ...], tags: tuple[str, ...], subjects: 
         output.stdout.print(f"{item.cid}  {item.size:>12,}  {item.path}")
     new = sum(item.new_bytes for item in added)
     output.stderr.print(f"added {len(added)} file(s), {total:,} bytes ({new:,} new)")
-
-
-def _add_thumbnail(store: FileStore, path: Path, media_type: str) -> str | None:
-    """Store a small thumbnail of an image as its own object; its CID, or None (not an image)."""
-    if not media_type.startswith("image/"):
-        return None
-    import io
-
-    from mesh.content.thumbs import thumbnail_of_file
-
-    data = thumbnail_of_file(path)
-    if data is None:
-        return None
-    cid, _ = store.add_stream(io.BytesIO(data), len(data))
-    return cid
 
 
 def _retention_s(text: str | None) -> float | None:
@@ -298,7 +266,8 @@ def gc(ctx: Context, as_json: bool) -> None:
 
     store, _ = open_store(ctx)
     state = ctx.state_file().load(ctx.actor())
-    keep = keep_set(state, store, ctx.home().info.authority_public_key)
+    home = ctx.home()
+    keep = keep_set(state, store, home.info.authority_public_key, node_id=home.info.node_id)
     report = store.gc(keep.roots, keep.hidden)
     if as_json:
         output.print_json({

@@ -38,6 +38,16 @@ def thumbnail_of_file(path: Path, px_max: int = THUMB_PX_MAX) -> bytes | None:
         return None
 
 
+def thumbnail_of_image(image, px_max: int = THUMB_PX_MAX) -> bytes | None:
+    """JPEG bytes of an already decoded Pillow image (a video's poster frame) scaled to fit `px_max`."""
+    width, height = image.size
+    if width <= 0 or height <= 0 or width * height > SOURCE_PIXELS_MAX:
+        return None
+    image = image.copy()
+    image.thumbnail((px_max, px_max))
+    return _encode(image)
+
+
 def _thumbnail(handle, px_max: int) -> bytes | None:
     from PIL import Image, ImageOps, UnidentifiedImageError
 

@@ -84,6 +84,43 @@ class ReleaseInventory:
 
 
 @dataclass(frozen=True)
+class ObjectsInventory:
+    """What the local store holds of the files the core asked about (`LoadObjects`)."""
+
+    objects: tuple[ReleaseInventory, ...]  # per file: its manifest if held (none for a raw chunk), its chunks held
+
+
+@dataclass(frozen=True)
+class FetchRequested:
+    """A browser waits for this file (a media original or preview): fetch it now, first of all."""
+
+    cid: str  # the file's CID
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    """How full the local store is (sent after start and whenever it changed noticeably)."""
+
+    used_bytes: int  # bytes of chunks stored
+    budget_bytes: int | None  # how much it may hold (`store_budget`); None: no limit
+
+
+@dataclass(frozen=True)
+class ObjectsEvicted:
+    """The driver carried out `EvictObjects`: these files are no longer held here."""
+
+    roots: tuple[str, ...]  # file CIDs removed
+    freed_bytes: int  # bytes the store freed
+
+
+@dataclass(frozen=True)
+class ObjectsUsed:
+    """Browsers read these held files (for least-recently-used eviction)."""
+
+    roots: tuple[str, ...]  # file CIDs
+
+
+@dataclass(frozen=True)
 class ChunkStored:
     """A chunk from `StoreChunk` verified and is now durable in the store."""
 
@@ -124,7 +161,7 @@ class ShutdownRequested:
 
 Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
 Event = Event | StateReloaded | ShutdownRequested | ReleaseInventory | ChunkStored | ChunkRejected
-Event = Event | ChunkServed
+Event = Event | ChunkServed | ObjectsInventory | FetchRequested | StoreUsage | ObjectsEvicted | ObjectsUsed
 
 
 # ---- actions (core -> driver) ------------------------------------------------------------------
@@ -180,6 +217,21 @@ class LoadRelease:
 
 
 @dataclass(frozen=True)
+class LoadObjects:
+    """Report what the store holds of these files (answer with one `ObjectsInventory`)."""
+
+    roots: tuple[str, ...]  # file CIDs: FileManifests or raw chunks
+
+
+@dataclass(frozen=True)
+class EvictObjects:
+    """Remove these files' chunks from the store, except chunks something kept still needs (a
+    release, a file not named here); answer `ObjectsEvicted`."""
+
+    roots: tuple[str, ...]  # file CIDs, least recently used first
+
+
+@dataclass(frozen=True)
 class StoreChunk:
     """Verify these bytes against the CID, store them durably, answer ChunkStored/ChunkRejected."""
 
@@ -206,4 +258,4 @@ class CancelServe:
 
 
 Action = Send | CloseConnection | Dial | PersistChanges | Emit | LoadRelease | StoreChunk | ServeChunk
-Action = Action | CancelServe
+Action = Action | CancelServe | LoadObjects | EvictObjects

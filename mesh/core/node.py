@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from mesh.config import CoreLimits
 from mesh.core.events import (
     Action, Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
-    Dial, DialFailed, Disconnected, Emit, Event, LocalChanges, PeerDiscovered, PersistChanges,
-    ReleaseInventory, Send, ShutdownRequested, StateReloaded, Tick,
+    Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LocalChanges, ObjectsEvicted, ObjectsInventory,
+    ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested, StateReloaded,
+    StoreUsage, Tick,
 )
+from mesh.core.media import FEATURE_MEDIA, MediaSwarming
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
 from mesh.core.swarm import SwarmLimits
@@ -38,7 +40,7 @@ from mesh.state.document import MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
 from mesh.wire import messages as m
 
-FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY)
+FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA)
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 KNOWN_CHANGES_MAX = 1 << 16  # change hashes remembered for the heads fast path
@@ -59,7 +61,7 @@ class CoreIdentity:
     role: str  # our role
 
 
-class NodeCore(ReleaseSwarming):
+class NodeCore(ReleaseSwarming, MediaSwarming):
     """One node's protocol state machine. Not thread-safe; one owner task."""
 
     def __init__(
@@ -71,6 +73,8 @@ class NodeCore(ReleaseSwarming):
         limits: CoreLimits = CoreLimits(),
         listen_port: int | None = None,
         pins: tuple[str, ...] = (),
+        pin_tags: tuple[str, ...] = (),
+        pin_canonical: bool | None = None,
     ) -> None:
         self.identity = identity
         self.state = state
@@ -89,6 +93,7 @@ class NodeCore(ReleaseSwarming):
         self.counters: dict[str, int] = {}
         self.swarm_limits = SwarmLimits()
         self._init_swarming(now, pins)
+        self._init_media(pin_tags, pin_canonical)
         self._invites_in_state: set[str] = set()  # invite ids whose use the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
@@ -122,7 +127,8 @@ class NodeCore(ReleaseSwarming):
     def next_deadline(self) -> float | None:
         """The latest time by which the driver must call `handle(Tick(), now)`."""
         swarm_at = None if self._shutting_down else self._swarm_deadline()  # no swarming once stopping
-        times = [t for t in (swarm_at, self._flush_at, self._withheld_at) if t is not None]
+        media_at = None if self._shutting_down else self._media_deadline()
+        times = [t for t in (swarm_at, media_at, self._flush_at, self._withheld_at) if t is not None]
         if self._timers_at != float("inf"):
             times.append(self._timers_at)
         return min(times) if times else None
@@ -174,6 +180,11 @@ class NodeCore(ReleaseSwarming):
             ChunkStored: self._on_chunk_stored,
             ChunkRejected: self._on_chunk_rejected,
             ChunkServed: self._on_chunk_served,
+            ObjectsInventory: self._on_objects_inventory,
+            FetchRequested: self._on_fetch_requested,
+            StoreUsage: self._on_store_usage,
+            ObjectsEvicted: self._on_objects_evicted,
+            ObjectsUsed: self._on_objects_used,
             Tick: lambda event, now: None,
             ShutdownRequested: self._on_shutdown,
         }
@@ -285,6 +296,7 @@ class NodeCore(ReleaseSwarming):
             m.ChunkData: self._on_chunk_data,
             m.ChunkMissing: self._on_chunk_missing,
             m.ChunkBusy: self._on_chunk_busy,
+            m.HaveObjects: self._on_have_objects,
             m.Health: self._on_health,
         }.get(type(msg))
         if handler is None:
@@ -697,6 +709,7 @@ class NodeCore(ReleaseSwarming):
         if now >= self._held_at:
             self._release_held(now)
         if not self._shutting_down:
+            self._media_step(now)
             self._run_swarm(now, settling)
 
     def _session_and_dial_timers(self, now: float) -> None:
@@ -796,6 +809,7 @@ class NodeCore(ReleaseSwarming):
             "state": {"heads": [h.hex() for h in self.state.heads()]},
             "release": self._release_status(),
             "pinned": self._pinned_status(),
+            "media": self._media_status(),
             "members": self._members_status(),
             "health": self.health,
         }

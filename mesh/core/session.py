@@ -65,6 +65,7 @@ class Session:
     sync_parts_bytes: int = 0  # their total size
     peer_haves: dict[bytes, tuple[int, bytearray]] = field(default_factory=dict)  # release root ->
     # its latest (count, bits), kept even for releases we do not follow, so a later track can use it
+    held_objects: set[bytes] = field(default_factory=set)  # media files it announced as held (binary CIDs)
     automerge_sync: bool = False  # using the Automerge sync protocol (else the heads fast path)
     peer_heads: tuple[bytes, ...] | None = None  # heads we believe the peer has
     heads_sent: tuple[bytes, ...] = ()  # our heads in the last StateHeads we sent

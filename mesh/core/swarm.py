@@ -126,6 +126,7 @@ class Transfers:
         self._busy_since: float | None = None  # when requests last went from none to some in flight
         self.late_s = limits.request_latency_target_s  # a request older than this is late
         self.budget_left = limits.inflight_bytes_start  # bytes the budget has left this round
+        self.round_fetching: dict[Cid, int] = {}  # `fetching()` as of this round (swarms add what they ask)
         self._round_open = False  # the budget was computed for the current round
 
     # ---- lanes --------------------------------------------------------------------------------
@@ -140,6 +141,10 @@ class Transfers:
     def room(self, node: str) -> int:
         lane = self.lanes.get(node)
         return 0 if lane is None else lane.depth - len(lane.inflight)
+
+    def has_room(self) -> bool:
+        """Some peer's pipeline has room for one more request."""
+        return any(len(lane.inflight) < lane.depth for lane in self.lanes.values())
 
     def ask(self, node: str, cid: Cid, size: int, now: float, budgeted: bool = True) -> None:
         """Record a chunk request to `node` (taken from this round's budget unless an endgame
@@ -215,6 +220,7 @@ class Transfers:
         expected_s = inflight_bytes / rate if rate else self.limits.inflight_queue_s
         self.late_s = max(self.limits.request_latency_target_s, 2 * expected_s)
         self.budget_left = self._budget(rate) - inflight_bytes
+        self.round_fetching = self.fetching()
 
     def note_requests(self, now: float) -> None:
         """Requests went out this round (the receive rate is measured from the first of a busy spell)."""
@@ -401,6 +407,8 @@ class Swarm:
         self._retry_at: float | None = None  # when a late request (manifest or endgame) gets a copy
         self._withheld: set[int] = set()  # indices of chunks consent or retention took away
         self._dirty = True  # something changed that may allow new requests since `schedule` ran
+        self.spare_publisher = False  # among whole copies, ask another holder than the publisher
+        self.endgame_enabled = True  # duplicate late requests when only a few chunks are missing
         if root.codec == RAW:
             self._build_list()  # a single raw chunk: nothing to resolve
 
@@ -434,7 +442,7 @@ class Swarm:
         """Bytes still to fetch (the size hint of a raw root, or the whole root while its list is unknown)."""
         if self.chunks is None:
             return self._size_hint or CHUNK_BYTES_START
-        return sum(self._sizes[i] for i in self._missing)
+        return max(0, self.wanted_bytes - self.wanted_have_bytes)
 
     def file_manifests(self) -> set[Cid]:
         """CIDs of the release's file manifests (files of several chunks)."""
@@ -532,6 +540,7 @@ class Swarm:
         if self.root.codec == RAW:
             size = self._size_hint if self._size_hint is not None else CHUNK_BYTES_START
             self.total_bytes = size
+            self._index[self.root] = 0
             return [self.root], [size]
         root = self._manifests[self.root]
         if isinstance(root, FileManifest):
@@ -742,18 +751,22 @@ class Swarm:
     def schedule(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """Requests to send now: manifests first, then rarest-first chunks, then endgame copies."""
         transfers = self.transfers
-        if self.chunks is None:
-            self._retry_at = None
-            return self._schedule_manifests(now, nodes)
         if self.complete or not (self._dirty or transfers.changed) and (self._retry_at is None or now < self._retry_at):
             return []  # nothing changed that could allow a request (this runs after every event)
+        if self.chunks is None:
+            self._dirty, self._retry_at = False, None
+            return self._schedule_manifests(now, nodes)
+        if not transfers.has_room():  # every pipeline is full: nothing could go out (room sets `changed`)
+            self._retry_at = None
+            return []
         self._dirty, self._retry_at = False, None
         transfers.open_round(now)
-        fetching = transfers.fetching()
+        fetching = transfers.round_fetching
         order = list(nodes)
         self._rng.shuffle(order)
         requests = self._assign(now, order, fetching)
-        requests += self._endgame(now, order, fetching)
+        if self.endgame_enabled:
+            requests += self._endgame(now, order, fetching)
         if requests:
             transfers.note_requests(now)
         return requests
@@ -797,7 +810,8 @@ class Swarm:
             elif availability[index] > seeds and not stalled:
                 continue  # a non-seed peer holds it: leave the seed's upload for what only it has
             else:
-                node = holders[0]
+                spared = [n for n in holders if n != self.publisher] if self.spare_publisher else ()
+                node = max(spared, key=room.__getitem__) if spared else holders[0]
                 transfers.at_seed[cid] = node  # cancelled if a non-seed peer announces it first
             transfers.ask(node, cid, self._sizes[index], now)
             fetching[cid] = 1

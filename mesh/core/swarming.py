@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.content.cid import Cid
+from mesh.content.cid import RAW, Cid
 from mesh.core.events import (
     CancelServe, ChunkRejected, ChunkServed, ChunkStored, LoadRelease, ReleaseInventory, ServeChunk, StoreChunk,
 )
 from mesh.core.session import Session
 from mesh.core.swarm import Swarm, Transfers
 from mesh.errors import RemoteProtocolError
-from mesh.state.consent import hidden_assets
+from mesh.state.consent import asset_statuses
 from mesh.state.releases import Release, ReleaseBook
 from mesh.wire import messages as m
 
@@ -47,19 +47,30 @@ WITHHELD_RECHECK_S = 30.0  # re-evaluate consent and retention this often even w
 WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than this after the last time
 WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
 PASSIVE_TRACKS_MAX = 4  # releases we only announce (never fetch) at once
-PEER_HAVES_MAX = 8  # releases whose Have we remember per peer
+PEER_HAVES_MAX = 256  # roots whose Have we remember per peer (releases, files being fetched)
 SERVE_HOLD_S = 1.0  # hold a request for a chunk sent to another peer this recently, this long
 SERVE_HOLD_MAX_S = 5.0  # ... and while that copy is still being sent, at most this long
 HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
 
 
+# Priority classes of what a node wants, scheduled in this order (rarest first within a class).
+CLASS_ON_DEMAND = 0  # a browser waits for this file
+CLASS_RELEASE = 1  # the current release
+CLASS_PINNED_RELEASE = 2  # releases the config pins
+CLASS_PREVIEW = 3  # thumbnails and preview clips (every edge and hub shows them)
+CLASS_PINNED_MEDIA = 4  # originals of the tags this node pins
+CLASS_PASSIVE = 9  # releases we only announce (never fetch)
+
+
 @dataclass
 class Track:
-    """One release root this node fetches or seeds."""
+    """One root this node fetches or seeds: a release, or one media file."""
 
-    release: Release  # a verified release record with this root
+    release: Release | None  # a verified release record with this root; None for a media file
     swarm: Swarm  # its scheduler (chunk list, holdings, requests)
     fetch: bool  # request what we lack (current or pinned); False: only announce what we hold
+    klass: int = CLASS_RELEASE  # priority class of a media file (releases: see `_rank`)
+    order: float = 0.0  # position within the class (a media file's: random per node)
     inventories_due: int = 0  # LoadRelease actions not yet answered: request nothing until then
     have_updates: list[int] = field(default_factory=list)  # indices to announce after this event
     have_owed: set[str] = field(default_factory=set)  # peers not told of chunks they hold: a Have is due
@@ -116,17 +127,36 @@ class ReleaseSwarming:
         return self.tracks.get(self._current_root)
 
     def _ordered_tracks(self) -> list[Track]:
-        """Fetch tracks first, the current one before pinned ones; passive tracks last."""
+        """Tracks in priority order (see the CLASS_ constants): on-demand files, the current
+        release, pinned releases, previews, pinned originals; passive releases last."""
         current = self._current_track()
         if len(self.tracks) == 1 and current is not None:
             return [current]
-        rest = [t for t in self.tracks.values() if t is not current]
-        rest.sort(key=lambda t: not t.fetch)
-        return ([current] if current is not None else []) + rest
+        return sorted(self.tracks.values(), key=lambda t: self._rank(t, current))
+
+    @staticmethod
+    def _rank(track: Track, current: Track | None) -> tuple[int, float]:
+        if track.release is None:
+            return track.klass, track.order
+        if track is current:
+            return CLASS_RELEASE, 0.0
+        return (CLASS_PINNED_RELEASE if track.fetch else CLASS_PASSIVE), 0.0
+
+    def _release_tracks(self) -> list[Track]:
+        return [t for t in self.tracks.values() if t.release is not None]
 
     def kept_roots(self) -> list[Cid]:
-        """Roots of the fetch tracks (current and pinned): what a purge must keep whole."""
-        return [root for root, track in self.tracks.items() if track.fetch]
+        """Roots of the release fetch tracks (current and pinned): what a purge must keep whole."""
+        return [root for root, track in self.tracks.items() if track.fetch and track.release is not None]
+
+    def arriving_chunks(self) -> list[Cid]:
+        """Every block of every root being fetched (a purge must not take them from under it)."""
+        found: list[Cid] = []
+        for root, track in self.tracks.items():
+            if track.fetch:
+                found.append(root)
+                found += track.swarm.chunks or ()
+        return found
 
     # ---- which releases ------------------------------------------------------------------------
 
@@ -151,7 +181,7 @@ class ReleaseSwarming:
         if switched:
             self._emit("release.current", id=current.id, name=current.name, root=current.root)
         for root, track in list(self.tracks.items()):
-            if root not in wanted and track.fetch:
+            if root not in wanted and track.fetch and track.release is not None:
                 del self.tracks[root]
         for root, release in wanted.items():
             track = self.tracks.get(root)
@@ -176,7 +206,7 @@ class ReleaseSwarming:
         release = self._release_roots.get(root)
         if release is None:
             return None
-        passive = [r for r, t in self.tracks.items() if not t.fetch]
+        passive = [r for r, t in self.tracks.items() if not t.fetch and t.release is not None]
         while len(passive) >= PASSIVE_TRACKS_MAX:
             del self.tracks[passive.pop(0)]
         return self._start_track(release, fetch=False)
@@ -205,8 +235,9 @@ class ReleaseSwarming:
 
     def _on_list_known(self, track: Track, now: float) -> None:
         swarm = track.swarm
-        self._emit("release.listed", root=str(swarm.root), chunks=len(swarm.chunks), bytes=swarm.total_bytes)
-        self._apply_withheld()
+        if track.release is not None:  # a media file's list is its manifest: nothing to withhold in it
+            self._emit("release.listed", root=str(swarm.root), chunks=len(swarm.chunks), bytes=swarm.total_bytes)
+            self._apply_withheld()
         for session in self.peers():
             self._send_have(session, track, now)
         self._check_complete(track)
@@ -214,7 +245,10 @@ class ReleaseSwarming:
     def _check_complete(self, track: Track) -> None:
         if track.fetch and track.swarm.complete and not track.completed:
             track.completed = True
-            self._emit("release.complete", id=track.release.id, bytes=track.swarm.wanted_bytes)
+            if track.release is None:
+                self._object_fetched(track)  # see mesh.core.media
+            else:
+                self._emit("release.complete", id=track.release.id, bytes=track.swarm.wanted_bytes)
 
     # ---- have signals --------------------------------------------------------------------------
 
@@ -224,6 +258,7 @@ class ReleaseSwarming:
         for track in self._ordered_tracks():
             track.swarm.add_peer(session.node_id)
             self._send_have(session, track, now)
+        self._media_ready(session, now)  # see mesh.core.media
 
     def _send_have(self, session: Session, track: Track, now: float) -> None:
         count, bits = track.swarm.have_bitfield()
@@ -243,6 +278,8 @@ class ReleaseSwarming:
             self._open_passive(root)  # replays this Have
         elif track is not None:
             track.swarm.peer_have(session.node_id, msg.count, msg.bits)
+        if track is None and msg.count:
+            self._media_holder_seen(msg.root)  # a file we may want: someone has some of it
 
     def _on_have_update(self, session: Session, msg: m.HaveUpdate, now: float) -> None:
         known = session.peer_haves.get(msg.root)
@@ -308,9 +345,10 @@ class ReleaseSwarming:
         self._serve(session, cid, now)
 
     def _is_release_manifest(self, cid: Cid) -> bool:
-        """A release's root or file manifest: hashes, not media, never withheld, so it is served
-        (and fetched) even while settling; every node needs them to know what to fetch."""
-        return cid in self.tracks or any(t.swarm.is_manifest(cid) for t in self.tracks.values())
+        """A manifest of a root we track (a release's root or file manifests, a media file's
+        manifest): hashes, not media, so it is served (and fetched) even while settling; every
+        node needs them to know what to fetch."""
+        return any(t.swarm.is_manifest(cid) for t in self.tracks.values()) or self._media_manifest(cid) is not None
 
     def _serve(self, session: Session, cid: Cid, now: float, held: bool = False) -> None:
         if cid in self.withheld:  # consent or retention took it away: never send it again
@@ -443,6 +481,8 @@ class ReleaseSwarming:
         self._serving[event.conn_id] = max(0, self._serving.get(event.conn_id, 0) - 1)
         self._count("chunks.served" if event.sent_bytes else "chunks.missing_served")
         cid = Cid.parse(event.cid)
+        if event.sent_bytes:
+            self._note_served(cid, now)  # least recently used media goes first (mesh.core.media)
         if self._sending.get(cid) == event.conn_id:
             self._first_copy_done(event.conn_id, cid, event.sent_bytes > 0, now)
 
@@ -462,11 +502,12 @@ class ReleaseSwarming:
             data = track.swarm.manifest_data(cid)
             if data is not None and len(data) <= m.CHUNK_PIECE_BYTES_MAX:
                 return data
-        return None
+        data = self._media_manifest(cid)
+        return data if data is not None and len(data) <= m.CHUNK_PIECE_BYTES_MAX else None
 
     def _seeding(self, cid: Cid) -> bool:
-        """We hold the whole of a release that has `cid` (peers count us as one of its seeds)."""
-        return any(t.swarm.complete and t.swarm.holds(cid) for t in self.tracks.values())
+        """We hold the whole of a root that has `cid` (peers count us as one of its seeds)."""
+        return self._holds_media_chunk(cid) or any(t.swarm.complete and t.swarm.holds(cid) for t in self.tracks.values())
 
     def _on_chunk_busy(self, session: Session, msg: m.ChunkBusy, now: float) -> None:
         self.transfers.busy(session.node_id, _binary_cid(msg.cid), now)
@@ -491,7 +532,10 @@ class ReleaseSwarming:
             self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
             self._manifest_bytes[cid] = data
+        elif cid.codec == RAW and cid in self.tracks:
+            self.tracks[cid].swarm.set_raw_size(len(data))  # a raw file's size is known now
         self._storing_from[(session.conn_id, cid)] = session.node_id
+        self.store_used += len(data)  # until the driver's next StoreUsage says exactly
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
 
     def _arriving(self, node: str, cid: Cid) -> bool:
@@ -528,6 +572,10 @@ class ReleaseSwarming:
         swarm = track.swarm
         was_ready = swarm.ready
         self._add_manifest(track, cid, data)
+        if track.release is None:  # a media file: the store's inventory of it came before
+            if swarm.ready and not was_ready:
+                self._on_list_known(track, now)
+            return
         if cid == swarm.root and not swarm.ready:
             self._load_inventory(track)  # the file manifests and chunks of it we already hold
         if swarm.ready and not was_ready:
@@ -594,6 +642,7 @@ class ReleaseSwarming:
         self._serving.pop(session.conn_id, None)
         for cid in [c for c, conn_id in self._sending.items() if conn_id == session.conn_id]:
             self._first_copy_done(session.conn_id, cid, False, self._now)
+        self._media_session_gone(session)
 
     # ---- consent and retention: what we neither serve nor fetch -------------------------------
 
@@ -609,11 +658,14 @@ class ReleaseSwarming:
         driver's periodic purge deletes it from the store)."""
         self._withheld_last, self._withheld_at = now, now + WITHHELD_RECHECK_S
         self._withheld_dirty = False
-        hidden = hidden_assets(self.state, self.identity.authority_public_key, now)
-        if hidden == self.hidden_assets:
+        records, statuses = asset_statuses(self.state, self.identity.authority_public_key, now)
+        media_changed = self._refresh_media(records, statuses, now)  # see mesh.core.media
+        hidden = frozenset(statuses)
+        if hidden == self.hidden_assets and not media_changed:
             return
+        if hidden != self.hidden_assets:
+            self._emit("consent.hidden", assets=len(hidden))
         self.hidden_assets = hidden
-        self._emit("consent.hidden", assets=len(hidden))
         self._apply_withheld()
 
     def _apply_withheld(self) -> None:
@@ -627,7 +679,8 @@ class ReleaseSwarming:
             except ValueError:
                 continue
         blocks = set(files)  # single-chunk files, and manifests of files outside every release
-        for track in self.tracks.values():
+        blocks |= self._media_withheld()  # hidden assets' previews and chunks, see mesh.core.media
+        for track in self._release_tracks():
             if track.swarm.ready:
                 only = track.swarm.chunks_only_in(files)
                 track.swarm.withhold(only)
@@ -647,7 +700,7 @@ class ReleaseSwarming:
     def _pinned_status(self) -> list[dict]:
         current = self._current_track()
         return [{"id": t.release.id, "name": t.release.name, **_track_progress(t)}
-                for t in self.tracks.values() if t.fetch and t is not current]
+                for t in self._release_tracks() if t.fetch and t is not current]
 
     def _peer_release(self, node: str) -> dict | None:
         swarm = self.swarm

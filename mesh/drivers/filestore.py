@@ -340,6 +340,13 @@ def _reader_thread(groups: list[list[_ChunkRead]], lane: _ReaderLane, stop: thre
             return
 
 
+def _is_manifest_cid(text: str) -> bool:
+    try:
+        return Cid.parse(text).codec == DAG_CBOR
+    except ValueError:
+        return False
+
+
 def media_type_for(name: str) -> str:
     """Media type from a file name; a generic binary type when unknown."""
     import mimetypes  # imports only: `mesh cat` does not pay for it
@@ -845,15 +852,20 @@ class FileStore:
         return (None, None) if row is None else (int(row[0]), row[1])
 
     def release_inventory(self, root: str) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """What this store holds of a release: (manifests as (CID, bytes), data chunk CIDs).
+        """What this store holds of a root: (manifests as (CID, bytes), data chunk CIDs). A root
+        is a release (DirManifest), one file (FileManifest), or a raw chunk.
 
         Stops descending where a manifest is missing; every manifest read is re-hashed."""
         manifests: list[tuple[str, bytes]] = []
         present: list[str] = []
+        if Cid.parse(root).codec == RAW:
+            return manifests, [root] if self._has_text(root) else []
         root_manifest = self._read_manifest(root)
         if root_manifest is None:
             return manifests, present
         manifests.append((root, root_manifest[0]))
+        if isinstance(root_manifest[1], FileManifest):
+            return manifests, [str(c) for c in root_manifest[1].chunks if self._has_text(str(c))]
         for entry in root_manifest[1].entries:
             text = str(entry.cid)
             if entry.cid.codec == RAW:
@@ -938,19 +950,21 @@ class FileStore:
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (cid, reason))
 
-    def gc(self, roots: Iterable[str], unpinned: Iterable[str] = ()) -> GcReport:
+    def gc(self, roots: Iterable[str], unpinned: Iterable[str] = (), stored_before: float | None = None) -> GcReport:
         """Delete chunks that neither `roots` (files the caller keeps) nor pins need, and files
         left by interrupted writes. Pins of `unpinned` (files consent or retention took away)
-        keep nothing."""
+        keep nothing. With `stored_before`, chunks stored at or after that time are kept: the
+        caller computed `roots` then, so it cannot know what arrived since (a running agent)."""
         with self._locked(fcntl.LOCK_EX):
-            return self._gc_locked(set(roots), set(unpinned))
+            return self._gc_locked(set(roots), set(unpinned), stored_before)
 
-    def _gc_locked(self, roots: set[str], unpinned: set[str]) -> GcReport:
+    def _gc_locked(self, roots: set[str], unpinned: set[str], stored_before: float | None = None) -> GcReport:
         pins = {cid for (cid,) in self._db.execute("SELECT cid FROM pins").fetchall()}
         roots |= pins - unpinned
         live = self._live_chunks(roots)
-        rows = self._db.execute("SELECT cid, size FROM chunks").fetchall()
-        dead = [(cid, size) for cid, size in rows if cid not in live]
+        rows = self._db.execute("SELECT cid, size, stored_at FROM chunks").fetchall()
+        dead = [(cid, size) for cid, size, at in rows
+                if cid not in live and (stored_before is None or at < stored_before)]
         objects = [cid for (cid,) in self._db.execute("SELECT cid FROM objects").fetchall()]
         dead_objects = [(cid,) for cid in objects if cid not in roots]
         with self._transaction():
@@ -969,9 +983,19 @@ class FileStore:
         live: set[str] = set()
         for root in roots:
             live.add(root)  # a single-chunk file's CID is its chunk's; a manifest's is its own
-            rows = self._db.execute("SELECT chunk FROM object_chunks WHERE object = ?", (root,))
-            live.update(chunk for (chunk,) in rows.fetchall())
+            rows = self._db.execute("SELECT chunk FROM object_chunks WHERE object = ?", (root,)).fetchall()
+            if not rows and _is_manifest_cid(root):  # a file that came from peers: index it from its manifest
+                live.update(self._file_chunks(root))
+            live.update(chunk for (chunk,) in rows)
         return live
+
+    def _file_chunks(self, cid: str) -> list[str]:
+        """The chunks of a file the index lacks, read from its manifest ([] if that is absent,
+        corrupt or not a file's); indexes the file, so the next gc finds it there."""
+        try:
+            return self._object_from_chunks(cid)[1]
+        except NotFoundError:
+            return []
 
     def _remove_orphans(self) -> int:
         """Files in tmp/ from other (dead) runs, and chunk files with no index row."""

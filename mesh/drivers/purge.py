@@ -37,31 +37,34 @@ def visible_records(state, authority_public_key: bytes | None, now: float,
 
 
 def live_roots(state, store=None, authority_public_key: bytes | None = None,
-               now: float | None = None) -> set[str]:
+               now: float | None = None, node_id: str | None = None) -> set[str]:
     """The roots of `keep_set`."""
-    return keep_set(state, store, authority_public_key, now).roots
+    return keep_set(state, store, authority_public_key, now, node_id).roots
 
 
 def keep_set(state, store=None, authority_public_key: bytes | None = None,
-             now: float | None = None) -> KeepSet:
+             now: float | None = None, node_id: str | None = None) -> KeepSet:
     """Files and blocks the shared state keeps alive: every *visible* asset (consented, not
-    expired) and its thumbnail and, given the store and the mesh authority key, every block here of
-    the current and the previous release (root manifest, file manifests, chunks), so a rollback
-    needs no download. Releases older than those are kept only by pins (`mesh release create` pins
-    what it imports). Hidden assets are not roots, not even inside a kept release: their chunks go
-    unless a root still needs them.
+    expired) with its previews (thumbnail, preview clip), the *pending* assets this node (`node_id`)
+    captured, waiting for their subject's decision, with theirs, and, given the store and the mesh
+    authority key, every block here of the current and the previous release (root manifest, file
+    manifests, chunks), so a rollback needs no download. Releases older than those are kept only by
+    pins (`mesh release create` pins what it imports). Withdrawn or expired assets, and pending ones
+    captured elsewhere, are not roots, not even inside a kept release: their chunks go unless a
+    root still needs them.
     Without the authority key no policy verifies and assets naming a subject count as hidden."""
+    from mesh.state.consent import PENDING, VISIBLE
+
     now = time.time() if now is None else now
     roots = set()
     hidden = set()
     view = consent_view(state, authority_public_key, now)
     for record in state.assets():
-        if not view.visible(record, now):
+        status = view.status(record, now)
+        if status != VISIBLE:
             hidden.add(record.cid)
-            continue
-        roots.add(record.cid)
-        if record.thumbnail:
-            roots.add(record.thumbnail)
+        if status == VISIBLE or (status == PENDING and node_id is not None and record.added_by == node_id):
+            roots.update(cid for cid in (record.cid, record.thumbnail, record.preview) if cid)
     if store is None or authority_public_key is None:
         return KeepSet(roots, hidden)
     from mesh.state.releases import ReleaseBook, release_chunks
@@ -74,13 +77,14 @@ def keep_set(state, store=None, authority_public_key: bytes | None = None,
 
 
 def agent_keep_set(state, store, authority_public_key: bytes | None, now: float,
-                   arriving=(), withheld=frozenset(), releases=()) -> KeepSet:
+                   arriving=(), withheld=frozenset(), releases=(), node_id: str | None = None) -> KeepSet:
     """What a running agent's periodic purge keeps: `keep_set`, plus every block here of the
-    releases it fetches (`releases`: roots of the current and pinned ones) and the chunks of those
-    still arriving (`arriving`), except what consent or retention withheld."""
+    releases it fetches (`releases`: roots of the current and pinned ones) and the blocks of the
+    roots still arriving (`arriving`: releases and media files), except what consent or retention
+    withheld."""
     from mesh.state.releases import release_chunks
 
-    keep = keep_set(state, store, authority_public_key, now)
+    keep = keep_set(state, store, authority_public_key, now, node_id)
     for root in releases:
         keep.roots.update(str(cid) for cid in release_chunks(store, root, partial=True, skip=keep.hidden))
     keep.roots.update(str(cid) for cid in arriving if cid not in withheld)

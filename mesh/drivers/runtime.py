@@ -28,8 +28,9 @@ from mesh.config import AgentConfig
 from mesh.content.cid import Cid
 from mesh.core.events import (
     Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
-    DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
-    ReleaseInventory, Send, ServeChunk, ShutdownRequested, StateReloaded, StoreChunk, Tick,
+    DialFailed, Disconnected, Emit, Event, EvictObjects, FetchRequested, LoadObjects, LoadRelease, ObjectsEvicted,
+    ObjectsInventory, ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk,
+    ShutdownRequested, StateReloaded, StoreChunk, StoreUsage, Tick,
 )
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.agentfiles import write_status
@@ -60,8 +61,9 @@ RECENT_EVENTS_MAX = 200  # events kept for the dashboard
 RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
     "agent.started", "peer.connected", "peer.disconnected", "peer.corrupt_chunk", "peer.revoked",
     "release.current", "release.complete", "release.invalid", "store.purged", "health.failed",
-    "health.recovered",
+    "health.recovered", "media.evicting",
 })
+USAGE_REPORT_BYTES_MIN = 1024 * 1024  # tell the core of a change in the store's size at least this large
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,19 @@ class Agent:
         self.outbox_status: dict | None = None  # set by the outbox loop when an uplink is configured
         self._mdns_running = False  # the discovery task is up
         self._mdns_seen: set[str] = set()  # node ids discovery reported
+        self._stored = trio.Event()  # set, then replaced, after every store batch (streams wait on it)
+        self._used: set[str] = set()  # media files browsers read since the last ObjectsUsed
+        self.store_budget: int | None = None  # bytes the store may hold (`store_budget`), set by `run`
+        self._usage: tuple[int, int] = (0, 0)  # (chunks, bytes) in the store, refreshed by the status loop
+        self._usage_reported: int | None = None  # the bytes the core was last told
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or a shutdown signal; `task_status.started(listen_address)`."""
         state = self.statefile.load(actor_id(self.home.info.node_id, os.urandom(8)))
+        self._usage = await trio.to_thread.run_sync(self.store.usage)
+        self.store_budget = await trio.to_thread.run_sync(self._budget)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.listen_address = await nursery.start(self.transport.serve, self.config.listen, self._accepted)
@@ -137,12 +146,25 @@ class Agent:
         info = self.home.info
         identity = CoreIdentity(info.node_id, info.mesh_id, info.authority_public_key, info.chain, info.name, info.role)
         core = NodeCore(identity, state, random.Random(), time.time(), self.config.limits,
-                        listen_port=self.listen_address[1], pins=tuple(self.config.pin_releases))
+                        listen_port=self.listen_address[1], pins=tuple(self.config.pin_releases),
+                        pin_tags=tuple(self.config.pin_tags), pin_canonical=self.config.pin_canonical)
+        core.handle(StoreUsage(self._usage[1], self.store_budget), time.time())
+        self._usage_reported = self._usage[1]
         for address in self.config.peers:
             core.learn_address(address, None, "static", time.time())
         for address in info.hints:
             core.learn_address(address, None, "hint", time.time())
         return core
+
+    def _budget(self) -> int:
+        """The store budget: `store_budget` bytes, or its share of the disk (the store's bytes
+        plus the free space of its file system)."""
+        if self.config.store_budget_bytes is not None:
+            return self.config.store_budget_bytes
+        import shutil
+
+        free = shutil.disk_usage(self.home.store_path).free
+        return int(self.config.store_budget_fraction * (self._usage[1] + free))
 
     async def shutdown(self, reason: str) -> None:
         """Close sessions politely (bounded by SHUTDOWN_GRACE_S), then stop."""
@@ -228,6 +250,10 @@ class Agent:
             self._queue_store(action)
         elif isinstance(action, LoadRelease):
             self._nursery.start_soon(self._load_release, action.root)
+        elif isinstance(action, LoadObjects):
+            self._nursery.start_soon(self._load_objects, action.roots)
+        elif isinstance(action, EvictObjects):
+            self._nursery.start_soon(self._evict, action.roots)
 
     def _send(self, action: Send) -> None:
         self._enqueue(action.conn_id, action.data)
@@ -270,6 +296,8 @@ class Agent:
                 else:
                     corrupt = isinstance(error, CorruptChunkError)
                     await self._events_send.send(ChunkRejected(action.conn_id, action.cid, _reason(error), corrupt))
+            self._stored.set()  # wake the streams waiting for a chunk (see `wait_stored`)
+            self._stored = trio.Event()
 
     async def _load_release(self, root: str) -> None:
         try:
@@ -280,6 +308,52 @@ class Agent:
             log.warning("release.inventory_failed root=%s error=%s", root, exc)
             manifests, present = [], []
         await self._events_send.send(ReleaseInventory(root, tuple(manifests), tuple(present)))
+
+    async def _load_objects(self, roots: tuple[str, ...]) -> None:
+        def inventory() -> tuple[ReleaseInventory, ...]:
+            found = []
+            for root in roots:
+                try:
+                    manifests, present = self.store.release_inventory(root)
+                except MeshError:
+                    manifests, present = [], []
+                found.append(ReleaseInventory(root, tuple(manifests), tuple(present)))
+            return tuple(found)
+
+        objects = await trio.to_thread.run_sync(inventory, limiter=self._store_limiter)
+        await self._events_send.send(ObjectsInventory(objects))
+
+    async def _evict(self, roots: tuple[str, ...]) -> None:
+        """Carry out `EvictObjects`: a purge that keeps everything it keeps now but these files
+        (their chunks go unless something kept shares them)."""
+        core, started = self.core, time.time()
+        keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, started,
+                              core.arriving_chunks(), core.withheld, core.kept_roots(), self.home.info.node_id)
+        keep.roots.difference_update(roots)
+        try:
+            report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden, started,
+                                                   limiter=self._store_limiter)
+        except MeshError as exc:
+            log.warning("store.evict_failed error=%s", exc)
+            await self._events_send.send(ObjectsEvicted((), 0))
+            return
+        await self._events_send.send(ObjectsEvicted(roots, report.bytes_freed))
+        self._emit_log("store.evicted", files=len(roots), bytes=report.bytes_freed)
+
+    async def wait_stored(self, timeout_s: float) -> None:
+        """Return after the next store batch (or after `timeout_s`)."""
+        with trio.move_on_after(timeout_s):
+            await self._stored.wait()
+
+    def request_fetch(self, cid: str) -> None:
+        """A browser waits for this media file: the core fetches it first of all."""
+        if self.core is not None:
+            self._handle(FetchRequested(cid))
+
+    def note_used(self, cid: str) -> None:
+        """A browser read this held file (least recently used media is evicted first)."""
+        if len(self._used) < RECENT_EVENTS_MAX * 50:
+            self._used.add(cid)
 
     async def _serve_chunk(self, secure, conn_id: int, cid_text: str) -> None:
         """Send one chunk as ChunkData pieces, re-hashed just before it leaves."""
@@ -444,12 +518,11 @@ class Agent:
             rounds_since_full += 1
             if heads == last_heads and rounds_since_full < PURGE_FULL_EVERY_ROUNDS:
                 continue  # nothing changed; retention still gets a pass every few rounds
-            core = self.core
-            arriving = [cid for root in core.kept_roots() for cid in core.tracks[root].swarm.chunks or ()]
-            keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, time.time(),
-                                  arriving, core.withheld, core.kept_roots())
+            core, started = self.core, time.time()
+            keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, started,
+                                  core.arriving_chunks(), core.withheld, core.kept_roots(), self.home.info.node_id)
             try:
-                report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden,
+                report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden, started,
                                                        limiter=self._store_limiter)
             except MeshError as exc:
                 log.warning("store.purge_failed error=%s", exc)
@@ -461,15 +534,27 @@ class Agent:
     async def _status_loop(self) -> None:
         while True:
             try:
+                self._usage = await trio.to_thread.run_sync(self.store.usage, limiter=self._serve_limiter)
+            except MeshError as exc:
+                log.warning("store.usage_failed error=%s", exc)
+            self._report_usage()
+            try:
                 await trio.to_thread.run_sync(write_status, self.home.path, self.status())
             except OSError as exc:
                 log.warning("status.write_failed error=%s", exc)
             await trio.sleep(self.config.status_interval_s)
 
+    def _report_usage(self) -> None:
+        """Tell the core how full the store is when that changed noticeably (its budget)."""
+        used = self._usage[1]
+        if self._usage_reported is None or abs(used - self._usage_reported) >= USAGE_REPORT_BYTES_MIN:
+            self._usage_reported = used
+            self._handle(StoreUsage(used, self.store_budget))
+
     def status(self) -> dict:
         """The `mesh status --json` document."""
         doc = self.core.status()
-        chunks, stored = self.store.usage()
+        chunks, stored = self._usage
         doc.update({
             "listen_addresses": [list(a) for a in self.listen_addresses()],
             "store": {"chunks": chunks, "bytes": stored},
@@ -508,7 +593,13 @@ class Agent:
     async def _views_loop(self) -> None:
         while True:
             await trio.sleep(VIEW_FLUSH_S)
+            self._flush_used()
             self._flush_views()
+
+    def _flush_used(self) -> None:
+        if self._used and self.core is not None:
+            used, self._used = tuple(sorted(self._used)), set()
+            self._handle(ObjectsUsed(used))
 
     def _flush_views(self) -> None:
         if not self._views:

@@ -9,6 +9,7 @@ The documented examples live in configs/*.toml.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
 import sys
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mesh.config import DEFAULT_PORT, AgentConfig, HealthConfig, Probe
+from mesh.config import DEFAULT_PORT, AgentConfig, HealthConfig, IngestRule, Probe
 from mesh.errors import UsageError
 
 PROBE_KINDS = ("http", "tcp", "path", "command")
@@ -24,6 +25,11 @@ PROBES_MAX = 64  # user probes per config
 PEERS_MAX = 256  # static peers per config
 PINS_MAX = 64  # pinned releases per config
 NAME_CHARS_MAX = 64  # a probe's name
+INGEST_RULES_MAX = 16  # [[ingest]] tables per config
+INGEST_GLOBS_MAX = 64  # include / exclude patterns per [[ingest]] table
+INGEST_SETTLE_S_MAX = 3600.0  # a longer settle time is a typo
+PATTERN_CHARS_MAX = 256  # a subject_pattern
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}  # as `mesh add --retention`
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -274,15 +280,123 @@ def _health(doc: dict, where: _Where) -> HealthConfig:
     return HealthConfig(**values)
 
 
+# --- [[ingest]] -----------------------------------------------------------------------------------
+
+_INGEST_KEYS = frozenset({"path", "tags", "subject", "subject_pattern", "retention", "settle_s", "include", "exclude"})
+
+
+def parse_duration_s(value: object) -> float:
+    """'90s', '30m', '24h', '7d', '2w' or a number of seconds -> seconds (as `--retention`)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 30m, 24h or 7d")
+    if isinstance(value, (int, float)):
+        return _positive(value)
+    raw = value.strip().lower() if isinstance(value, str) else ""
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS_S else "s"
+    try:
+        number = float(raw[:-1] if raw[-1:] in _DURATION_UNITS_S else raw)
+    except ValueError:
+        raise ValueError("must be a duration such as 90s, 30m, 24h or 7d") from None
+    if not 0 < number < float("inf"):
+        raise ValueError("must be a positive duration such as 90s, 30m, 24h or 7d")
+    return number * _DURATION_UNITS_S[unit]
+
+
+def _subject(value: object) -> str:
+    from mesh.state.consent import parse_subject_code
+
+    try:
+        return parse_subject_code(_text(value))
+    except ValueError as exc:
+        raise ValueError(f"is not a subject code ({exc})") from None
+
+
+def parse_subject_pattern(value: object) -> str:
+    """A regular expression with a group named `subject`; ValueError naming the problem."""
+    text = _text(value)
+    if len(text) > PATTERN_CHARS_MAX:
+        raise ValueError(f"is longer than {PATTERN_CHARS_MAX} characters")
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    if "subject" not in pattern.groupindex:
+        raise ValueError("needs a group named subject, like (?P<subject>[0-9A-Z]{4}-[0-9A-Z]{4})")
+    return text
+
+
+def _settle_s(value: object) -> float:
+    seconds = _positive(value)
+    if seconds > INGEST_SETTLE_S_MAX:
+        raise ValueError(f"must be at most {INGEST_SETTLE_S_MAX:g} seconds")
+    return seconds
+
+
+def _folder(value: object, base: Path) -> Path:
+    """The folder, absolute (a relative path counts from the config file's directory)."""
+    text = _text(value)
+    if "\0" in text:
+        raise ValueError("must not contain a NUL character")
+    path = Path(text).expanduser()
+    return Path(os.path.normpath(base / path))
+
+
+# key -> (IngestRule field, parser)
+_INGEST: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "tags": ("tags", _tags),
+    "subject": ("subject", _subject),
+    "subject_pattern": ("subject_pattern", parse_subject_pattern),
+    "retention": ("retention_s", parse_duration_s),
+    "settle_s": ("settle_s", _settle_s),
+    "include": ("include", lambda v: tuple(_string_list(v, INGEST_GLOBS_MAX))),
+    "exclude": ("exclude", lambda v: tuple(_string_list(v, INGEST_GLOBS_MAX))),
+}
+
+
+def _ingest_rule(raw: object, index: int, base: Path, where: _Where) -> IngestRule:
+    key = f"ingest[{index}]"
+    if not isinstance(raw, dict):
+        raise where.fail(key, "must be a table ([[ingest]])")
+    _check_keys(raw, set(_INGEST_KEYS), key + ".", where)
+    if "path" not in raw:
+        raise where.fail(key + ".path", "is missing (the folder to watch)")
+    if "subject" in raw and "subject_pattern" in raw:
+        raise where.fail(key, "takes subject or subject_pattern, not both")
+    try:
+        path = _folder(raw["path"], base)
+    except ValueError as exc:
+        raise where.fail(key + ".path", str(exc)) from None
+    values = _apply({k: v for k, v in raw.items() if k != "path"}, _INGEST, key + ".", where)
+    return IngestRule(path=path, **values)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _ingest(doc: dict, source: Path | None, where: _Where) -> tuple[IngestRule, ...]:
+    tables = doc.get("ingest", [])
+    if not isinstance(tables, list) or len(tables) > INGEST_RULES_MAX:
+        raise where.fail("ingest", f"must be [[ingest]] tables, at most {INGEST_RULES_MAX}")
+    base = Path(source).parent if source is not None else Path.cwd()
+    rules = tuple(_ingest_rule(raw, i, Path(os.path.abspath(base)), where) for i, raw in enumerate(tables))
+    for later, rule in enumerate(rules):
+        for earlier in range(later):
+            if _overlap(rule.path, rules[earlier].path):
+                raise where.fail(f"ingest[{later}].path", f"overlaps ingest[{earlier}].path ({rules[earlier].path})")
+    return rules
+
+
 def config_from_dict(doc: dict, source: Path | None = None) -> AgentConfig:
     """An `AgentConfig` from a parsed TOML document; UsageError (one line) on any problem."""
     where = _Where(source)
-    _check_keys(doc, set(_TOP) | set(_TABLES), "", where)
-    values = _apply({k: v for k, v in doc.items() if k not in _TABLES}, _TOP, "", where)
+    _check_keys(doc, set(_TOP) | set(_TABLES) | {"ingest"}, "", where)
+    values = _apply({k: v for k, v in doc.items() if k not in _TABLES and k != "ingest"}, _TOP, "", where)
     outbox = _table(doc, "outbox", where)
     _check_keys(outbox, set(_OUTBOX), "outbox.", where)
     values.update(_apply(outbox, _OUTBOX, "outbox.", where))
     values["health"] = _health(doc, where)
+    values["ingest"] = _ingest(doc, source, where)
     config = AgentConfig(**values)
     if config.outbox_backoff_s_min > config.outbox_backoff_s_max:
         raise where.fail("outbox.backoff_s_min", "must not exceed outbox.backoff_s_max")

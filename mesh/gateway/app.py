@@ -35,6 +35,7 @@ class FileRef:
     cid: str  # file CID
     size: int  # bytes
     media_type: str  # Content-Type
+    arriving: bool = False  # not all here yet: fetched from peers, streamed as its chunks are verified
 
 
 class GatewayView(Protocol):
@@ -76,7 +77,11 @@ def create_app(view: GatewayView) -> Starlette:
         # Media that consent or retention may withdraw is revalidated on every use (a cheap 304),
         # so a browser never keeps showing it from its cache after a revoke.
         cache = REVALIDATE if may_hide is not None and may_hide(text) else IMMUTABLE
-        return await _serve(request, view, view.file_by_cid(text), cache)
+        ref = view.file_by_cid(text)
+        fetch = getattr(view, "fetch_file", None)
+        if ref is None and fetch is not None:  # media another node holds: fetched now, streamed as it arrives
+            ref = await fetch(text)
+        return await _serve(request, view, ref, cache)
 
     async def release_file(request: Request) -> Response:
         ref = view.file_in_current_release(request.path_params["path"])
@@ -144,7 +149,7 @@ async def _serve(request: Request, view: GatewayView, ref: FileRef | None, cache
         if record is not None:
             record(ref.cid)
     spans = view.chunk_spans(ref.cid)
-    body = _stream(view, spans, start, end)
+    body = _stream(view, ref, spans, start, end)
     return StreamingResponse(body, status_code=status, headers=headers, media_type=ref.media_type)
 
 
@@ -176,7 +181,9 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return start, end
 
 
-async def _stream(view: GatewayView, spans: list[tuple[str, int]], start: int, end: int) -> AsyncIterator[bytes]:
+async def _stream(view: GatewayView, ref: FileRef, spans: list[tuple[str, int]], start: int,
+                  end: int) -> AsyncIterator[bytes]:
+    wait = getattr(view, "wait_chunk", None) if ref.arriving else None  # each chunk once verified here
     offset = 0
     for chunk_cid, length in spans:
         chunk_start, chunk_end = offset, offset + length
@@ -184,9 +191,11 @@ async def _stream(view: GatewayView, spans: list[tuple[str, int]], start: int, e
         if chunk_end <= start or chunk_start >= end:
             continue
         try:
+            if wait is not None:
+                await wait(ref.cid, chunk_cid)
             data = await trio.to_thread.run_sync(view.read_chunk, chunk_cid)
         except MeshError:
-            return  # a chunk went bad mid-response: end short rather than send wrong bytes
+            return  # a chunk went bad or stopped coming mid-response: end short rather than send wrong bytes
         yield data[max(0, start - chunk_start): min(length, end - chunk_start)]
 
 

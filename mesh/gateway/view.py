@@ -34,6 +34,10 @@ QUERY_CHARS_MAX = 100
 OFFLINE_FILE_BYTES_MAX = 2 * 1024 * 1024  # the service worker caches release files up to this size
 OFFLINE_FILES_MAX = 500
 STATE_WAIT_S = 3.0  # how long a write waits for the agent to see it before the page redirects
+FETCH_START_S = 10.0  # how long a request for a file held elsewhere waits for its size and chunk list
+FETCH_STALL_S = 30.0  # ... and for each next chunk, before the response ends short
+FETCH_RENEW_S = 10.0  # while a browser waits, the fetch is asked for again this often (it lapses otherwise)
+UNAVAILABLE_GRACE_S = 2.0  # a file no connected peer holds is given this long for an announcement
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class Catalog:
     """What attendees may see now, built from the shared state at one moment."""
 
     visible: dict[str, AssetRecord]  # asset CID -> record, only visible assets
-    hidden: frozenset[str]  # CIDs never served: hidden assets and their thumbnails
+    hidden: frozenset[str]  # CIDs never served: hidden assets and their previews
     thumb_owner: dict[str, str]  # thumbnail CID -> asset CID
     tags: list[TagInfo]  # tag cloud: declared tags first, then tags in use
     policies: cs.Policies  # policies in force
@@ -58,6 +62,7 @@ class Catalog:
     built_at: float = 0.0  # unix seconds
     search_text: dict[str, str] = field(default_factory=dict)  # asset CID -> lower-case name and tags
     revocable: frozenset[str] = frozenset()  # visible CIDs that consent or retention may hide later
+    preview_owner: dict[str, str] = field(default_factory=dict)  # preview clip CID -> asset CID
 
 
 class AgentView:
@@ -99,10 +104,12 @@ class AgentView:
     def record_view(self, cid: str) -> None:
         """Count a view of an asset (aggregated per tag by the agent; nothing per person)."""
         record = getattr(self.agent, "record_view", None)
-        if record is not None:
-            owner = self.catalog().thumb_owner.get(cid)
-            if owner is None:  # thumbnails are not views
-                record(cid)
+        catalog = self.catalog()
+        if record is not None and cid not in catalog.thumb_owner and cid not in catalog.preview_owner:
+            record(cid)  # previews are not views
+        used = getattr(self.agent, "note_used", None)
+        if used is not None:
+            used(cid)
 
     def counters(self) -> dict[str, float]:
         """Numbers for /metrics, read at scrape time."""
@@ -149,6 +156,8 @@ class AgentView:
             return record.media_type
         if cid in catalog.thumb_owner:
             return "image/jpeg"
+        if cid in catalog.preview_owner:
+            return "video/mp4"
         for entry in self._release_entries().values():
             if str(entry.cid) == cid:
                 return entry.media_type
@@ -192,8 +201,61 @@ class AgentView:
 
     def chunk_spans(self, cid: str) -> list[tuple[str, int]]:
         store = self.agent.store
-        _, chunks = store.object_chunks(cid)
+        try:
+            _, chunks = store.object_chunks(cid)
+        except NotFoundError:  # a media file still arriving: its manifest (or size) is known to the core
+            found = self.agent.core.object_spans(cid) if self.agent.core is not None else None
+            if found is None:
+                raise
+            return found[1]
         return [(chunk, store.size(Cid.parse(chunk))) for chunk in chunks]
+
+    # ---- media held elsewhere: fetched on demand, streamed as it arrives -------------------------
+
+    def can_show(self, cid: str | None) -> bool:
+        """A page may link this media file: held here, or held by a connected peer (fetched on
+        demand when a browser asks); otherwise it shows a placeholder."""
+        if not cid or self.is_hidden(cid):
+            return False
+        core = self.agent.core
+        return self.has_file(cid) or (core is not None and core.object_available(cid))
+
+    async def fetch_file(self, cid: str) -> FileRef | None:
+        """A visible media file this node lacks: ask the mesh for it and return its FileRef once
+        its size and chunk list are known (the bytes stream as they arrive, see `wait_chunk`);
+        None if no connected peer holds it (after UNAVAILABLE_GRACE_S) or it is not media."""
+        core = self.agent.core
+        if core is None or core.object_state(cid) in ("unknown", "hidden"):
+            return None
+        self.agent.request_fetch(cid)
+        waited = 0.0
+        with trio.move_on_after(FETCH_START_S):
+            while True:
+                if self.has_file(cid):
+                    return self.file_by_cid(cid)
+                spans = core.object_spans(cid)
+                if spans is not None:
+                    return FileRef(cid, spans[0], self._media_type(cid), arriving=True)
+                if core.object_state(cid) == "unavailable" and waited >= UNAVAILABLE_GRACE_S:
+                    return None
+                await self.agent.wait_stored(0.25)
+                waited += 0.25
+        return None
+
+    async def wait_chunk(self, file_cid: str, chunk_cid: str) -> None:
+        """Return once `chunk_cid` (of the file being fetched) is stored and verified here;
+        MeshError if it stops coming (FETCH_STALL_S without it) or the file became hidden."""
+        store, core = self.agent.store, self.agent.core
+        chunk = Cid.parse(chunk_cid)
+        waited = renewed = 0.0
+        while not store.has(chunk):
+            if waited >= FETCH_STALL_S or core is None or self.is_hidden(file_cid):
+                raise MeshError(f"{file_cid} stopped arriving")
+            if renewed >= FETCH_RENEW_S:
+                self.agent.request_fetch(file_cid)
+                renewed = 0.0
+            await self.agent.wait_stored(0.5)
+            waited, renewed = waited + 0.5, renewed + 0.5
 
     def read_chunk(self, cid: str) -> bytes:
         return self.agent.store.read_chunk(Cid.parse(cid), verify=True)
@@ -375,20 +437,23 @@ def build_catalog(state, authority_public_key: bytes | None, now: float) -> Cata
     visible: dict[str, AssetRecord] = {}
     hidden: set[str] = set()
     thumb_owner: dict[str, str] = {}
+    preview_owner: dict[str, str] = {}
     for record in state.assets():
         shown = view.visible(record, now)
         (visible.__setitem__(record.cid, record) if shown else hidden.add(record.cid))
-        if record.thumbnail:
-            thumb_owner[record.thumbnail] = record.cid
-            if not shown:
-                hidden.add(record.thumbnail)
+        for cid, owners in ((record.thumbnail, thumb_owner), (record.preview, preview_owner)):
+            if cid:
+                owners[cid] = record.cid
+                if not shown:
+                    hidden.add(cid)
     hidden -= set(visible)  # a CID shared with a visible asset stays servable
-    hidden -= {r.thumbnail for r in visible.values() if r.thumbnail}
+    hidden -= {c for r in visible.values() for c in (r.thumbnail, r.preview) if c}
     text = {cid: " ".join([r.name.lower(), *sorted(r.tags)]) for cid, r in visible.items()}
     revocable = {c for r in visible.values() if r.subjects or r.retention_s is not None
-                 for c in (r.cid, r.thumbnail) if c}
+                 for c in (r.cid, r.thumbnail, r.preview) if c}
     return Catalog(visible, frozenset(hidden), thumb_owner, tag_cloud(state, visible.values()),
-                   view.policies, built_at=now, search_text=text, revocable=frozenset(revocable))
+                   view.policies, built_at=now, search_text=text, revocable=frozenset(revocable),
+                   preview_owner=preview_owner)
 
 
 def tag_cloud(state, records) -> list[TagInfo]:

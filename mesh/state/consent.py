@@ -88,6 +88,9 @@ SCOPE_TAG = "scope:"  # an asset tag `scope:NAME` puts the asset in scope NAME a
 MEDIA_TYPE_SCOPES = (("image/", "photo"), ("video/", "video"), ("audio/", "audio"))
 OTHER_MEDIA_SCOPE = "media"  # the scope of any other media type
 UNKNOWN_SCOPE_DEFAULT_GRANT = False  # a scope no policy describes is denied by default
+VISIBLE = "visible"  # may be listed, served, replicated
+PENDING = "pending"  # undecided consent: kept (unserved) only where it was captured
+WITHDRAWN = "withdrawn"  # revoked or expired: purged everywhere
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_ALIASES = str.maketrans({"O": "0", "I": "1", "L": "1"})
@@ -537,6 +540,27 @@ class ConsentView:
         """Neither expired nor lacking consent."""
         return not expired(asset, self.policies, now, skew_s) and self.consented(asset)
 
+    def status(self, asset: AssetRecord, now: float, skew_s: float = RETENTION_SKEW_S) -> str:
+        """VISIBLE; PENDING when every consent it lacks is undecided (no revoke: captured before
+        its subject decided, held where it was captured); otherwise WITHDRAWN (a revoke, a flood of
+        decisions, a junk subject code, or expired: purged everywhere)."""
+        if expired(asset, self.policies, now, skew_s):
+            return WITHDRAWN
+        undecided = False
+        scopes = asset_scopes(asset)
+        for subject in asset.subjects:
+            code = _normalized_subject(subject)
+            if code is None:
+                return WITHDRAWN
+            for scope in scopes:
+                if self.granted(code, scope):
+                    continue
+                found = self.decisions(code, scope)
+                if found is None or any(not d.grant for d in found):
+                    return WITHDRAWN
+                undecided = True
+        return PENDING if undecided else VISIBLE
+
 
 def _normalized_subject(text: str) -> str | None:
     try:
@@ -665,6 +689,19 @@ def hidden_assets(state: MeshState, authority_public_key: bytes, now: float,
     `visible_assets`)."""
     view = ConsentView(state, effective_policies(state, authority_public_key, now))
     return frozenset(a.cid for a in state.assets() if not view.visible(a, now, skew_s))
+
+
+def asset_statuses(state: MeshState, authority_public_key: bytes, now: float,
+                   skew_s: float = RETENTION_SKEW_S) -> tuple[list[AssetRecord], dict[str, str]]:
+    """Every asset, and the status (PENDING or WITHDRAWN) of those not visible now: one pass."""
+    view = ConsentView(state, effective_policies(state, authority_public_key, now))
+    records = state.assets()
+    statuses = {}
+    for record in records:
+        status = view.status(record, now, skew_s)
+        if status != VISIBLE:
+            statuses[record.cid] = status
+    return records, statuses
 
 
 def visible_assets(

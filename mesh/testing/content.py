@@ -22,6 +22,7 @@ from mesh.errors import MeshError
 from mesh.state import releases as rel
 
 if TYPE_CHECKING:
+    from mesh.state.records import AssetRecord
     from mesh.testing.sim import World
 
 MEDIA_TYPE_DEFAULT = "application/octet-stream"
@@ -101,14 +102,20 @@ def _chunk_list(root: DirManifest, blocks: Mapping[Cid, bytes]) -> tuple[Cid, ..
 
 
 def release_inventory(store: MemoryChunkStore, root: str) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """What `store` holds of a release, as `FileStore.release_inventory` reports it: the manifests
-    reachable from `root` that are here (re-hashed on read), and the data chunks that are here."""
+    """What `store` holds of a root, as `FileStore.release_inventory` reports it: the manifests
+    reachable from `root` that are here (re-hashed on read), and the data chunks that are here. A
+    root may be a release (DirManifest), one file's FileManifest, or a raw chunk."""
     manifests: list[tuple[str, bytes]] = []
     present: list[str] = []
-    found = _read_manifest(store, Cid.parse(root))
+    cid = Cid.parse(root)
+    if cid.codec == RAW:
+        return manifests, [root] if store.has(cid) else []
+    found = _read_manifest(store, cid)
     if found is None:
         return manifests, present
     manifests.append((root, found[0]))
+    if isinstance(found[1], FileManifest):
+        return manifests, [str(c) for c in found[1].chunks if store.has(c)]
     if not isinstance(found[1], DirManifest):
         return manifests, present  # not a release tree: the core reports it as invalid
     for entry in found[1].entries:
@@ -170,6 +177,54 @@ def seed_and_publish(world: World, organizer: str, content: ReleaseContent, name
 
 
 __all__ = [
-    "ReleaseContent", "build_release", "publish", "random_files", "release_inventory", "seed_and_publish",
-    "sign_release",
+    "MediaContent", "ReleaseContent", "build_media", "build_release", "capture", "publish", "random_files",
+    "release_inventory", "seed_and_publish", "sign_release",
 ]
+
+
+# ---- captured media ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaContent:
+    """One captured asset: its record and the blocks of its original and previews."""
+
+    record: AssetRecord  # what `mesh add` writes to the shared state
+    blocks: Mapping[Cid, bytes]  # every block of the original and of its previews
+
+    @property
+    def original_blocks(self) -> set[Cid]:
+        """The blocks of the original file (its FileManifest or raw chunk, and its chunks)."""
+        found = {Cid.parse(self.record.cid)}
+        data = self.blocks[Cid.parse(self.record.cid)]
+        if Cid.parse(self.record.cid).codec != RAW:
+            found |= set(FileManifest.decode(data).chunks)
+        return found
+
+    @property
+    def preview_blocks(self) -> set[Cid]:
+        return set(self.blocks) - self.original_blocks
+
+
+def build_media(name: str, data: bytes, added_by: str, added_at: float, tags: frozenset[str] = frozenset(),
+                thumbnail: bytes | None = None, preview: bytes | None = None,
+                subjects: frozenset[str] = frozenset(), media_type: str = "image/jpeg") -> MediaContent:
+    """The blocks and record `mesh add` makes of one file and its previews (made elsewhere)."""
+    from mesh.state.records import AssetRecord
+
+    blocks: dict[Cid, bytes] = {}
+    cid, _ = _add_file(blocks, data)
+    extra: dict[str, str | None] = {"thumbnail": None, "preview": None}
+    for key, content in (("thumbnail", thumbnail), ("preview", preview)):
+        if content is not None:
+            extra[key] = str(_add_file(blocks, content)[0])
+    record = AssetRecord(cid=str(cid), name=name, size=len(data), media_type=media_type, added_at=added_at,
+                         added_by=added_by, tags=frozenset(tags), subjects=frozenset(subjects), **extra)
+    return MediaContent(record, blocks)
+
+
+def capture(world: World, node: str, media: MediaContent) -> None:
+    """Put captured media into a node's store and its record into its state, as `mesh add` does."""
+    for cid, data in media.blocks.items():
+        world.nodes[node].store.put(cid, data)
+    world.mutate(node, lambda state: state.put_asset(media.record))

@@ -50,13 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.config import DEFAULT_PORT, CoreLimits
-from mesh.content.cid import Cid
+from mesh.content.cid import RAW, Cid
+from mesh.content.manifest import FileManifest, decode_manifest
 from mesh.content.store import MemoryChunkStore
 from mesh.core.events import (
     CancelServe, ShutdownRequested,
     Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
-    DialFailed, Disconnected, Emit, Event, LoadRelease, PeerDiscovered, PersistChanges,
-    ReleaseInventory, Send, ServeChunk, StoreChunk, Tick,
+    DialFailed, Disconnected, Emit, Event, EvictObjects, LoadObjects, LoadRelease, ObjectsEvicted, ObjectsInventory,
+    PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk, StoreChunk, StoreUsage, Tick,
 )
 from mesh.core.node import NodeCore
 from mesh.core.session import Phase
@@ -425,6 +426,8 @@ class NodeHandle:
         self.corrupts_served = False  # fault: every chunk it serves has a flipped byte
         self.serving_stalled = False  # fault: it never sends chunk data (ServeChunk or its own)
         self.pins: tuple[str, ...] = ()  # release ids or names its config pins
+        self.pin_tags: tuple[str, ...] = ()  # tags whose originals its config pins
+        self.budget_bytes: int | None = None  # its store budget (`store_budget`); None: no limit
 
     @property
     def node_id(self) -> str:
@@ -543,6 +546,7 @@ class World:
         self._conns_touched: dict[str, list[int]] = {}  # node -> conns given bytes this step
         self._summaries: dict[bytes, tuple] = {}  # written bytes -> what they carry (see `summarize`)
         self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk,
+                                     LoadObjects: _load_objects, EvictObjects: _evict_objects,
                                      CancelServe: lambda world, handle, action: None})  # served at once here
 
     # ---- building -----------------------------------------------------------------------------
@@ -593,9 +597,11 @@ class World:
     def _start(self, handle: NodeHandle, state: MeshState) -> None:
         rng = random.Random(f"{self.seed}/{handle.name}/core/{handle.incarnation}")
         handle.core = NodeCore(handle.identity.core_identity(), state, rng, self.now, self.limits,
-                               listen_port=handle.address[1], pins=handle.pins)
+                               listen_port=handle.address[1], pins=handle.pins, pin_tags=handle.pin_tags)
         handle.tick_at = None
         self._process(handle)
+        if handle.budget_bytes is not None:
+            self.report_usage(handle)
         for event in handle.learned:
             self._deliver_now(handle, event)
 
@@ -682,6 +688,41 @@ class World:
 
     def heal(self) -> None:
         self.net.heal()
+
+    def set_budget(self, name: str, budget_bytes: int | None) -> None:
+        """Give a node a store budget (as `store_budget` in its config does)."""
+        handle = self.nodes[name]
+        handle.budget_bytes = budget_bytes
+        if handle.alive:
+            self.report_usage(handle)
+
+    def report_usage(self, handle: NodeHandle) -> None:
+        """Tell the node how full its store is (the runtime does after store batches)."""
+        self._deliver_now(handle, StoreUsage(handle.store.bytes_stored, handle.budget_bytes))
+
+    def purge(self, name: str) -> int:
+        """Run the agent's periodic purge on a node (`mesh.drivers.purge.agent_keep_set`): delete
+        every block nothing it keeps needs; how many blocks went."""
+        from mesh.drivers.purge import agent_keep_set
+
+        handle = self.nodes[name]
+        core, store = handle.live_core(), handle.store
+        keep = agent_keep_set(core.state, store, core.identity.authority_public_key, self.now,
+                              core.arriving_chunks(), core.withheld, core.kept_roots(), handle.node_id)
+        live: set[Cid] = set()
+        for text in keep.roots:
+            try:
+                root = Cid.parse(text)
+            except ValueError:
+                continue
+            live.add(root)
+            if root.codec != RAW and store.has(root):  # a file's manifest: its chunks too (a release lists its own)
+                manifest = decode_manifest(store.get(root))
+                live.update(manifest.chunks if isinstance(manifest, FileManifest) else ())
+        dead = [cid for cid in store.cids() if cid not in live]
+        for cid in dead:
+            store.delete(cid)
+        return len(dead)
 
     def wipe_store(self, name: str) -> None:
         """Lose a node's chunk store (a new disk); do it while the node is down."""
@@ -1071,6 +1112,34 @@ def _load_release(world: World, handle: NodeHandle, action: LoadRelease) -> None
     world.deliver_later(handle, LOAD_RELEASE_S, ReleaseInventory(action.root, tuple(manifests), tuple(present)))
 
 
+def _load_objects(world: World, handle: NodeHandle, action: LoadObjects) -> None:
+    found = []
+    for root in action.roots:
+        manifests, present = release_inventory(handle.store, root)
+        found.append(ReleaseInventory(root, tuple(manifests), tuple(present)))
+    world.deliver_later(handle, LOAD_RELEASE_S, ObjectsInventory(tuple(found)))
+
+
+def _evict_objects(world: World, handle: NodeHandle, action: EvictObjects) -> None:
+    """Delete the files' blocks except those a release track or another held file still lists."""
+    core = handle.live_core()
+    evicted = {Cid.parse(root) for root in action.roots}
+    kept = {cid for obj in core.media.values() if obj.held and obj.root not in evicted
+            for cid in (obj.root, *(obj.chunks or ()))}
+    freed = 0
+    for root in sorted(evicted, key=str):
+        manifests, present = release_inventory(handle.store, str(root))
+        for text in [cid for cid, _ in manifests] + list(present):
+            cid = Cid.parse(text)
+            if cid in kept or any(t.swarm.lists(cid) or t.swarm.root == cid for t in core.tracks.values()):
+                continue
+            if handle.store.has(cid):
+                freed += handle.store.size(cid)
+                handle.store.delete(cid)
+    world.deliver_later(handle, LOAD_RELEASE_S, ObjectsEvicted(tuple(action.roots), freed))
+    world.deliver_later(handle, LOAD_RELEASE_S, StoreUsage(handle.store.bytes_stored, handle.budget_bytes))
+
+
 def _store_chunk(world: World, handle: NodeHandle, action: StoreChunk) -> None:
     """Verify and store (`put` hashes first); the answer comes after the work would take."""
     try:
@@ -1081,7 +1150,10 @@ def _store_chunk(world: World, handle: NodeHandle, action: StoreChunk) -> None:
         event = ChunkRejected(action.conn_id, action.cid, str(exc), False)
     else:
         event = ChunkStored(action.conn_id, action.cid)
-    world.deliver_later(handle, STORE_OVERHEAD_S + len(action.data) / STORE_BYTES_PER_S, event)
+    delay = STORE_OVERHEAD_S + len(action.data) / STORE_BYTES_PER_S
+    world.deliver_later(handle, delay, event)
+    if handle.budget_bytes is not None:
+        world.deliver_later(handle, delay, StoreUsage(handle.store.bytes_stored, handle.budget_bytes))
 
 
 def _serve_chunk(world: World, handle: NodeHandle, action: ServeChunk) -> None:

@@ -421,9 +421,10 @@ CHUNK_BYTES_MAX = 16 * 1024 * 1024
 @message(type_code=9)
 @dataclass(frozen=True)
 class Have(Message):
-    """Which chunks of a release the sender holds: a bitfield over the release's chunk list."""
+    """Which chunks of a root (a release, or one file being fetched) the sender holds: a bitfield
+    over the root's chunk list."""
 
-    root: bytes = wire(CID)  # the release's root manifest CID (binary)
+    root: bytes = wire(CID)  # the root's CID (binary): a release's DirManifest, a FileManifest, a raw chunk
     count: int = wire(Int(0, RELEASE_CHUNKS_MAX))  # chunks in the list (0: list not known yet)
     bits: bytes = wire(Bytes(RELEASE_CHUNKS_MAX // 8))  # bit i (MSB first) = holds chunk i
 
@@ -431,9 +432,9 @@ class Have(Message):
 @message(type_code=10)
 @dataclass(frozen=True)
 class HaveUpdate(Message):
-    """Chunks of a release the sender verified and stored since its last Have or HaveUpdate."""
+    """Chunks of a root the sender verified and stored since its last Have or HaveUpdate."""
 
-    root: bytes = wire(CID)  # the release's root manifest CID (binary)
+    root: bytes = wire(CID)  # the root's CID (binary)
     indices: tuple[int, ...] = wire(TupleOf(Int(0, RELEASE_CHUNKS_MAX - 1), items_max=HAVE_INDICES_MAX))
 
 
@@ -480,6 +481,18 @@ class ChunkBusy(Message):
     from that peer, or ask again later. Sent only to peers whose Hello lists "chunk-busy/1"."""
 
     cid: bytes = wire(CID)  # binary CID of a chunk we requested
+
+
+HAVE_OBJECTS_MAX = 1024  # roots in one HaveObjects message
+
+
+@message(type_code=20)
+@dataclass(frozen=True)
+class HaveObjects(Message):
+    """Files the sender holds whole (media originals, thumbnails, preview clips), so peers know
+    whom to fetch them from. Sent only to peers whose Hello lists "media/1"."""
+
+    roots: tuple[bytes, ...] = wire(TupleOf(CID, items_max=HAVE_OBJECTS_MAX))  # binary CIDs of files
 
 
 # --- state sync fast path -------------------------------------------------------------------------
