@@ -336,3 +336,40 @@ def test_actor_ids_differ_per_process_of_one_node() -> None:
     node = "a" * 52
     assert actor_id(node, b"\x01" * 8) != actor_id(node, b"\x02" * 8)
     assert actor_id(node, b"\x01" * 8)[:32] == actor_id(node, b"\x02" * 8)[:32]
+
+
+media_op = st.one_of(
+    st.tuples(st.just("pin"), st.integers(0, 2), st.sampled_from(TAGS), st.booleans()),
+    st.tuples(st.just("canon"), st.integers(0, 1), st.frozensets(st.sampled_from(TAGS), max_size=4)),
+    st.tuples(st.just("sync"), st.integers(0, 2), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(media_op, max_size=30))
+def test_node_pins_and_canonical_tags_converge_and_keep_each_nodes_last_word(ops) -> None:
+    """A box writes only its own pins (`mesh pin` on it), so after any interleaving of syncs every
+    replica agrees and each node's pins are exactly its own last pin/unpin per tag; the canonical
+    set (two organizers setting it concurrently) converges to one set on every replica."""
+    from mesh.state.media import set_canonical_tags
+
+    replicas = [replica(f"node-{i}", i + 1) for i in range(3)]
+    last_word: dict[int, dict[str, bool]] = {i: {} for i in range(3)}
+    for kind, i, *rest in ops:
+        if kind == "pin":
+            tag, pinned = rest
+            replicas[i].set_node_pin(f"node-{i}", tag, pinned)
+            last_word[i][tag] = pinned
+        elif kind == "canon":
+            set_canonical_tags(replicas[i], {tag: f"about {tag}" for tag in rest[0]})
+        elif i != rest[0]:
+            sync_pair(replicas[i], replicas[rest[0]])
+    for i, j in ((0, 1), (1, 2), (0, 2), (0, 1)):
+        sync_pair(replicas[i], replicas[j])
+    for i in range(3):
+        expected = {tag for tag, pinned in last_word[i].items() if pinned}
+        assert all(r.node_pins(f"node-{i}") == expected for r in replicas)
+    assert all(r.tag_descriptions() == replicas[0].tag_descriptions() for r in replicas)
+    sets = [frozenset(rest[0]) for kind, i, *rest in ops if kind == "canon"]
+    if sets and all(i == 0 for kind, i, *rest in ops if kind == "canon"):
+        assert set(replicas[0].tag_descriptions()) == sets[-1], "one organizer: its last set stands"

@@ -188,6 +188,11 @@ def status(ctx: Context, as_json: bool) -> None:
     if health:
         failed = [c["name"] for c in health.get("checks", []) if not c.get("ok")]
         output.stdout.print(f"health: {'ok' if health.get('ok') else 'FAILING: ' + ', '.join(failed)}", markup=False)
+    media = doc.get("media")
+    if media:
+        budget = f" of a {media['budget']:,}-byte budget" if media.get("budget") else ""
+        output.stdout.print(f"media: {media['held']} of {media['wanted']} file(s) that belong here, "
+                            f"{media['fetching']} arriving; {media['bytes']:,} bytes of media{budget}", markup=False)
     outbox = doc.get("outbox")
     if outbox:
         error = f", last error: {outbox['last_error']}" if outbox.get("last_error") else ""

@@ -33,7 +33,7 @@ def _checks_table(checks: list[dict], title: str):
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for check in checks:
-        verdict = "[green]ok[/]" if check["ok"] else "[bold red]FAIL[/]"
+        verdict = "[bold red]FAIL[/]" if not check["ok"] else "[yellow]warn[/]" if check.get("warn") else "[green]ok[/]"
         table.add_row(check["name"], verdict, check.get("detail", ""))
     return table
 
@@ -57,7 +57,7 @@ def doctor(ctx: Context, config_file: Path | None, peers: tuple[str, ...], as_js
     status = read_status(home.path)
     store = FileStore(home.store_path)
     try:
-        checks = doctor_checks(home.path, store, config, status)
+        checks = doctor_checks(home.path, store, config, status, ctx.state_file().load(ctx.actor()), home.info)
     finally:
         store.close()
     ok = all(c["ok"] for c in checks)

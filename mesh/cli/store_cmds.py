@@ -84,6 +84,7 @@ def _asset_json(record: AssetRecord) -> dict:
         "retention_s": record.retention_s,
         "subjects": sorted(record.subjects),
         "thumbnail": record.thumbnail,
+        "preview": record.preview,
     }
 
 

@@ -491,6 +491,7 @@ class Swarm:
             self._file_manifests = frozenset(e.cid for e in manifest.entries if e.cid.codec != RAW)
         self.transfers.manifest_inflight.pop(cid, None)
         self.transfers.storing.discard(cid)
+        self._dirty = True  # the manifests it names may be asked for now
         if self.chunks is None and not self.manifests_missing():
             self._build_list()
 

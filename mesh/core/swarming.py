@@ -221,6 +221,7 @@ class ReleaseSwarming:
         if track is None:
             return
         track.inventories_due = max(0, track.inventories_due - 1)
+        track.swarm.mark_dirty()  # it may ask for what the store lacks now
         for cid, data in event.manifests:
             self._add_manifest(track, Cid.parse(cid), data)
         track.swarm.add_present({Cid.parse(cid) for cid in event.present})

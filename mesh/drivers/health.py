@@ -44,9 +44,12 @@ DRILL_SCOPE = "drill"  # the consent scope a drill grants then revokes
 PROBE_OUTPUT_BYTES_MAX = 4096  # kept from a probe command's output
 
 
-def result(name: str, ok: bool, detail: str = "") -> dict:
-    """One check's outcome."""
-    return {"name": name, "ok": bool(ok), "detail": detail[:DETAIL_CHARS_MAX]}
+def result(name: str, ok: bool, detail: str = "", warn: bool = False) -> dict:
+    """One check's outcome; `warn`: it passes, but something needs the crew's attention."""
+    found = {"name": name, "ok": bool(ok), "detail": detail[:DETAIL_CHARS_MAX]}
+    if warn:
+        found["warn"] = True
+    return found
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -283,9 +286,51 @@ def local_checks(home_path: Path, store, config: AgentConfig, sample: list[str])
     return checks
 
 
-def doctor_checks(home_path: Path, store, config: AgentConfig, status: dict | None) -> list[dict]:
-    """Every check `mesh doctor` runs; with a running agent's `status`, also peers, mDNS and clock."""
+def store_budget(config: AgentConfig, used_bytes: int, store_path: Path) -> int:
+    """The store's budget: `store_budget` bytes, or its share of the disk (the store's bytes plus
+    the free space of its file system). The agent and `mesh doctor` both use this."""
+    if config.store_budget_bytes is not None:
+        return config.store_budget_bytes
+    try:
+        free = shutil.disk_usage(store_path).free
+    except OSError:
+        free = 0
+    return int(config.store_budget_fraction * (used_bytes + free))
+
+
+def check_budget(pinned_bytes: int, budget_bytes: int, pinned_tags: list[str]) -> dict:
+    """What this box must keep (pinned originals, the current release) against its budget: more
+    than fits is a warning (pinned media is never evicted; what does not fit is not fetched)."""
+    detail = f"pins and the release need {_size(pinned_bytes)} of a {_size(budget_bytes)} budget"
+    if pinned_bytes <= budget_bytes:
+        return result("budget", True, detail)
+    tags = ", ".join(pinned_tags) or "none"
+    return result("budget", True, f"{detail}: pins alone exceed it (tags {tags}); raise store_budget or "
+                                  "`mesh unpin --tag`", warn=True)
+
+
+def pinned_bytes(state, store, info, config: AgentConfig, now: float) -> tuple[int, list[str]]:
+    """(bytes of the visible originals this node pins plus the current release, the pinned tags)."""
+    from mesh.drivers.purge import consent_view
+    from mesh.state.media import pinned_tags
+    from mesh.state.releases import ReleaseBook, release_totals
+
+    tags = pinned_tags(state, info.node_id, info.role, config.pin_tags, config.pin_canonical)
+    view = consent_view(state, info.authority_public_key, now)
+    total = sum(r.size for r in state.assets() if not tags.isdisjoint(r.tags) and view.visible(r, now))
+    current = ReleaseBook(state, info.authority_public_key, now).current()
+    totals = release_totals(store, current.root) if current is not None else None
+    return total + (totals[0] if totals else 0), sorted(tags)
+
+
+def doctor_checks(home_path: Path, store, config: AgentConfig, status: dict | None,
+                  state=None, info=None) -> list[dict]:
+    """Every check `mesh doctor` runs; with a running agent's `status`, also peers, mDNS and clock;
+    with the shared state and the home's info, the storage budget against what is pinned."""
     checks = local_checks(home_path, store, config, random_sample(store, config.health.sample_chunks))
+    if state is not None and info is not None:
+        pinned, tags = pinned_bytes(state, store, info, config, time.time())
+        checks.append(check_budget(pinned, store_budget(config, store.usage()[1], home_path), tags))
     if status is None:
         checks.append(check_mdns(config.mdns, None, None))
         return checks

@@ -157,14 +157,10 @@ class Agent:
         return core
 
     def _budget(self) -> int:
-        """The store budget: `store_budget` bytes, or its share of the disk (the store's bytes
-        plus the free space of its file system)."""
-        if self.config.store_budget_bytes is not None:
-            return self.config.store_budget_bytes
-        import shutil
+        """The store budget (see `health.store_budget`)."""
+        from mesh.drivers.health import store_budget
 
-        free = shutil.disk_usage(self.home.store_path).free
-        return int(self.config.store_budget_fraction * (self._usage[1] + free))
+        return store_budget(self.config, self._usage[1], self.home.store_path)
 
     async def shutdown(self, reason: str) -> None:
         """Close sessions politely (bounded by SHUTDOWN_GRACE_S), then stop."""

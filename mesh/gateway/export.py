@@ -113,9 +113,13 @@ def _export_assets(directory, store, catalog, report) -> list[dict]:
         if record.thumbnail and _held(store, record.thumbnail):
             thumb = f"thumbs/{record.thumbnail}.jpg"
             report["bytes"] += _write_object(store, record.thumbnail, _inside(directory, thumb))
+        preview = None
+        if record.preview and _held(store, record.preview):
+            preview = f"previews/{record.preview}.mp4"
+            report["bytes"] += _write_object(store, record.preview, _inside(directory, preview))
         found.append({"cid": record.cid, "name": record.name, "size": record.size,
                       "media_type": record.media_type, "tags": sorted(record.tags), "url": url,
-                      "thumbnail": thumb, "added_at": record.added_at})
+                      "thumbnail": thumb, "preview": preview, "added_at": record.added_at})
     return found
 
 

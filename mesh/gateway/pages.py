@@ -67,9 +67,10 @@ _env.filters["urlpath"] = lambda path: quote(path)
 def render(request: Request, view, name: str, status: int = 200, **context) -> HTMLResponse:
     """Render a template with the node, the crew state and per-form CSRF tokens."""
     secret = csrf_secret(request)
+    can_show = getattr(view, "can_show", None) or getattr(view, "has_file", lambda cid: False)
     html = _env.get_template(name).render(
         node=view.node_info(), csrf=lambda form: form_token(secret, form), csrf_field=CSRF_FIELD,
-        path=request.url.path, **context,
+        path=request.url.path, can_show=can_show, **context,
     )
     response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-cache"})
     return remember_secret(request, response)
@@ -101,7 +102,7 @@ def routes(view) -> list:
         files = view.release_paths()[:RELEASE_LISTED_MAX]
         release = (view.status().get("release") or {})
         return render(request, view, "home.html", tags=catalog.tags, assets=recent, files=files,
-                      release=release, total=len(catalog.visible))
+                      release=release, total=len(catalog.visible), retention=retention_sentence(view.policies_json()))
 
     async def search(request: Request) -> Response:
         query = request.query_params.get("q", "")[:100]
@@ -126,7 +127,8 @@ def routes(view) -> list:
                           title="No longer shown" if gone else "Not found",
                           message=("This media was withdrawn (consent) or its time is over (retention)."
                                    if gone else "There is nothing with this address on this node."))
-        return render(request, view, "asset.html", asset=record, held=view.has_file(cid))
+        return render(request, view, "asset.html", asset=record, held=view.has_file(cid),
+                      available=view.can_show(cid) if hasattr(view, "can_show") else view.has_file(cid))
 
     async def api_asset(request: Request) -> JSONResponse:
         cid = request.path_params["cid"]
@@ -174,7 +176,8 @@ def routes(view) -> list:
 
     async def door(request: Request) -> Response:
         url = door_url(request, view)
-        return render(request, view, "door.html", url=url, qr=qr_svg(url))
+        return render(request, view, "door.html", url=url, qr=qr_svg(url),
+                      retention=retention_sentence(view.policies_json()))
 
     async def offline_list(request: Request) -> JSONResponse:
         release = view.status().get("release") or {}
@@ -209,6 +212,16 @@ def routes(view) -> list:
         Route("/api/policies", api_policies),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
+
+
+def retention_sentence(policies: dict) -> str:
+    """What the arrival screens say about how long media showing people is kept."""
+    for rule in policies.get("retention", ()):
+        if rule.get("category") == cs.CAPTURED and rule.get("retention_s"):
+            return (f"Photos and clips that show people are kept {rule['plain']}, then deleted from every "
+                    "box here; you decide on your badge code's page whether they are shown at all.")
+    return ("Photos and clips that show people are shown only with their consent (your badge code's page), "
+            "and kept until the crew deletes them.")
 
 
 def door_url(request: Request, view) -> str:

@@ -203,12 +203,12 @@ class AgentView:
         store = self.agent.store
         try:
             _, chunks = store.object_chunks(cid)
+            return [(chunk, store.size(Cid.parse(chunk))) for chunk in chunks]
         except NotFoundError:  # a media file still arriving: its manifest (or size) is known to the core
             found = self.agent.core.object_spans(cid) if self.agent.core is not None else None
             if found is None:
                 raise
             return found[1]
-        return [(chunk, store.size(Cid.parse(chunk))) for chunk in chunks]
 
     # ---- media held elsewhere: fetched on demand, streamed as it arrives -------------------------
 

@@ -486,11 +486,8 @@ class MeshState:
         """The canonical tags `node_id` pins (entries of another type read as unpinned)."""
         pins = self._root_map(NODE_PINS_KEY)
         prefix = f"{node_id}{_INVITE_KEY_SEP}"
-        found = set()
-        for key in self._keys(pins):
-            if key.startswith(prefix) and _canonical(key[len(prefix):]) and self._scalar(pins, key, _as_true):
-                found.add(key[len(prefix):])
-        return frozenset(found)
+        tags = (key[len(prefix):] for key in self._true_keys(pins) if key.startswith(prefix))
+        return frozenset(tag for tag in tags if _canonical(tag))
 
     def put_release(self, release_id: str, blob: bytes) -> None:
         """Store a signed release record (verified by readers)."""

@@ -176,12 +176,6 @@ def seed_and_publish(world: World, organizer: str, content: ReleaseContent, name
     return release_id
 
 
-__all__ = [
-    "MediaContent", "ReleaseContent", "build_media", "build_release", "capture", "publish", "random_files",
-    "release_inventory", "seed_and_publish", "sign_release",
-]
-
-
 # ---- captured media ------------------------------------------------------------------------------
 
 
@@ -228,3 +222,9 @@ def capture(world: World, node: str, media: MediaContent) -> None:
     for cid, data in media.blocks.items():
         world.nodes[node].store.put(cid, data)
     world.mutate(node, lambda state: state.put_asset(media.record))
+
+
+__all__ = [
+    "MediaContent", "ReleaseContent", "build_media", "build_release", "capture", "publish", "random_files",
+    "release_inventory", "seed_and_publish", "sign_release",
+]
