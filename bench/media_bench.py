@@ -306,6 +306,8 @@ def run_on_demand(lab: Lab, capturer: Path, crowd: list[Path], edge: str) -> OnD
     catalogue = records(capturer)
     edge_url = f"http://{lab.address(edge)}:{HTTP_PORT}"
     local_url = f"http://{lab.address('seed')}:{HTTP_PORT}"
+    for base in (edge_url, local_url):  # warm both gateways (first-request costs are not on-demand costs)
+        subprocess.run(lab.command(edge, ["curl", "--silent", "--output", "/dev/null", f"{base}/"]), timeout=60)
     edge_t, local_t = [], []
     for path in crowd:
         body = path.read_bytes()

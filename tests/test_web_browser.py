@@ -107,6 +107,25 @@ def test_search_by_tag_shows_the_right_thumbnails_and_an_image_opens(lab) -> Non
     page.close()
 
 
+def test_an_edge_shows_every_thumbnail_and_opens_an_original_it_did_not_hold(lab) -> None:
+    """The door node's main page, as an attendee sees it: the thumbnails of media captured on the
+    organizer have flowed to the edge (no broken image), and an original the edge does not keep
+    (no tag of it is pinned there) streams from the organizer when opened."""
+    records = lab["records"]
+    wait_until(lambda: lab["b"].json("status")["media"]["held"] >= 2, 20, "B to hold the thumbnails")
+    page = lab["browser"].new_page()
+    page.goto(lab["B"] + "/")
+    page.wait_for_load_state("load")
+    images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])")
+    assert images and all(width for _, width in images), f"broken images on the edge's page: {images}"
+    assert f"/c/{records['stage-2.jpg']['thumbnail']}" in {src for src, _ in images}
+    assert lab["b"].cli("cat", records["stage-2.jpg"]["cid"], check=False).returncode != 0, "not kept on B"
+    page.goto(f"{lab['B']}/a/{records['stage-2.jpg']['cid']}")
+    page.wait_for_function("() => { const m = document.getElementById('media'); return m && m.complete && m.naturalWidth; }")
+    assert page.eval_on_selector("#media", "m => m.naturalWidth") == 1200
+    page.close()
+
+
 def _ranges_served(lab) -> float:
     text = lab["browser"].new_page()
     try:

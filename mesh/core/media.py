@@ -58,6 +58,7 @@ ON_DEMAND_S = 30.0  # a browser's request puts a file first in line for this lon
 OBJECTS_PER_PEER_MAX = 1 << 17  # files one peer may announce as held; more are ignored
 INVENTORY_BATCH_MAX = 4096  # files asked of the store in one LoadObjects
 EVICT_HEADROOM = 0.05  # eviction frees down to this share of the budget below it
+PREVIEW_SIZE_GUESS = 128 * 1024  # a raw preview's size for the in-flight budget until its bytes arrive
 
 
 @dataclass
@@ -501,7 +502,8 @@ class MediaSwarming:
             self._start_object_track(obj, now)
 
     def _start_object_track(self, obj: _Object, now: float) -> None:
-        swarm = Swarm(obj.root, self.swarm_limits, self._rng, obj.publisher, self.transfers, size_hint=obj.size)
+        hint = obj.size if obj.size is not None else PREVIEW_SIZE_GUESS  # (the record gives originals' sizes)
+        swarm = Swarm(obj.root, self.swarm_limits, self._rng, obj.publisher, self.transfers, size_hint=hint)
         swarm.spare_publisher = True
         swarm.endgame_enabled = obj.klass == CLASS_ON_DEMAND
         track = Track(None, swarm, True, klass=obj.klass, order=obj.order)

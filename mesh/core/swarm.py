@@ -249,10 +249,10 @@ class Transfers:
 
     # ---- deliveries and failures --------------------------------------------------------------
 
-    def delivered(self, node: str, cid: Cid, now: float) -> list[tuple[str, Cid]]:
-        """A whole chunk arrived from `node` (not yet verified); returns (peer, cid) to cancel."""
+    def delivered(self, node: str, cid: Cid, size: int, now: float) -> list[tuple[str, Cid]]:
+        """A whole chunk of `size` bytes arrived from `node` (not yet verified); returns (peer,
+        cid) to cancel."""
         lane = self.lanes.get(node)
-        size = self.sizes.get(cid, 0)
         sent = self.drop(node, cid)
         self.at_seed.pop(cid, None)
         if sent is not None:

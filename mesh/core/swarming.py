@@ -529,7 +529,7 @@ class ReleaseSwarming:
             if len(buffer) < msg.total:
                 return
             data = bytes(self._assembling.pop(key))
-        for other_node, other_cid in self.transfers.delivered(session.node_id, cid, now):
+        for other_node, other_cid in self.transfers.delivered(session.node_id, cid, len(data), now):
             self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
             self._manifest_bytes[cid] = data
