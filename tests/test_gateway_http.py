@@ -66,6 +66,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     org = Node(root / "org")
     org.cli("init", "http-test")
     org.cli("policy", "set", "photo", "--default", "grant", "--describe", "Photos of the crowd")
+    org.cli("tags", "set", "music", "merch", "stage", "--describe", "stage=Live from the main stage")
     site = root / "site"
     site.mkdir()
     (site / "index.html").write_bytes(b"<h1>v1</h1>")
@@ -153,6 +154,14 @@ def test_thumbnails_are_served_and_listed(mesh) -> None:
     assert mesh["crowd"] not in page
     found = json.loads(client.get("/api/search?tag=stage")[2])["assets"]
     assert {a["cid"] for a in found} == {mesh["stage"], mesh["clip"]}
+
+
+def test_the_event_tags_come_first_with_their_descriptions(mesh) -> None:
+    page = mesh["client"].get("/")[2].decode()
+    declared, _, rest = page.partition('aria-label="More tags"')
+    assert declared.index('href="/search?tag=stage"') < declared.index("Live from the main stage")
+    assert 'href="/search?tag=music"' in declared, "a declared tag shows even before any asset has it"
+    assert 'href="/search?tag=crowd"' in rest and 'href="/search?tag=crowd"' not in declared
 
 
 def test_asset_page_uses_native_players(mesh) -> None:

@@ -183,3 +183,25 @@ def test_media_pending_consent_stays_on_its_capturer_unserved_until_granted() ->
     world.mutate("edge1", lambda state: cs.record_decision(state, SUBJECT, "photo", True, world.now,
                                                            world.nodes["edge1"].node_id))
     world.run_until(lambda w: holds_all(w, ["edge1", "edge2"], blocks), 60, "granted: on every edge")
+
+
+def test_retention_expiry_removes_originals_and_previews_on_every_node() -> None:
+    import dataclasses
+
+    world = media_world(edges=3)
+    rng = random.Random(f"{world.seed}/retention")
+    brief = [MediaContent(dataclasses.replace(p.record, retention_s=120.0), p.blocks)
+             for p in shots(world, 6, rng, tags=("stage",))]
+    kept = shots(world, 3, rng, tags=("stage",))
+    for photo in brief + kept:
+        capture(world, "stage", photo)
+    edges = ["edge1", "edge2", "edge3"]
+    world.run_until(lambda w: holds_all(w, edges, wanted_on_edges(brief + kept)), 60, "replicated")
+    expiring = {cid for photo in brief for cid in photo.blocks}
+    world.run_for(120.0 + cs.RETENTION_SKEW_S + 40.0)  # past expiry, skew and the periodic re-check
+    for name in world.nodes:
+        world.purge(name)
+    left = {name: sum(h.store.has(cid) for cid in expiring) for name, h in world.nodes.items()}
+    assert not any(left.values()), f"seed={world.seed}: originals and previews left after expiry: {left}"
+    assert holds_all(world, edges, wanted_on_edges(kept)), "media without a retention rule stays"
+    assert all(world.nodes[e].live_core().object_state(brief[0].record.cid) == "hidden" for e in edges)

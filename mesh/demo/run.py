@@ -27,6 +27,10 @@ from mesh.errors import MeshError, UsageError
 HOST = "127.0.0.1"
 MESH_NAME = "demo-popup"
 EDGES = ("door", "stage")
+EVENT_TAGS = {  # the canonical tag set: shown first on every node, originals kept on every edge
+    "poster": "Tonight's posters", "stage-a": "Live from the main stage", "workshop": "Zine workshop",
+    "merch": "Prints & tees",
+}
 START_TIMEOUT_S = 30.0  # for each agent's first status file
 STOP_TIMEOUT_S = 15.0  # per agent after SIGTERM, then SIGKILL
 POLL_S = 0.2
@@ -81,6 +85,8 @@ def _set_up(nodes: list[DemoNode], base: Path) -> str:
         token = _mesh(org.home, "invite", "--role", "edge", "--name", edge.name,
                       "--hint", f"{HOST}:{org.port}").strip()
         _mesh(edge.home, "join", token)
+    describe = [arg for tag, text in EVENT_TAGS.items() for arg in ("--describe", f"{tag}={text}")]
+    _mesh(org.home, "tags", "set", *EVENT_TAGS, *describe)
     site = base / "site"
     for path, tags in write_samples(site):
         _mesh(org.home, "add", str(path), *[a for tag in tags for a in ("--tag", tag)], "--json")

@@ -47,6 +47,7 @@ class TagInfo:
     tag: str  # canonical tag
     count: int  # visible assets with the tag
     description: str  # the event's description of it, "" for tags in use but not declared
+    canonical: bool = False  # one of the event's declared tags (shown first, with its description)
 
 
 @dataclass(frozen=True)
@@ -463,7 +464,7 @@ def tag_cloud(state, records) -> list[TagInfo]:
             if not tag.startswith(cs.SCOPE_TAG):
                 counts[tag] = counts.get(tag, 0) + 1
     declared = state.tag_descriptions()
-    cloud = [TagInfo(tag, counts.get(tag, 0), text) for tag, text in declared.items()]
+    cloud = [TagInfo(tag, counts.get(tag, 0), text, canonical=True) for tag, text in declared.items()]
     cloud += [TagInfo(tag, n, "") for tag, n in sorted(counts.items()) if tag not in declared]
     return cloud
 
