@@ -52,6 +52,7 @@ from mesh.drivers.channel import (  # noqa: E402
     Authenticate,
     LocalIdentity,
     SecureStream,
+    channel_psk,
     membership_authenticator,
     secure_accept,
     secure_connect,
@@ -131,8 +132,9 @@ def make_secrets() -> Secrets:
     )
 
 
-def _identity(private: bytes, chain: bytes) -> LocalIdentity:
-    return LocalIdentity(Ed25519PrivateKey.from_private_bytes(private), chain)
+def _identity(secrets: Secrets, private: bytes, chain: bytes) -> LocalIdentity:
+    authority = Ed25519PrivateKey.from_private_bytes(secrets.authority_private)
+    return LocalIdentity(Ed25519PrivateKey.from_private_bytes(private), chain, channel_psk(_raw_public(authority), None))
 
 
 def _authenticator(secrets: Secrets) -> Authenticate:
@@ -169,7 +171,7 @@ async def _wrap_server(mode: str, stream: trio.abc.Stream, secrets: Secrets) -> 
         tls = trio.SSLStream(stream, _server_tls_context(secrets), server_side=True)
         await tls.do_handshake()
         return tls
-    local = _identity(secrets.receiver_private, secrets.receiver_chain)
+    local = _identity(secrets, secrets.receiver_private, secrets.receiver_chain)
     return await secure_accept(stream, local, _authenticator(secrets), ciphers=[NOISE_NAMES[mode]])
 
 
@@ -206,7 +208,7 @@ async def _wrap_client(mode: str, stream: trio.abc.Stream, secrets: Secrets) -> 
         tls = trio.SSLStream(stream, _client_tls_context(secrets), server_hostname="localhost")
         await tls.do_handshake()
         return tls
-    local = _identity(secrets.sender_private, secrets.sender_chain)
+    local = _identity(secrets, secrets.sender_private, secrets.sender_chain)
     return await secure_connect(stream, local, _authenticator(secrets), ciphers=[NOISE_NAMES[mode]])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import subprocess
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh.drivers.channel import LocalIdentity, membership_authenticator, secure_connect
+from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, membership_authenticator, secure_connect
 from mesh.drivers.home import Home
 from mesh.testing.netns import netns_available, private_lo_namespace_cmd
 from tests.agents import Node, free_port, make_mesh, stop_all, wait_until
@@ -114,7 +116,8 @@ def test_reused_invite_token_is_refused(tmp_path: Path) -> None:
 async def _hostile_session(home: Path, address: tuple[str, int], payload: bytes) -> bytes:
     """Handshake as a real member, then send `payload`; return what the agent answers."""
     opened = Home.open(home)
-    local = LocalIdentity(opened.node_key(), opened.info.chain)
+    info = opened.info
+    local = LocalIdentity(opened.node_key(), info.chain, channel_psk(info.authority_public_key, info.mesh_key))
     stream = await trio.open_tcp_stream(*address)
     secure = await secure_connect(stream, local, membership_authenticator(opened.info.authority_public_key))
     await secure.send_all(payload)
@@ -124,6 +127,92 @@ async def _hostile_session(home: Path, address: tuple[str, int], payload: bytes)
             received += chunk
     await secure.aclose()
     return received
+
+
+async def _stranger_bytes(port: int, local: LocalIdentity | None, authority: bytes = b"") -> bytes:
+    """Connect to an agent as a stranger: a real handshake attempt with `local` (checking the
+    listener against `authority`), or with None a valid offer then a random message 1; every
+    byte the agent sends until it closes."""
+    from mesh.drivers.channel import NOISE_CHACHA
+
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    recorder = _Recorder(stream)
+    with trio.move_on_after(10):
+        if local is None:
+            await stream.send_all(b"\x00\x01\x01")  # offer: ChaCha only, no AES preference
+            await recorder.receive_some(3)
+            await stream.send_all(b"\x00\x30" + os.urandom(48))
+        else:
+            try:
+                await secure_connect(recorder, local, membership_authenticator(authority), ciphers=(NOISE_CHACHA,))
+            except HandshakeError:  # refused, as it must be
+                pass
+        while await recorder.receive_some(65536):
+            pass
+    await stream.aclose()
+    return bytes(recorder.received)
+
+
+class _Recorder(trio.abc.Stream):
+    """A stream that keeps a copy of every byte it receives."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner, self.received = inner, bytearray()
+
+    async def send_all(self, data) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):  # reset, or closed after a refusal
+            data = b""
+        self.received += data
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _identity(home: Path) -> tuple[LocalIdentity, bytes]:
+    """A home's node as a channel identity, and its mesh's authority key."""
+    opened = Home.open(home)
+    info = opened.info
+    psk = channel_psk(info.authority_public_key, info.mesh_key)
+    return LocalIdentity(opened.node_key(), info.chain, psk), info.authority_public_key
+
+
+def test_strangers_learn_nothing_about_the_mesh_from_its_listeners(tmp_path: Path) -> None:
+    """A random client, another mesh's node and a box holding no mesh key get the same three
+    bytes (the cipher choice) from two different meshes' agents, then the connection closes;
+    only a holder of the mesh key gets a message 2, and a member's chain only after that."""
+    a, _ = make_mesh(tmp_path / "a", 0)
+    b = Node(tmp_path / "b" / "org")
+    b.cli("init", "secret-gala", "--node-name", "vip-lounge-box")
+    other = Node(tmp_path / "stranger")
+    other.cli("init", "another-event", "--node-name", "stranger-box")
+    stranger, theirs = _identity(other.home)
+    nobody = LocalIdentity(stranger.node_key, stranger.chain, random.randbytes(32))
+    try:
+        a.start("--no-mdns")
+        b.start("--no-mdns")
+        attempts = (("random", None), ("other mesh", stranger), ("no key", nobody))
+        seen = {(node.home.parent.name, kind): trio.run(_stranger_bytes, node.port, local, theirs)
+                for node in (a, b) for kind, local in attempts}
+        assert set(seen.values()) == {b"\x00\x01\x00"}, seen  # length 1, choice 0 (ChaCha), nothing more
+        for node in (a, b):
+            wait_until(lambda n=node: n.log().count("not this mesh") >= 3, 10, "the refusals to be logged")
+            assert node.proc.poll() is None
+        member, authority = _identity(b.home)
+        holder = LocalIdentity(stranger.node_key, stranger.chain, member.psk)  # got hold of B's mesh key
+        leaked = trio.run(_stranger_bytes, b.port, holder, authority)
+        assert len(leaked) > 3, "a holder of the mesh key gets message 2 (then its credential is refused)"
+        assert "credential refused" in b.log()
+    finally:
+        stop_all([a, b])
 
 
 @pytest.mark.parametrize("payload, reason", [

@@ -23,6 +23,7 @@ from mesh.drivers.channel import (
     LocalIdentity,
     SecureChannelError,
     SecureStream,
+    channel_psk,
     membership_authenticator,
     secure_accept,
     cpu_has_fast_aes,
@@ -46,6 +47,7 @@ class Mesh:
     authority: Ed25519PrivateKey  # the mesh authority key
     organizer: LocalIdentity  # the first organizer (runs the listener in most tests)
     revocations: membership.RevocationList  # consulted by `authenticate` at each handshake
+    psk: bytes  # the mesh's channel key (from its random mesh key)
     members: list[LocalIdentity] = field(default_factory=list)  # everyone invited so far
 
     @property
@@ -71,7 +73,7 @@ class Mesh:
         )
         key = Ed25519PrivateKey.generate()
         joined = membership.redeem_invite(token, key, name, now)
-        identity = LocalIdentity(key, joined.chain)
+        identity = LocalIdentity(key, joined.chain, self.psk)
         self.members.append(identity)
         return identity
 
@@ -87,7 +89,8 @@ def make_mesh(name: str = "organizer") -> Mesh:
     authority, key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     chain = membership.create_first_credential(authority, key, name, time.time())
     revocations = membership.RevocationList(public_key_bytes(authority))
-    return Mesh(authority, LocalIdentity(key, chain), revocations)
+    psk = channel_psk(public_key_bytes(authority), os.urandom(membership.MESH_KEY_BYTES))
+    return Mesh(authority, LocalIdentity(key, chain, psk), revocations, psk)
 
 
 def node_id_of(identity: LocalIdentity) -> str:
@@ -373,7 +376,7 @@ async def tampering_relay(
                     data[offset - seen] ^= mask
                 seen += len(data)
                 await sink.send_all(data)
-        except trio.BrokenResourceError:
+        except (trio.BrokenResourceError, trio.ClosedResourceError):  # the other way closed it first
             pass
         finally:
             await trio.aclose_forcefully(sink)
@@ -391,8 +394,8 @@ async def tampering_relay(
 def test_cipher_negotiation_cannot_be_downgraded(
     direction: str, offset: int, mask: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Altering the offer or the choice changes one side's prologue: message 2 fails its tag."""
-    reason = "bad handshake message 2: InvalidTag"
+    """Altering the offer or the choice changes one side's prologue: message 1 fails its tag at
+    the listener, which closes; the client sees the refusal."""
     caplog.set_level(logging.INFO, logger="mesh.channel")
     mesh = make_mesh()
     edge = mesh.invite("edge")
@@ -402,8 +405,9 @@ def test_cipher_negotiation_cannot_be_downgraded(
             port = await start_server(nursery, mesh, ciphers=(AES, CHACHA))
             relay_port = await nursery.start(tampering_relay, port, direction, offset, mask)
             transport = await trio.open_tcp_stream("127.0.0.1", relay_port)
-            with pytest.raises(HandshakeError, match=reason):
+            with pytest.raises(HandshakeError, match="closed"):
                 await secure_connect(transport, edge, mesh.authenticate, ciphers=(AES, CHACHA))
+            assert "message 1 fails" in await wait_for_log(caplog, "peer.refused")
             nursery.cancel_scope.cancel()
 
     run(main)
@@ -415,8 +419,15 @@ def test_cipher_negotiation_cannot_be_downgraded(
 
 async def other_mesh_node(port: int, mesh: Mesh) -> None:
     stranger = make_mesh("stranger").organizer
+    with pytest.raises(HandshakeError, match="closed"):
+        await dial(port, stranger, mesh)  # it lacks our mesh key: refused at message 1
+
+
+async def other_mesh_node_with_our_mesh_key(port: int, mesh: Mesh) -> None:
+    stranger = make_mesh("stranger").organizer
+    leaked = LocalIdentity(stranger.node_key, stranger.chain, mesh.psk)  # a leaked key is not membership
     with pytest.raises(HandshakeError, match="refused us"):
-        await dial(port, stranger, mesh)  # it trusts our organizer; we must not trust it
+        await dial(port, leaked, mesh)  # it trusts our organizer; we must not trust it
 
 
 async def expired_member(port: int, mesh: Mesh) -> None:
@@ -425,7 +436,7 @@ async def expired_member(port: int, mesh: Mesh) -> None:
         mesh.authority, key, "stale", time.time() - 7200, valid_s=3600
     )
     with pytest.raises(HandshakeError, match="refused us"):
-        await dial(port, LocalIdentity(key, chain), mesh)
+        await dial(port, LocalIdentity(key, chain, mesh.psk), mesh)
 
 
 async def revoked_member(port: int, mesh: Mesh) -> None:
@@ -444,14 +455,14 @@ async def forged_credential(port: int, mesh: Mesh) -> None:
         [membership._sign(impostor, "credential", cbor2.loads(body_bytes))], canonical=True
     )
     with pytest.raises(HandshakeError, match="refused us"):
-        await dial(port, LocalIdentity(key, forged), mesh)
+        await dial(port, LocalIdentity(key, forged, mesh.psk), mesh)
 
 
 async def borrowed_credential(port: int, mesh: Mesh) -> None:
     """A member's real chain presented by a node that does not hold that member's key."""
     victim = mesh.invite("victim")
     with pytest.raises(HandshakeError, match="refused us"):
-        await dial(port, LocalIdentity(Ed25519PrivateKey.generate(), victim.chain), mesh)
+        await dial(port, LocalIdentity(Ed25519PrivateKey.generate(), victim.chain, mesh.psk), mesh)
 
 
 async def wait_closed_by_peer(stream: trio.abc.Stream) -> None:
@@ -465,7 +476,7 @@ async def wait_closed_by_peer(stream: trio.abc.Stream) -> None:
 
 
 async def oversized_credential(port: int, mesh: Mesh) -> None:
-    bloated = LocalIdentity(Ed25519PrivateKey.generate(), bytes(membership.CHAIN_BYTES_MAX * 2))
+    bloated = LocalIdentity(Ed25519PrivateKey.generate(), bytes(membership.CHAIN_BYTES_MAX * 2), mesh.psk)
     with pytest.raises(HandshakeError, match="refused us|connection lost"):  # reset: unread bytes
         await dial(port, bloated, mesh)
 
@@ -477,14 +488,14 @@ async def plain_tcp_garbage(port: int, mesh: Mesh) -> None:
 
 
 async def framed_garbage(port: int, mesh: Mesh) -> None:
-    """A valid cipher offer, then right-sized handshake messages full of random bytes."""
+    """A valid cipher offer, then a right-sized message 1 full of random bytes: the listener
+    answers nothing but its cipher choice, then closes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(b"\x00\x01\x03")
     assert await receive_exactly(stream, 3) in (b"\x00\x01\x00", b"\x00\x01\x01")  # choice
-    await stream.send_all(b"\x00\x20" + os.urandom(32))
-    assert await stream.receive_some()  # the listener's message 2
-    await stream.send_all(b"\x00\x40" + os.urandom(64))
-    await wait_closed_by_peer(stream)
+    await stream.send_all(b"\x00\x30" + os.urandom(48))
+    assert await stream.receive_some() == b"", "no message 2 for a stranger"
+    await stream.aclose()
 
 
 async def silent_client(port: int, mesh: Mesh) -> None:
@@ -495,14 +506,15 @@ async def silent_client(port: int, mesh: Mesh) -> None:
 
 
 REFUSALS = [
-    (other_mesh_node, "credential refused: "),
+    (other_mesh_node, "not this mesh"),
+    (other_mesh_node_with_our_mesh_key, "credential refused: "),
     (expired_member, "credential refused: "),
     (revoked_member, "credential refused: "),
     (forged_credential, "credential refused: bad signature"),
     (borrowed_credential, "credential refused: credential belongs to another node"),
     (oversized_credential, f"bytes, expected 1..{MESSAGE_3_BYTES_MAX}"),
     (plain_tcp_garbage, "cipher offer has 18245 bytes, expected 1"),
-    (framed_garbage, "bad handshake message 3"),
+    (framed_garbage, "not this mesh"),
     (silent_client, f"no handshake within {HANDSHAKE_TIMEOUT_S} s"),
 ]
 
@@ -558,9 +570,13 @@ def test_client_refuses_listener_of_another_mesh() -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             port = await start_server(nursery, theirs)
-            with pytest.raises(HandshakeError, match="credential refused") as info:
-                await dial(port, edge, ours)
+            with pytest.raises(HandshakeError, match="closed") as info:
+                await dial(port, edge, ours)  # our mesh key fails theirs at message 1
             assert isinstance(info.value, RemoteProtocolError)
+            theirs.organizer = LocalIdentity(theirs.organizer.node_key, theirs.organizer.chain, ours.psk)
+            port = await start_server(nursery, theirs)  # a listener that got hold of our mesh key
+            with pytest.raises(HandshakeError, match="credential refused"):
+                await dial(port, edge, ours)  # ... still proves no membership of ours
             nursery.cancel_scope.cancel()
 
     run(main)

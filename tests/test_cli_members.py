@@ -28,6 +28,9 @@ def test_invite_join_members_and_revoke(org_home: Path, tmp_path: Path) -> None:
     assert joined["role"] == "hub" and joined["name"] == "hub-1"
     assert joined["mesh_id"] == json.loads(_ok(run_mesh("id", "--json", home=org_home)))["mesh_id"]
     assert json.loads((hub / "home.json").read_text())["hints"] == [["192.0.2.7", 7450]]
+    org_doc, hub_doc = (json.loads((h / "home.json").read_text()) for h in (org_home, hub))
+    assert hub_doc["mesh_name"] == org_doc["mesh_name"] == "popup-test", "the event's name, not 'mesh w7gv…'"
+    assert hub_doc["mesh_key"] == org_doc["mesh_key"] and len(b32decode(org_doc["mesh_key"])) == 32
 
     on_hub = json.loads(_ok(run_mesh("members", "--json", home=hub)))
     assert [(m["name"], m["status"], m["self"]) for m in on_hub] == [("hub-1", "valid", True)]

@@ -301,6 +301,27 @@ def test_parse_invite_reasons() -> None:
     refused("does not match its invite", parse_invite, bad_key)
 
 
+def test_tokens_carry_the_mesh_key_and_name_and_older_tokens_still_parse() -> None:
+    mesh = new_mesh()
+    key = bytes(range(32))
+    token = create_invite(mesh.authority_pk, mesh.organizer, mesh.organizer_chain, Role.EDGE, "door",
+                          NOW + DAY_S, HINTS, NOW, mesh_key=key, mesh_name="Spring pop-up, Berlin")
+    parsed = parse_invite(token)
+    assert parsed.mesh_key == key and parsed.mesh_name == "Spring pop-up, Berlin"
+    older = invite(mesh)  # made without them: four fields, as before mesh keys existed
+    assert parse_invite(older).mesh_key is None and parse_invite(older).mesh_name is None
+    assert join(mesh, older)[1].member.role is Role.EDGE
+    payload = cbor2.loads(base64.urlsafe_b64decode(token[3:] + "=" * (-len(token[3:]) % 4)))
+    for index, junk in ((4, b"short"), (4, "text"), (5, ""), (5, "x" * 500), (5, "line\nbreak"), (5, 7)):
+        spoiled = list(payload)
+        spoiled[index] = junk
+        refused("malformed invite token", parse_invite, "am1" + b64(cbor2.dumps(spoiled, canonical=True)))
+    refused("expected 4 or 6 fields", parse_invite, "am1" + b64(cbor2.dumps(payload[:5], canonical=True)))
+    with pytest.raises(UsageError, match="mesh key"):
+        create_invite(mesh.authority_pk, mesh.organizer, mesh.organizer_chain, Role.EDGE, "door",
+                      NOW + DAY_S, HINTS, NOW, mesh_key=b"too short")
+
+
 # --- revocations --------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import click
@@ -15,7 +16,6 @@ from mesh.errors import CredentialError, UsageError
 from mesh.state import membership
 
 pass_context = click.make_pass_decorator(Context)
-MESH_NAME_CHARS_MAX = 128
 
 
 def _check_name(name: str, what: str, limit: int) -> str:
@@ -24,6 +24,8 @@ def _check_name(name: str, what: str, limit: int) -> str:
         raise UsageError(f"the {what} cannot be empty")
     if len(name) > limit:
         raise UsageError(f"the {what} has at most {limit} characters")
+    if not name.isprintable():
+        raise UsageError(f"the {what} is printable text (no tabs or line breaks)")
     return name
 
 
@@ -34,7 +36,7 @@ def _check_name(name: str, what: str, limit: int) -> str:
 @pass_context
 def init(ctx: Context, name: str, node_name: str | None, as_json: bool) -> None:
     """Create a new mesh; this node becomes its first organizer."""
-    mesh_name = _check_name(name, "mesh name", MESH_NAME_CHARS_MAX)
+    mesh_name = _check_name(name, "mesh name", membership.MESH_NAME_CHARS_MAX)
     node_name = _check_name(node_name or default_node_name(), "node name", 64)
     Home.prepare(ctx.home_path)
     authority_key = Ed25519PrivateKey.generate()
@@ -44,6 +46,7 @@ def init(ctx: Context, name: str, node_name: str | None, as_json: bool) -> None:
     info = HomeInfo(
         mesh_id=mesh_id, mesh_name=mesh_name, authority_public_key=public_key_bytes(authority_key),
         node_id=node_id, name=node_name, role=membership.Role.ORGANIZER.value, chain=chain,
+        mesh_key=secrets.token_bytes(membership.MESH_KEY_BYTES),
     )
     home = _create_home(ctx, info, node_key, authority_key)
     if as_json:
@@ -148,6 +151,7 @@ def invite(ctx: Context, role: str, name: str | None, expires: str, hints: tuple
     token = membership.create_invite(
         home.info.authority_public_key, home.node_key(), home.info.chain, membership.Role(role),
         name, now + parse_duration_s(expires), all_hints[: membership.HINTS_MAX], now,
+        mesh_key=home.info.mesh_key, mesh_name=home.info.mesh_name,
     )
     parsed = membership.parse_invite(token)
     if as_json:
@@ -175,9 +179,10 @@ def join(ctx: Context, token: str, name: str | None, as_json: bool) -> None:
     result = membership.redeem_invite(token, node_key, chosen, time.time())
     member = result.member
     info = HomeInfo(
-        mesh_id=member.mesh_id, mesh_name=f"mesh {member.mesh_id[:8]}",
+        mesh_id=member.mesh_id, mesh_name=invite_info.mesh_name or f"mesh {member.mesh_id[:8]}",
         authority_public_key=invite_info.authority_public_key, node_id=member.node_id,
         name=member.name, role=member.role.value, chain=result.chain, hints=invite_info.hints,
+        mesh_key=invite_info.mesh_key,
     )
     home = _create_home(ctx, info, node_key)
     if as_json:

@@ -1,4 +1,4 @@
-"""The secure channel: Noise XX over any trio stream, authenticated by membership credentials.
+"""The secure channel: Noise XXpsk0 over any trio stream, authenticated by membership credentials.
 
 Theory of operation:
 
@@ -8,8 +8,13 @@ Theory of operation:
   `Noise_XX_25519_ChaChaPoly_BLAKE2s` (fast everywhere, including ARM boxes without AES
   instructions). Both bytes go into the Noise prologue (`PROLOGUE + offer + choice`), so an
   attacker who alters them makes the handshake fail: no downgrade (Noise spec, section 6).
-- The handshake is then Noise XX from the `noiseprotocol` package. Each side makes a fresh X25519
-  static key per connection.
+- The handshake is then Noise XXpsk0 from the `noiseprotocol` package. Each side makes a fresh
+  X25519 static key per connection. The pre-shared key is the mesh's (`channel_psk`: HKDF of the
+  mesh key that invites carry), so message 1 already proves the initiator holds it: a stranger,
+  or a node of another mesh, fails there and the responder closes having sent nothing but its
+  cipher choice. No credential, name, role or mesh identity leaves a node before the other side
+  has proved it holds the mesh key; the credential chains in messages 2 and 3 then prove
+  membership itself (a revoked member still holds the key, and is refused there).
 - Each side's handshake payload (responder: message 2, initiator: message 3, both encrypted) is
   CBOR `{"key": Ed25519 public key, "chain": credential chain, "sig": signature}`, where `sig` is
   the node key's Ed25519 signature over `STATIC_KEY_CONTEXT + noise static public key` (as
@@ -65,12 +70,14 @@ from mesh.state.membership import (
 
 log = logging.getLogger("mesh.channel")
 
-NOISE_CHACHA = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
-NOISE_AESGCM = b"Noise_XX_25519_AESGCM_SHA256"
+NOISE_CHACHA = b"Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
+NOISE_AESGCM = b"Noise_XXpsk0_25519_AESGCM_SHA256"
 SUITES = (NOISE_CHACHA, NOISE_AESGCM)  # bit i of an offer byte = SUITES[i] is acceptable
 PREFERS_AES_BIT = 0x80  # in the offer: the initiator has AES instructions and prefers AES-GCM
-PROLOGUE = b"assetmesh/channel/v1"
+PROLOGUE = b"assetmesh/channel/v2"
 STATIC_KEY_CONTEXT = b"assetmesh/channel/v1/noise-static-key\x00"
+PSK_CONTEXT = b"assetmesh/channel/v2/psk"  # HKDF info for the mesh's pre-shared key
+PSK_BYTES = 32
 
 LENGTH_PREFIX_BYTES = 2
 TAG_BYTES = 16
@@ -78,6 +85,7 @@ NOISE_MESSAGE_BYTES_MAX = 65535  # Noise spec section 3: a message is at most 65
 RECORD_PLAINTEXT_BYTES_MAX = NOISE_MESSAGE_BYTES_MAX - TAG_BYTES
 HANDSHAKE_PAYLOAD_BYTES_MAX = CHAIN_BYTES_MAX + 256  # {key, chain, sig} around a chain
 DH_BYTES = 32  # an X25519 public key
+MESSAGE_1_BYTES = DH_BYTES + TAG_BYTES  # e, and the empty payload's tag (under the psk)
 # XX message sizes: 1 = e; 2 = e, encrypted s, encrypted payload; 3 = encrypted s and payload
 MESSAGE_2_BYTES_MAX = DH_BYTES + 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
 MESSAGE_3_BYTES_MAX = 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
@@ -110,6 +118,19 @@ class LocalIdentity:
 
     node_key: Ed25519PrivateKey  # the node's long-term Ed25519 identity key
     chain: bytes  # its membership credential chain, as `mesh.state.membership` encodes it
+    psk: bytes  # the mesh's pre-shared key (`channel_psk`): proves the mesh key before any credential
+
+
+def channel_psk(authority_public_key: bytes, mesh_key: bytes | None) -> bytes:
+    """The mesh's Noise pre-shared key: HKDF-SHA256 of the mesh key (32 random bytes made by `mesh
+    init`, carried by every invite), bound to the mesh authority. A mesh made before mesh keys
+    existed has none on any of its homes; it derives the key from the authority public key, which
+    strangers do not see either (chains never leave a node before this key is proved)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    secret = mesh_key if mesh_key is not None else authority_public_key
+    return HKDF(hashes.SHA256(), PSK_BYTES, salt=bytes(authority_public_key), info=PSK_CONTEXT).derive(secret)
 
 
 def membership_authenticator(
@@ -180,9 +201,12 @@ def _check_ciphers(ciphers: Sequence[bytes]) -> None:
 # ---- handshake -------------------------------------------------------------------------------
 
 
-def _new_noise(initiator: bool, protocol_name: bytes, prologue: bytes) -> NoiseConnection:
-    """A Noise XX state with a fresh static key, ready to start."""
+def _new_noise(initiator: bool, protocol_name: bytes, prologue: bytes, psk: bytes) -> NoiseConnection:
+    """A Noise XXpsk0 state with a fresh static key, ready to start."""
+    if len(psk) != PSK_BYTES:
+        raise ValueError(f"the pre-shared key must have {PSK_BYTES} bytes")
     noise = NoiseConnection.from_name(protocol_name)
+    noise.set_psks(psk)
     if initiator:
         noise.set_as_initiator()
     else:
@@ -323,7 +347,7 @@ async def _initiator_handshake(
     choice = (await _receive_message(stream, "the peer closed the connection", "choice", 1, 1))[0]
     if not (choice < len(SUITES) and SUITES[choice] in ciphers):
         raise HandshakeError(f"the peer chose suite {choice}, which we did not offer")
-    noise = _new_noise(True, SUITES[choice], PROLOGUE + bytes([offer, choice]))
+    noise = _new_noise(True, SUITES[choice], PROLOGUE + bytes([offer, choice]), local.psk)
     await _send_message(stream, bytes(noise.write_message()))
     message = await _receive_message(
         stream, "the peer closed the connection", "handshake message 2", 1, MESSAGE_2_BYTES_MAX
@@ -352,11 +376,12 @@ async def _responder_handshake(
     suite = _choose_suite(offer, ciphers)
     choice = SUITES.index(suite)
     await _send_message(stream, bytes([choice]))
-    noise = _new_noise(False, suite, PROLOGUE + bytes([offer, choice]))
+    noise = _new_noise(False, suite, PROLOGUE + bytes([offer, choice]), local.psk)
     message = await _receive_message(
-        stream, "the peer closed the connection", "handshake message 1", DH_BYTES, DH_BYTES
+        stream, "the peer closed the connection", "handshake message 1", MESSAGE_1_BYTES, MESSAGE_1_BYTES
     )
-    _noise_step(lambda: noise.read_message(message), "bad handshake message 1")
+    # Only a holder of the mesh key gets past here; anyone else has had nothing but the choice byte.
+    _noise_step(lambda: noise.read_message(message), "not this mesh: message 1 fails the mesh key (or was altered on the way)")
     mine = _identity_payload(local, _static_public_key(noise))
     await _send_message(stream, bytes(noise.write_message(mine)))
     message = await _receive_message(

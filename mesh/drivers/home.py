@@ -114,9 +114,10 @@ class HomeInfo:
     role: str  # organizer | hub | edge
     chain: bytes  # this node's credential chain
     hints: tuple[tuple[str, int], ...] = ()  # addresses learned from the invite
+    mesh_key: bytes | None = None  # the mesh's secret channel key; None in homes made before it existed
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "format": HOME_FORMAT,
             "mesh_id": self.mesh_id,
             "mesh_name": self.mesh_name,
@@ -127,6 +128,9 @@ class HomeInfo:
             "chain": base64.b64encode(self.chain).decode("ascii"),
             "hints": [[host, port] for host, port in self.hints],
         }
+        if self.mesh_key is not None:
+            doc["mesh_key"] = b32encode(self.mesh_key)
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> HomeInfo:
@@ -139,6 +143,7 @@ class HomeInfo:
             role=str(doc["role"]),
             chain=base64.b64decode(doc["chain"]),
             hints=tuple((str(h), int(p)) for h, p in doc.get("hints", [])),
+            mesh_key=b32decode(doc["mesh_key"]) if doc.get("mesh_key") else None,
         )
 
 

@@ -34,7 +34,7 @@ from mesh.core.events import (
 )
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.agentfiles import write_status
-from mesh.drivers.channel import HandshakeError, LocalIdentity, secure_accept, secure_connect
+from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, secure_accept, secure_connect
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
 from mesh.drivers.purge import agent_keep_set
@@ -95,7 +95,8 @@ class Agent:
         self.discovery = discovery
         self.statefile = StateFile(home.state_path)
         self.store = FileStore(home.store_path)
-        self.local = LocalIdentity(home.node_key(), home.info.chain)
+        info = home.info
+        self.local = LocalIdentity(home.node_key(), info.chain, channel_psk(info.authority_public_key, info.mesh_key))
         self.listen_address: Address | None = None
         self.core: NodeCore | None = None
         self._conn_ids = itertools.count(1)

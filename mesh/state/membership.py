@@ -45,6 +45,8 @@ from mesh.ids import (
 )
 
 TOKEN_PREFIX = "am1"
+MESH_KEY_BYTES = 32  # the mesh's secret channel key (see mesh.drivers.channel.channel_psk)
+MESH_NAME_CHARS_MAX = 128
 TOKEN_CHARS_MAX = 4096
 CHAIN_BYTES_MAX = 8192
 INVITE_DEPTH_MAX = 4  # organizers invited by organizers, counted from the authority
@@ -113,6 +115,8 @@ class Invite:
     name: str | None  # the name the joiner must take; None = the joiner chooses
     expires_at: float  # unix seconds after which the token cannot be redeemed
     hints: tuple[tuple[str, int], ...]  # (host, port) addresses where the inviter may be reached
+    mesh_key: bytes | None = None  # the mesh's secret channel key (tokens made before it existed: None)
+    mesh_name: str | None = None  # the event's display name, as the inviter knows it
 
 
 @dataclass(frozen=True)
@@ -614,10 +618,14 @@ def create_invite(
     expires_at: float,
     hints: list[tuple[str, int]],
     now: float,
+    mesh_key: bytes | None = None,
+    mesh_name: str | None = None,
 ) -> str:
     """A one-line invite token (URL-safe text starting "am1") signed by an organizer.
 
     The invite cannot outlive the issuer's own credential: a later `expires_at` is shortened.
+    The token also carries the mesh's secret channel key and display name (not signed: they come
+    from the organizer who hands over the token, and the key proves nothing about membership).
     """
     signer = public_key_bytes(issuer_key)
     issuer = verify_chain(issuer_chain, authority_public_key, now, expected_node_public_key=signer)
@@ -629,7 +637,7 @@ def create_invite(
     body = _invite_body(issuer, role, name, min(expires_at, issuer.expires_at), now)
     invite_key = Ed25519PrivateKey.generate()
     body["invite_key"] = public_key_bytes(invite_key)
-    problem = _hints_problem(hints)
+    problem = _hints_problem(hints) or _mesh_extras_problem(mesh_key, mesh_name)
     if problem:
         raise UsageError(problem)
     statements.append(_sign(issuer_key, "invite", body))
@@ -639,6 +647,8 @@ def create_invite(
         statements,
         [[host, port] for host, port in hints],
     ]
+    if mesh_key is not None or mesh_name is not None:
+        payload += [None if mesh_key is None else bytes(mesh_key), mesh_name]
     encoded = base64.urlsafe_b64encode(cbor2.dumps(payload, canonical=True)).rstrip(b"=")
     token = TOKEN_PREFIX + encoded.decode("ascii")
     if len(token) > TOKEN_CHARS_MAX:
@@ -687,13 +697,22 @@ def _token_payload(token: object) -> list:
     if not text.startswith(TOKEN_PREFIX):
         raise CredentialError(f"not an AssetMesh invite token (those start with {TOKEN_PREFIX!r})")
     payload = _cbor_loads(_b64_decode(text[len(TOKEN_PREFIX) :]), "invite token")
-    if not (isinstance(payload, list) and len(payload) == 4):
-        raise CredentialError("malformed invite token: expected 4 fields")
-    return payload
+    if not (isinstance(payload, list) and len(payload) in (4, 6)):
+        raise CredentialError("malformed invite token: expected 4 or 6 fields")
+    return payload if len(payload) == 6 else [*payload, None, None]
+
+
+def _mesh_extras_problem(mesh_key: object, mesh_name: object) -> str | None:
+    if mesh_key is not None and not (isinstance(mesh_key, bytes) and len(mesh_key) == MESH_KEY_BYTES):
+        return f"the mesh key must have {MESH_KEY_BYTES} bytes"
+    if mesh_name is not None and not (isinstance(mesh_name, str) and 0 < len(mesh_name) <= MESH_NAME_CHARS_MAX
+                                      and mesh_name.isprintable()):
+        return f"the mesh name is printable text of 1 to {MESH_NAME_CHARS_MAX} characters"
+    return None
 
 
 def _parse_token(token: object) -> _Token:
-    authority, secret, statements, hints = _token_payload(token)
+    authority, secret, statements, hints, mesh_key, mesh_name = _token_payload(token)
     authority = _check_authority_key(authority)
     if not isinstance(secret, bytes) or len(secret) != _PRIVATE_KEY_BYTES:
         raise CredentialError("malformed invite token: the invite key must have 32 bytes")
@@ -703,7 +722,7 @@ def _parse_token(token: object) -> _Token:
     statement = walk.invites[-1]
     if public_key_bytes(invite_key) != statement.invite_key:
         raise CredentialError("malformed invite token: its key does not match its invite")
-    problem = _hints_problem(hints)
+    problem = _hints_problem(hints) or _mesh_extras_problem(mesh_key, mesh_name)
     if problem:
         raise CredentialError(f"malformed invite token: {problem}")
     invite = Invite(
@@ -714,6 +733,8 @@ def _parse_token(token: object) -> _Token:
         name=statement.name,
         expires_at=statement.expires_at,
         hints=tuple((host, port) for host, port in hints),
+        mesh_key=mesh_key,
+        mesh_name=mesh_name,
     )
     return _Token(invite, invite_key, statements, walk)
 
