@@ -89,6 +89,11 @@ def test_photos_from_one_capturer_reach_eight_edges_mostly_from_each_other() -> 
     assert crowd and not any(world.nodes[e].store.has(c) for e in edges for p in crowd for c in p.original_blocks - p.preview_blocks), \
         "unpinned originals are fetched on demand only"
     world.run_for(0.5)  # the last ChunkStored reaches the core
+    for name in edges:  # nothing is kept about asking for chunks once they are all here
+        transfers = world.nodes[name].live_core().transfers
+        left = {k: len(v) for k, v in (("busy", transfers.busy_until), ("lacked", transfers.lacked),
+                                       ("at_seed", transfers.at_seed), ("rejected", transfers.rejected_by)) if v}
+        assert not left, f"seed={world.seed}: {name} keeps {left}"
     status = world.nodes["edge3"].live_core().status()["media"]
     assert status["held"] == status["wanted"] == 200 + (200 - len(crowd))
 
@@ -147,10 +152,29 @@ def test_a_revocation_racing_replication_never_leaves_a_copy_anywhere() -> None:
     world.run_for(0.6)  # replication is under way
     moved = sum(sum(world.nodes[f"edge{i}"].traffic.chunk_bytes_in.values()) for i in range(1, 5))
     assert moved > 0, f"seed={world.seed}: the revoke must race a running replication"
+    revoked = {cid for photo in photos for cid in photo.blocks}
+    assets = {photo.record.cid for photo in photos}
+    at_knowing: dict[str, set[Cid]] = {}  # node -> revoked blocks it held when it learnt of the revoke
+    stored_after: list[tuple[str, str]] = []
+    servable: list[tuple[str, str]] = []  # revoked blocks a node that knows holds but does not withhold
+
+    def nothing_stored_once_known(w) -> None:
+        for name in w.nodes:
+            handle = w.nodes[name]
+            core = handle.core
+            if core is None or not assets & core.hidden_assets:
+                continue
+            held = {cid for cid in revoked if handle.store.has(cid)}
+            before = at_knowing.setdefault(name, held)
+            stored_after.extend((name, str(cid)) for cid in held - before)
+            servable.extend((name, str(cid)) for cid in held - core.withheld)  # it would send these
+
+    world.invariants.append(nothing_stored_once_known)
     world.mutate("edge2", lambda state: cs.record_decision(state, SUBJECT, "photo", False, world.now,
                                                            world.nodes["edge2"].node_id))
     world.run_until(lambda w: w.converged(), 30, "the revoke everywhere")
-    revoked = {cid for photo in photos for cid in photo.blocks}
+    assert not stored_after, f"seed={world.seed}: stored after it knew of the revoke: {stored_after[:5]}"
+    assert not servable, f"seed={world.seed}: held and not withheld by a node that knew: {sorted(set(servable))[:5]}"
     late: list[str] = []
     world.observers.append(lambda w, node, event, summary: late.extend(
         node.name for kind, _, piece in summary if kind == "ChunkData" and Cid.from_bytes(piece[0]) in revoked))
@@ -205,3 +229,89 @@ def test_retention_expiry_removes_originals_and_previews_on_every_node() -> None
     assert not any(left.values()), f"seed={world.seed}: originals and previews left after expiry: {left}"
     assert holds_all(world, edges, wanted_on_edges(kept)), "media without a retention rule stays"
     assert all(world.nodes[e].live_core().object_state(brief[0].record.cid) == "hidden" for e in edges)
+
+
+def test_evicting_a_file_that_the_release_also_contains_keeps_the_release(tmp_path) -> None:
+    """The budget evicts an unpinned original that is also a file of the current release (a
+    poster shipped in the site and added as media): the agent's eviction (`agent_keep_set` with
+    `evicting`, then the real FileStore's gc) keeps every block of the release."""
+    from mesh.drivers.filestore import FileStore
+    from mesh.drivers.purge import agent_keep_set
+    from mesh.testing.content import build_release, seed_and_publish
+
+    world = media_world(edges=1)
+    rng = random.Random(f"{world.seed}/evict-release")
+    poster, video = rng.randbytes(200_000), rng.randbytes(3_000_000)
+    site = build_release({"poster.jpg": poster, "video.mp4": video})
+    seed_and_publish(world, "org", site, "site")
+    stage = world.nodes["stage"].node_id
+    also_media = [build_media(name, data, stage, world.now, frozenset({"crowd"}), thumbnail=rng.randbytes(20_000))
+                  for name, data in (("poster.jpg", poster), ("video.mp4", video))]
+    elsewhere = build_media("other.jpg", rng.randbytes(1_500_000), stage, world.now, frozenset({"crowd"}))
+    for media in (*also_media, elsewhere):
+        capture(world, "stage", media)
+    world.run_until(lambda w: w.converged(), 30, "state everywhere")
+    store = FileStore(tmp_path / "store")
+    for blocks in (site.blocks, *(m.blocks for m in (*also_media, elsewhere))):
+        for cid, data in blocks.items():
+            store.put(cid, data)
+    edge = world.nodes["edge1"]
+    evicting = frozenset(m.record.cid for m in (*also_media, elsewhere))
+    keep = agent_keep_set(edge.live_core().state, store, world.mesh.founder.authority_public_key, world.now,
+                          releases=[site.root], node_id=edge.node_id, evicting=evicting)
+    store.gc(keep.roots, keep.hidden)
+    assert all(store.has(cid) for cid in site.blocks), "every block of the release stays"
+    assert not any(store.has(cid) for cid in elsewhere.original_blocks), "the other original went"
+    assert all(store.has(cid) for m in also_media for cid in m.preview_blocks), "previews are never evicted"
+
+
+def test_files_whose_only_holder_left_do_not_block_the_rest() -> None:
+    """The capturer dies with 32 files half-fetched on an edge; another box then captures new
+    photos: they still arrive (the orphaned files give their slots back, and resume later)."""
+    world = media_world(edges=1)
+    world.add_node("stage2", upload_bytes_per_s=LAN_BYTES_PER_S)
+    world.net.set_bandwidth("stage", 2_000_000, None)  # slow: many files in flight when it dies
+    world.discover_all()
+    world.run_until(lambda w: w.all_connected(), 30, "connected")
+    rng = random.Random(f"{world.seed}/orphans")
+    for photo in shots(world, 60, rng, tags=("stage",), size_min=300_000, size_max=600_000):
+        capture(world, "stage", photo)
+    world.run_for(3)
+    world.crash("stage")
+    world.run_for(2)
+    node = world.nodes["stage2"].node_id
+    later = [build_media(f"later-{i}.jpg", rng.randbytes(400_000), node, world.now, frozenset({"stage"}),
+                         thumbnail=rng.randbytes(20_000)) for i in range(5)]
+    for photo in later:
+        capture(world, "stage2", photo)
+    world.run_until(lambda w: holds_all(w, ["edge1"], wanted_on_edges(later)), 30, "the new photos on the edge")
+
+
+def test_a_box_that_evicted_a_file_is_no_longer_counted_as_holding_it() -> None:
+    """edge1 fetched crowd originals on demand and evicted the oldest; edge2 still thinks edge1
+    holds one. When edge1 answers ChunkMissing, edge2 stops counting it: with no one else holding
+    the file, edge2's pages show a placeholder instead of an image it cannot produce."""
+    world = media_world(edges=2)
+    crowd = shots(world, 12, random.Random(f"{world.seed}/stale"), tags=("crowd",), size_min=1_500_000,
+                  size_max=2_000_000)
+    for photo in crowd:
+        capture(world, "stage", photo)
+    kept = wanted_on_edges(crowd)
+    world.set_budget("edge1", block_bytes(crowd, kept) + 5 * MB)
+    world.run_until(lambda w: holds_all(w, ["edge1", "edge2"], kept), 60, "previews everywhere")
+    for photo in crowd:
+        world.inject("edge1", FetchRequested(photo.record.cid))
+        world.run_until(lambda w, p=photo: w.nodes["edge1"].live_core().object_state(p.record.cid) == "held", 60,
+                        "fetched on demand")
+        world.run_for(0.5)
+    world.run_for(3)
+    evicted = [e.fields["cid"] for e in world.events("media.evicted", node="edge1")]
+    assert evicted, f"seed={world.seed}: the budget evicted something"
+    world.crash("stage")  # the capturer is gone: edge1 was the only other holder
+    world.run_for(2)
+    edge2 = world.nodes["edge2"].live_core()
+    assert edge2.object_available(evicted[0]), "edge1 announced it whole earlier"
+    world.inject("edge2", FetchRequested(evicted[0]))
+    world.run_for(5)
+    assert not edge2.object_available(evicted[0]), f"seed={world.seed}: edge1 said it lacks it"
+    assert edge2.object_state(evicted[0]) in ("fetching", "unavailable")

@@ -59,6 +59,9 @@ OBJECTS_PER_PEER_MAX = 1 << 17  # files one peer may announce as held; more are 
 INVENTORY_BATCH_MAX = 4096  # files asked of the store in one LoadObjects
 EVICT_HEADROOM = 0.05  # eviction frees down to this share of the budget below it
 PREVIEW_SIZE_GUESS = 128 * 1024  # a raw preview's size for the in-flight budget until its bytes arrive
+ON_DEMAND_ACTIVE_MAX = 8  # files fetched for waiting browsers at once (more wait their turn)
+EVICT_GRACE_S = 10.0  # the file read (or fetched for a browser) last, this recently, is being streamed: kept
+EVICT_BACKOFF_S = 30.0  # after an eviction that freed nothing, the next waits this long
 
 
 @dataclass
@@ -103,7 +106,8 @@ class MediaSwarming:
         self._finished: list[Cid] = []  # object tracks complete: removed at the next media step
         self._on_demand: dict[Cid, float] = {}  # objects a browser waits for -> until when
         self._media_due = True  # an activation pass is due
-        self._evicting = False  # an EvictObjects is out, not yet answered
+        self._evicting: frozenset[Cid] = frozenset()  # the files of the EvictObjects out, not yet answered
+        self._evict_after = 0.0  # no eviction before this (one freed nothing)
         self._whole: dict[bytes, int] = {}  # object -> sessions that announced it held (HaveObjects)
 
     # ---- what the gateway and drivers read ----------------------------------------------------
@@ -279,6 +283,7 @@ class MediaSwarming:
     # ---- the store's answers ------------------------------------------------------------------
 
     def _on_objects_inventory(self, event: ObjectsInventory, now: float) -> None:
+        hidden_learned = False
         for inventory in event.objects:
             try:
                 root = Cid.parse(inventory.root)
@@ -287,7 +292,11 @@ class MediaSwarming:
             self._inventory_due.discard(root)
             obj = self.media.get(root)
             if obj is not None:
+                known = obj.chunks
                 self._take_inventory(obj, dict(inventory.manifests), set(inventory.present), now)
+                hidden_learned |= obj.status != VISIBLE and obj.chunks != known
+        if hidden_learned:
+            self._apply_withheld()  # the chunks of a hidden file, learnt from the store: never served
         self._media_due = True
 
     def _take_inventory(self, obj: _Object, manifests: dict[str, bytes], present: set[str], now: float) -> None:
@@ -335,7 +344,9 @@ class MediaSwarming:
                 self._actions.append(LoadObjects(tuple(str(root) for root in batch)))
 
     def _on_objects_evicted(self, event: ObjectsEvicted, now: float) -> None:
-        self._evicting = False
+        self._evicting = frozenset()
+        if not event.freed_bytes:  # kept by something else (a store pin), or the gc failed: do not spin
+            self._evict_after = now + EVICT_BACKOFF_S
         self.store_used = max(0, self.store_used - event.freed_bytes)
         for text in event.roots:
             obj = self._object(text)
@@ -344,6 +355,7 @@ class MediaSwarming:
                 obj.inventoried = False
                 self._inventory_queue.append(obj.root)  # what is left of it (chunks shared elsewhere)
                 self._emit("media.evicted", cid=text, asset=obj.asset, bytes=obj.size or 0)
+                self._classify(obj, now)  # a browser that asked meanwhile gets it fetched again
         self._index_served()
         self._media_due = True
 
@@ -408,6 +420,27 @@ class MediaSwarming:
         """A peer announced part of a root we do not track: perhaps an object we wait for."""
         self._media_due = True
 
+    def _media_lacked(self, session: Session, cid: Cid) -> None:
+        """The peer cannot serve a block of a file it announced whole (it evicted the file since):
+        it is no longer counted as holding it."""
+        roots = [cid] if cid in self.media else [r for r, t in self.tracks.items()
+                                                 if t.release is None and t.swarm.lists(cid)]
+        for root in roots:
+            obj = self.media.get(root)
+            if obj is None:
+                continue
+            session.peer_haves.pop(obj.key, None)  # what it said it held of it is void too
+            self._media_due = True
+            if obj.key not in session.held_objects:
+                continue
+            session.held_objects.discard(obj.key)
+            left = self._whole.get(obj.key, 0) - 1
+            if left > 0:
+                self._whole[obj.key] = left
+            else:
+                self._whole.pop(obj.key, None)
+            self._media_due = True
+
     def _media_session_gone(self, session: Session) -> None:
         """A session ended: the objects it announced have one holder less."""
         whole = self._whole
@@ -440,9 +473,9 @@ class MediaSwarming:
         if obj is None or obj.status != VISIBLE:
             return
         obj.used_at = now
-        if obj.held:
+        if obj.held and obj.root not in self._evicting:
             return
-        obj.on_demand_until = now + ON_DEMAND_S
+        obj.on_demand_until = now + ON_DEMAND_S  # (a file being evicted is fetched again once gone)
         self._on_demand[obj.root] = obj.on_demand_until
         self._classify(obj, now)
         self._media_due = True
@@ -472,12 +505,16 @@ class MediaSwarming:
         return min(self._on_demand.values()) if self._on_demand else None
 
     def _activate_media(self, now: float) -> None:
-        """Start tracks for wanted objects: on-demand ones all, background ones up to
-        ACTIVE_OBJECTS_MAX and the budget's room, by class, the shared order, fewest holders."""
-        active = sum(1 for t in self.tracks.values() if t.release is None and t.klass != CLASS_ON_DEMAND)
+        """Park tracks no connected peer can feed; start tracks for wanted objects: on-demand ones
+        up to ON_DEMAND_ACTIVE_MAX, background ones up to ACTIVE_OBJECTS_MAX and the budget's
+        room, by class, the shared order, fewest holders."""
+        self._park_orphans()
+        media_tracks = [t for t in self.tracks.values() if t.release is None]
+        active = sum(1 for t in media_tracks if t.klass != CLASS_ON_DEMAND)
+        on_demand = len(media_tracks) - active
         background = active < ACTIVE_OBJECTS_MAX
-        if not background and all(root in self.tracks for root in self._on_demand):
-            return  # full, and no browser waits for something not yet started
+        if not background and (on_demand >= ON_DEMAND_ACTIVE_MAX or all(r in self.tracks for r in self._on_demand)):
+            return  # full, and no browser waits for something that could start
         candidates = []
         for root in self._wanted:
             obj = self.media.get(root)
@@ -493,13 +530,31 @@ class MediaSwarming:
         candidates.sort(key=lambda c: c[:3])
         room = self._media_room()
         for klass, _, _, obj in candidates:
-            if klass != CLASS_ON_DEMAND:
+            if klass == CLASS_ON_DEMAND:
+                if on_demand >= ON_DEMAND_ACTIVE_MAX:
+                    continue  # its turn comes when one of those completes (the browser waits)
+                on_demand += 1
+            else:
                 size = obj.size or CHUNK_BYTES_START
                 if active >= ACTIVE_OBJECTS_MAX or (room is not None and size > room):
                     continue
                 active += 1
                 room = None if room is None else room - size
             self._start_object_track(obj, now)
+
+    def _park_orphans(self) -> None:
+        """Background tracks whose every holder went away give their slot back (what arrived of
+        them is kept, and they start again when a holder is seen)."""
+        for root, track in list(self.tracks.items()):
+            obj = self.media.get(root)
+            if (track.release is None and track.klass != CLASS_ON_DEMAND and not track.completed
+                    and obj is not None and not self._holder_count(obj)):
+                swarm = track.swarm
+                if swarm.chunks is not None:
+                    obj.present = {cid for cid in swarm.chunks if swarm.holds(cid)}
+                if obj.manifest is None and root.codec != RAW:
+                    obj.manifest = swarm.manifest_data(root)
+                self._drop_object_track(root)
 
     def _start_object_track(self, obj: _Object, now: float) -> None:
         hint = obj.size if obj.size is not None else PREVIEW_SIZE_GUESS  # (the record gives originals' sizes)
@@ -543,6 +598,9 @@ class MediaSwarming:
         if track is None or track.release is not None:
             return
         del self.tracks[root]
+        obj = self.media.get(root)
+        if obj is not None and obj.chunks is None and track.swarm.chunks is not None:
+            obj.chunks = tuple(track.swarm.chunks)  # if it became hidden, every block of it is withheld
         others = [t.swarm for t in self.tracks.values()]
         for cid in [root, *(track.swarm.chunks or ())]:
             if any(swarm.lists(cid) for swarm in others):
@@ -558,12 +616,17 @@ class MediaSwarming:
         return sum(t.swarm.missing_bytes for t in self.tracks.values() if t.fetch)
 
     def _evictable(self) -> list[_Object]:
-        """Held originals nothing here keeps (not pinned, not captured here), least recently used
-        first (one a browser just fetched goes last)."""
+        """Held originals nothing here keeps (not pinned, not captured here, not a file of a
+        release), least recently used first; never the most recently used one while it was read
+        or fetched for a browser in the last EVICT_GRACE_S (it is being streamed)."""
         me = self.identity.node_id
+        releases = [t.swarm for t in self._release_tracks()]
         found = [o for o in self.media.values()
-                 if o.held and o.kind == ORIGINAL and not o.pinned and o.publisher != me and o.root not in self.tracks]
+                 if o.held and o.kind == ORIGINAL and not o.pinned and o.publisher != me and o.root not in self.tracks
+                 and not any(swarm.lists(o.root) for swarm in releases)]
         found.sort(key=lambda o: (o.used_at, o.order))
+        if found and found[-1].used_at > self._now - EVICT_GRACE_S:
+            found.pop()
         return found
 
     def _media_room(self) -> int | None:
@@ -575,7 +638,7 @@ class MediaSwarming:
 
     def _maybe_evict(self, now: float) -> None:
         """Evict unpinned originals before what is stored and arriving passes the budget."""
-        if self.budget_bytes is None or self._evicting:
+        if self.budget_bytes is None or self._evicting or now < self._evict_after:
             return
         over = self.store_used + self._incoming_bytes() - self.budget_bytes
         if over <= 0:
@@ -589,7 +652,7 @@ class MediaSwarming:
             if freed >= target:
                 break
         if picked:
-            self._evicting = True
+            self._evicting = frozenset(o.root for o in picked)
             self._emit("media.evicting", files=len(picked), bytes=freed, over=over)
             self._actions.append(EvictObjects(tuple(str(o.root) for o in picked)))
 

@@ -189,6 +189,10 @@ class Transfers:
                 self.sizes.pop(cid, None)
         for cid in list(self.manifest_inflight):
             self.drop_manifest_request(cid, node)
+        for table in (self.busy_until, self.lacked, self.rejected_by):  # nothing kept for a peer that left
+            _forget_peer(table, node)
+        for cid in [c for c, seed in self.at_seed.items() if seed == node]:
+            del self.at_seed[cid]
         self.changed = True
 
     def fetching(self) -> dict[Cid, int]:
@@ -274,7 +278,10 @@ class Transfers:
             lane.depth = max(lane.depth - 1, self.limits.depth_min)
 
     def stored(self, cid: Cid) -> None:
+        """The chunk is verified and stored here: nothing about asking for it is kept."""
         self.storing.discard(cid)
+        for table in (self.busy_until, self.lacked, self.rejected_by, self.at_seed):
+            table.pop(cid, None)
 
     def rejected(self, node: str, cid: Cid) -> None:
         """The chunk from `node` did not verify: never ask that peer for it again."""
@@ -348,6 +355,18 @@ class Transfers:
 
     def peer_rates(self) -> dict[str, int]:
         return {node: lane.delivered_bytes for node, lane in self.lanes.items()}
+
+
+def _forget_peer(table: dict[Cid, dict[str, float]] | dict[Cid, set[str]], node: str) -> None:
+    """Take `node` out of a chunk -> peers table (dropping chunks left with no peer)."""
+    for cid in [c for c, peers in table.items() if node in peers]:
+        peers = table[cid]
+        if isinstance(peers, set):
+            peers.discard(node)
+        else:
+            del peers[node]
+        if not peers:
+            del table[cid]
 
 
 @dataclass

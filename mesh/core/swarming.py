@@ -494,6 +494,7 @@ class ReleaseSwarming:
         self.transfers.lacks(session.node_id, cid, now)
         for track in self.tracks.values():
             track.swarm.peer_lacks(session.node_id, cid)
+        self._media_lacked(session, cid)  # see mesh.core.media
 
     def _manifest_data(self, cid: Cid) -> bytes | None:
         """A manifest of a release we track, if we hold it and it fits one ChunkData piece:

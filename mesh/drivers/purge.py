@@ -43,7 +43,7 @@ def live_roots(state, store=None, authority_public_key: bytes | None = None,
 
 
 def keep_set(state, store=None, authority_public_key: bytes | None = None,
-             now: float | None = None, node_id: str | None = None) -> KeepSet:
+             now: float | None = None, node_id: str | None = None, evicting=frozenset()) -> KeepSet:
     """Files and blocks the shared state keeps alive: every *visible* asset (consented, not
     expired) with its previews (thumbnail, preview clip), the *pending* assets this node (`node_id`)
     captured, waiting for their subject's decision, with theirs, and, given the store and the mesh
@@ -52,6 +52,8 @@ def keep_set(state, store=None, authority_public_key: bytes | None = None,
     pins (`mesh release create` pins what it imports). Withdrawn or expired assets, and pending ones
     captured elsewhere, are not roots, not even inside a kept release: their chunks go unless a
     root still needs them.
+    Media files in `evicting` (the storage budget's choice) are not kept as assets; a release that
+    contains one keeps it.
     Without the authority key no policy verifies and assets naming a subject count as hidden."""
     from mesh.state.consent import PENDING, VISIBLE
 
@@ -64,7 +66,7 @@ def keep_set(state, store=None, authority_public_key: bytes | None = None,
         if status != VISIBLE:
             hidden.add(record.cid)
         if status == VISIBLE or (status == PENDING and node_id is not None and record.added_by == node_id):
-            roots.update(cid for cid in (record.cid, record.thumbnail, record.preview) if cid)
+            roots.update(cid for cid in (record.cid, record.thumbnail, record.preview) if cid and cid not in evicting)
     if store is None or authority_public_key is None:
         return KeepSet(roots, hidden)
     from mesh.state.releases import ReleaseBook, release_chunks
@@ -77,14 +79,16 @@ def keep_set(state, store=None, authority_public_key: bytes | None = None,
 
 
 def agent_keep_set(state, store, authority_public_key: bytes | None, now: float,
-                   arriving=(), withheld=frozenset(), releases=(), node_id: str | None = None) -> KeepSet:
-    """What a running agent's periodic purge keeps: `keep_set`, plus every block here of the
-    releases it fetches (`releases`: roots of the current and pinned ones) and the blocks of the
-    roots still arriving (`arriving`: releases and media files), except what consent or retention
-    withheld."""
+                   arriving=(), withheld=frozenset(), releases=(), node_id: str | None = None,
+                   evicting=frozenset()) -> KeepSet:
+    """What a running agent's periodic purge keeps: `keep_set` less the media files being evicted
+    (`evicting`), plus every block here of the releases it fetches (`releases`: roots of the
+    current and pinned ones; a file both a release and an evicted asset stays) and the blocks of
+    the roots still arriving (`arriving`: releases and media files), except what consent or
+    retention withheld."""
     from mesh.state.releases import release_chunks
 
-    keep = keep_set(state, store, authority_public_key, now, node_id)
+    keep = keep_set(state, store, authority_public_key, now, node_id, evicting)
     for root in releases:
         keep.roots.update(str(cid) for cid in release_chunks(store, root, partial=True, skip=keep.hidden))
     keep.roots.update(str(cid) for cid in arriving if cid not in withheld)

@@ -325,8 +325,8 @@ class Agent:
         (their chunks go unless something kept shares them)."""
         core, started = self.core, time.time()
         keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, started,
-                              core.arriving_chunks(), core.withheld, core.kept_roots(), self.home.info.node_id)
-        keep.roots.difference_update(roots)
+                              core.arriving_chunks(), core.withheld, core.kept_roots(), self.home.info.node_id,
+                              evicting=frozenset(roots))
         try:
             report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden, started,
                                                    limiter=self._store_limiter)
