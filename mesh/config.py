@@ -94,3 +94,4 @@ class AgentConfig:
     outbox_backoff_s_min: float = 1.0  # first retry delay of a failed outbox delivery
     outbox_backoff_s_max: float = 300.0  # retry delay cap
     ingest: tuple[IngestRule, ...] = ()  # folders the agent imports from ([[ingest]] tables)
+    enroll: str | None = None  # a fresh box's fleet key (the key, or a file's path); see mesh.drivers.enroll

@@ -77,6 +77,8 @@ def test_systemd_unit_has_the_hardening_options() -> None:
     ({"health": {"probe": [{"http": "camera"}]}}, "not an http"),
     ({"health": {"probe": [{"path": "/x", "colour": 1}]}}, "health.probe[0].colour is not a known key"),
     ({"health": []}, "health must be a table"),
+    ({"enroll": 7}, "enroll must be a fleet key"),
+    ({"enroll": "  "}, "enroll must be a fleet key"),
 ])
 def test_bad_values_are_one_clear_line(doc: dict, needle: str) -> None:
     with pytest.raises(UsageError) as caught:
@@ -84,6 +86,12 @@ def test_bad_values_are_one_clear_line(doc: dict, needle: str) -> None:
     message = str(caught.value)
     assert "\n" not in message and message.startswith("edge.toml: ")
     assert needle in message
+
+
+def test_enroll_names_a_key_or_a_file_beside_the_config(tmp_path: Path) -> None:
+    assert config_from_dict({"enroll": "fleet.key"}, tmp_path / "edge.toml").enroll == str(tmp_path / "fleet.key")
+    assert config_from_dict({"enroll": "am1abc"}, tmp_path / "edge.toml").enroll == "am1abc"
+    assert build_config(Flags(enroll="/boot/x.key"), None).enroll == "/boot/x.key"
 
 
 def test_sizes_and_flags() -> None:

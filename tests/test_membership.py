@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mesh.errors import CredentialError, UsageError
 from mesh.ids import mesh_id_from_authority_key, node_id_from_public_key
 from mesh.state import membership as m
+from mesh.state.document import MeshState, actor_id
 from mesh.state.membership import (
     Invite,
     InviteLedger,
@@ -28,6 +29,8 @@ from mesh.state.membership import (
     redeem_invite,
     verify_chain,
 )
+
+from tests.test_state_document import sync_pair
 
 NOW = 1_700_000_000.0
 HOUR_S = 3600.0
@@ -102,8 +105,10 @@ def test_invite_redeem_verify(role: Role) -> None:
     token = invite(mesh, role=role, name="stage")
     offer = parse_invite(token)
     assert offer == Invite(
-        mesh.authority_pk, offer.mesh_id, offer.invite_id, role, "stage", NOW + DAY_S, tuple(HINTS)
+        mesh.authority_pk, offer.mesh_id, offer.invite_id, role, "stage", NOW + DAY_S, tuple(HINTS),
+        key_id=offer.key_id,
     )
+    assert offer.uses == 1 and offer.key_id is not None
     key, joined = join(mesh, token)
     assert joined.invite == offer
     own_key = public_key_bytes(key)
@@ -450,7 +455,7 @@ def test_second_node_using_a_token_is_refused() -> None:
     )
     assert verify_chain(first.chain, mesh.authority_pk, NOW + 200, invite_ledger=ledger)
     assert ledger.used_by(first.member.invite_id) == node_id(first_key)
-    assert ledger.items() == [(first.member.invite_id, node_id(first_key))]
+    assert ledger.items() == [(first.member.invite_id, node_id(first_key), NOW + 100)]
     restored = InviteLedger(ledger.items())
     refused(
         "already used", verify_chain, second.chain, mesh.authority_pk, NOW, invite_ledger=restored
@@ -623,3 +628,84 @@ def test_oversize_inputs_refused() -> None:
     tagged = cbor2.dumps(cbor2.CBORTag(2, b"\x01" * 50))
     refused("not valid CBOR", verify_chain, tagged, mesh.authority_pk, NOW)
     refused("32 bytes", verify_chain, chain, b"short", NOW)
+
+
+# --- fleet keys -----------------------------------------------------------------------------------
+
+
+def fleet(mesh: Mesh, uses: int) -> str:
+    return create_invite(mesh.authority_pk, mesh.organizer, mesh.organizer_chain, Role.EDGE, None,
+                         NOW + DAY_S, HINTS, NOW, uses=uses)
+
+
+def test_a_fleet_key_admits_its_uses_each_box_once_and_names_none() -> None:
+    mesh = new_mesh()
+    token = fleet(mesh, 3)
+    assert parse_invite(token).uses == 3 and parse_invite(token).name is None
+    boxes = [join(mesh, token, name=f"box-{i}") for i in range(4)]
+    ledger = InviteLedger()
+    for at, (_, joined) in enumerate(boxes[:3]):
+        verify_chain(joined.chain, mesh.authority_pk, NOW + 100 + at, invite_ledger=ledger)
+    refused("fleet key used up", verify_chain, boxes[3][1].chain, mesh.authority_pk, NOW + 200, invite_ledger=ledger)
+    assert verify_chain(boxes[0][1].chain, mesh.authority_pk, NOW + 300, invite_ledger=ledger), "again: still in"
+    with pytest.raises(UsageError, match="cannot name one"):
+        create_invite(mesh.authority_pk, mesh.organizer, mesh.organizer_chain, Role.EDGE, "door", NOW + DAY_S,
+                      HINTS, NOW, uses=3)
+
+
+def test_a_revoked_fleet_key_admits_no_new_box_and_keeps_the_ones_it_admitted() -> None:
+    mesh = new_mesh()
+    token = fleet(mesh, 5)
+    (_, first), (_, second) = join(mesh, token, name="a"), join(mesh, token, name="b")
+    ledger, revocations = InviteLedger(), RevocationList(mesh.authority_pk)
+    verify_chain(first.chain, mesh.authority_pk, NOW + 100, revocations, ledger)
+    revocations.add(create_revocation(mesh.authority_pk, mesh.organizer, mesh.organizer_chain,
+                                      parse_invite(token).key_id, NOW + 150, "lost"), NOW + 150)
+    refused("fleet key revoked", verify_chain, second.chain, mesh.authority_pk, NOW + 200, revocations, ledger)
+    assert verify_chain(first.chain, mesh.authority_pk, NOW + 200, revocations, ledger).name == "a"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(uses=st.integers(1, 4),
+       steps=st.lists(st.one_of(st.tuples(st.just("admit"), st.integers(0, 2), st.integers(0, 5)),
+                                st.tuples(st.just("sync"), st.integers(0, 2), st.integers(0, 2))), max_size=30))
+def test_concurrent_admits_on_partitioned_verifiers_end_with_the_same_first_uses(uses, steps) -> None:
+    """Three verifiers admit boxes with one key while partitioned (a box may try several); each
+    records its uses in its replica of the shared state. Once they have synced, every verifier,
+    reading only the state, admits exactly the same boxes: the first `uses` by (time recorded, node
+    id), never more, and refuses the rest."""
+    mesh = new_mesh()
+    token = invite(mesh, name=None) if uses == 1 else fleet(mesh, uses)
+    boxes = [join(mesh, token, name=f"box-{i}") for i in range(6)]
+    replicas = [MeshState(actor_id(f"verifier-{i}", bytes([i + 1]) * 8)) for i in range(3)]
+    ledgers = [InviteLedger() for _ in range(3)]
+    for step, (kind, i, j) in enumerate(steps):
+        at = NOW + 100 + step
+        if kind == "admit":
+            ledger = ledgers[i]
+            for invite_id, node, when in replicas[i].invite_use_entries():
+                ledger.record(invite_id, node, when)
+            try:
+                member = verify_chain(boxes[j][1].chain, mesh.authority_pk, at, invite_ledger=ledger)
+            except CredentialError:
+                continue
+            replicas[i].record_invite_use(member.invite_id, member.node_id, at)
+        elif i != j:
+            sync_pair(replicas[i], replicas[j])
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        sync_pair(replicas[i], replicas[j])
+    recorded = {node for _, node, _ in replicas[0].invite_use_entries()}
+    admitted = []
+    for replica in replicas:  # each recorded box, checked against a ledger read from the state alone
+        admitted.append({box.member.node_id for _, box in boxes if box.member.node_id in recorded
+                         and _admits(InviteLedger(replica.invite_use_entries()), mesh, box.chain)})
+    assert admitted[0] == admitted[1] == admitted[2], "every verifier agrees"
+    assert len(admitted[0]) == min(uses, len(recorded)), "exactly the first uses, never more"
+
+
+def _admits(ledger: InviteLedger, mesh: Mesh, chain: bytes) -> bool:
+    try:
+        verify_chain(chain, mesh.authority_pk, NOW + 10_000, invite_ledger=ledger)
+    except CredentialError:
+        return False
+    return True

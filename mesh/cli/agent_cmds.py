@@ -47,12 +47,12 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], no_mdns: bool,
-                 mdns_interfaces: tuple[str, ...], config_file: Path | None) -> AgentConfig:
+                 mdns_interfaces: tuple[str, ...], config_file: Path | None, enroll: str | None = None) -> AgentConfig:
     """Flags override the config file, which overrides the defaults (see mesh.drivers.settings)."""
     from mesh.drivers.settings import Flags
     from mesh.drivers.settings import build_config as settings_config
 
-    flags = Flags(listen, http, tuple(peers), no_mdns, tuple(mdns_interfaces))
+    flags = Flags(listen, http, tuple(peers), no_mdns, tuple(mdns_interfaces), enroll)
     return settings_config(flags, config_file)
 
 
@@ -66,14 +66,18 @@ def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], n
               help="TOML config file (flags win).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
+@click.option("--enroll", default=None, help="A fresh box's fleet key, or a file holding it (also: config "
+              "`enroll`, MESH_ENROLL, /boot/assetmesh.key).")
 @pass_context
-def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file, log_level, log_format) -> None:
-    """Run the agent in the foreground until Ctrl-C (or SIGTERM)."""
+def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file, log_level, log_format,
+       enroll) -> None:
+    """Run the agent in the foreground until Ctrl-C (or SIGTERM). A fresh home with a fleet key
+    joins its mesh first, with no other step."""
     import trio
 
-    config = build_config(listen, http, peers, no_mdns, mdns_interfaces, config_file)
-    home = ctx.home()
+    config = build_config(listen, http, peers, no_mdns, mdns_interfaces, config_file, enroll)
     setup_logging(log_level, log_format)
+    home = _home_or_enroll(ctx, config)
     from mesh.drivers.agentfiles import acquire_agent_lock
 
     lock = acquire_agent_lock(home.path)
@@ -81,6 +85,47 @@ def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file,
         trio.run(_run_agent, home, config)
     finally:
         lock.close()
+
+
+ENROLL_RETRY_S = 10.0  # a fresh box with no usable key looks for one again this often
+
+
+def _home_or_enroll(ctx: Context, config: AgentConfig):
+    """The home; a fresh one joins with the fleet key it finds (mesh.drivers.enroll). A key that
+    cannot be used (expired, malformed, another mesh's file) is one line on the console and in
+    the log, and the box keeps looking (a crew can replace /boot/assetmesh.key)."""
+    from mesh.drivers.enroll import find_key, join_home, key_offered
+    from mesh.drivers.home import Home
+    from mesh.errors import CredentialError, UsageError
+
+    if Home.exists(ctx.home_path):
+        return ctx.home()
+    if not key_offered(config.enroll):
+        raise UsageError(f"{ctx.home_path} is not an AssetMesh home: run `mesh init NAME` or `mesh join TOKEN`, "
+                         "or give this box a fleet key (`mesh invite --fleet`: enroll = in its config, MESH_ENROLL, "
+                         "or /boot/assetmesh.key)")
+    log = logging.getLogger("mesh.enroll")
+    said = None
+    while True:
+        key = None
+        try:
+            key = find_key(config.enroll)
+            if key is not None:
+                home = join_home(ctx.home_path, key.token)
+                info = home.info
+                log.info("enroll.joined mesh=%s name=%s role=%s source=%s", info.mesh_id, info.name, info.role,
+                         key.source)
+                output.stderr.print(f"joined {info.mesh_name!r} as {info.name} ({info.role}) with the key from "
+                                    f"{key.source}", markup=False)
+                return home
+            problem = "the fleet key is gone (enroll, MESH_ENROLL, /boot/assetmesh.key)"
+        except (CredentialError, UsageError) as exc:
+            problem = str(exc) if key is None else f"the key from {key.source}: {exc}"
+        if problem != said:
+            log.warning("enroll.waiting problem=%r", problem)
+            output.stderr.print(f"waiting to join: {problem}; looking again every {ENROLL_RETRY_S:g} s", markup=False)
+            said = problem
+        time.sleep(ENROLL_RETRY_S)
 
 
 async def _run_agent(home, config: AgentConfig) -> None:

@@ -80,17 +80,12 @@ def id_(ctx: Context, as_json: bool) -> None:
 
 def _create_home(ctx: Context, info: HomeInfo, node_key, authority_key=None) -> Home:
     """Write the keys and home.json, create the store, and enter this node in the member list."""
+    from mesh.drivers.enroll import record_self
+
     home = Home.write_new(ctx.home_path, info, node_key, authority_key)
     FileStore(home.store_path).close()
-    _record_self(ctx, home, time.time())
+    record_self(home, time.time())
     return home
-
-
-def _record_self(ctx: Context, home: Home, now: float) -> None:
-    """Put this node into the shared member list, so peers learn of it on first sync."""
-    info = home.info
-    with ctx.state_file().transaction(ctx.actor()) as state:
-        state.put_member(info.node_id, info.chain, info.role, info.name, now)
 
 
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -130,33 +125,47 @@ def _agent_hints(home: Home) -> list[tuple[str, int]]:
     return sorted(hints, key=lambda a: a[0].startswith("127.") or a[0] == "::1")
 
 
-@click.command()
+FLEET_USES_DEFAULT = 20  # boxes a fleet key admits when --fleet is given without --uses
+
+
+@click.group(invoke_without_command=True)
 @click.option("--role", type=click.Choice([r.value for r in membership.Role]), default="edge",
               show_default=True, help="Role of the invited node.")
 @click.option("--name", default=None, help="Name the invited node must use (default: its choice).")
 @click.option("--expires", "expires", default="24h", show_default=True,
               help="How long the token stays valid (90s, 30m, 24h, 7d).")
+@click.option("--fleet", is_flag=True, help=f"A fleet key: one key for many boxes (--uses, default {FLEET_USES_DEFAULT}).")
+@click.option("--uses", type=click.IntRange(1, membership.FLEET_USES_MAX), default=None,
+              help="How many distinct boxes the key admits (more than 1: a fleet key).")
 @click.option("--hint", "hints", multiple=True, help="Extra HOST:PORT where this mesh is reachable.")
 @click.option("--qr", is_flag=True, help="Also draw the token as a QR code in the terminal.")
-@click.option("--json", "as_json", is_flag=True, help="Print {token, role, name, expires_at, hints}.")
+@click.option("--json", "as_json", is_flag=True, help="Print {token, role, name, uses, expires_at, hints, key_id}.")
 @pass_context
-def invite(ctx: Context, role: str, name: str | None, expires: str, hints: tuple[str, ...],
-           qr: bool, as_json: bool) -> None:
-    """Print a single-use, expiring invite token for one new node."""
+def invite(ctx: Context, role: str, name: str | None, expires: str, fleet: bool, uses: int | None,
+           hints: tuple[str, ...], qr: bool, as_json: bool) -> None:
+    """Print an expiring invite token: for one new node, or with --fleet a key for many boxes
+    (bake it into their config as `enroll`; they join by themselves). `mesh invite revoke KEY`
+    stops a fleet key."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     home = ctx.home()
     if home.info.role != membership.Role.ORGANIZER.value:
         raise UsageError("only organizers can invite: ask an organizer of this mesh")
+    uses = uses if uses is not None else (FLEET_USES_DEFAULT if fleet else 1)
+    if fleet and uses == 1:
+        raise UsageError("a fleet key admits more than one box: give --uses 2 or more")
     now = time.time()
     all_hints = [parse_address(h) for h in hints] + _agent_hints(home)
     token = membership.create_invite(
         home.info.authority_public_key, home.node_key(), home.info.chain, membership.Role(role),
         name, now + parse_duration_s(expires), all_hints[: membership.HINTS_MAX], now,
-        mesh_key=home.info.mesh_key, mesh_name=home.info.mesh_name,
+        mesh_key=home.info.mesh_key, mesh_name=home.info.mesh_name, uses=uses,
     )
     parsed = membership.parse_invite(token)
     if as_json:
-        output.print_json({"token": token, "role": role, "name": name, "expires_at": parsed.expires_at,
-                           "hints": [f"{h}:{p}" for h, p in parsed.hints]})
+        output.print_json({"token": token, "role": role, "name": name, "uses": parsed.uses,
+                           "expires_at": parsed.expires_at, "hints": [f"{h}:{p}" for h, p in parsed.hints],
+                           "key_id": parsed.key_id})
         return
     print(token)
     if qr:
@@ -165,31 +174,52 @@ def invite(ctx: Context, role: str, name: str | None, expires: str, hints: tuple
         segno.make(token, error="L").terminal(compact=True)
 
 
+@invite.command(name="revoke")
+@click.argument("key")
+@click.option("--reason", default="", help="Why (kept with the signed revocation).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"key_id","invite_id","uses"}.')
+@pass_context
+def invite_revoke(ctx: Context, key: str, reason: str, as_json: bool) -> None:
+    """Stop an invite or fleet key (KEY: the key itself, or its file): no box joins with it any
+    more; boxes that joined with it before stay (revoke those with `mesh revoke NODE_ID`)."""
+    from mesh.drivers.enroll import read_key
+
+    home = ctx.home()
+    if home.info.role != membership.Role.ORGANIZER.value:
+        raise UsageError("only organizers can revoke invites")
+    parsed = membership.parse_invite(read_key(key, "KEY").token)
+    if parsed.mesh_id != home.info.mesh_id:
+        raise UsageError("that key belongs to another mesh")
+    now = time.time()
+    blob = membership.create_revocation(home.info.authority_public_key, home.node_key(), home.info.chain,
+                                        parsed.key_id, now, reason or "invite revoked")
+    with ctx.state_file().transaction(ctx.actor()) as state:
+        state.put_revocation(parsed.key_id, blob)
+        used = sum(1 for invite_id, _, _ in state.invite_use_entries() if invite_id == parsed.invite_id)
+    if as_json:
+        output.print_json({"key_id": parsed.key_id, "invite_id": parsed.invite_id, "uses": used})
+        return
+    output.stdout.print(f"revoked invite {parsed.invite_id} ({used} of {parsed.uses} use(s) seen so far); "
+                        "peers refuse new boxes with it as soon as they sync", markup=False)
+
+
 @click.command()
 @click.argument("token")
 @click.option("--name", default=None, help="This node's name (if the invite leaves it open).")
 @click.option("--json", "as_json", is_flag=True, help="Print {node_id, mesh_id, role, name}.")
 @pass_context
 def join(ctx: Context, token: str, name: str | None, as_json: bool) -> None:
-    """Make a fresh home a member of the mesh that issued TOKEN (works offline)."""
-    invite_info = membership.parse_invite(token)
-    Home.prepare(ctx.home_path)
-    node_key = Ed25519PrivateKey.generate()
-    chosen = name or invite_info.name or default_node_name()
-    result = membership.redeem_invite(token, node_key, chosen, time.time())
-    member = result.member
-    info = HomeInfo(
-        mesh_id=member.mesh_id, mesh_name=invite_info.mesh_name or f"mesh {member.mesh_id[:8]}",
-        authority_public_key=invite_info.authority_public_key, node_id=member.node_id,
-        name=member.name, role=member.role.value, chain=result.chain, hints=invite_info.hints,
-        mesh_key=invite_info.mesh_key,
-    )
-    home = _create_home(ctx, info, node_key)
+    """Make a fresh home a member of the mesh that issued TOKEN (works offline). TOKEN may be a
+    fleet key, or a file holding one."""
+    from mesh.drivers.enroll import join_home, read_key
+
+    home = join_home(ctx.home_path, read_key(token, "TOKEN").token, name)
+    info = home.info
     if as_json:
         output.print_json(_id_json(home))
         return
-    output.stdout.print(f"joined mesh {member.mesh_id} as {member.name} ({member.role.value})")
-    output.stdout.print(f"this node: {member.node_id}")
+    output.stdout.print(f"joined mesh {info.mesh_id} ({info.mesh_name}) as {info.name} ({info.role})")
+    output.stdout.print(f"this node: {info.node_id}")
 
 
 def _member_rows(home: Home, state, now: float) -> list[dict]:

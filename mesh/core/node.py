@@ -94,7 +94,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         self.swarm_limits = SwarmLimits()
         self._init_swarming(now, pins)
         self._init_media(pin_tags, pin_canonical)
-        self._invites_in_state: set[str] = set()  # invite ids whose use the document records
+        self._invites_in_state: set[tuple[str, str]] = set()  # (invite id, node id) uses the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
         self._known_changes: dict[bytes, None] = {}  # hashes of changes we hold (the latest KNOWN_CHANGES_MAX)
@@ -376,7 +376,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
     def _record_member(self, session: Session, now: float) -> None:
         """Put a newly seen member (and its invite use) into the shared state."""
         known = self.state.member(session.node_id) is not None  # a keyed read, not a scan
-        new_uses = [(i, n) for i, n in self.invites.items() if i not in self._invites_in_state]
+        new_uses = [(i, n) for i, n, _ in self.invites.items() if (i, n) not in self._invites_in_state]
         if known and not new_uses:
             return
 
@@ -634,9 +634,10 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
                 self.revocations.add(blob, now)
             except CredentialError as exc:
                 self._emit("revocation.rejected", node=node_id, reason=str(exc))
-        for invite_id, node_id in self.state.invite_uses().items():
-            self.invites.record(invite_id, node_id)
-            self._invites_in_state.add(invite_id)
+        for invite_id, node_id, at in self.state.invite_use_entries():
+            if (invite_id, node_id) not in self._invites_in_state:
+                self.invites.record(invite_id, node_id, at)
+                self._invites_in_state.add((invite_id, node_id))
         self._enforce_revocations(now)
         self._refresh_release(now)
 

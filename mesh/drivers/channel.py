@@ -22,8 +22,10 @@ Theory of operation:
   `authenticate(chain, key)` binds the node key to a valid, unrevoked membership of this mesh and
   returns the peer's `Member`.
 - Once the responder has accepted message 3 it sends one empty transport record; the initiator
-  waits for it, so `secure_connect` returning means both sides accepted (a refused initiator sees
-  the connection close instead, and the reason is only logged by the responder).
+  waits for it, so `secure_connect` returning means both sides accepted. A responder that refuses
+  the initiator's credential (after message 3: the initiator holds the mesh key) sends the reason
+  in that record instead ("fleet key used up", "node revoked"), so a box can say why it is not let
+  in; a stranger that failed message 1 gets nothing.
 - Any failure (bad bytes, bad signature, refused credential, timeout, size) closes the transport
   before a single application byte is read and raises `HandshakeError` with a reason.
 - After the handshake every record is a 2-byte big-endian length, then one Noise transport message
@@ -90,6 +92,7 @@ MESSAGE_1_BYTES = DH_BYTES + TAG_BYTES  # e, and the empty payload's tag (under 
 MESSAGE_2_BYTES_MAX = DH_BYTES + 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
 MESSAGE_3_BYTES_MAX = 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
 HANDSHAKE_TIMEOUT_S_DEFAULT = 10.0
+REFUSAL_BYTES_MAX = 256  # the reason a refused member-to-be is told
 HANDSHAKES_IN_FLIGHT_MAX = 64  # serve_secure refuses new connections beyond this many handshakes
 SEND_BATCH_BYTES_MAX = 4 * 65537  # records joined into one transport write
 RECEIVE_BYTES_MAX = 256 * 1024  # bytes asked of the transport per read; bounds buffered plaintext
@@ -356,10 +359,11 @@ async def _initiator_handshake(
     mine = _identity_payload(local, _static_public_key(noise))
     await _send_message(stream, bytes(noise.write_message(mine)))
     message = await _receive_message(
-        stream, "the peer refused us (closed after message 3)", "acceptance", TAG_BYTES, TAG_BYTES
+        stream, "the peer refused us (closed after message 3)", "acceptance", TAG_BYTES, TAG_BYTES + REFUSAL_BYTES_MAX
     )
-    if _noise_step(lambda: noise.decrypt(message), "bad acceptance record") != b"":
-        raise HandshakeError("acceptance record is not empty")  # unreachable: its size is a tag
+    refusal = bytes(_noise_step(lambda: noise.decrypt(message), "bad acceptance record"))
+    if refusal:
+        raise HandshakeError(f"the peer refused us: {refusal.decode('utf-8', 'replace')}")
     return noise, member, key
 
 
@@ -387,7 +391,16 @@ async def _responder_handshake(
     message = await _receive_message(
         stream, "the peer closed after message 2", "handshake message 3", 1, MESSAGE_3_BYTES_MAX
     )
-    member, key = _read_identity_message(noise, message, "bad handshake message 3", authenticate)
+    try:
+        member, key = _read_identity_message(noise, message, "bad handshake message 3", authenticate)
+    except HandshakeError as exc:
+        if noise.handshake_finished:  # it holds the mesh key: tell it why (it can do nothing with it)
+            with trio.move_on_after(1):
+                try:
+                    await _send_message(stream, noise.encrypt(exc.reason.encode()[:REFUSAL_BYTES_MAX]))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # it hung up first
+        raise
     await _send_message(stream, noise.encrypt(b""))
     return noise, member, key
 

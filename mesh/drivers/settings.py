@@ -46,6 +46,7 @@ class Flags:
     peers: tuple[str, ...] = ()  # --peer HOST:PORT, repeatable
     no_mdns: bool = False  # --no-mdns
     mdns_interfaces: tuple[str, ...] = ()  # --mdns-interface ADDR, repeatable
+    enroll: str | None = None  # --enroll KEY_OR_FILE
 
 
 class _Where:
@@ -390,17 +391,31 @@ def _ingest(doc: dict, source: Path | None, where: _Where) -> tuple[IngestRule, 
 def config_from_dict(doc: dict, source: Path | None = None) -> AgentConfig:
     """An `AgentConfig` from a parsed TOML document; UsageError (one line) on any problem."""
     where = _Where(source)
-    _check_keys(doc, set(_TOP) | set(_TABLES) | {"ingest"}, "", where)
-    values = _apply({k: v for k, v in doc.items() if k not in _TABLES and k != "ingest"}, _TOP, "", where)
+    _check_keys(doc, set(_TOP) | set(_TABLES) | {"ingest", "enroll"}, "", where)
+    values = _apply({k: v for k, v in doc.items() if k not in _TABLES and k not in ("ingest", "enroll")}, _TOP, "",
+                    where)
     outbox = _table(doc, "outbox", where)
     _check_keys(outbox, set(_OUTBOX), "outbox.", where)
     values.update(_apply(outbox, _OUTBOX, "outbox.", where))
     values["health"] = _health(doc, where)
     values["ingest"] = _ingest(doc, source, where)
+    if "enroll" in doc:
+        values["enroll"] = _enroll(doc["enroll"], source, where)
     config = AgentConfig(**values)
     if config.outbox_backoff_s_min > config.outbox_backoff_s_max:
         raise where.fail("outbox.backoff_s_min", "must not exceed outbox.backoff_s_max")
     return config
+
+
+def _enroll(value: object, source: Path | None, where: _Where) -> str:
+    """A fleet key (text starting "am1") or the path of a file holding one, relative to the
+    config file's directory."""
+    if not isinstance(value, str) or not value.strip():
+        raise where.fail("enroll", 'must be a fleet key ("am1...") or the path of a file holding one')
+    text = value.strip()
+    if text.startswith("am1") or source is None:
+        return text
+    return str((Path(source).parent / Path(text).expanduser()).resolve())
 
 
 def read_toml(path: Path) -> dict:
@@ -446,6 +461,8 @@ def apply_flags(config: AgentConfig, flags: Flags) -> AgentConfig:
         changes["mdns"] = False
     if flags.mdns_interfaces:
         changes["mdns_interfaces"] = tuple(flags.mdns_interfaces)
+    if flags.enroll:
+        changes["enroll"] = flags.enroll
     return replace(config, **changes)
 
 

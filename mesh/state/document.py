@@ -432,15 +432,22 @@ class MeshState:
 
     def invite_uses(self) -> dict[str, str]:
         """invite id -> the node that used it first: smallest (at, node_id), same everywhere."""
-        uses = self._root_map("invite_uses")
         best: dict[str, tuple[float, str]] = {}
+        for invite_id, node_id, at in self.invite_use_entries():
+            best[invite_id] = min(best.get(invite_id, (at, node_id)), (at, node_id))
+        return {invite_id: node_id for invite_id, (_, node_id) in sorted(best.items())}
+
+    def invite_use_entries(self) -> list[tuple[str, str, float]]:
+        """Every recorded (invite id, node id, at): a fleet key's users, first ones first."""
+        uses = self._root_map("invite_uses")
+        found = []
         for key in self._keys(uses):
             invite_id, sep, node_id = key.rpartition(_INVITE_KEY_SEP)
             at = self._scalar(uses, key, _as_float)
-            if not sep or not invite_id or at is _MISSING or at is None:
+            if not sep or not invite_id or not node_id or at is _MISSING or at is None:
                 continue
-            best[invite_id] = min(best.get(invite_id, (at, node_id)), (at, node_id))
-        return {invite_id: node_id for invite_id, (_, node_id) in sorted(best.items())}
+            found.append((invite_id, node_id, at))
+        return sorted(found, key=lambda entry: (entry[0], entry[2], entry[1]))
 
     # -- tags and releases ----------------------------------------------------------------------
 

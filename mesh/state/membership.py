@@ -49,6 +49,7 @@ MESH_KEY_BYTES = 32  # the mesh's secret channel key (see mesh.drivers.channel.c
 MESH_NAME_CHARS_MAX = 128
 TOKEN_CHARS_MAX = 4096
 CHAIN_BYTES_MAX = 8192
+FLEET_USES_MAX = 10_000  # boxes one fleet key may admit at most
 INVITE_DEPTH_MAX = 4  # organizers invited by organizers, counted from the authority
 CHAIN_STATEMENTS_MAX = 1 + 2 * INVITE_DEPTH_MAX
 REVOCATION_BYTES_MAX = CHAIN_BYTES_MAX + 1024
@@ -79,6 +80,7 @@ _CREDENTIAL_FIELDS = frozenset(
 _INVITE_FIELDS = frozenset(
     {"kind", "mesh", "invite_id", "role", "name", "issued_at", "expires_at", "invite_key"}
 )
+_FLEET_INVITE_FIELDS = _INVITE_FIELDS | {"uses"}  # a fleet key: one invite for up to `uses` boxes
 _REVOCATION_FIELDS = frozenset({"kind", "mesh", "node_key", "at", "reason"})
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -115,6 +117,8 @@ class Invite:
     name: str | None  # the name the joiner must take; None = the joiner chooses
     expires_at: float  # unix seconds after which the token cannot be redeemed
     hints: tuple[tuple[str, int], ...]  # (host, port) addresses where the inviter may be reached
+    uses: int = 1  # distinct nodes it may admit: a fleet key admits many (`mesh invite --uses N`)
+    key_id: NodeId | None = None  # the invite key as a node id: what `mesh invite revoke` revokes
     mesh_key: bytes | None = None  # the mesh's secret channel key (tokens made before it existed: None)
     mesh_name: str | None = None  # the event's display name, as the inviter knows it
 
@@ -160,6 +164,7 @@ class _InviteStatement:
     issued_at: float  # unix seconds when the organizer signed it
     expires_at: float  # unix seconds after which no credential may be made from it
     invite_key: bytes  # raw public half of the one-time key the token carries
+    uses: int = 1  # distinct nodes it may admit (a fleet key: more than one)
 
 
 @dataclass(frozen=True)
@@ -352,8 +357,11 @@ def _credential_from(body: dict, where: str) -> _Credential:
 
 
 def _invite_from(body: dict, where: str) -> _InviteStatement:
-    _require_fields(body, _INVITE_FIELDS, where)
+    _require_fields(body, _FLEET_INVITE_FIELDS if "uses" in body else _INVITE_FIELDS, where)
     issued_at, expires_at = _read_validity(body, where)
+    uses = body.get("uses", 1)
+    if "uses" in body and (isinstance(uses, bool) or not isinstance(uses, int) or not 2 <= uses <= FLEET_USES_MAX):
+        raise CredentialError(f"malformed {where}: uses must be a whole number from 2 to {FLEET_USES_MAX}")
     return _InviteStatement(
         invite_id=_read_bytes(body, "invite_id", _INVITE_ID_BYTES, where),
         role=_read_role(body, where),
@@ -361,6 +369,7 @@ def _invite_from(body: dict, where: str) -> _InviteStatement:
         issued_at=issued_at,
         expires_at=expires_at,
         invite_key=_read_bytes(body, "invite_key", ED25519_PUBLIC_KEY_BYTES, where),
+        uses=uses,
     )
 
 
@@ -482,17 +491,26 @@ def _check_revocations(walk: _Walk, revocations: RevocationList) -> None:
             raise CredentialError("invited by an organizer after that organizer was revoked")
 
 
-def _check_ledger(walk: _Walk, ledger: InviteLedger) -> None:
+def _check_ledger(walk: _Walk, ledger: InviteLedger, now: float, revocations: RevocationList | None) -> None:
     uses = [
-        (b32encode(invite.invite_id), node_id_from_public_key(admitted.node_key))
+        (b32encode(invite.invite_id), invite, node_id_from_public_key(admitted.node_key))
         for _issuer, invite, admitted in _admissions(walk)
     ]
-    for invite_id, node_id in uses:
-        prior = ledger.used_by(invite_id)
-        if prior is not None and prior != node_id:
-            raise CredentialError(f"invite already used by {short(prior)}")
-    for invite_id, node_id in uses:
-        ledger.record(invite_id, node_id)
+    for invite_id, invite, node_id in uses:
+        known = ledger.holds(invite_id, node_id)
+        if not known and revocations is not None and revocations.is_revoked(node_id_from_public_key(invite.invite_key)):
+            raise CredentialError("fleet key revoked: ask the crew for a new one")
+        if invite.uses == 1:
+            prior = ledger.used_by(invite_id)
+            if prior is not None and prior != node_id:
+                raise CredentialError(f"invite already used by {short(prior)}")
+        elif not known and len(ledger.users(invite_id)) >= invite.uses:
+            raise CredentialError(f"fleet key used up: it admits {invite.uses} boxes, all taken")
+    for invite_id, invite, node_id in uses:
+        if invite.uses > 1 and ledger.holds(invite_id, node_id) and node_id not in ledger.users(invite_id)[: invite.uses]:
+            raise CredentialError(f"fleet key used up: {invite.uses} boxes used it before this one")
+    for invite_id, _invite, node_id in uses:
+        ledger.record(invite_id, node_id, now)
 
 
 def _member(walk: _Walk) -> Member:
@@ -538,7 +556,7 @@ def verify_chain(
     if revocations is not None:
         _check_revocations(walk, revocations)
     if invite_ledger is not None:
-        _check_ledger(walk, invite_ledger)
+        _check_ledger(walk, invite_ledger, now, revocations)
     return _member(walk)
 
 
@@ -620,8 +638,10 @@ def create_invite(
     now: float,
     mesh_key: bytes | None = None,
     mesh_name: str | None = None,
+    uses: int = 1,
 ) -> str:
-    """A one-line invite token (URL-safe text starting "am1") signed by an organizer.
+    """A one-line invite token (URL-safe text starting "am1") signed by an organizer; with
+    `uses` > 1 a fleet key, which admits that many distinct boxes (each names itself).
 
     The invite cannot outlive the issuer's own credential: a later `expires_at` is shortened.
     The token also carries the mesh's secret channel key and display name (not signed: they come
@@ -635,6 +655,12 @@ def create_invite(
     if len(statements) + 2 > CHAIN_STATEMENTS_MAX:
         raise CredentialError("invite chain too deep: ask an organizer nearer the mesh authority")
     body = _invite_body(issuer, role, name, min(expires_at, issuer.expires_at), now)
+    if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= FLEET_USES_MAX:
+        raise UsageError(f"an invite admits 1 to {FLEET_USES_MAX} boxes")
+    if uses > 1:
+        if name is not None:
+            raise UsageError("a fleet key admits many boxes: it cannot name one (each box names itself)")
+        body["uses"] = uses
     invite_key = Ed25519PrivateKey.generate()
     body["invite_key"] = public_key_bytes(invite_key)
     problem = _hints_problem(hints) or _mesh_extras_problem(mesh_key, mesh_name)
@@ -733,6 +759,8 @@ def _parse_token(token: object) -> _Token:
         name=statement.name,
         expires_at=statement.expires_at,
         hints=tuple((host, port) for host, port in hints),
+        uses=statement.uses,
+        key_id=node_id_from_public_key(statement.invite_key),
         mesh_key=mesh_key,
         mesh_name=mesh_name,
     )
@@ -930,30 +958,49 @@ class RevocationList:
 
 
 class InviteLedger:
-    """Which node used each invite: the first node seen wins, so a copied token admits no one else.
+    """Which nodes used each invite, and when: a single-use invite admits only its first user, a
+    fleet key its first `uses`. "First" is the smallest (time recorded, node id), the order the
+    shared state's `invite_uses` keeps on every node, so after a partition heals every verifier
+    agrees on the same first ones (and refuses the later ones at their next handshake).
 
-    Holds at most LEDGER_ENTRIES_MAX invites; `items()` is for persistence, `entries` reloads it.
+    Holds at most LEDGER_ENTRIES_MAX uses; `items()` is for persistence, `entries` reloads it.
     """
 
-    def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
-        self._used_by: dict[str, str] = {}
-        for invite_id, node_id in entries:
-            self.record(invite_id, node_id)
+    def __init__(self, entries: Iterable[tuple[str, str] | tuple[str, str, float]] = ()) -> None:
+        self._uses: dict[str, dict[str, float]] = {}
+        self._count = 0
+        for entry in entries:
+            self.record(*entry)
 
-    def record(self, invite_id: str, node_id: str) -> bool:
-        """True if this is the invite's first use or the same node again; False if another's."""
-        prior = self._used_by.get(invite_id)
-        if prior is not None:
-            return prior == node_id
-        if len(self._used_by) >= LEDGER_ENTRIES_MAX:
-            raise CredentialError("invite ledger full")
-        self._used_by[invite_id] = node_id
-        return True
+    def record(self, invite_id: str, node_id: str, at: float = math.inf) -> bool:
+        """Note that `node_id` used `invite_id` at `at` (the earliest time is kept; no time: after
+        every timed use); True if it is the invite's first user (or was already), False if
+        another node came first."""
+        users = self._uses.setdefault(invite_id, {})
+        if node_id in users:
+            users[node_id] = min(users[node_id], at)
+        else:
+            if self._count >= LEDGER_ENTRIES_MAX:
+                raise CredentialError("invite ledger full")
+            users[node_id] = at
+            self._count += 1
+        return self.used_by(invite_id) == node_id
 
     def used_by(self, invite_id: str) -> str | None:
-        """The node that used `invite_id`, or None if no use was seen."""
-        return self._used_by.get(invite_id)
+        """The node that used `invite_id` first, or None if no use was seen."""
+        users = self.users(invite_id)
+        return users[0] if users else None
 
-    def items(self) -> list[tuple[str, str]]:
-        """Every (invite id, node id) pair, ordered by invite id."""
-        return sorted(self._used_by.items())
+    def users(self, invite_id: str) -> list[str]:
+        """Every node seen using `invite_id`, first first."""
+        users = self._uses.get(invite_id, {})
+        return [node for node, _ in sorted(users.items(), key=lambda item: (item[1], item[0]))]
+
+    def holds(self, invite_id: str, node_id: str) -> bool:
+        """`node_id` was seen using `invite_id` before."""
+        return node_id in self._uses.get(invite_id, {})
+
+    def items(self) -> list[tuple[str, str, float]]:
+        """Every (invite id, node id, time) use seen, ordered by invite id, then first first."""
+        return [(invite_id, node, self._uses[invite_id][node]) for invite_id in sorted(self._uses)
+                for node in self.users(invite_id)]
