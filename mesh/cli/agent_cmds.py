@@ -87,6 +87,12 @@ def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file,
         lock.close()
 
 
+def _log_event(log: logging.Logger, level: int, event: str, **fields: object) -> None:
+    """One structured log event (as the agent logs them: `event k=v` as text, fields in JSON)."""
+    text = " ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in fields.items())
+    log.log(level, "%s %s", event, text, extra={"event": event, "fields": fields})
+
+
 ENROLL_RETRY_S = 10.0  # a fresh box with no usable key looks for one again this often
 
 
@@ -113,8 +119,8 @@ def _home_or_enroll(ctx: Context, config: AgentConfig):
             if key is not None:
                 home = join_home(ctx.home_path, key.token)
                 info = home.info
-                log.info("enroll.joined mesh=%s name=%s role=%s source=%s", info.mesh_id, info.name, info.role,
-                         key.source)
+                _log_event(log, logging.INFO, "enroll.joined", mesh=info.mesh_id, name=info.name, role=info.role,
+                           source=key.source)
                 output.stderr.print(f"joined {info.mesh_name!r} as {info.name} ({info.role}) with the key from "
                                     f"{key.source}", markup=False)
                 return home
@@ -122,7 +128,7 @@ def _home_or_enroll(ctx: Context, config: AgentConfig):
         except (CredentialError, UsageError) as exc:
             problem = str(exc) if key is None else f"the key from {key.source}: {exc}"
         if problem != said:
-            log.warning("enroll.waiting problem=%r", problem)
+            _log_event(log, logging.WARNING, "enroll.waiting", problem=problem)
             output.stderr.print(f"waiting to join: {problem}; looking again every {ENROLL_RETRY_S:g} s", markup=False)
             said = problem
         time.sleep(ENROLL_RETRY_S)
