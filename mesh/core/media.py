@@ -417,8 +417,14 @@ class MediaSwarming:
         self._media_due = True
 
     def _media_holder_seen(self, key: bytes) -> None:
-        """A peer announced part of a root we do not track: perhaps an object we wait for."""
-        self._media_due = True
+        """A peer announced part of a root we do not track: perhaps an object we wait for (an
+        activation pass only then: a peer announcing roots we know nothing of costs nothing)."""
+        try:
+            root = Cid.from_bytes(key)
+        except ValueError:
+            return
+        if root in self._wanted:
+            self._media_due = True
 
     def _media_lacked(self, session: Session, cid: Cid) -> None:
         """The peer cannot serve a block of a file it announced whole (it evicted the file since):

@@ -48,6 +48,7 @@ WITHHELD_GAP_MIN_S = 0.05  # after a state change, re-evaluate no sooner than th
 WITHHELD_GAP_PER_ASSET_S = 0.001  # ... plus this per asset (a pass reads every asset record)
 PASSIVE_TRACKS_MAX = 4  # releases we only announce (never fetch) at once
 PEER_HAVES_MAX = 256  # roots whose Have we remember per peer (releases, files being fetched)
+PEER_HAVE_BYTES_MAX = 4 * 1024 * 1024  # ... and their bitfields' bytes, per peer (oldest forgotten first)
 SERVE_HOLD_S = 1.0  # hold a request for a chunk sent to another peer this recently, this long
 SERVE_HOLD_MAX_S = 5.0  # ... and while that copy is still being sent, at most this long
 HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
@@ -91,7 +92,7 @@ class ReleaseSwarming:
         self._release_roots: dict[Cid, Release] = {}  # root -> a verified release of this mesh
         self._assembling: dict[tuple[int, Cid], bytearray] = {}  # (conn, cid) -> bytes so far
         self._manifest_bytes: dict[Cid, bytes] = {}  # manifests handed to the store, not yet stored
-        self._storing_from: dict[tuple[int, Cid], str] = {}  # StoreChunk not yet answered -> sender
+        self._storing_from: dict[tuple[int, Cid], tuple[str, int]] = {}  # StoreChunk not answered -> (sender, bytes)
         self._serving: dict[int, int] = {}  # conn -> ServeChunk actions not yet answered
         self._banned_until: dict[str, float] = {}  # node -> time its ban ends
         self.hidden_assets: frozenset[str] = frozenset()  # asset CIDs consent or retention hides now
@@ -271,8 +272,9 @@ class ReleaseSwarming:
         haves = session.peer_haves
         haves.pop(msg.root, None)
         haves[msg.root] = (msg.count, bytearray(msg.bits))
-        while len(haves) > PEER_HAVES_MAX:
-            del haves[next(iter(haves))]
+        held = sum(len(bits) for _, bits in haves.values())
+        while len(haves) > PEER_HAVES_MAX or (held > PEER_HAVE_BYTES_MAX and len(haves) > 1):
+            held -= len(haves.pop(next(iter(haves)))[1])
         root = _binary_cid(msg.root)
         track = self.tracks.get(root)
         if track is None and not self._settling(now):
@@ -280,7 +282,7 @@ class ReleaseSwarming:
         elif track is not None:
             track.swarm.peer_have(session.node_id, msg.count, msg.bits)
         if track is None and msg.count:
-            self._media_holder_seen(msg.root)  # a file we may want: someone has some of it
+            self._media_holder_seen(msg.root)  # a file we may want: someone has some of it (if ours)
 
     def _on_have_update(self, session: Session, msg: m.HaveUpdate, now: float) -> None:
         known = session.peer_haves.get(msg.root)
@@ -534,10 +536,7 @@ class ReleaseSwarming:
             self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
             self._manifest_bytes[cid] = data
-        elif cid.codec == RAW and cid in self.tracks:
-            self.tracks[cid].swarm.set_raw_size(len(data))  # a raw file's size is known now
-        self._storing_from[(session.conn_id, cid)] = session.node_id
-        self.store_used += len(data)  # until the driver's next StoreUsage says exactly
+        self._storing_from[(session.conn_id, cid)] = (session.node_id, len(data))
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
 
     def _arriving(self, node: str, cid: Cid) -> bool:
@@ -559,7 +558,10 @@ class ReleaseSwarming:
         self._count("chunks.verified")
         cid = Cid.parse(event.cid)
         self.transfers.stored(cid)
-        self._storing_from.pop((event.conn_id, cid), None)
+        _, size = self._storing_from.pop((event.conn_id, cid), ("", 0))
+        self.store_used += size  # until the driver's next StoreUsage says exactly
+        if cid.codec == RAW and cid in self.tracks and size:
+            self.tracks[cid].swarm.set_raw_size(size)  # a raw file's size, now that its bytes verified
         manifest = self._manifest_bytes.pop(cid, None)
         for track in list(self.tracks.values()):
             if manifest is not None and track.swarm.is_manifest(cid):
@@ -587,7 +589,7 @@ class ReleaseSwarming:
     def _on_chunk_rejected(self, event: ChunkRejected, now: float) -> None:
         cid = Cid.parse(event.cid)
         self._manifest_bytes.pop(cid, None)
-        sender = self._storing_from.pop((event.conn_id, cid), None)
+        sender, _ = self._storing_from.pop((event.conn_id, cid), (None, 0))
         self.transfers.store_failed(cid)  # back to the pool, whoever sent it
         if not event.peer_fault:
             self._emit("chunk.store_failed", cid=event.cid, reason=event.reason)
