@@ -60,7 +60,7 @@ def shared_document(world: World, people: dict[str, MemberIdentity]) -> SeedDocu
         for identity in people.values():
             verify_chain(identity.chain, authority, world.now, invite_ledger=ledger)
             s.put_member(identity.node_id, identity.chain, identity.role.value, identity.name, world.now)
-        for invite_id, node_id in ledger.items():
+        for invite_id, node_id, _ in ledger.items():
             s.record_invite_use(invite_id, node_id, world.now)
 
     body(state)

@@ -112,7 +112,11 @@ def test_an_edge_shows_every_thumbnail_and_opens_an_original_it_did_not_hold(lab
     organizer have flowed to the edge (no broken image), and an original the edge does not keep
     (no tag of it is pinned there) streams from the organizer when opened."""
     records = lab["records"]
-    wait_until(lambda: lab["b"].json("status")["media"]["held"] >= 2, 20, "B to hold the thumbnails")
+    def thumbnails_here() -> bool:
+        media = lab["b"].json("status")["media"]
+        return media["wanted"] >= 2 and media["held"] == media["wanted"]
+
+    wait_until(thumbnails_here, 30, "B to hold every thumbnail (previews go to every edge)")
     page = lab["browser"].new_page()
     page.goto(lab["B"] + "/")
     page.wait_for_load_state("load")
