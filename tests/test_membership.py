@@ -663,6 +663,11 @@ def test_a_revoked_fleet_key_admits_no_new_box_and_keeps_the_ones_it_admitted() 
                                       parse_invite(token).key_id, NOW + 150, "lost"), NOW + 150)
     refused("fleet key revoked", verify_chain, second.chain, mesh.authority_pk, NOW + 200, revocations, ledger)
     assert verify_chain(first.chain, mesh.authority_pk, NOW + 200, revocations, ledger).name == "a"
+    single = invite(mesh)  # a single-use token revoked before anyone used it
+    revocations.add(create_revocation(mesh.authority_pk, mesh.organizer, mesh.organizer_chain,
+                                      parse_invite(single).key_id, NOW + 250, "leaked"), NOW + 250)
+    refused("invite revoked", verify_chain, join(mesh, single)[1].chain, mesh.authority_pk, NOW + 300, revocations,
+            ledger)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -499,7 +499,8 @@ def _check_ledger(walk: _Walk, ledger: InviteLedger, now: float, revocations: Re
     for invite_id, invite, node_id in uses:
         known = ledger.holds(invite_id, node_id)
         if not known and revocations is not None and revocations.is_revoked(node_id_from_public_key(invite.invite_key)):
-            raise CredentialError("fleet key revoked: ask the crew for a new one")
+            kind = "fleet key" if invite.uses > 1 else "invite"
+            raise CredentialError(f"{kind} revoked: ask the crew for a new one")
         if invite.uses == 1:
             prior = ledger.used_by(invite_id)
             if prior is not None and prior != node_id:
