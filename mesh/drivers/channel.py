@@ -4,8 +4,8 @@ Theory of operation:
 
 - First the initiator sends a one-byte cipher offer (suites it accepts, and whether it prefers
   AES-GCM because its CPU has AES instructions); the responder answers with a one-byte choice:
-  `Noise_XX_25519_AESGCM_SHA256` only when both ends prefer it, else
-  `Noise_XX_25519_ChaChaPoly_BLAKE2s` (fast everywhere, including ARM boxes without AES
+  `Noise_XXpsk0_25519_AESGCM_SHA256` only when both ends prefer it, else
+  `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` (fast everywhere, including ARM boxes without AES
   instructions). Both bytes go into the Noise prologue (`PROLOGUE + offer + choice`), so an
   attacker who alters them makes the handshake fail: no downgrade (Noise spec, section 6).
 - The handshake is then Noise XXpsk0 from the `noiseprotocol` package. Each side makes a fresh
