@@ -88,9 +88,9 @@ def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file,
 
 
 def _log_event(log: logging.Logger, level: int, event: str, **fields: object) -> None:
-    """One structured log event (as the agent logs them: `event k=v` as text, fields in JSON)."""
-    text = " ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in fields.items())
-    log.log(level, "%s %s", event, text, extra={"event": event, "fields": fields})
+    from mesh.drivers.pairing import log_event
+
+    log_event(log, level, event, **fields)
 
 
 ENROLL_RETRY_S = 10.0  # a fresh box with no usable key looks for one again this often
@@ -107,9 +107,7 @@ def _home_or_enroll(ctx: Context, config: AgentConfig):
     if Home.exists(ctx.home_path):
         return ctx.home()
     if not key_offered(config.enroll):
-        raise UsageError(f"{ctx.home_path} is not an AssetMesh home: run `mesh init NAME` or `mesh join TOKEN`, "
-                         "or give this box a fleet key (`mesh invite --fleet`: enroll = in its config, MESH_ENROLL, "
-                         "or /boot/assetmesh.key)")
+        return _wait_to_be_admitted(ctx, config)
     log = logging.getLogger("mesh.enroll")
     said = None
     while True:
@@ -132,6 +130,40 @@ def _home_or_enroll(ctx: Context, config: AgentConfig):
             output.stderr.print(f"waiting to join: {problem}; looking again every {ENROLL_RETRY_S:g} s", markup=False)
             said = problem
         time.sleep(ENROLL_RETRY_S)
+
+
+def _wait_to_be_admitted(ctx: Context, config: AgentConfig):
+    """A fresh box with no key: show a pairing code and serve pairing connections only on the
+    listen port until an organizer runs `mesh admit CODE` (mesh.drivers.pairing); then join."""
+    import trio
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mesh.drivers.enroll import join_home
+    from mesh.drivers.pairing import PENDING_FILE, WaitingBox, format_code, wait_to_be_admitted, write_pending
+    from mesh.ids import node_id_from_public_key
+    from mesh.state.membership import public_key_bytes
+
+    log = logging.getLogger("mesh.enroll")
+    key = Ed25519PrivateKey.generate()
+    node_id = node_id_from_public_key(public_key_bytes(key))
+    listen = config.listen
+
+    def show(code: str, why: str) -> None:
+        write_pending(ctx.home_path, node_id, code)
+        shown = format_code(code)
+        _log_event(log, logging.WARNING, "enroll.pending", code=shown, why=why, listen=f"{listen[0]}:{listen[1]}")
+        output.stderr.print(f"waiting to be admitted — code {shown}" + ("" if why == "new" else f" (new: {why})")
+                            + f"; an organizer runs `mesh admit {shown} --addr THIS-BOX:{listen[1]}` "
+                            "(or give this box a fleet key)", markup=False)
+
+    box = WaitingBox(node_id, show)
+    token = trio.run(wait_to_be_admitted, box, listen)
+    home = join_home(ctx.home_path, token, node_key=key)
+    (ctx.home_path / PENDING_FILE).unlink(missing_ok=True)
+    info = home.info
+    _log_event(log, logging.INFO, "enroll.joined", mesh=info.mesh_id, name=info.name, role=info.role, source="pairing")
+    output.stderr.print(f"admitted: joined {info.mesh_name!r} as {info.name} ({info.role})", markup=False)
+    return home
 
 
 async def _run_agent(home, config: AgentConfig) -> None:

@@ -57,6 +57,7 @@ COMMANDS = {
     "id": "mesh.cli.node_cmds:id_",
     "invite": "mesh.cli.node_cmds:invite",
     "join": "mesh.cli.node_cmds:join",
+    "admit": "mesh.cli.node_cmds:admit",
     "members": "mesh.cli.node_cmds:members",
     "revoke": "mesh.cli.node_cmds:revoke",
     "up": "mesh.cli.agent_cmds:up",

@@ -12,7 +12,7 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home, HomeInfo, default_node_name, new_identity_ids, public_key_bytes
-from mesh.errors import CredentialError, UsageError
+from mesh.errors import CredentialError, RemoteProtocolError, UsageError
 from mesh.state import membership
 
 pass_context = click.make_pass_decorator(Context)
@@ -62,10 +62,21 @@ def _id_json(home: Home) -> dict:
 
 
 @click.command(name="id")
-@click.option("--json", "as_json", is_flag=True, help="Print {node_id, mesh_id, role, name}.")
+@click.option("--json", "as_json", is_flag=True, help='Print {node_id, mesh_id, role, name} ({node_id, "state": '
+              '"pending", code} on a box waiting to be admitted).')
 @pass_context
 def id_(ctx: Context, as_json: bool) -> None:
-    """Show this node's identity."""
+    """Show this node's identity (or, on a box waiting to be admitted, the code it shows)."""
+    from mesh.drivers.pairing import read_pending
+
+    pending = None if Home.exists(ctx.home_path) else read_pending(ctx.home_path)
+    if pending is not None:
+        if as_json:
+            output.print_json(pending)
+            return
+        output.stdout.print(f"node   {pending['node_id']} (waiting to be admitted)")
+        output.stdout.print(f"code   {pending['code']}   an organizer runs `mesh admit {pending['code']} --addr THIS-BOX:PORT`")
+        return
     home = ctx.home()
     if as_json:
         output.print_json(_id_json(home))
@@ -201,6 +212,58 @@ def invite_revoke(ctx: Context, key: str, reason: str, as_json: bool) -> None:
         return
     output.stdout.print(f"revoked invite {parsed.invite_id} ({used} of {parsed.uses} use(s) seen so far); "
                         "peers refuse new boxes with it as soon as they sync", markup=False)
+
+
+@click.command()
+@click.argument("code")
+@click.option("--addr", "address", required=True, help="HOST:PORT of the waiting box (its listen address).")
+@click.option("--role", type=click.Choice([r.value for r in membership.Role]), default="edge", show_default=True,
+              help="Role the box gets.")
+@click.option("--name", default=None, help="Name the box gets (default: its own choice).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"node_id","name","role"}.')
+@pass_context
+def admit(ctx: Context, code: str, address: str, role: str, name: str | None, as_json: bool) -> None:
+    """Admit a fresh box by the code it shows: the exchange is authenticated by the code alone
+    (SPAKE2), and the box gets a single-use invite it joins with, with no restart."""
+    import trio
+
+    from mesh.drivers.pairing import PairingError, admit as pair, normalize_code
+
+    home = ctx.home()
+    if home.info.role != membership.Role.ORGANIZER.value:
+        raise UsageError("only organizers can admit boxes: ask an organizer of this mesh")
+    secret = normalize_code(code)
+    host, port = parse_address(address)
+
+    def make_token() -> str:
+        now = time.time()
+        hints = _agent_hints(home)
+        return membership.create_invite(home.info.authority_public_key, home.node_key(), home.info.chain,
+                                        membership.Role(role), name, now + ADMIT_TOKEN_S, hints[: membership.HINTS_MAX],
+                                        now, mesh_key=home.info.mesh_key, mesh_name=home.info.mesh_name)
+
+    async def run() -> str:
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise PairingError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
+        try:
+            return await pair(stream, secret, make_token)
+        except trio.TooSlowError:
+            raise PairingError(f"{host}:{port} did not answer in time (is it the waiting box's listen port?)") from None
+        except (trio.BrokenResourceError, RemoteProtocolError) as exc:
+            raise PairingError(f"{host}:{port}: {exc} (is it a box waiting to be admitted?)") from None
+        finally:
+            await stream.aclose()
+
+    node_id = trio.run(run)
+    if as_json:
+        output.print_json({"node_id": node_id, "name": name, "role": role})
+        return
+    output.stdout.print(f"admitted {node_id} as {name or 'the name it picks'} ({role}); it joins the mesh now")
+
+
+ADMIT_TOKEN_S = 600.0  # the single-use invite a paired box gets is good this long
 
 
 @click.command()

@@ -90,9 +90,11 @@ def joiner_name(invite: membership.Invite, name: str | None, node_id: str) -> st
     return f"{base[: membership.NAME_CHARS_MAX - 5]}-{node_id[-4:]}" if invite.uses > 1 else base
 
 
-def join_home(path: Path, token: str, name: str | None = None, now: float | None = None) -> Home:
+def join_home(path: Path, token: str, name: str | None = None, now: float | None = None,
+              node_key=None) -> Home:
     """Make `path` a new home that is a member of the mesh `token` invites to (offline: the node
-    signs its own credential with the token's key). CredentialError / UsageError say why not."""
+    signs its own credential with the token's key), with `node_key` or a new one.
+    CredentialError / UsageError say why not."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from mesh.ids import node_id_from_public_key
@@ -102,7 +104,7 @@ def join_home(path: Path, token: str, name: str | None = None, now: float | None
     Home.prepare(path)
     if now >= invite.expires_at:
         raise CredentialError("this invite expired: ask an organizer for a new one")
-    node_key = Ed25519PrivateKey.generate()
+    node_key = node_key or Ed25519PrivateKey.generate()
     node_id = node_id_from_public_key(membership.public_key_bytes(node_key))
     result = membership.redeem_invite(token, node_key, joiner_name(invite, name, node_id), now)
     member = result.member

@@ -1,0 +1,115 @@
+"""Pairing a fresh box by the code it shows: the SPAKE2 exchange in-process over a real socket
+pair, then `mesh up` on an empty home and `mesh admit` as a crew would run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from mesh.drivers.pairing import (
+    PAIR_TRIES_MAX, PairingError, WaitingBox, admit, format_code, normalize_code,
+)
+from mesh.errors import UsageError
+from tests.agents import Node, stop_all, wait_until
+from tests.conftest import assert_one_line_error, mesh_env
+
+JOIN_S = 40
+
+
+def test_codes_are_short_and_forgiving_to_type() -> None:
+    assert format_code("4H7K2Q") == "4H7-K2Q" and len(format_code("4H7K2Q")) <= 8
+    assert normalize_code(" 4h7-k2q ") == "4H7K2Q"
+    assert normalize_code("OIL-123") == "011123", "O reads as 0, I and L as 1"
+    for bad in ("4H7-K2", "4H7-K2QQ", "4H7-K2U", ""):
+        with pytest.raises(UsageError, match="not a pairing code"):
+            normalize_code(bad)
+
+
+async def _pair(box: WaitingBox, code: str) -> str:
+    """One admit attempt against `box` over an in-memory stream pair."""
+    left, right = trio.testing.memory_stream_pair()
+    result: dict = {}
+
+    async def run_admit() -> None:
+        try:
+            result["node"] = await admit(left, code, lambda: "am1-the-token")
+        except PairingError as exc:
+            result["error"] = str(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_admit)
+        nursery.start_soon(box.handle, right, "test")
+    return result.get("node") or result["error"]
+
+
+def test_the_right_code_delivers_the_token_and_wrong_ones_are_counted_then_the_code_changes() -> None:
+    shown: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        box = WaitingBox("node-of-the-box", lambda code, why: shown.append((code, why)))
+        box.check_expiry()
+        first = box.code
+        wrong = "000000" if first != "000000" else "111111"
+        for attempt in range(PAIR_TRIES_MAX - 1):
+            assert "refused the code" in await _pair(box, wrong)
+            assert box.token is None and box.wrong == attempt + 1
+        assert "refused the code" in await _pair(box, wrong)
+        assert box.code != first and box.wrong == 0, "after the last wrong try the box makes a new code"
+        assert shown[-1][1] == f"{PAIR_TRIES_MAX} wrong tries"
+        assert "refused the code" in await _pair(box, first), "the old code is void"
+        assert await _pair(box, box.code) == "node-of-the-box"
+        assert box.token == "am1-the-token"
+
+    trio.run(main)
+
+
+def _launch_fresh(box: Node) -> None:
+    log = open(box.log_path, "ab")
+    box.proc = subprocess.Popen(box.up_argv("--no-mdns"), stdout=log, stderr=log, env=mesh_env(),
+                                start_new_session=True)
+    log.close()
+
+
+def _pending(box: Node) -> dict | None:
+    result = box.cli("id", "--json", check=False)
+    doc = json.loads(result.stdout) if result.returncode == 0 else None
+    return doc if doc and doc.get("state") == "pending" else None
+
+
+def test_a_box_with_no_key_is_admitted_by_its_code_and_joins_without_a_restart(tmp_path: Path) -> None:
+    org = Node(tmp_path / "org")
+    org.cli("init", "Spring pop-up", "--node-name", "org")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>Tonight</h1>")
+    release = org.json("release", "create", "tonight", str(site))["id"]
+    org.cli("release", "publish", release)
+    box = Node(tmp_path / "box")
+    try:
+        org.start("--no-mdns")
+        _launch_fresh(box)
+        pending = wait_until(lambda: _pending(box), JOIN_S, "the box to wait with a code")
+        assert set(pending) == {"node_id", "state", "code"} and len(pending["code"]) <= 8
+        assert "waiting to be admitted — code " + pending["code"] in box.log()
+        wrong = "000-000" if pending["code"] != "000-000" else "111-111"
+        refused = org.cli("admit", wrong, "--addr", box.address, check=False)
+        assert_one_line_error(refused, "refused the code")
+        assert box.proc.poll() is None and _pending(box)["code"] == pending["code"], "it keeps waiting"
+        assert_one_line_error(org.cli("admit", "nonsense", "--addr", box.address, check=False), "not a pairing code")
+        pid = box.proc.pid
+        admitted = org.json("admit", pending["code"], "--addr", box.address, "--role", "edge", "--name", "door-2")
+        assert admitted["node_id"] == pending["node_id"]
+        wait_until(lambda: (box.home / "home.json").exists(), JOIN_S, "the box to join")
+        assert box.json("id") == {"node_id": pending["node_id"], "mesh_id": org.json("id")["mesh_id"],
+                                  "role": "edge", "name": "door-2"}
+        wait_until(lambda: pending["node_id"] in org.peers(), JOIN_S, "the box among the organizer's peers")
+        wait_until(lambda: (box.json("status").get("release") or {}).get("complete"), JOIN_S, "the release")
+        assert box.proc.pid == pid and box.proc.poll() is None, "the same process, no restart"
+        assert not (box.home / "pending.json").exists()
+    finally:
+        stop_all([box, org])
