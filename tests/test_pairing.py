@@ -113,3 +113,47 @@ def test_a_box_with_no_key_is_admitted_by_its_code_and_joins_without_a_restart(t
         assert not (box.home / "pending.json").exists()
     finally:
         stop_all([box, org])
+
+
+def test_the_organizer_hears_a_waiting_box_on_mdns_and_admits_it_by_code_alone(tmp_path: Path) -> None:
+    """Inside a private namespace: the box announces only that it waits; `mesh pending` lists it on
+    the organizer, and `mesh admit CODE` (no address) pairs with it."""
+    import os
+    import shutil
+    import signal
+    import sys
+
+    from mesh.testing.netns import netns_available, private_lo_namespace_cmd
+
+    reason = netns_available() or (None if shutil.which("nsenter") else "needs nsenter")
+    if reason:
+        pytest.skip(reason)
+    org = Node(tmp_path / "org")
+    org.cli("init", "Spring pop-up", "--node-name", "org")
+    box = Node(tmp_path / "box")
+    commands = [subprocess.list2cmdline(node.up_argv()) + f" >>{node.log_path} 2>&1" for node in (org, box)]
+    lab = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", " & ".join(commands) + " & wait"]), env=mesh_env(),
+                           start_new_session=True)
+    try:
+        pending = wait_until(lambda: _pending(box), JOIN_S, "the box to wait with a code")
+
+        def listed() -> list[dict]:
+            result = org.cli("pending", "--json", check=False)
+            return json.loads(result.stdout) if result.returncode == 0 else []
+
+        boxes = wait_until(listed, JOIN_S, "the organizer to hear the box on mDNS")
+        assert [b["node_id"] for b in boxes] == [pending["node_id"]] and set(boxes[0]) == {"node_id", "addr", "seen"}
+        inside = ["nsenter", f"--net=/proc/{lab.pid}/ns/net", sys.executable, "-m", "mesh", "--home", str(org.home)]
+        admitted = subprocess.run([*inside, "admit", pending["code"], "--name", "door-2", "--json"],
+                                  capture_output=True, env=mesh_env(), timeout=60)
+        assert admitted.returncode == 0, admitted.stderr.decode()
+        assert json.loads(admitted.stdout)["node_id"] == pending["node_id"]
+        wait_until(lambda: pending["node_id"] in org.peers(), JOIN_S, "the admitted box among the organizer's peers")
+        wait_until(lambda: not listed(), JOIN_S, "the box gone from the Pending list")
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        try:
+            lab.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(lab.pid, signal.SIGKILL)
+            lab.wait()

@@ -135,6 +135,8 @@ def _home_or_enroll(ctx: Context, config: AgentConfig):
 def _wait_to_be_admitted(ctx: Context, config: AgentConfig):
     """A fresh box with no key: show a pairing code and serve pairing connections only on the
     listen port until an organizer runs `mesh admit CODE` (mesh.drivers.pairing); then join."""
+    from functools import partial
+
     import trio
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -153,11 +155,23 @@ def _wait_to_be_admitted(ctx: Context, config: AgentConfig):
         shown = format_code(code)
         _log_event(log, logging.WARNING, "enroll.pending", code=shown, why=why, listen=f"{listen[0]}:{listen[1]}")
         output.stderr.print(f"waiting to be admitted — code {shown}" + ("" if why == "new" else f" (new: {why})")
-                            + f"; an organizer runs `mesh admit {shown} --addr THIS-BOX:{listen[1]}` "
-                            "(or give this box a fleet key)", markup=False)
+                            + f" (box {node_id[:6]}); an organizer runs `mesh admit {shown}` "
+                            f"(or `--addr THIS-BOX:{listen[1]}` where mDNS is blocked)", markup=False)
+
+    async def wait() -> str:
+        async with trio.open_nursery() as nursery:
+            if config.mdns:  # say that we wait (no mesh, no name), so the crew's Pending list shows us
+                from mesh.drivers.discovery import run_discovery
+
+                interfaces = list(config.mdns_interfaces) or None
+                nursery.start_soon(partial(run_discovery, node_id=node_id, mesh_id=None, port=listen[1],
+                                           interfaces=interfaces, found=None))
+            token = await wait_to_be_admitted(box, listen)
+            nursery.cancel_scope.cancel()
+        return token
 
     box = WaitingBox(node_id, show)
-    token = trio.run(wait_to_be_admitted, box, listen)
+    token = trio.run(wait)
     home = join_home(ctx.home_path, token, node_key=key)
     (ctx.home_path / PENDING_FILE).unlink(missing_ok=True)
     info = home.info
@@ -230,9 +244,9 @@ def _discovery_for(home, config: AgentConfig):
 
     interfaces = list(config.mdns_interfaces) or None
 
-    async def discovery(found, port: int) -> None:
+    async def discovery(found, port: int, lost=None) -> None:
         await run_discovery(node_id=home.info.node_id, mesh_id=home.info.mesh_id, port=port,
-                            interfaces=interfaces, found=found)
+                            interfaces=interfaces, found=found, lost=lost)
 
     return discovery
 

@@ -58,6 +58,7 @@ COMMANDS = {
     "invite": "mesh.cli.node_cmds:invite",
     "join": "mesh.cli.node_cmds:join",
     "admit": "mesh.cli.node_cmds:admit",
+    "pending": "mesh.cli.node_cmds:pending",
     "members": "mesh.cli.node_cmds:members",
     "revoke": "mesh.cli.node_cmds:revoke",
     "up": "mesh.cli.agent_cmds:up",

@@ -214,15 +214,58 @@ def invite_revoke(ctx: Context, key: str, reason: str, as_json: bool) -> None:
                         "peers refuse new boxes with it as soon as they sync", markup=False)
 
 
+def _pending_boxes(home: Home) -> list[dict]:
+    """Boxes waiting to be admitted that this node's agent hears on mDNS (its status file)."""
+    from mesh.drivers.agentfiles import read_status
+
+    status = read_status(home.path)
+    if status is None:
+        raise UsageError("the agent is not running here: start it (`mesh up`); it lists the boxes it hears "
+                         "waiting on mDNS")
+    return list(status.get("pending_boxes") or [])
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help='Print [{"node_id","addr","seen"}].')
+@pass_context
+def pending(ctx: Context, as_json: bool) -> None:
+    """Boxes waiting to be admitted on the LAN (heard on mDNS by this node's agent)."""
+    boxes = _pending_boxes(ctx.home())
+    if as_json:
+        output.print_json(boxes)
+        return
+    if not boxes:
+        output.stdout.print("no box is waiting (a fresh box with no key shows a code at `mesh up`)")
+    for box in boxes:
+        ago = max(0, int(time.time() - box["seen"]))
+        output.stdout.print(f"{box['node_id'][:6]}  {box['addr']:<22} seen {ago}s ago   mesh admit CODE "
+                            f"--node {box['node_id'][:6]}", markup=False)
+
+
+def _choose_box(home: Home, node_prefix: str | None) -> tuple[str, int]:
+    boxes = _pending_boxes(home)
+    if node_prefix:
+        boxes = [b for b in boxes if b["node_id"].startswith(node_prefix.strip().lower())]
+    if len(boxes) == 1:
+        return parse_address(boxes[0]["addr"])
+    if not boxes:
+        raise UsageError("no waiting box heard on mDNS" + (f" with node id {node_prefix}..." if node_prefix else "")
+                         + ": give its address with --addr BOX:PORT (the box prints its port)")
+    raise UsageError(f"{len(boxes)} boxes are waiting: say which with --node (the 6 characters after 'box' on its "
+                     "console) or --addr; `mesh pending` lists them")
+
+
 @click.command()
 @click.argument("code")
-@click.option("--addr", "address", required=True, help="HOST:PORT of the waiting box (its listen address).")
+@click.option("--addr", "address", default=None, help="HOST:PORT of the waiting box (default: the one heard on mDNS).")
+@click.option("--node", "node_prefix", default=None, help="The waiting box's node id (its first characters).")
 @click.option("--role", type=click.Choice([r.value for r in membership.Role]), default="edge", show_default=True,
               help="Role the box gets.")
 @click.option("--name", default=None, help="Name the box gets (default: its own choice).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"node_id","name","role"}.')
 @pass_context
-def admit(ctx: Context, code: str, address: str, role: str, name: str | None, as_json: bool) -> None:
+def admit(ctx: Context, code: str, address: str | None, node_prefix: str | None, role: str, name: str | None,
+          as_json: bool) -> None:
     """Admit a fresh box by the code it shows: the exchange is authenticated by the code alone
     (SPAKE2), and the box gets a single-use invite it joins with, with no restart."""
     import trio
@@ -233,7 +276,7 @@ def admit(ctx: Context, code: str, address: str, role: str, name: str | None, as
     if home.info.role != membership.Role.ORGANIZER.value:
         raise UsageError("only organizers can admit boxes: ask an organizer of this mesh")
     secret = normalize_code(code)
-    host, port = parse_address(address)
+    host, port = parse_address(address) if address else _choose_box(home, node_prefix)
 
     def make_token() -> str:
         now = time.time()

@@ -2,6 +2,9 @@
 
 Theory of operation:
 
+- A box waiting to be admitted (mesh.drivers.pairing) announces the same service with
+  `mh` = PENDING_MESH_HASH and browses nothing: it says only that it waits. Members report such
+  announcements as `Discovered(pending=True)` (the crew's Pending list), never as peers to dial.
 - We register one `_assetmesh._tcp.local.` service. Its instance label and host name are the node
   id (52 base32 characters fit a 63-byte DNS label); the SRV record carries our listening port; the
   TXT record carries exactly `v` (protocol version), `node` (node id) and `mh` (`mesh_hash`: 16 hex
@@ -52,6 +55,7 @@ PROTOCOL_VERSION = 1
 MESH_HASH_CONTEXT = b"assetmesh/mdns/v1\x00"
 MESH_HASH_HEX_CHARS = 16
 PROTOCOL_VERSION_MAX = 0xFFFF
+PENDING_MESH_HASH = "0" * MESH_HASH_HEX_CHARS  # what a box waiting to be admitted announces
 
 RESOLVERS_MAX = 4  # resolver tasks, each resolving one service at a time
 RESOLVE_QUEUE_EVENTS_MAX = 64  # per resolver; more browser events are dropped (and logged)
@@ -70,6 +74,7 @@ class Discovered:
     addresses: tuple[str, ...]  # its A/AAAA addresses (IPv6 link-local with %scope), as announced
     port: int  # its listening TCP port, from the SRV record
     protocol_version: int  # the `v` it announced; the caller decides what it can speak
+    pending: bool = False  # a fresh box waiting to be admitted (not a member: never dialed as a peer)
 
 
 def mesh_hash(mesh_id: str) -> str:
@@ -86,25 +91,30 @@ def instance_name(node_id: str) -> str:
 async def run_discovery(
     *,
     node_id: str,
-    mesh_id: str,
+    mesh_id: str | None,
     port: int,
     interfaces: list[str] | None,
-    found: trio.MemorySendChannel,
+    found: trio.MemorySendChannel | None,
     lost: trio.MemorySendChannel | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Announce us and report same-mesh peers into `found` (node ids that leave into `lost`).
+    """Announce us and report same-mesh peers, and boxes waiting to be admitted (`pending`), into
+    `found` (node ids that leave into `lost`). With `mesh_id=None` (a waiting box) only announce.
 
     `interfaces=None` uses every IPv4 interface; a list of addresses restricts mDNS to those. Runs
     until cancelled; `task_status.started()` fires once we are registered and browsing. The
     channels stay open: they belong to the caller.
     """
     chosen = _checked_interfaces(interfaces)
-    ours = _our_service_info(node_id, mesh_hash(mesh_id), port, _advertised_addresses(chosen))
+    ours_hash = PENDING_MESH_HASH if mesh_id is None else mesh_hash(mesh_id)
+    ours = _our_service_info(node_id, ours_hash, port, _advertised_addresses(chosen))
     zc = await trio.to_thread.run_sync(_open_zeroconf, chosen)
     try:
         await _register(zc, node_id, ours)
-        peers = _Peers(node_id, mesh_hash(mesh_id), found, lost)
+        if mesh_id is None or found is None:
+            task_status.started()
+            await trio.sleep_forever()
+        peers = _Peers(node_id, ours_hash, found, lost)
         await _browse(zc, peers, task_status)
     finally:
         deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
@@ -215,7 +225,9 @@ class _Peers:
         if isinstance(peer, str):
             log.info("mdns.rejected name=%s reason=%s", name, peer)
             return
-        if peer.mesh_hash != self._mesh_hash or peer.node_id == self._node_id:
+        if peer.mesh_hash == PENDING_MESH_HASH:
+            peer = Discovered(peer.node_id, peer.mesh_hash, peer.addresses, peer.port, peer.protocol_version, True)
+        elif peer.mesh_hash != self._mesh_hash or peer.node_id == self._node_id:
             return
         key = name.lower()
         if self._known.get(key) == peer:

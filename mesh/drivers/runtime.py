@@ -64,6 +64,7 @@ RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
     "health.recovered", "media.evicting",
 })
 USAGE_REPORT_BYTES_MIN = 1024 * 1024  # tell the core of a change in the store's size at least this large
+PENDING_BOXES_MAX = 64  # boxes waiting to be admitted that the Pending list shows at once
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Agent:
         self.outbox_status: dict | None = None  # set by the outbox loop when an uplink is configured
         self._mdns_running = False  # the discovery task is up
         self._mdns_seen: set[str] = set()  # node ids discovery reported
+        self.pending_boxes: dict[str, dict] = {}  # node id -> {node_id, addr, seen}: boxes waiting to be admitted
         self._stored = trio.Event()  # set, then replaced, after every store batch (streams wait on it)
         self._used: set[str] = set()  # media files browsers read since the last ObjectsUsed
         self.store_budget: int | None = None  # bytes the store may hold (`store_budget`), set by `run`
@@ -496,13 +498,24 @@ class Agent:
 
     async def _discovery_loop(self) -> None:
         found_send, found_recv = trio.open_memory_channel(256)
+        lost_send, lost_recv = trio.open_memory_channel(256)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.discovery, found_send, self.listen_address[1])
+            nursery.start_soon(self.discovery, found_send, self.listen_address[1], lost_send)
+            nursery.start_soon(self._forget_pending, lost_recv)
             self._mdns_running = True
             async for item in found_recv:
-                self._mdns_seen.add(item.node_id)
                 addresses = tuple((host, item.port) for host in item.addresses)
+                if item.pending:  # a fresh box waiting to be admitted: the crew's Pending list, not a peer
+                    if len(self.pending_boxes) < PENDING_BOXES_MAX or item.node_id in self.pending_boxes:
+                        self.pending_boxes[item.node_id] = {"node_id": item.node_id, "addr": _fmt(addresses[0]),
+                                                            "seen": time.time()}
+                    continue
+                self._mdns_seen.add(item.node_id)
                 await self._events_send.send(PeerDiscovered(addresses, item.node_id, "mdns"))
+
+    async def _forget_pending(self, lost: trio.MemoryReceiveChannel) -> None:
+        async for node_id in lost:
+            self.pending_boxes.pop(node_id, None)
 
     async def _purge_loop(self) -> None:
         """Delete, every `gc_interval_s`, chunks no visible asset or kept release needs: this is
@@ -556,6 +569,7 @@ class Agent:
             "listen_addresses": [list(a) for a in self.listen_addresses()],
             "store": {"chunks": chunks, "bytes": stored},
             "outbox": self.outbox_status,
+            "pending_boxes": sorted(self.pending_boxes.values(), key=lambda box: -box["seen"]),
             "pid": os.getpid(),
             "updated_at": time.time(),
         })
