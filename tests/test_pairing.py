@@ -157,3 +157,72 @@ def test_the_organizer_hears_a_waiting_box_on_mdns_and_admits_it_by_code_alone(t
         except subprocess.TimeoutExpired:
             os.killpg(lab.pid, signal.SIGKILL)
             lab.wait()
+
+
+BROWSER_ADMIT = r"""
+import sys
+from playwright.sync_api import sync_playwright
+url, token, node, code = sys.argv[1:5]
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"])
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+    page.set_default_timeout(15000)
+    page.goto(url + "/crew")
+    page.fill("#token", token)
+    page.click("button:has-text('Log in')")
+    card = page.locator(f"#pending li[data-node='{node}']")
+    card.wait_for()
+    card.locator("input[name=code]").fill(code.lower())  # typed as a person would
+    card.locator("input[name=name]").fill("door-2")
+    card.locator("button:has-text('Admit')").click()
+    page.wait_for_selector("#done")
+    print(page.inner_text("#done"))
+    browser.close()
+"""
+
+
+def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import signal
+    import sys
+
+    from mesh.testing.netns import netns_available, private_lo_namespace_cmd
+    from tests.agents import free_port
+
+    reason = netns_available() or (None if shutil.which("nsenter") else "needs nsenter")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        reason = reason or "needs the playwright package"
+    if reason or not shutil.which("/usr/bin/chromium"):
+        pytest.skip(reason or "needs /usr/bin/chromium")
+    org = Node(tmp_path / "org")
+    org.cli("init", "Spring pop-up", "--node-name", "org")
+    box = Node(tmp_path / "box")
+    http = free_port()
+    commands = [subprocess.list2cmdline(org.up_argv("--http", f"127.0.0.1:{http}")) + f" >>{org.log_path} 2>&1",
+                subprocess.list2cmdline(box.up_argv()) + f" >>{box.log_path} 2>&1"]
+    lab = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", " & ".join(commands) + " & wait"]), env=mesh_env(),
+                           start_new_session=True)
+    try:
+        pending = wait_until(lambda: _pending(box), JOIN_S, "the box to wait with a code")
+        wait_until(lambda: (org.cli("pending", "--json", check=False).stdout or b"[]").strip() not in (b"", b"[]"),
+                   JOIN_S, "the organizer to hear the box")
+        token = org.cli("crew-token").stdout.decode().strip()
+        browser = subprocess.run(["nsenter", f"--net=/proc/{lab.pid}/ns/net", sys.executable, "-c", BROWSER_ADMIT,
+                                  f"http://127.0.0.1:{http}", token, pending["node_id"], pending["code"]],
+                                 capture_output=True, env=mesh_env(), timeout=120)
+        assert browser.returncode == 0, browser.stderr.decode()[-2000:]
+        assert "admitted" in browser.stdout.decode(), browser.stdout.decode()
+        wait_until(lambda: pending["node_id"] in org.peers(), JOIN_S, "the admitted box among the organizer's peers")
+        assert box.json("id")["name"] == "door-2"
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        try:
+            lab.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(lab.pid, signal.SIGKILL)
+            lab.wait()

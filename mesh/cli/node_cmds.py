@@ -12,7 +12,7 @@ from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home, HomeInfo, default_node_name, new_identity_ids, public_key_bytes
-from mesh.errors import CredentialError, RemoteProtocolError, UsageError
+from mesh.errors import CredentialError, UsageError
 from mesh.state import membership
 
 pass_context = click.make_pass_decorator(Context)
@@ -270,43 +270,19 @@ def admit(ctx: Context, code: str, address: str | None, node_prefix: str | None,
     (SPAKE2), and the box gets a single-use invite it joins with, with no restart."""
     import trio
 
-    from mesh.drivers.pairing import PairingError, admit as pair, normalize_code
+    from mesh.drivers.pairing import admission_token, admit_at, normalize_code
 
     home = ctx.home()
     if home.info.role != membership.Role.ORGANIZER.value:
         raise UsageError("only organizers can admit boxes: ask an organizer of this mesh")
     secret = normalize_code(code)
-    host, port = parse_address(address) if address else _choose_box(home, node_prefix)
-
-    def make_token() -> str:
-        now = time.time()
-        hints = _agent_hints(home)
-        return membership.create_invite(home.info.authority_public_key, home.node_key(), home.info.chain,
-                                        membership.Role(role), name, now + ADMIT_TOKEN_S, hints[: membership.HINTS_MAX],
-                                        now, mesh_key=home.info.mesh_key, mesh_name=home.info.mesh_name)
-
-    async def run() -> str:
-        try:
-            stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise PairingError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
-        try:
-            return await pair(stream, secret, make_token)
-        except trio.TooSlowError:
-            raise PairingError(f"{host}:{port} did not answer in time (is it the waiting box's listen port?)") from None
-        except (trio.BrokenResourceError, RemoteProtocolError) as exc:
-            raise PairingError(f"{host}:{port}: {exc} (is it a box waiting to be admitted?)") from None
-        finally:
-            await stream.aclose()
-
-    node_id = trio.run(run)
+    target = parse_address(address) if address else _choose_box(home, node_prefix)
+    node_id = trio.run(admit_at, target, secret,
+                       lambda: admission_token(home, role, name, _agent_hints(home), time.time()))
     if as_json:
         output.print_json({"node_id": node_id, "name": name, "role": role})
         return
     output.stdout.print(f"admitted {node_id} as {name or 'the name it picks'} ({role}); it joins the mesh now")
-
-
-ADMIT_TOKEN_S = 600.0  # the single-use invite a paired box gets is good this long
 
 
 @click.command()

@@ -145,6 +145,37 @@ async def admit(stream: trio.abc.Stream, code: str, make_token: Callable[[], str
             raise PairingError("the box's answer does not verify") from None
 
 
+ADMIT_TOKEN_S = 600.0  # the single-use invite a paired box gets is good this long
+
+
+def admission_token(home, role: str, name: str | None, hints: list[tuple[str, int]], now: float) -> str:
+    """The single-use invite an organizer's home gives a box it admits (with its hints, the mesh
+    key and the event's name)."""
+    from mesh.state import membership
+
+    info = home.info
+    return membership.create_invite(info.authority_public_key, home.node_key(), info.chain, membership.Role(role),
+                                    name, now + ADMIT_TOKEN_S, hints[: membership.HINTS_MAX], now,
+                                    mesh_key=info.mesh_key, mesh_name=info.mesh_name)
+
+
+async def admit_at(address: tuple[str, int], code: str, make_token: Callable[[], str]) -> str:
+    """Connect to a waiting box and `admit` it; its node id. PairingError says why not."""
+    host, port = address
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise PairingError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        return await admit(stream, code, make_token)
+    except trio.TooSlowError:
+        raise PairingError(f"{host}:{port} did not answer in time (is it the waiting box's listen port?)") from None
+    except (trio.BrokenResourceError, RemoteProtocolError) as exc:
+        raise PairingError(f"{host}:{port}: {exc} (is it a box waiting to be admitted?)") from None
+    finally:
+        await stream.aclose()
+
+
 @dataclass
 class WaitingBox:
     """A fresh box's side: its current code, its wrong tries, the token once admitted."""

@@ -236,7 +236,7 @@ def dashboard_data(view) -> dict:
     return {"node": view.node_info(), "members": view.members(), "releases": view.releases(),
             "release": status.get("release"), "store": status.get("store"), "health": status.get("health"),
             "events": _events(view), "actions_blocked": view.crew_actions_allowed(),
-            "listen_addresses": status.get("listen_addresses", [])}
+            "listen_addresses": status.get("listen_addresses", []), "pending": status.get("pending_boxes", [])}
 
 
 # ---- actions: (view, form) -> one line saying what happened ------------------------------------------
@@ -264,4 +264,10 @@ async def _policy(view, form: dict) -> str:
     return f"policy for {scope} set (default {default})"
 
 
-ACTIONS = {"rollback": _rollback, "revoke": _revoke, "policy": _policy}
+async def _admit(view, form: dict) -> str:
+    name = (form.get("name") or "").strip() or None
+    node_id = await view.admit_box(form.get("node_id") or "", form.get("code") or "", form.get("role") or "edge", name)
+    return f"admitted {node_id[:16]}… as {name or 'the name it picks'}; it joins the mesh now"
+
+
+ACTIONS = {"rollback": _rollback, "revoke": _revoke, "policy": _policy, "admit": _admit}

@@ -404,6 +404,26 @@ class AgentView:
                                  target, time.time(), reason or "revoked from the dashboard")
         await self._transact(lambda state: state.put_revocation(target, blob))
 
+    async def admit_box(self, node_id: str, code: str, role: str, name: str | None) -> str:
+        """Admit a box waiting on the LAN (one this node's mDNS heard) by the code it shows."""
+        from mesh.drivers.pairing import admission_token, admit_at, normalize_code
+        from mesh.drivers.settings import parse_address
+        from mesh.state.membership import Role
+
+        self._require_organizer()
+        box = self.agent.pending_boxes.get(node_id.strip())
+        if box is None:
+            raise UsageError("that box is no longer waiting (refresh the page)")
+        secret = normalize_code(code)
+        try:
+            Role(role)
+        except ValueError:
+            raise UsageError(f"unknown role {role!r}") from None
+        home = self.agent.home
+        hints = [tuple(address) for address in self.agent.listen_addresses()]
+        return await admit_at(parse_address(box["addr"]), secret,
+                              lambda: admission_token(home, role, name, hints, time.time()))
+
     async def set_policy(self, scope: str, default: str, description: str) -> str:
         self._require_organizer()
         home = self.agent.home
