@@ -15,7 +15,7 @@ from mesh.drivers.pairing import (
     PAIR_TRIES_MAX, PairingError, WaitingBox, admit, format_code, normalize_code,
 )
 from mesh.errors import UsageError
-from tests.agents import Node, stop_all, wait_until
+from tests.agents import Node, free_port, stop_all, wait_until
 from tests.conftest import assert_one_line_error, mesh_env
 
 JOIN_S = 40
@@ -68,11 +68,21 @@ def test_the_right_code_delivers_the_token_and_wrong_ones_are_counted_then_the_c
     trio.run(main)
 
 
-def _launch_fresh(box: Node) -> None:
+def _launch_fresh(box: Node, *extra: str) -> None:
     log = open(box.log_path, "ab")
-    box.proc = subprocess.Popen(box.up_argv("--no-mdns"), stdout=log, stderr=log, env=mesh_env(),
+    box.proc = subprocess.Popen(box.up_argv("--no-mdns", *extra), stdout=log, stderr=log, env=mesh_env(),
                                 start_new_session=True)
     log.close()
+
+
+def _get_text(url: str) -> str | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return None
 
 
 def _pending(box: Node) -> dict | None:
@@ -90,11 +100,14 @@ def test_a_box_with_no_key_is_admitted_by_its_code_and_joins_without_a_restart(t
     release = org.json("release", "create", "tonight", str(site))["id"]
     org.cli("release", "publish", release)
     box = Node(tmp_path / "box")
+    http = free_port()
     try:
         org.start("--no-mdns")
-        _launch_fresh(box)
+        _launch_fresh(box, "--http", f"127.0.0.1:{http}")
         pending = wait_until(lambda: _pending(box), JOIN_S, "the box to wait with a code")
         assert set(pending) == {"node_id", "state", "code"} and len(pending["code"]) <= 8
+        page = wait_until(lambda: _get_text(f"http://127.0.0.1:{http}/"), JOIN_S, "the box's own page")
+        assert "Waiting to be admitted" in page and pending["code"] in page, "its own screen (loopback) shows the code"
         assert "waiting to be admitted — code " + pending["code"] in box.log()
         wrong = "000-000" if pending["code"] != "000-000" else "111-111"
         refused = org.cli("admit", wrong, "--addr", box.address, check=False)
@@ -190,7 +203,6 @@ def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_p
     import sys
 
     from mesh.testing.netns import netns_available, private_lo_namespace_cmd
-    from tests.agents import free_port
 
     reason = netns_available() or (None if shutil.which("nsenter") else "needs nsenter")
     try:
@@ -226,3 +238,34 @@ def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_p
         except subprocess.TimeoutExpired:
             os.killpg(lab.pid, signal.SIGKILL)
             lab.wait()
+
+
+def _asgi_get(app, path: str, client: str) -> tuple[int, bytes]:
+    """One GET through the ASGI app, as from `client` (what hypercorn hands it)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+             "client": (client, 50000), "server": ("127.0.0.1", 8080)}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    trio.run(app, scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_the_waiting_box_page_shows_the_code_only_to_its_own_screen() -> None:
+    from mesh.gateway.pending import pending_app
+
+    app = pending_app(lambda: {"node_id": "62sj5z6l727x", "code": "4H7-K2Q"})
+    status, page = _asgi_get(app, "/", "127.0.0.1")
+    assert status == 200 and b"4H7-K2Q" in page, "the box's own screen shows the code"
+    assert json.loads(_asgi_get(app, "/api/pending", "::1")[1])["code"] == "4H7-K2Q"
+    status, page = _asgi_get(app, "/", "192.168.1.77")
+    assert status == 200 and b"Waiting to be admitted" in page and b"4H7-K2Q" not in page and b"box 62sj5z" in page
+    assert "code" not in json.loads(_asgi_get(app, "/api/pending", "192.168.1.77")[1])
+    assert _asgi_get(app, "/crew", "192.168.1.77")[0] == 503

@@ -160,6 +160,12 @@ def _wait_to_be_admitted(ctx: Context, config: AgentConfig):
 
     async def wait() -> str:
         async with trio.open_nursery() as nursery:
+            if config.http is not None:  # its own page says it waits (the code only to its own screen)
+                from mesh.gateway.app import serve_http
+                from mesh.gateway.pending import pending_app
+
+                app = pending_app(lambda: {"node_id": node_id, "code": format_code(box.code)})
+                await nursery.start(serve_http, app, config.http)
             if config.mdns:  # say that we wait (no mesh, no name), so the crew's Pending list shows us
                 from mesh.drivers.discovery import run_discovery
 
