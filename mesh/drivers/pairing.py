@@ -201,9 +201,14 @@ class WaitingBox:
             self.renew("expired")
 
     async def handle(self, stream: trio.abc.Stream, addr: str) -> None:
-        """One pairing connection (one at a time: a second waits)."""
+        """One pairing connection at a time: another one meanwhile is closed at once (an organizer
+        retries; connections never pile up holding file descriptors)."""
         from spake2 import SPAKE2_B
 
+        if self._lock.locked():
+            log_event(log, logging.INFO, "pair.refused", addr=addr, reason="busy with another pairing")
+            await trio.aclose_forcefully(stream)
+            return
         async with self._lock:
             if self.token is not None:
                 return
