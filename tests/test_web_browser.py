@@ -119,8 +119,15 @@ def test_an_edge_shows_every_thumbnail_and_opens_an_original_it_did_not_hold(lab
     wait_until(thumbnails_here, 30, "B to hold every thumbnail (previews go to every edge)")
     page = lab["browser"].new_page()
     page.goto(lab["B"] + "/")
-    page.wait_for_load_state("load")
-    images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])")
+    images = page.evaluate("""async () => {  // lazy images load when scrolled to: load each, then look
+        const found = [];
+        for (const img of document.images) {
+            img.loading = "eager";
+            try { await img.decode(); } catch (e) { /* broken: naturalWidth stays 0 */ }
+            found.push([img.getAttribute("src"), img.naturalWidth]);
+        }
+        return found;
+    }""")
     assert images and all(width for _, width in images), f"broken images on the edge's page: {images}"
     assert f"/c/{records['stage-2.jpg']['thumbnail']}" in {src for src, _ in images}
     assert lab["b"].cli("cat", records["stage-2.jpg"]["cid"], check=False).returncode != 0, "not kept on B"
