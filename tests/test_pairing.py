@@ -108,7 +108,7 @@ def test_a_box_with_no_key_is_admitted_by_its_code_and_joins_without_a_restart(t
         assert set(pending) == {"node_id", "state", "code"} and len(pending["code"]) <= 8
         page = wait_until(lambda: _get_text(f"http://127.0.0.1:{http}/"), JOIN_S, "the box's own page")
         assert "Waiting to be admitted" in page and pending["code"] in page, "its own screen (loopback) shows the code"
-        assert "waiting to be admitted — code " + pending["code"] in box.log()
+        wait_until(lambda: "waiting to be admitted — code " + pending["code"] in box.log(), 10, "the code on its console")
         wrong = "000-000" if pending["code"] != "000-000" else "111-111"
         refused = org.cli("admit", wrong, "--addr", box.address, check=False)
         assert_one_line_error(refused, "refused the code")
