@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,9 +32,8 @@ sys.path.insert(0, str(REPO))
 from bench.netlab.lab import build_lab, mbit_to_bytes_per_s  # noqa: E402
 from bench.swarm_bench import (  # noqa: E402
     AGENT_PORT, AGENT_START_TIMEOUT_S, BYTECODE, POLL_INTERVAL_S, Agent, BenchError, code_version, mesh_cli,
-    start_agent, stop_agents, wait_seed_ready, write_random_files,
+    run_bench, start_agent, stop_agents, wait_seed_ready, write_random_files,
 )
-from mesh.testing.netns import lab_available  # noqa: E402
 
 EVENTS = ("enroll.joined", "agent.started", "peer.connected", "release.listed", "release.complete")
 
@@ -146,30 +141,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
-    reason = lab_available()
-    if reason is not None:
-        print(f"error: this benchmark needs a namespace lab: {reason}", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="enroll-bench-"))
-    try:
-        results = run(args, workdir)
-    except (BenchError, subprocess.SubprocessError, OSError) as exc:
-        print(f"error: {exc}\n(work directory kept: {workdir})", file=sys.stderr)
-        args.keep = True
-        return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2) if args.json else report(results))
-    return 0
+    return run_bench(parse_args(sys.argv[1:] if argv is None else argv), "enroll-bench-", run, report)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,9 @@ import argparse
 import hashlib
 import io
 import json
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,11 +46,11 @@ sys.path.insert(0, str(REPO))
 from bench.netlab.lab import build_lab, mbit_to_bytes_per_s  # noqa: E402
 from bench.swarm_bench import (  # noqa: E402
     AGENT_PORT, AGENT_START_TIMEOUT_S, BYTECODE, POLL_INTERVAL_S, STATUS_SETTLE_S, Agent, BenchError, agent_env,
-    code_version,
-    join_edge, mesh_cli, node_id, start_agent, stop_agents, tx_bytes, up_argv, wait_meshed, wait_seed_ready,
+    code_version, join_edge, mesh_cli, node_id, run_bench, start_agent, stop_agents, tx_bytes, up_argv, wait_meshed,
+    wait_seed_ready,
 )
 from mesh.drivers.agentfiles import read_status  # noqa: E402
-from mesh.testing.netns import Lab, lab_available  # noqa: E402
+from mesh.testing.netns import Lab  # noqa: E402
 
 HTTP_PORT = 8080
 CANONICAL = ("music", "merch", "stage")
@@ -375,32 +372,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
-    reason = lab_available()
-    if reason is not None:
-        print(f"error: this benchmark needs a namespace lab: {reason}", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="media-bench-"))
-    try:
-        results = run(args, workdir)
-    except (BenchError, subprocess.SubprocessError, OSError) as exc:
-        print(f"error: {exc}\n(work directory kept: {workdir})", file=sys.stderr)
-        args.keep = True
-        return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2) if args.json else report(results))
-    if args.keep:
-        print(f"# work directory kept: {workdir}", file=sys.stderr)
-    return 0
+    return run_bench(parse_args(sys.argv[1:] if argv is None else argv), "media-bench-", run, report)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -706,17 +707,20 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # unwind (stop agents, delete the lab), then exit
+def run_bench(args: argparse.Namespace, prefix: str, run_in: Callable[[argparse.Namespace, Path], dict],
+              report_of: Callable[[dict], str], needs_lab: bool = True) -> int:
+    """What every lab bench's `main` does: unwind on SIGTERM/SIGHUP (stop agents, delete the lab),
+    refuse without a namespace lab, run in a fresh work directory (kept with --keep or on failure),
+    print the report or, with --json, the results. The exit status."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
-    reason = lab_available() if args.scenarios & {"swarm", "cold", "http"} else None
+    reason = lab_available() if needs_lab else None
     if reason is not None:
         print(f"error: this benchmark needs a namespace lab: {reason}", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        results = run(args, workdir)
+        results = run_in(args, workdir)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(f"error: {exc}\n(work directory kept: {workdir})", file=sys.stderr)
         args.keep = True
@@ -724,10 +728,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2) if args.json else report(results))
+    print(json.dumps(results, indent=2) if args.json else report_of(results))
     if args.keep:
         print(f"# work directory kept: {workdir}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return run_bench(args, "swarm-bench-", run, report, needs_lab=bool(args.scenarios & {"swarm", "cold", "http"}))
 
 
 if __name__ == "__main__":

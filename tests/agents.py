@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -130,6 +132,29 @@ def make_mesh(tmp_path: Path, edges: int, ports: list[int] | None = None) -> tup
 def stop_all(nodes: list[Node]) -> None:
     for node in nodes:
         node.stop()
+
+
+@contextmanager
+def agents_in_namespace(runs: list[tuple[Node, tuple[str, ...]]]) -> Iterator[subprocess.Popen]:
+    """Run each node's `mesh up` (with its extra arguments, logging to its log file) together in a
+    fresh private network namespace whose only link is `lo`, multicast-ready: mDNS works between
+    them and nothing leaves the machine. Yields the holder process (its pid names the namespace,
+    for `nsenter --net=/proc/PID/ns/net`); every agent is stopped on exit."""
+    from mesh.testing.netns import private_lo_namespace_cmd
+
+    script = " & ".join(subprocess.list2cmdline(node.up_argv(*extra)) + f" >>{node.log_path} 2>&1"
+                        for node, extra in runs)
+    holder = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", script + " & wait"]), env=mesh_env(),
+                              start_new_session=True)
+    try:
+        yield holder
+    finally:
+        os.killpg(holder.pid, signal.SIGTERM)
+        try:
+            holder.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait()
 
 
 class PrivateNet:

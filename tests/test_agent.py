@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import trio
 
 from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, membership_authenticator, secure_connect
 from mesh.drivers.home import Home
-from mesh.testing.netns import netns_available, private_lo_namespace_cmd
-from tests.agents import Node, free_port, make_mesh, stop_all, wait_until
-from tests.conftest import mesh_env
+from mesh.testing.netns import netns_available
+from tests.agents import Node, agents_in_namespace, free_port, make_mesh, stop_all, wait_until
 
 CONVERGE_S = 20
 
@@ -244,22 +242,10 @@ def test_mdns_alone_finds_peers_inside_a_private_namespace(tmp_path: Path) -> No
     ports = [free_port() for _ in range(4)]
     org, edges = make_mesh(tmp_path, 3, ports)
     nodes = [org, *edges]
-    script = " & ".join(subprocess.list2cmdline(n.up_argv()) + f" >>{n.log_path} 2>&1" for n in nodes)
-    lab = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", script + " & wait"]), env=mesh_env(),
-                           start_new_session=True)
-    try:
+    with agents_in_namespace([(node, ()) for node in nodes]):
         ids = {n.node_id for n in nodes}
         for node in nodes:
             wait_until(lambda n=node: n.peers() == ids - {n.node_id}, 40, f"{node.home.name} to find all by mDNS")
         cid = _add_tagged(edges[2], tmp_path, "clip.mp4", "stage-b")
         for node in nodes:
             wait_until(lambda n=node: n.tags_of(cid) == {"stage-b"}, CONVERGE_S, "tag via mDNS-found sessions")
-    finally:
-        import os
-
-        os.killpg(lab.pid, signal.SIGTERM)
-        try:
-            lab.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()

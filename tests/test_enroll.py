@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from mesh.testing.netns import netns_available, private_lo_namespace_cmd
-from tests.agents import Node, free_port, stop_all, wait_until
+from mesh.testing.netns import netns_available
+from tests.agents import Node, agents_in_namespace, stop_all, wait_until
 from tests.conftest import mesh_env
 
 JOIN_S = 40  # generous for a loaded 2-core machine
@@ -130,23 +129,13 @@ def test_three_fresh_boxes_find_the_mesh_by_mdns_and_get_the_release(tmp_path: P
     key = tmp_path / "fleet.key"
     key.write_text(org.cli("invite", "--fleet", "--uses", "3").stdout.decode())
     boxes = []
-    commands = [subprocess.list2cmdline(org.up_argv()) + f" >>{org.log_path} 2>&1"]
+    runs: list[tuple[Node, tuple[str, ...]]] = [(org, ())]
     for index in range(3):
         box, config = _fresh_box(tmp_path, f"box{index + 1}", key, mdns=True)
-        box.port = free_port()
         boxes.append(box)
-        commands.append(subprocess.list2cmdline(box.up_argv("--config", str(config))) + f" >>{box.log_path} 2>&1")
-    lab = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", " & ".join(commands) + " & wait"]), env=mesh_env(),
-                           start_new_session=True)
-    try:
+        runs.append((box, ("--config", str(config))))
+    with agents_in_namespace(runs):
         for box in boxes:
             wait_until(lambda b=box: _release_complete(b, release), 90, f"{box.home.name} to join and get the release")
         ids = {b.node_id for b in boxes}
         wait_until(lambda: ids <= org.peers(), JOIN_S, "every box in the organizer's peers")
-    finally:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try:
-            lab.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()

@@ -15,7 +15,7 @@ from mesh.drivers.pairing import (
     PAIR_TRIES_MAX, PairingError, WaitingBox, admit, format_code, normalize_code,
 )
 from mesh.errors import UsageError
-from tests.agents import Node, free_port, stop_all, wait_until
+from tests.agents import Node, agents_in_namespace, free_port, stop_all, wait_until
 from tests.conftest import assert_one_line_error, mesh_env
 
 JOIN_S = 40
@@ -131,12 +131,10 @@ def test_a_box_with_no_key_is_admitted_by_its_code_and_joins_without_a_restart(t
 def test_the_organizer_hears_a_waiting_box_on_mdns_and_admits_it_by_code_alone(tmp_path: Path) -> None:
     """Inside a private namespace: the box announces only that it waits; `mesh pending` lists it on
     the organizer, and `mesh admit CODE` (no address) pairs with it."""
-    import os
     import shutil
-    import signal
     import sys
 
-    from mesh.testing.netns import netns_available, private_lo_namespace_cmd
+    from mesh.testing.netns import netns_available
 
     reason = netns_available() or (None if shutil.which("nsenter") else "needs nsenter")
     if reason:
@@ -144,10 +142,7 @@ def test_the_organizer_hears_a_waiting_box_on_mdns_and_admits_it_by_code_alone(t
     org = Node(tmp_path / "org")
     org.cli("init", "Spring pop-up", "--node-name", "org")
     box = Node(tmp_path / "box")
-    commands = [subprocess.list2cmdline(node.up_argv()) + f" >>{node.log_path} 2>&1" for node in (org, box)]
-    lab = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", " & ".join(commands) + " & wait"]), env=mesh_env(),
-                           start_new_session=True)
-    try:
+    with agents_in_namespace([(org, ()), (box, ())]) as lab:
         pending = wait_until(lambda: _pending(box), JOIN_S, "the box to wait with a code")
 
         def listed() -> list[dict]:
@@ -163,13 +158,6 @@ def test_the_organizer_hears_a_waiting_box_on_mdns_and_admits_it_by_code_alone(t
         assert json.loads(admitted.stdout)["node_id"] == pending["node_id"]
         wait_until(lambda: pending["node_id"] in org.peers(), JOIN_S, "the admitted box among the organizer's peers")
         wait_until(lambda: not listed(), JOIN_S, "the box gone from the Pending list")
-    finally:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try:
-            lab.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()
 
 
 BROWSER_ADMIT = r"""
@@ -197,12 +185,10 @@ with sync_playwright() as p:
 
 
 def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_path: Path) -> None:
-    import os
     import shutil
-    import signal
     import sys
 
-    from mesh.testing.netns import netns_available, private_lo_namespace_cmd
+    from mesh.testing.netns import netns_available
 
     reason = netns_available() or (None if shutil.which("nsenter") else "needs nsenter")
     try:
@@ -215,11 +201,7 @@ def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_p
     org.cli("init", "Spring pop-up", "--node-name", "org")
     box = Node(tmp_path / "box")
     http = free_port()
-    commands = [subprocess.list2cmdline(org.up_argv("--http", f"127.0.0.1:{http}")) + f" >>{org.log_path} 2>&1",
-                subprocess.list2cmdline(box.up_argv()) + f" >>{box.log_path} 2>&1"]
-    lab = subprocess.Popen(private_lo_namespace_cmd(["sh", "-c", " & ".join(commands) + " & wait"]), env=mesh_env(),
-                           start_new_session=True)
-    try:
+    with agents_in_namespace([(org, ("--http", f"127.0.0.1:{http}")), (box, ())]) as lab:
         pending = wait_until(lambda: _pending(box), JOIN_S, "the box to wait with a code")
         wait_until(lambda: (org.cli("pending", "--json", check=False).stdout or b"[]").strip() not in (b"", b"[]"),
                    JOIN_S, "the organizer to hear the box")
@@ -231,13 +213,6 @@ def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_p
         assert "admitted" in browser.stdout.decode(), browser.stdout.decode()
         wait_until(lambda: pending["node_id"] in org.peers(), JOIN_S, "the admitted box among the organizer's peers")
         assert box.json("id")["name"] == "door-2"
-    finally:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try:
-            lab.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()
 
 
 def _asgi_get(app, path: str, client: str) -> tuple[int, bytes]:
