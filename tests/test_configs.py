@@ -50,7 +50,7 @@ def test_every_key_is_documented_by_a_comment() -> None:
 def test_systemd_unit_has_the_hardening_options() -> None:
     unit = (CONFIGS / "assetmesh.service").read_text()
     for option in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
-                   "PrivateTmp=yes", "ReadWritePaths=/var/lib/assetmesh", "mesh up --config"):
+                   "PrivateTmp=yes", "ReadWritePaths=/var/lib/assetmesh", "mesh up --config", "LimitNOFILE="):
         assert option in unit
     assert (CONFIGS / "README.md").exists()
 

@@ -17,6 +17,7 @@ from mesh.ids import mesh_id_from_authority_key, node_id_from_public_key
 from mesh.state import membership as m
 from mesh.state.document import MeshState, actor_id
 from mesh.state.membership import (
+    INVITE_SEEN_SKEW_S,
     Invite,
     InviteLedger,
     Role,
@@ -24,6 +25,7 @@ from mesh.state.membership import (
     create_first_credential,
     create_invite,
     create_revocation,
+    member_since,
     parse_invite,
     public_key_bytes,
     redeem_invite,
@@ -439,6 +441,26 @@ def test_revocation_dated_in_the_future_refused() -> None:
 
 
 # --- single use ---------------------------------------------------------------------------------
+
+
+def test_an_expired_invite_is_judged_by_the_members_clock_not_the_joiners() -> None:
+    """A joiner whose clock is set back signs a credential "before" the invite's expiry; a member
+    that has been one since before the expiry and first sees that use later refuses it."""
+    mesh = new_mesh()
+    token = invite(mesh, expires_at=NOW + HOUR_S)
+    _, late = join(mesh, token, now=NOW + HOUR_S - 1)  # its clock says it is still in time
+    since = member_since(mesh.organizer_chain, mesh.authority_pk)
+    assert since == NOW
+    late_seen = NOW + HOUR_S + INVITE_SEEN_SKEW_S + 1
+    refused("invite expired before any member saw it used", verify_chain, late.chain, mesh.authority_pk,
+            late_seen, invite_ledger=InviteLedger(), member_since=since)
+    # within the allowance for clocks, or once a member recorded the use in time, it is accepted
+    assert verify_chain(late.chain, mesh.authority_pk, late_seen - 2, invite_ledger=InviteLedger(), member_since=since)
+    ledger = InviteLedger([(late.member.invite_id, late.member.node_id, NOW + HOUR_S - 1)])
+    assert verify_chain(late.chain, mesh.authority_pk, late_seen + DAY_S, invite_ledger=ledger, member_since=since)
+    # a node that joined after the invite expired cannot judge (it has not seen the mesh's uses yet)
+    assert verify_chain(late.chain, mesh.authority_pk, late_seen, invite_ledger=InviteLedger(),
+                        member_since=NOW + HOUR_S + 1)
 
 
 def test_second_node_using_a_token_is_refused() -> None:

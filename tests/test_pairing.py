@@ -215,10 +215,11 @@ def test_the_crew_dashboard_lists_a_waiting_box_and_admits_it_from_a_phone(tmp_p
         assert box.json("id")["name"] == "door-2"
 
 
-def _asgi_get(app, path: str, client: str) -> tuple[int, bytes]:
+def _asgi_get(app, path: str, client: str, host: str | None = None) -> tuple[int, bytes]:
     """One GET through the ASGI app, as from `client` (what hypercorn hands it)."""
+    headers = [(b"host", host.encode())] if host else []
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
              "client": (client, 50000), "server": ("127.0.0.1", 8080)}
     sent: list[dict] = []
 
@@ -244,3 +245,7 @@ def test_the_waiting_box_page_shows_the_code_only_to_its_own_screen() -> None:
     assert status == 200 and b"Waiting to be admitted" in page and b"4H7-K2Q" not in page and b"box 62sj5z" in page
     assert "code" not in json.loads(_asgi_get(app, "/api/pending", "192.168.1.77")[1])
     assert _asgi_get(app, "/crew", "192.168.1.77")[0] == 503
+    assert b"4H7-K2Q" in _asgi_get(app, "/", "127.0.0.1", "localhost:8080")[1]
+    # a page whose name rebinds to 127.0.0.1: refused outright, even from the box's own browser
+    status, page = _asgi_get(app, "/api/pending", "127.0.0.1", "attacker.example:8080")
+    assert status == 421 and b"4H7-K2Q" not in page

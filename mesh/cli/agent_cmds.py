@@ -164,7 +164,7 @@ def _wait_to_be_admitted(ctx: Context, config: AgentConfig):
                 from mesh.gateway.app import serve_http
                 from mesh.gateway.pending import pending_app
 
-                app = pending_app(lambda: {"node_id": node_id, "code": format_code(box.code)})
+                app = pending_app(lambda: {"node_id": node_id, "code": format_code(box.code)}, config.http_hosts)
                 await nursery.start(serve_http, app, config.http)
             if config.mdns:  # say that we wait (no mesh, no name), so the crew's Pending list shows us
                 from mesh.drivers.discovery import run_discovery
@@ -211,11 +211,12 @@ async def _run_agent(home, config: AgentConfig) -> None:
 
             await nursery.start(serve_http, create_app(AgentView(agent)), config.http)
             output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
-            from mesh.cli.web_cmds import crew_token_for
+            if sys.stderr.isatty():  # never into a journal or a log file: `mesh crew-token` prints one on request
+                from mesh.cli.web_cmds import crew_token_for
 
-            token = crew_token_for(home)
-            if token:
-                output.stderr.print(f"crew token (log in at /crew): {token}", markup=False)
+                token = crew_token_for(home)
+                if token:
+                    output.stderr.print(f"crew token (log in at /crew): {token}", markup=False)
         if sys.stderr.isatty():
             nursery.start_soon(_release_progress, agent)
 

@@ -26,8 +26,9 @@ def crew_token_for(home, valid_s: float | None = None) -> str | None:
 
 
 @click.command(name="crew-token")
-@click.option("--valid", "valid", default="12h", show_default=True,
-              help="How long the token works (90m, 12h, 3d; at most 30d).")
+@click.option("--valid", "valid", default="8h", show_default=True,
+              help="How long the token works (90m, 8h; at most 24h). Renew it on an organizer node "
+                   "(dashboard, or POST /api/crew/renew).")
 @pass_context
 def crew_token(ctx: Context, valid: str) -> None:
     """Print a crew token (log in at http://NODE/crew on any node of the mesh)."""

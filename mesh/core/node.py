@@ -37,7 +37,7 @@ from mesh.core.swarming import FEATURE_CHUNK_BUSY, HEADS_FALLBACK_S, STARTUP_SET
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
 from mesh.state.document import MeshState
-from mesh.state.membership import InviteLedger, Member, RevocationList, verify_chain
+from mesh.state.membership import InviteLedger, Member, RevocationList, member_since, verify_chain
 from mesh.wire import messages as m
 
 FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA)
@@ -88,6 +88,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         self._addresses = AddressBook(limits, rng)
         self.revocations = RevocationList(identity.authority_public_key)
         self.invites = InviteLedger()
+        self._member_since: float | None = None  # when our own credential was issued (parsed on first use)
         self._revocations_seen: set[bytes] = set()
         self._shutting_down = False
         self.counters: dict[str, int] = {}
@@ -135,9 +136,11 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
 
     def authenticate(self, chain: bytes, node_public_key: bytes, now: float) -> Member:
         """Check a peer's credential chain during the handshake; CredentialError if refused."""
+        if self._member_since is None:
+            self._member_since = member_since(self.identity.chain, self.identity.authority_public_key)
         member = verify_chain(
             chain, self.identity.authority_public_key, now, revocations=self.revocations,
-            invite_ledger=self.invites, expected_node_public_key=node_public_key,
+            invite_ledger=self.invites, expected_node_public_key=node_public_key, member_since=self._member_since,
         )
         if member.node_id == self.identity.node_id:
             raise CredentialError("that is this node's own identity")

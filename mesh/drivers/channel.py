@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from noise.connection import Keypair, NoiseConnection
 
+from mesh.drivers.admission import PREAUTH_PER_SOURCE_MAX, PREAUTH_TOTAL_MAX, PreAuthGate
 from mesh.errors import CredentialError, RemoteProtocolError
 from mesh.ids import node_id_from_public_key, short
 from mesh.state.membership import (
@@ -93,7 +94,6 @@ MESSAGE_2_BYTES_MAX = DH_BYTES + 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BY
 MESSAGE_3_BYTES_MAX = 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
 HANDSHAKE_TIMEOUT_S_DEFAULT = 10.0
 REFUSAL_BYTES_MAX = 256  # the reason a refused member-to-be is told
-HANDSHAKES_IN_FLIGHT_MAX = 64  # serve_secure refuses new connections beyond this many handshakes
 SEND_BATCH_BYTES_MAX = 4 * 65537  # records joined into one transport write
 RECEIVE_BYTES_MAX = 256 * 1024  # bytes asked of the transport per read; bounds buffered plaintext
 ED25519_SIGNATURE_BYTES = 64
@@ -689,29 +689,28 @@ async def _serve_one(
     handler: Callable[[SecureStream], Awaitable[None]],
     handshake_timeout_s: float,
     ciphers: Sequence[bytes] | None,
-    gate: trio.CapacityLimiter,
+    gate: PreAuthGate,
     logger: logging.Logger,
 ) -> None:
     """Handshake one accepted connection, then run `handler`; raises nothing but Cancelled."""
     addr = _peer_addr(stream)
-    try:
-        gate.acquire_nowait()
-    except trio.WouldBlock:
-        logger.info("peer.refused reason=%r addr=%s", "too many handshakes in flight", addr)
+    secure = None
+    with trio.CancelScope() as scope:
+        for shed in gate.admit(scope, addr.rsplit(":", 1)[0]):
+            shed.cancel()  # the oldest unproven connections make room (mesh.drivers.admission)
+        try:
+            secure = await secure_accept(stream, local, authenticate, handshake_timeout_s, ciphers=ciphers)
+        except HandshakeError as exc:
+            logger.info("peer.refused reason=%r addr=%s", exc.reason, addr)
+        except Exception:  # a bug (in `authenticate`, say) must not stop the listener
+            logger.exception("peer.handshake_failed addr=%s", addr)
+        finally:
+            gate.done(scope)
+    if secure is None:
+        if scope.cancelled_caught:
+            logger.info("peer.shed reason=%r addr=%s", "too many unproven connections", addr)
         await trio.aclose_forcefully(stream)
         return
-    try:
-        secure = await secure_accept(
-            stream, local, authenticate, handshake_timeout_s, ciphers=ciphers
-        )
-    except HandshakeError as exc:
-        logger.info("peer.refused reason=%r addr=%s", exc.reason, addr)
-        return
-    except Exception:  # a bug (in `authenticate`, say) must not stop the listener
-        logger.exception("peer.handshake_failed addr=%s", addr)
-        return
-    finally:
-        gate.release()
     logger.info(
         "peer.accepted node=%s role=%s addr=%s", secure.peer.node_id, secure.peer.role.value, addr
     )
@@ -751,13 +750,14 @@ async def serve_secure(
     handler: Callable[[SecureStream], Awaitable[None]],
     *,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
-    handshakes_in_flight_max: int = HANDSHAKES_IN_FLIGHT_MAX,
+    preauth_total_max: int = PREAUTH_TOTAL_MAX,
+    preauth_per_source_max: int = PREAUTH_PER_SOURCE_MAX,
     ciphers: Sequence[bytes] | None = None,
     logger: logging.Logger = log,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept forever: handshake each connection, log refusals, run `handler` for members."""
-    gate = trio.CapacityLimiter(handshakes_in_flight_max)
+    gate = PreAuthGate(preauth_total_max, preauth_per_source_max)
 
     async def serve(stream: trio.abc.Stream) -> None:
         await _serve_one(

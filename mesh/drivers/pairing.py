@@ -259,30 +259,18 @@ class WaitingBox:
 
 async def wait_to_be_admitted(box: WaitingBox, listen: tuple[str, int]) -> str:
     """Serve pairing connections on `listen` until an organizer admits this box; the token."""
-    listeners = await trio.open_tcp_listeners(listen[1], host=listen[0])
+    from mesh.drivers.tcp import TcpTransport
+
+    async def handle(stream: trio.abc.Stream, remote: tuple[str, int] | None) -> None:
+        await box.handle(stream, f"{remote[0]}:{remote[1]}" if remote else "-")
+
     async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, box)
+        await nursery.start(TcpTransport().serve, listen, handle)
         while box.token is None:
             box.check_expiry()
             await trio.sleep(0.2)
         nursery.cancel_scope.cancel()
-    for listener in listeners:
-        await listener.aclose()
     return box.token
-
-
-async def _accept_loop(listener: trio.SocketListener, box: WaitingBox) -> None:
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE and the like: wait, do not die
-                log_event(log, logging.WARNING, "pair.accept_failed", error=str(exc))
-                await trio.sleep(0.5)
-                continue
-            peer = stream.socket.getpeername()
-            nursery.start_soon(box.handle, stream, f"{peer[0]}:{peer[1]}")
 
 
 def write_pending(home_path: Path, node_id: str, code: str) -> None:

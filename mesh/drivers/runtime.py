@@ -33,6 +33,7 @@ from mesh.core.events import (
     ShutdownRequested, StateReloaded, StoreChunk, StoreUsage, Tick,
 )
 from mesh.core.node import CoreIdentity, NodeCore
+from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limit
 from mesh.drivers.agentfiles import write_status
 from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, secure_accept, secure_connect
 from mesh.drivers.filestore import FileStore
@@ -120,6 +121,10 @@ class Agent:
         self.store_budget: int | None = None  # bytes the store may hold (`store_budget`), set by `run`
         self._usage: tuple[int, int] = (0, 0)  # (chunks, bytes) in the store, refreshed by the status loop
         self._usage_reported: int | None = None  # the bytes the core was last told
+        self.fd_limit = raise_fd_limit()  # (soft, hard) RLIMIT_NOFILE
+        self._preauth = PreAuthGate(preauth_total_max(self.fd_limit[0]))  # strangers' connections
+        self._shed_logged_at = -1.0  # monotonic time of the last peer.shed line
+        self._unpersisted: list[bytes] = []  # state changes a failed append left to retry
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -139,7 +144,8 @@ class Agent:
             nursery.start_soon(self._views_loop)
             if self.discovery is not None:
                 nursery.start_soon(self._discovery_loop)
-            self._emit_log("agent.started", listen=_fmt(self.listen_address), node=self.home.info.node_id)
+            self._emit_log("agent.started", listen=_fmt(self.listen_address), node=self.home.info.node_id,
+                           fds=self.fd_limit[0], unproven_max=self._preauth.total_max)
             task_status.started(self.listen_address)
             await self._stopped.wait()
             nursery.cancel_scope.cancel()
@@ -219,10 +225,11 @@ class Agent:
 
     def _poll_state(self) -> None:
         """Apply what CLI commands of this node wrote to the state log."""
+        self._retry_persist()
         heads = self.core.state.heads()
         try:
             changed = self.statefile.read_new(self.core.state)
-        except (OSError, RemoteProtocolError) as exc:
+        except (OSError, MeshError) as exc:  # e.g. EMFILE: the next poll tries again
             log.warning("state.poll_failed error=%s", exc)
             return
         if changed:
@@ -288,7 +295,11 @@ class Agent:
                 except trio.WouldBlock:
                     break
             items = [(Cid.parse(action.cid), action.data) for action in batch]
-            results = await trio.to_thread.run_sync(self.store.put_many, items, limiter=self._store_limiter)
+            try:
+                results = await trio.to_thread.run_sync(self.store.put_many, items, limiter=self._store_limiter)
+            except (OSError, MeshError) as exc:  # EMFILE and the like: refused now, fetched again later
+                log.warning("store.put_failed error=%s chunks=%d", exc, len(items))
+                results = [exc if isinstance(exc, MeshError) else MeshError(_reason(exc))] * len(items)
             for action, error in zip(batch, results):
                 if error is None:
                     await self._events_send.send(ChunkStored(action.conn_id, action.cid))
@@ -378,10 +389,23 @@ class Agent:
             conn.scope.deadline = min(conn.scope.deadline, trio.current_time() + CLOSE_DRAIN_S)
 
     def _persist(self, data: bytes) -> None:
+        if self._unpersisted:  # keep the log in order behind changes still waiting
+            self._unpersisted.append(data)
+            return
         try:
             self.statefile.append(data)
-        except OSError as exc:  # the change stays in memory and is re-persisted on compaction
+        except (OSError, MeshError) as exc:  # disk full, EMFILE: kept in memory, retried every poll
             log.error("state.persist_failed error=%s", exc)
+            self._unpersisted.append(data)
+
+    def _retry_persist(self) -> None:
+        while self._unpersisted:
+            try:
+                self.statefile.append(self._unpersisted[0])
+            except (OSError, MeshError) as exc:
+                log.warning("state.persist_failed error=%s waiting=%d", exc, len(self._unpersisted))
+                return
+            self._unpersisted.pop(0)
 
     # ---- connections ------------------------------------------------------------------------------
 
@@ -397,13 +421,30 @@ class Agent:
         if self.core is None:
             return
         captured: dict = {}
-        try:
-            secure = await secure_accept(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
-        except (HandshakeError, RemoteProtocolError, CredentialError, trio.BrokenResourceError,
-                trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
-            self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc))
-            return
-        await self._run_connection(secure, captured["chain"], remote, outbound=False)
+        secure = None
+        with trio.CancelScope() as scope:
+            for shed in self._preauth.admit(scope, remote[0] if remote else "-"):
+                shed.cancel()  # the oldest unproven connection(s) make room (mesh.drivers.admission)
+                self.counters["preauth_shed"] += 1
+            try:
+                secure = await secure_accept(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
+            except (HandshakeError, RemoteProtocolError, CredentialError, trio.BrokenResourceError,
+                    trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+                self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc))
+            finally:
+                self._preauth.done(scope)
+        if scope.cancelled_caught:
+            self._note_shed(remote)
+        if secure is not None:
+            await self._run_connection(secure, captured["chain"], remote, outbound=False)
+
+    def _note_shed(self, remote: Address | None) -> None:
+        """Log shedding at most once a second (a flood must not flood the journal too)."""
+        now = time.monotonic()
+        if now - self._shed_logged_at >= 1.0:
+            self._shed_logged_at = now
+            self._emit_log("peer.shed", addr=_fmt(remote), reason="too many unproven connections",
+                           total=self.counters["preauth_shed"])
 
     async def _dial(self, address: Address, node_id: str | None) -> None:
         captured: dict = {}
@@ -529,12 +570,13 @@ class Agent:
             if heads == last_heads and rounds_since_full < PURGE_FULL_EVERY_ROUNDS:
                 continue  # nothing changed; retention still gets a pass every few rounds
             core, started = self.core, time.time()
-            keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, started,
-                                  core.arriving_chunks(), core.withheld, core.kept_roots(), self.home.info.node_id)
             try:
+                keep = agent_keep_set(core.state, self.store, self.home.info.authority_public_key, started,
+                                      core.arriving_chunks(), core.withheld, core.kept_roots(),
+                                      self.home.info.node_id)
                 report = await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden, started,
                                                        limiter=self._store_limiter)
-            except MeshError as exc:
+            except (OSError, MeshError) as exc:  # EMFILE, a full disk: the next round tries again
                 log.warning("store.purge_failed error=%s", exc)
                 continue
             last_heads, rounds_since_full = heads, 0
@@ -545,7 +587,7 @@ class Agent:
         while True:
             try:
                 self._usage = await trio.to_thread.run_sync(self.store.usage, limiter=self._serve_limiter)
-            except MeshError as exc:
+            except (OSError, MeshError) as exc:
                 log.warning("store.usage_failed error=%s", exc)
             self._report_usage()
             try:

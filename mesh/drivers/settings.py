@@ -24,6 +24,7 @@ PROBE_KINDS = ("http", "tcp", "path", "command")
 PROBES_MAX = 64  # user probes per config
 PEERS_MAX = 256  # static peers per config
 PINS_MAX = 64  # pinned releases per config
+HTTP_HOSTS_MAX = 32  # extra names the HTTP side answers to (DNS rebinding allow-list)
 NAME_CHARS_MAX = 64  # a probe's name
 INGEST_RULES_MAX = 16  # [[ingest]] tables per config
 INGEST_GLOBS_MAX = 64  # include / exclude patterns per [[ingest]] table
@@ -157,6 +158,14 @@ def _budget_fields(value: object) -> dict[str, Any]:
     return {"store_budget_bytes": size} if size is not None else {"store_budget_fraction": fraction}
 
 
+def _host_names(value: object) -> tuple[str, ...]:
+    names = _string_list(value, HTTP_HOSTS_MAX)
+    for name in names:
+        if not _HOSTNAME.match(name):
+            raise ValueError(f"{name!r} is not a host name (such as door.event.example)")
+    return tuple(name.lower().rstrip(".") for name in names)
+
+
 def _tags(value: object) -> tuple[str, ...]:
     from mesh.state.records import normalize_tag
 
@@ -192,6 +201,7 @@ _TOP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "pin_tags": ("pin_tags", _tags),
     "pin_canonical": ("pin_canonical", _boolean),
     "store_budget": ("", _budget_fields),  # sets store_budget_bytes or store_budget_fraction
+    "http_hosts": ("http_hosts", _host_names),
 }
 _HEALTH: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "interval_s": ("interval_s", _positive),

@@ -22,9 +22,11 @@ from starlette.routing import Route
 
 from mesh.content.cid import Cid
 from mesh.errors import MeshError
+from mesh.gateway.hosts import HostGuard, is_local_request, own_names
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
+PUBLIC_RELEASE_FIELDS = ("id", "name", "complete", "have_bytes", "total_bytes")  # /api/status for anyone
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -62,9 +64,6 @@ def create_app(view: GatewayView) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    async def api_status(request: Request) -> JSONResponse:
-        return JSONResponse(view.status())
-
     async def by_cid(request: Request) -> Response:
         text = request.path_params["cid"]
         try:
@@ -91,12 +90,14 @@ def create_app(view: GatewayView) -> Starlette:
 
     routes = [
         Route("/healthz", healthz),
-        Route("/api/status", api_status),
         Route("/c/{cid}", by_cid, methods=["GET", "HEAD"]),
         Route("/release/current/{path:path}", release_file, methods=["GET", "HEAD"]),
     ]
+    names = getattr(view, "http_hosts", own_names)
     if not hasattr(view, "catalog"):
-        return Starlette(routes=routes)
+        app = Starlette(routes=routes + [Route("/api/status", status_route(view))])
+        app.add_middleware(HostGuard, names=names)
+        return app
     from mesh.gateway import crew, metrics, pages
 
     registry = metrics.Registry(view)
@@ -104,7 +105,26 @@ def create_app(view: GatewayView) -> Starlette:
     app = Starlette(routes=routes, exception_handlers=pages.exception_handlers())
     app.add_middleware(metrics.CountRequests, registry=registry)
     app.add_middleware(pages.SecurityHeaders)
+    app.add_middleware(HostGuard, names=names)  # outermost: a foreign Host reaches nothing
     return app
+
+
+def status_route(view: GatewayView, is_crew=lambda request: False):
+    """`GET /api/status`: the whole `mesh status` document for the crew; for anyone else only what
+    attendees' pages need (how far the release is), never who the members and peers are."""
+
+    async def api_status(request: Request) -> JSONResponse:
+        doc = view.status()
+        if is_crew(request):
+            return JSONResponse(doc)
+        release = doc.get("release") or None
+        public = {key: release.get(key) for key in PUBLIC_RELEASE_FIELDS} if release else None
+        shown = {"ok": True, "release": public}
+        if is_local_request(request):
+            shown["pid"] = doc.get("pid")  # the machine itself (`mesh demo`'s own checks)
+        return JSONResponse(shown, headers={"Cache-Control": "no-store"})
+
+    return api_status
 
 
 def _hidden(view: GatewayView, cid: str) -> bool:

@@ -16,7 +16,6 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import time
 from collections import OrderedDict
@@ -28,7 +27,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mesh.errors import CredentialError, MeshError, UsageError
+from mesh.gateway.app import status_route
 from mesh.gateway.forms import CSRF_FIELD, CSRF_HEADER, FormError, check_csrf, csrf_secret, form_token, read_form
+from mesh.gateway.hosts import is_local_request
 from mesh.gateway.pages import render
 
 SESSION_COOKIE = "mesh_crew"
@@ -36,6 +37,9 @@ SESSIONS_MAX = 256
 LOCAL_SESSION_S = 12 * 3600.0
 EVENTS_SHOWN_MAX = 50
 REASON_CHARS_MAX = 200
+WRONG_TOKENS_MAX = 20  # wrong crew tokens one address may send per window
+WRONG_TOKENS_WINDOW_S = 60.0
+THROTTLED_ADDRESSES_MAX = 4096  # addresses remembered (the oldest are forgotten first)
 
 
 @dataclass(frozen=True)
@@ -72,29 +76,61 @@ class Sessions:
             self._items.pop(key, None)
 
 
-def is_loopback(request: Request) -> bool:
-    """The TCP peer is this machine (not a header: X-Forwarded-For is never trusted)."""
-    client = request.client
-    if client is None:
-        return False
-    try:
-        return ipaddress.ip_address(client.host).is_loopback
-    except ValueError:
-        return False
+class Throttle:
+    """Wrong crew tokens per client address: past WRONG_TOKENS_MAX in WRONG_TOKENS_WINDOW_S, the
+    address is refused (429) until the window ends, before any signature is verified."""
+
+    def __init__(self) -> None:
+        self._wrong: OrderedDict[str, tuple[float, int]] = OrderedDict()  # address -> (window start, count)
+
+    def blocked(self, address: str, now: float) -> bool:
+        start, count = self._wrong.get(address, (now, 0))
+        if now - start >= WRONG_TOKENS_WINDOW_S:
+            self._wrong.pop(address, None)
+            return False
+        return count >= WRONG_TOKENS_MAX
+
+    def wrong(self, address: str, now: float) -> None:
+        start, count = self._wrong.pop(address, (now, 0))
+        if now - start >= WRONG_TOKENS_WINDOW_S:
+            start, count = now, 0
+        self._wrong[address] = (start, count + 1)
+        while len(self._wrong) > THROTTLED_ADDRESSES_MAX:
+            self._wrong.popitem(last=False)
+
+
+class TooManyTries(CredentialError):
+    """A client sent too many wrong crew tokens (answered 429)."""
+
+    status = 429
 
 
 def routes(view) -> list:
     sessions = Sessions()
+    throttle = Throttle()
+
+    def verify(request: Request, token: str):
+        """The grant of a token a request sent; wrong ones count against its address."""
+        address, now = request.client.host if request.client else "-", time.time()
+        if throttle.blocked(address, now):
+            raise TooManyTries(f"too many wrong crew tokens: wait {WRONG_TOKENS_WINDOW_S:.0f} s")
+        try:
+            return view.verify_crew(token)
+        except CredentialError:
+            throttle.wrong(address, now)
+            raise
 
     def crew_of(request: Request) -> Session | None:
         """The crew identity of a request, or None."""
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             try:
-                grant = view.verify_crew(header[7:].strip())
+                grant = verify(request, header[7:].strip())
+            except TooManyTries:
+                raise
             except CredentialError:
                 return None
-            return Session(f"token:{grant.publisher}", grant.expires_at, None)
+            return Session(f"token:{grant.publisher}", grant.expires_at, header[7:].strip())
         key = request.cookies.get(SESSION_COOKIE)
         session = sessions.get(key)
         if session is not None and session.token is not None:
@@ -119,7 +155,7 @@ def routes(view) -> list:
         session = crew_of(request)
         if session is None:
             return render(request, view, "login.html", status=401 if request.method == "GET" else 403,
-                          local=is_loopback(request), error=request.query_params.get("error"))
+                          local=is_local_request(request), error=request.query_params.get("error"))
         return render(request, view, "dashboard.html", data=dashboard_data(view), session=session,
                       blocked=view.crew_actions_allowed(), done=request.query_params.get("done"),
                       api_csrf=form_token(csrf_secret(request), "api"))
@@ -130,11 +166,11 @@ def routes(view) -> list:
         token = form.get("token", "").strip()
         if token:
             try:
-                grant = view.verify_crew(token)
+                grant = verify(request, token)
             except CredentialError as exc:
                 return RedirectResponse("/crew?" + urlencode({"error": str(exc)}), status_code=303)
             session = Session(f"token:{grant.publisher}", grant.expires_at, token)
-        elif is_loopback(request):
+        elif is_local_request(request):  # a loopback peer that also used a loopback name (not a rebound one)
             session = Session("local", time.time() + LOCAL_SESSION_S, None)
         else:
             return RedirectResponse("/crew?" + urlencode({"error": "paste a crew token"}), status_code=303)
@@ -185,7 +221,20 @@ def routes(view) -> list:
             return await handler(request, name)
         return endpoint
 
+    async def renew(request: Request) -> Response:
+        """A fresh crew token for a crew member, signed by this organizer node."""
+        session = require_crew(request, None if _has_bearer(request) else {CSRF_FIELD: request.headers.get(CSRF_HEADER)},
+                               "api")
+        try:
+            token = view.renew_crew(session.token)
+        except (UsageError, CredentialError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        grant = view.verify_crew(token)
+        return JSONResponse({"token": token, "expires_at": grant.expires_at}, headers={"Cache-Control": "no-store"})
+
     return [
+        Route("/api/status", status_route(view, lambda request: crew_of(request) is not None)),
+        Route("/api/crew/renew", renew, methods=["POST"]),
         Route("/crew", dashboard, methods=["GET"]),
         Route("/crew/login", login, methods=["POST"]),
         Route("/crew/logout", logout, methods=["POST"]),

@@ -4,8 +4,10 @@ A token is `amc1.` + base64url of the canonical CBOR blob [organizer's credentia
 signature]], the same shape as release and policy statements (`mesh.state.releases`). The body is
 {kind "crew", mesh, publisher, at, expires_at}; the signature is Ed25519 by the publisher's node key
 over `assetmesh/v1/crew\\x00` + body. Any node of the mesh verifies it offline: the chain must prove
-the publisher an organizer at `at`, not revoked at or before `at`, and `now` must lie in
-[at - skew, expires_at]. Nothing is stored: the crew cookie carries the token itself.
+the publisher an organizer at `at` and not revoked at all (a revocation ends every token it ever
+signed, whenever it was signed), and `now` must lie in [at - skew, expires_at]. Tokens live hours,
+not days (CREW_VALID_S_MAX); an organizer node renews one before it runs out. Nothing is stored:
+the crew cookie carries the token itself.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from mesh.state.releases import BLOB_BYTES_MAX, _check_signer, _open_blob, _time
 
 TOKEN_PREFIX = "amc1."
 TOKEN_CHARS_MAX = 4 * BLOB_BYTES_MAX // 3 + 16
-CREW_VALID_S_DEFAULT = 12 * 3600.0  # one event day
-CREW_VALID_S_MAX = 30 * 86400.0
+CREW_VALID_S_DEFAULT = 8 * 3600.0  # a crew's shift; renewed on an organizer node (POST /api/crew/renew)
+CREW_VALID_S_MAX = 24 * 3600.0  # a stolen token is good for a day at most
 _KIND = "crew"
 _PREFIX = b"assetmesh/v1/crew\x00"
 _FIELDS = frozenset({"kind", "mesh", "publisher", "at", "expires_at"})
@@ -76,9 +78,8 @@ def verify_crew_token(token: str, authority_public_key: bytes, now: float,
     member = verify_chain(signed.chain, authority, at, expected_node_public_key=public_key)
     if member.role is not Role.ORGANIZER:
         raise CredentialError("only organizers issue crew tokens")
-    revocation = revocations.revocation_of(member.node_id) if revocations is not None else None
-    if revocation is not None and at >= revocation.at:
-        raise CredentialError("crew token signed after its organizer was revoked")
+    if revocations is not None and revocations.revocation_of(member.node_id) is not None:
+        raise CredentialError("crew token of a revoked organizer")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signed.signature, _PREFIX + signed.body_bytes)
     except (InvalidSignature, ValueError):

@@ -30,7 +30,7 @@ SECURITY_HEADERS = [
      b"default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
      b"connect-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make browsers send `Origin: null` on our own forms
     (b"x-frame-options", b"DENY"),
 ]
 
@@ -261,7 +261,7 @@ def exception_handlers() -> dict:
         return _error(request, exc.status, str(exc))
 
     async def credential_error(request: Request, exc: CredentialError) -> Response:
-        return _error(request, 403, str(exc))
+        return _error(request, getattr(exc, "status", 403), str(exc))  # 429 for too many wrong tokens
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return _error(request, exc.status_code, exc.detail or "error")

@@ -1,14 +1,14 @@
 """The web page of a box waiting to be admitted (mesh.drivers.pairing).
 
 It says that the box waits and how to admit it. The code itself is shown only to a browser on the
-box itself (a kiosk screen, `http://localhost:8080/`): anyone on the LAN who read the code could
+box itself (a kiosk screen, `http://localhost:8080/`; a loopback peer that used a loopback name,
+so a page whose name rebinds to the box learns nothing): anyone on the LAN who read the code could
 answer an organizer's `mesh admit` in the box's place (announcing a look-alike box) and receive
 its invite. The JSON at /api/pending follows the same rule.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Callable
 
 from markupsafe import escape
@@ -16,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from mesh.gateway.hosts import HostGuard, is_local_request, own_names
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -31,20 +33,13 @@ or <code>/boot/assetmesh.key</code>) makes it join by itself.</small></p></body>
 """
 
 
-def _local(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def pending_app(state: Callable[[], dict]) -> Starlette:
+def pending_app(state: Callable[[], dict], http_hosts: tuple[str, ...] = ()) -> Starlette:
     """`state()` -> {"node_id", "code"} (the code shown now)."""
+    names = own_names(http_hosts)
 
     async def page(request: Request) -> Response:
         doc = state()
-        if _local(request):
+        if is_local_request(request):
             block = f'<p>Code: <span class="code">{escape(doc["code"])}</span></p>'
         else:
             block = "<p>The code is on this box's own screen and console (it is not shown over the network).</p>"
@@ -54,7 +49,7 @@ def pending_app(state: Callable[[], dict]) -> Starlette:
     async def api(request: Request) -> Response:
         doc = state()
         shown = {"node_id": doc["node_id"], "state": "pending"}
-        if _local(request):
+        if is_local_request(request):
             shown["code"] = doc["code"]
         return JSONResponse(shown, headers={"Cache-Control": "no-store"})
 
@@ -64,5 +59,7 @@ def pending_app(state: Callable[[], dict]) -> Starlette:
     async def other(request: Request) -> Response:
         return PlainTextResponse("this box is waiting to be admitted\n", status_code=503)
 
-    return Starlette(routes=[Route("/", page), Route("/api/pending", api), Route("/healthz", healthz),
-                             Route("/{path:path}", other)])
+    app = Starlette(routes=[Route("/", page), Route("/api/pending", api), Route("/healthz", healthz),
+                            Route("/{path:path}", other)])
+    app.add_middleware(HostGuard, names=lambda: names)  # a rebound name never sees the code
+    return app

@@ -37,6 +37,7 @@ STATE_WAIT_S = 3.0  # how long a write waits for the agent to see it before the 
 FETCH_START_S = 10.0  # how long a request for a file held elsewhere waits for its size and chunk list
 FETCH_STALL_S = 30.0  # ... and for each next chunk, before the response ends short
 FETCH_RENEW_S = 10.0  # while a browser waits, the fetch is asked for again this often (it lapses otherwise)
+HOSTS_REFRESH_S = 10.0  # the allowed host names are re-read this often (a new certificate adds names)
 UNAVAILABLE_GRACE_S = 2.0  # a file no connected peer holds is given this long for an announcement
 
 
@@ -74,6 +75,7 @@ class AgentView:
         self._release_cache: tuple[str, dict[str, DirEntry]] | None = None
         self._catalog: Catalog | None = None
         self._write_lock = trio.Lock()
+        self._hosts: tuple[float, frozenset[str]] | None = None  # (monotonic time, names) cached
 
     # ---- node ---------------------------------------------------------------------------------
 
@@ -87,6 +89,15 @@ class AgentView:
 
     def http_address(self) -> tuple[str, int] | None:
         return self.agent.config.http
+
+    def http_hosts(self) -> frozenset[str]:
+        """The names (besides IP addresses) this node's HTTP side answers to (mesh.gateway.hosts)."""
+        now = time.monotonic()
+        if self._hosts is None or now - self._hosts[0] > HOSTS_REFRESH_S:
+            from mesh.gateway.hosts import own_names
+
+            self._hosts = (now, own_names(self.agent.config.http_hosts))
+        return self._hosts[1]
 
     def lan_hosts(self) -> list[str]:
         """Addresses other devices can use to reach this node (no loopback)."""
@@ -326,6 +337,18 @@ class AgentView:
         now = time.time()
         revocations = rel.state_revocations(self.agent.core.state, info.authority_public_key, now)
         return verify_crew_token(token, info.authority_public_key, now, revocations)
+
+    def renew_crew(self, token: str | None) -> str:
+        """A fresh crew token signed by this organizer node for a request that is crew now (its
+        own token, if it used one, must still verify: a revoked organizer's crew renews nothing)."""
+        from mesh.cli.web_cmds import crew_token_for
+
+        if token is not None:
+            self.verify_crew(token)
+        made = crew_token_for(self.agent.home)
+        if made is None:
+            raise UsageError("only an organizer node signs crew tokens: renew on the organizer's laptop")
+        return made
 
     def members(self) -> list[dict]:
         """Every member with role, online and last seen; this node first."""

@@ -58,6 +58,7 @@ REASON_CHARS_MAX = 200
 HINTS_MAX = 8
 HOST_CHARS_MAX = 253
 CLOCK_SKEW_S = 300.0
+INVITE_SEEN_SKEW_S = 60.0  # a member first seeing an invite used this long after its expiry refuses it
 CREDENTIAL_VALID_S_DEFAULT = 365 * 86400.0
 REVOCATIONS_MAX = 65536
 LEDGER_ENTRIES_MAX = 65536
@@ -491,13 +492,18 @@ def _check_revocations(walk: _Walk, revocations: RevocationList) -> None:
             raise CredentialError("invited by an organizer after that organizer was revoked")
 
 
-def _check_ledger(walk: _Walk, ledger: InviteLedger, now: float, revocations: RevocationList | None) -> None:
+def _check_ledger(walk: _Walk, ledger: InviteLedger, now: float, revocations: RevocationList | None,
+                  member_since: float | None = None) -> None:
     uses = [
         (b32encode(invite.invite_id), invite, node_id_from_public_key(admitted.node_key))
         for _issuer, invite, admitted in _admissions(walk)
     ]
     for invite_id, invite, node_id in uses:
         known = ledger.holds(invite_id, node_id)
+        if (not known and member_since is not None and member_since <= invite.expires_at
+                and now > invite.expires_at + INVITE_SEEN_SKEW_S):
+            kind = "fleet key" if invite.uses > 1 else "invite"
+            raise CredentialError(f"{kind} expired before any member saw it used: ask the crew for a new one")
         if not known and revocations is not None and revocations.is_revoked(node_id_from_public_key(invite.invite_key)):
             kind = "fleet key" if invite.uses > 1 else "invite"
             raise CredentialError(f"{kind} revoked: ask the crew for a new one")
@@ -535,6 +541,7 @@ def verify_chain(
     revocations: RevocationList | None = None,
     invite_ledger: InviteLedger | None = None,
     expected_node_public_key: bytes | None = None,
+    member_since: float | None = None,
 ) -> Member:
     """Verify a credential chain at time `now`; the member it proves, or CredentialError.
 
@@ -546,6 +553,11 @@ def verify_chain(
     backdate them; revoke the nodes it admitted as well if that matters).
     With `invite_ledger`, every invite in the chain is recorded as used by the node it admitted,
     and a chain whose invite the ledger saw used by another node is refused (single use).
+    The joiner signs its own credential, so "made before the invite expired" is its claim; a
+    verifier that has been a member since before an invite expired (`member_since`, its own
+    credential's issuing time) judges a use it has never seen by its own clock instead: first
+    seen more than INVITE_SEEN_SKEW_S after the expiry, it is refused. A fresh node, which cannot
+    know which uses the mesh saw in time, accepts the claim until its state says otherwise.
     """
     authority = _check_authority_key(authority_public_key)
     now = _check_now(now)
@@ -557,8 +569,15 @@ def verify_chain(
     if revocations is not None:
         _check_revocations(walk, revocations)
     if invite_ledger is not None:
-        _check_ledger(walk, invite_ledger, now, revocations)
+        _check_ledger(walk, invite_ledger, now, revocations, member_since)
     return _member(walk)
+
+
+def member_since(chain: bytes, authority_public_key: bytes) -> float:
+    """When the credential a chain ends in was issued (this node's own chain: since when it is a
+    member, for `verify_chain(member_since=)`); CredentialError if the chain does not verify."""
+    walk = _walk(_decode_chain(chain), _check_authority_key(authority_public_key))
+    return walk.credentials[-1].issued_at
 
 
 def create_first_credential(
