@@ -146,6 +146,7 @@ def test_rebinding_revoked_organizers_tokens_and_the_open_status_route(tmp_path:
         wait_until(lambda: _http(port, "GET", "/api/dashboard", bearer)[0] == 403, 10, "the token to stop working")
         assert _http(port, "POST", "/api/crew/policy", bearer, policy)[0] == 403
         assert _http(port, "POST", "/api/crew/renew", bearer)[0] == 403, "a dead token renews nothing"
+        assert "amc1." not in org.log(), "mesh up printed a crew token into its log"
         ours = {"Authorization": f"Bearer {token}"}
         assert _http(port, "GET", "/api/dashboard", ours)[0] == 200, "the other organizer's tokens still work"
 
@@ -154,5 +155,67 @@ def test_rebinding_revoked_organizers_tokens_and_the_open_status_route(tmp_path:
         statuses = [_http(port, "GET", "/api/members", wrong)[0] for _ in range(25)]
         assert statuses[0] == 403 and statuses[-1] == 429
         assert _http(port, "GET", "/api/members", ours)[0] == 429, "the address waits out the window"
+    finally:
+        stop_all([org])
+
+
+RANDOM_BYTES_SCRIPT = """
+import os, random, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+port, count = int(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(20261203)
+def one(n):
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(rng.randbytes(rng.choice((1, 2, 47, 48, 49, 300, 4096))))
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+with ThreadPoolExecutor(32) as pool:
+    list(pool.map(one, range(count)))
+print("sent", flush=True)
+"""
+
+
+def test_two_thousand_random_byte_connections_leave_the_agent_serving(tmp_path: Path) -> None:
+    org, (edge,) = make_mesh(tmp_path, 1)
+    try:
+        org.start("--no-mdns")
+        fuzz = subprocess.run([sys.executable, "-c", RANDOM_BYTES_SCRIPT, str(org.port), "2000"],
+                              capture_output=True, timeout=120)
+        assert fuzz.returncode == 0 and b"sent" in fuzz.stdout, fuzz.stderr.decode()[-2000:]
+        assert org.proc.poll() is None
+        edge.start("--no-mdns", "--peer", org.address)
+        (tmp_path / "after.txt").write_bytes(b"still here")
+        cid = org.json("add", str(tmp_path / "after.txt"), "--tag", "merch")[0]["cid"]
+        wait_until(lambda: edge.tags_of(cid) == {"merch"}, 20, "the member to sync after the fuzz")
+    finally:
+        stop_all([org, edge])
+
+
+XSS = '<img src=x onerror=alert(1)><script>alert(2)</script>'
+
+
+def test_markup_in_names_queries_and_messages_is_shown_as_text(tmp_path: Path) -> None:
+    org = Node(tmp_path / "org")
+    org.cli("init", f"gala {XSS}", "--node-name", "org")
+    hostile = tmp_path / f"{XSS.replace('/', '')}.txt"
+    hostile.write_bytes(b"a file with a hostile name")
+    cid = org.json("add", str(hostile), "--tag", "merch")[0]["cid"]
+    port = free_port()
+    try:
+        org.start("--no-mdns", "--http", f"127.0.0.1:{port}")
+        wait_until(lambda: _http(port, "GET", "/healthz")[0] == 200, 20, "http to come up")
+        from urllib.parse import quote
+
+        for path in ("/", f"/search?q={quote(XSS)}", f"/asset/{cid}", f"/crew?error={quote(XSS)}",
+                     f"/consent?code={quote(XSS)}", "/door"):
+            status, body = _http(port, "GET", path, {"Accept": "text/html"})
+            assert status < 500, path
+            assert b"<script>alert" not in body and b"<img src=x" not in body, f"markup not escaped on {path}"
+        status, body = _http(port, "GET", "/")
+        assert b"&lt;script&gt;" in body or b"&lt;img" in body, "the mesh name is shown, escaped"
     finally:
         stop_all([org])
