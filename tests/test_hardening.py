@@ -217,5 +217,9 @@ def test_markup_in_names_queries_and_messages_is_shown_as_text(tmp_path: Path) -
             assert b"<script>alert" not in body and b"<img src=x" not in body, f"markup not escaped on {path}"
         status, body = _http(port, "GET", "/")
         assert b"&lt;script&gt;" in body or b"&lt;img" in body, "the mesh name is shown, escaped"
+        # the login page shows only messages the server chose, by code (a crafted link shows nothing)
+        phishing = quote("Your token expired: call 0800 123 and read it to us")
+        assert b"call 0800" not in _http(port, "GET", f"/crew?error={phishing}", {"Accept": "text/html"})[1]
+        assert b"has expired" in _http(port, "GET", "/crew?error=expired", {"Accept": "text/html"})[1]
     finally:
         stop_all([org])

@@ -155,7 +155,7 @@ def routes(view) -> list:
         session = crew_of(request)
         if session is None:
             return render(request, view, "login.html", status=401 if request.method == "GET" else 403,
-                          local=is_local_request(request), error=request.query_params.get("error"))
+                          local=is_local_request(request), error=LOGIN_ERRORS.get(request.query_params.get("error", "")))
         return render(request, view, "dashboard.html", data=dashboard_data(view), session=session,
                       blocked=view.crew_actions_allowed(), done=request.query_params.get("done"),
                       api_csrf=form_token(csrf_secret(request), "api"))
@@ -168,12 +168,12 @@ def routes(view) -> list:
             try:
                 grant = verify(request, token)
             except CredentialError as exc:
-                return RedirectResponse("/crew?" + urlencode({"error": str(exc)}), status_code=303)
+                return RedirectResponse("/crew?" + urlencode({"error": _login_error(exc)}), status_code=303)
             session = Session(f"token:{grant.publisher}", grant.expires_at, token)
         elif is_local_request(request):  # a loopback peer that also used a loopback name (not a rebound one)
             session = Session("local", time.time() + LOCAL_SESSION_S, None)
         else:
-            return RedirectResponse("/crew?" + urlencode({"error": "paste a crew token"}), status_code=303)
+            return RedirectResponse("/crew?" + urlencode({"error": "missing"}), status_code=303)
         response = RedirectResponse("/crew", status_code=303)
         response.set_cookie(SESSION_COOKIE, sessions.add(session), httponly=True, samesite="strict", path="/",
                             max_age=int(max(60, session.expires_at - time.time())))
@@ -251,6 +251,24 @@ def routes(view) -> list:
         Route("/api/store", crew_get(lambda: {"store": view.status().get("store"),
                                               "release": view.status().get("release")})),
     ]
+
+
+# The login page shows only these messages, named by code in its URL (`/crew?error=CODE`): text
+# from a URL would let a crafted link show anything on our page.
+LOGIN_ERRORS = {
+    "missing": "Paste a crew token (`mesh crew-token` on an organizer's laptop prints one).",
+    "expired": "That crew token has expired or is not valid yet: get a fresh one with `mesh crew-token`.",
+    "revoked": "That crew token's organizer has been revoked.",
+    "throttled": "Too many wrong crew tokens from this device: wait a minute.",
+    "invalid": "That is not a crew token of this mesh.",
+}
+
+
+def _login_error(exc: CredentialError) -> str:
+    if isinstance(exc, TooManyTries):
+        return "throttled"
+    text = str(exc)
+    return "expired" if "expired" in text else "revoked" if "revoked" in text else "invalid"
 
 
 def _has_bearer(request: Request) -> bool:
