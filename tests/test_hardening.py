@@ -223,3 +223,19 @@ def test_markup_in_names_queries_and_messages_is_shown_as_text(tmp_path: Path) -
         assert b"has expired" in _http(port, "GET", "/crew?error=expired", {"Accept": "text/html"})[1]
     finally:
         stop_all([org])
+
+
+def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    org, (edge,) = make_mesh(tmp_path, 1)
+    http_port = free_port()
+    try:
+        org.start("--no-mdns", "--http", f"127.0.0.1:{http_port}")
+        for args, taken in ((("--listen", org.address), org.address),
+                            (("--listen", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{http_port}"),
+                             f"127.0.0.1:{http_port}")):
+            result = edge.cli("up", "--no-mdns", *args, check=False)
+            err = result.stderr.decode()
+            assert result.returncode == 1 and "Traceback" not in err, err
+            assert f"error: {taken} is already in use" in err, err
+    finally:
+        stop_all([org])

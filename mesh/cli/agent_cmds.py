@@ -13,6 +13,7 @@ import click
 from mesh.cli import output
 from mesh.cli.main import Context
 from mesh.config import DEFAULT_PORT, AgentConfig
+from mesh.errors import UsageError
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -83,8 +84,43 @@ def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file,
     lock = acquire_agent_lock(home.path)
     try:
         trio.run(_run_agent, home, config)
+    except BaseException as exc:  # a port in use is one line, not a nursery's traceback
+        problem = _bind_problem(exc, config)
+        if problem is None:
+            raise
+        raise UsageError(problem) from None
     finally:
         lock.close()
+
+
+def _bind_problem(exc: BaseException, config: AgentConfig) -> str | None:
+    """The line to show when the agent could not listen: which address, and what to do."""
+    import errno
+
+    found = _find_bind_error(exc)
+    if found is None:
+        return None
+    address, error = found
+    if address is None:  # not the session listener: the HTTP side
+        address = config.http or ("?", 0)
+    where = f"{address[0]}:{address[1]}"
+    if error.errno == errno.EADDRINUSE:
+        return f"{where} is already in use: stop what listens there (another `mesh up`?) or pick another port"
+    if error.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE; use 8080)"
+    return f"cannot listen on {where}: {error.strerror or error}"
+
+
+def _find_bind_error(exc: BaseException) -> tuple[tuple[str, int] | None, OSError] | None:
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return getattr(exc, "mesh_address", None), exc
+    for inner in getattr(exc, "exceptions", ()):  # an exception group from a nursery
+        found = _find_bind_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _log_event(log: logging.Logger, level: int, event: str, **fields: object) -> None:

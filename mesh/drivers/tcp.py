@@ -22,7 +22,11 @@ class TcpTransport:
 
     async def serve(self, address: Address, handler: StreamHandler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         host, port = address
-        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
+        except OSError as exc:
+            exc.mesh_address = address  # type: ignore[attr-defined]  # `mesh up` names it in one line
+            raise
         bound = listeners[0].socket.getsockname()[:2]
         async with trio.open_nursery() as nursery:
             for listener in listeners:
