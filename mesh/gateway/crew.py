@@ -4,8 +4,11 @@ JSON API, and the actions rollback / revoke member / set policy.
 Rules:
 - Crew requests carry either `Authorization: Bearer <crew token>` (scripts) or the `mesh_crew`
   session cookie (browsers; HttpOnly, SameSite=Strict). A session is minted by POST /crew/login
-  with a valid token, or without one when the request comes from a loopback address (someone at
-  the node's own keyboard). Nothing else is crew: a LAN request without either is refused (403).
+  with a valid token, or without one when the request comes from a loopback address *and* names a
+  loopback host (someone at the node's own keyboard, not a page whose name rebinds to 127.0.0.1;
+  mesh.gateway.hosts refuses foreign names before any route). Nothing else is crew: a LAN request
+  without either is refused (403). Wrong tokens are throttled per client address (429).
+- Tokens live hours (mesh.gateway.crew_token); an organizer node renews one (POST /api/crew/renew).
 - Every crew form POST carries its per-form CSRF token (`mesh.gateway.forms`); API POSTs with a
   cookie session need the `X-CSRF-Token` header, bearer requests need none.
 - Actions are signed with this node's key, so only an organizer node can perform them; elsewhere
