@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -53,7 +54,35 @@ def _listed(home: Path) -> set[str]:
 
 
 def _new_code(home: Path) -> str:
-    return _ok(run_mesh("consent", "new-code", home=home)).strip()
+    return _ok(run_mesh("consent", "new-code", home=home)).split()[0]  # CODE SECRET
+
+
+def test_new_code_prints_badges_whose_secret_proves_their_code(org_home: Path) -> None:
+    mesh_id = _json("id", home=org_home)["mesh_id"]
+    lines = _ok(run_mesh("consent", "new-code", "--count", "3", home=org_home)).splitlines()
+    badges = [line.split() for line in lines]
+    assert len(badges) == 3 and all(len(parts) == 2 for parts in badges)  # CODE SECRET, one a line
+    for code, secret in badges:
+        assert cs.parse_subject_code(code) == code and cs.parse_badge_secret(secret) == secret
+        assert cs.badge_holds(code, secret, mesh_id) and secret not in code
+    made = _json("consent", "new-code", "--count", "2", "--url", "http://10.0.0.7:8080/", home=org_home)
+    assert [sorted(b) for b in made] == [["code", "secret", "url"]] * 2
+    for badge in made:
+        assert badge["url"] == f"http://10.0.0.7:8080/consent?code={badge['code']}#secret={badge['secret']}"
+        assert cs.badge_holds(badge["code"], badge["secret"], mesh_id)
+    code, secret, url = _ok(run_mesh("consent", "new-code", "--url", "https://door.example",
+                                     home=org_home)).split()
+    assert url == f"https://door.example/consent?code={code}#secret={secret}"
+    assert "without" in _ok(run_mesh("consent", "grant", "--help", home=org_home))  # the crew path
+
+
+def test_door_badge_cards_print_the_code_and_keep_the_secret_in_the_qr(org_home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "door.html"
+    _ok(run_mesh("door", "http://10.0.0.7:8080/", "--out", out, "--badges", "2", home=org_home))
+    html = out.read_text()
+    codes = re.findall(r"<figcaption>([0-9A-Z]{4}-[0-9A-Z]{4})</figcaption>", html)
+    assert len(codes) == 2 and all(cs.parse_subject_code(code) == code for code in codes)
+    assert not re.search(r"[0-9A-Z]{4}(-[0-9A-Z]{4}){4}", html)  # no secret in print
 
 
 @pytest.fixture
@@ -103,6 +132,7 @@ ERROR_CASES = [
     (("consent", "show", "not-a-code!"), ("subject code",)),
     (("consent", "export", "1234-5678"), ("check failed",)),
     (("consent", "forget", "1234-5678"), ("check failed",)),
+    (("consent", "new-code", "--url", "box:8080"), ("http://",)),
 ]
 
 

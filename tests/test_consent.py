@@ -151,6 +151,121 @@ def test_subject_codes_are_spread() -> None:
     assert len({c.new_subject_code(rng) for _ in range(2000)}) == 2000
 
 
+# --- badge secrets --------------------------------------------------------------------------------
+
+CHEAP_KDF = c.BadgeKdf(n=2**4, r=1, p=1)  # the same derivation at a test's cost
+MESH_ID = "BADGETESTMESH"
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@given(st.integers(0, 2**64))
+def test_badge_secret_round_trip_and_spellings(seed: int) -> None:
+    secret = c.new_badge_secret(random.Random(seed))
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){4}", secret)
+    assert c.parse_badge_secret(secret) == secret
+    sloppy = secret.lower().replace("-", " ").replace("0", "o").replace("1", "l")
+    assert c.parse_badge_secret(f" {sloppy}  ") == secret
+    assert c.parse_badge_secret(secret.replace("-", "").replace("1", "I")) == secret
+
+
+@given(st.integers(0, 2**64), st.integers(0, 19), st.integers(1, 31))
+def test_badge_secret_refuses_any_single_typo(seed: int, position: int, delta: int) -> None:
+    chars = list(c.new_badge_secret(random.Random(seed)).replace("-", ""))
+    chars[position] = ALPHABET[(ALPHABET.index(chars[position]) + delta) % 32]
+    with pytest.raises(ValueError, match="check failed"):
+        c.parse_badge_secret("".join(chars))
+
+
+@given(st.integers(0, 2**64), st.integers(0, 19), st.integers(0, 19))
+def test_badge_secret_refuses_any_swap(seed: int, i: int, j: int) -> None:
+    chars = list(c.new_badge_secret(random.Random(seed)).replace("-", ""))
+    if chars[i] == chars[j]:
+        return
+    chars[i], chars[j] = chars[j], chars[i]
+    with pytest.raises(ValueError):
+        c.parse_badge_secret("".join(chars))
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("7KQ2-M9X7", "20 characters"), ("x" * 65, "looks like"), ("0000-0000-0000-0000-000U", "cannot contain"),
+    ("0000-0000-0000-0000-0001", "check failed"), (None, "looks like"),
+])
+def test_badge_secret_errors_are_clear(text, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        c.parse_badge_secret(text)
+
+
+@given(st.integers(0, 2**64))
+@settings(max_examples=50)
+def test_a_badge_secret_yields_a_valid_code_that_it_proves(seed: int) -> None:
+    badge = c.new_badge(random.Random(seed), MESH_ID, CHEAP_KDF)
+    assert c.parse_subject_code(badge.code) == badge.code  # a valid code: check character included
+    assert c.badge_code(badge.secret.lower(), MESH_ID, CHEAP_KDF) == badge.code  # any spelling
+    assert c.badge_holds(badge.code, badge.secret, MESH_ID, CHEAP_KDF)
+    assert not c.badge_holds(badge.code, badge.secret, "OTHERMESH", CHEAP_KDF)  # one mesh's badge
+
+
+@given(st.integers(0, 2**64), st.lists(st.tuples(st.integers(0, 19), st.integers(1, 31)), min_size=1,
+                                       max_size=6))
+@settings(max_examples=50)
+def test_a_mistyped_secret_is_refused_or_proves_nothing(seed: int, typos: list[tuple[int, int]]) -> None:
+    badge = c.new_badge(random.Random(seed), MESH_ID, CHEAP_KDF)
+    chars = list(badge.secret.replace("-", ""))
+    for position, delta in typos:
+        chars[position] = ALPHABET[(ALPHABET.index(chars[position]) + delta) % 32]
+    typed = "".join(chars)
+    if typed == badge.secret.replace("-", ""):
+        return  # the typos cancelled out
+    try:
+        holds = c.badge_holds(badge.code, typed, MESH_ID, CHEAP_KDF)
+    except ValueError:
+        return  # refused by the check character before any KDF
+    assert not holds  # a different secret: a different code (all but 2^-35 of the time)
+
+
+def _code_bits(code: str) -> int:
+    values = [ALPHABET.index(ch) for ch in code.replace("-", "")[:c.SUBJECT_RANDOM_CHARS]]
+    return sum(v << (5 * i) for i, v in enumerate(values))
+
+
+def _neighbour(secret: str, position: int, delta: int) -> str:
+    """`secret` with one random character changed and its check character recomputed."""
+    values = [ALPHABET.index(ch) for ch in secret.replace("-", "")][:c.BADGE_SECRET_RANDOM_CHARS]
+    values[position] = (values[position] + delta) % 32
+    return c._format_secret(c._with_check(values))
+
+
+@given(st.integers(0, 2**64), st.integers(0, 18), st.integers(1, 31))
+def test_codes_do_not_reveal_secrets_nearby_secrets_give_unrelated_codes(seed: int, position: int,
+                                                                        delta: int) -> None:
+    secret = c.new_badge_secret(random.Random(seed))
+    other = _neighbour(secret, position, delta)
+    assert c.badge_code(secret, MESH_ID, CHEAP_KDF) != c.badge_code(other, MESH_ID, CHEAP_KDF)
+    assert c.badge_code(secret, MESH_ID, CHEAP_KDF) != c.badge_code(secret, MESH_ID + "2", CHEAP_KDF)
+
+
+def test_nearby_secrets_flip_half_the_code_bits() -> None:
+    """Avalanche: a one-character change of the secret changes each code bit with probability 1/2,
+    so a code says nothing usable about its secret or about the codes of similar secrets."""
+    rng = random.Random(19)
+    flips = []
+    for _ in range(400):
+        secret = c.new_badge_secret(rng)
+        other = _neighbour(secret, rng.randrange(19), rng.randrange(1, 32))
+        a, b = (_code_bits(c.badge_code(s, MESH_ID, CHEAP_KDF)) for s in (secret, other))
+        flips.append(bin(a ^ b).count("1"))
+    mean = sum(flips) / len(flips)  # 35 bits: 17.5 expected, standard error about 0.15
+    assert 16.5 < mean < 18.5, mean
+    assert len({c.badge_code(c.new_badge_secret(rng), MESH_ID, CHEAP_KDF) for _ in range(2000)}) >= 1999
+
+
+def test_the_production_kdf_is_the_deliberately_slow_one() -> None:
+    assert (c.BADGE_KDF.n, c.BADGE_KDF.r, c.BADGE_KDF.p) == (2**13, 8, 1)  # 8 MiB, ~16 ms a check
+    badge = c.new_badge(random.Random(3), MESH_ID)
+    assert c.badge_holds(badge.code, badge.secret, MESH_ID)
+    assert c.badge_code(badge.secret, MESH_ID, CHEAP_KDF) != badge.code  # the cost is part of the code
+
+
 # --- policies -------------------------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     for name, color in (("stage-1.jpg", (200, 0, 0)), ("stage-2.jpg", (0, 200, 0)), ("crowd.jpg", (0, 0, 200))):
         Image.new("RGB", (800, 600), color).save(root / name)
     (root / "notes.txt").write_text("set list")
-    code = org.cli("consent", "new-code").stdout.decode().strip()
+    code = org.cli("consent", "new-code").stdout.decode().split()[0]
     org.json("add", str(root / "stage-1.jpg"), str(root / "stage-2.jpg"), str(root / "notes.txt"), "--tag", "stage")
     crowd = org.json("add", str(root / "crowd.jpg"), "--tag", "crowd", "--subject", code)[0]["cid"]
     org.cli("consent", "revoke", code, "photo")

@@ -79,7 +79,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     (root / "clip.mp4").write_bytes(clip)
     (root / "stage.jpg").write_bytes(_jpeg((200, 20, 20)))
     (root / "crowd.jpg").write_bytes(_jpeg((20, 20, 200)))
-    code = org.cli("consent", "new-code").stdout.decode().strip()
+    badge = org.json("consent", "new-code", "--json")[0]
+    code = badge["code"]
     clip_cid = org.json("add", str(root / "clip.mp4"), "--tag", "stage")[0]["cid"]
     stage_cid = org.json("add", str(root / "stage.jpg"), "--tag", "stage")[0]["cid"]
     crowd_cid = org.json("add", str(root / "crowd.jpg"), "--tag", "crowd", "--subject", code)[0]["cid"]
@@ -90,7 +91,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     wait_until(lambda: client.get("/healthz")[0] == 200, 20, "http to come up")
     token = org.cli("crew-token").stdout.decode().strip()
     yield {"org": org, "client": client, "port": port, "clip": clip_cid, "clip_bytes": clip, "stage": stage_cid,
-           "crowd": crowd_cid, "records": records, "code": code, "token": token, "v1": v1, "v2": v2}
+           "crowd": crowd_cid, "records": records, "code": code, "secret": badge["secret"], "token": token,
+           "v1": v1, "v2": v2}
     stop_all([org])
 
 
@@ -206,8 +208,17 @@ def test_consent_revoke_and_grant_through_the_page(mesh) -> None:
     revoked = json.loads(client.get(f"/api/consent/{code}")[2])["scopes"]
     assert revoked == [{"scope": "photo", "granted": False, "default": "grant",
                         "description": "Photos of the crowd"}]
-    token = client.csrf(f"/consent?code={code}", "/consent")
-    client.post_form("/consent", {"csrf": token, "code": code, "scope": "photo", "action": "grant"})
+    page = client.get(f"/consent?code={code}")[2].decode()
+    assert 'name="secret"' in page and "/static/consent.js" in page  # allowing asks for the badge secret
+    grant = {"csrf": client.csrf(f"/consent?code={code}", "/consent"), "code": code, "scope": "photo",
+             "action": "grant"}
+    status, _, body = client.post_form("/consent", grant)  # the code alone: refused, form kept
+    assert status == 400 and b"badge secret is needed" in body and b'name="secret"' in body
+    status, _, body = client.post_form("/consent", {**grant, "secret": "0000-0000-0000-0000-0000"})
+    assert status == 403 and b"Nothing was changed" in body and b"0000-0000-0000-0000-0000" in body
+    assert json.loads(client.get(f"/api/consent/{code}")[2])["scopes"] == revoked
+    status, headers, _ = client.post_form("/consent", {**grant, "secret": mesh["secret"].lower()})
+    assert status == 303 and mesh["secret"] not in headers["location"]
     wait_until(lambda: client.get(f"/c/{cid}")[0] == 200, 10, "the asset to show again")
 
 

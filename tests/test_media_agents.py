@@ -85,7 +85,7 @@ def test_a_watched_folder_reaches_two_edges_and_unpinned_media_streams_on_demand
 def test_media_pending_consent_never_leaves_its_capturer_and_survives_until_granted(tmp_path: Path) -> None:
     org, (stage, edge1) = make_mesh(tmp_path, 2)
     org.cli("tags", "set", "music", "merch", "stage")
-    code = org.cli("consent", "new-code").stdout.decode().strip()
+    code = org.cli("consent", "new-code").stdout.decode().split()[0]
     shot = photo(tmp_path / "shot-0001.jpg", "pending")
     cid = stage.json("add", str(tmp_path / "shot-0001.jpg"), "--tag", "stage", "--subject", code)[0]["cid"]
     config = tmp_path / "fast-gc.toml"

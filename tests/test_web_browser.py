@@ -70,7 +70,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     _jpeg(media / "stage-2.jpg", (30, 160, 30))
     _jpeg(media / "crowd.jpg", (30, 30, 220))
     _wav(media / "set.wav")
-    code = a.cli("consent", "new-code").stdout.decode().strip()
+    code, secret = a.cli("consent", "new-code").stdout.decode().split()
     stage = a.json("add", str(media / "stage-1.jpg"), str(media / "stage-2.jpg"), str(media / "set.wav"),
                    "--tag", "stage")
     a.json("add", str(media / "crowd.jpg"), "--tag", "crowd", "--subject", code)
@@ -84,7 +84,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         browser.new_page = _bounded(browser.new_page)
         yield {"a": a, "b": b, "A": f"http://127.0.0.1:{a_http}", "B": f"http://127.0.0.1:{b_http}",
-               "records": records, "code": code, "token": token, "releases": releases, "browser": browser,
+               "records": records, "code": code, "secret": secret, "token": token, "releases": releases, "browser": browser,
                "stage": stage}
         browser.close()
     stop_all([b, a])
@@ -182,6 +182,15 @@ def test_consent_revoke_on_b_hides_the_asset_on_a(lab) -> None:
     wait_until(hidden_on_a, 10, "the revoke to reach A")
     assert on_a.goto(f"{lab['A']}/c/{crowd['cid']}").status == 410
     assert on_a.goto(f"{lab['A']}/c/{crowd['thumbnail']}").status == 410
+
+    attendee.close()
+    attendee = browser.new_page()  # a fresh tab, as the phone's camera opens it
+    attendee.goto(f"{lab['B']}/consent?code={lab['code']}#secret={lab['secret']}")  # the badge's QR link
+    assert attendee.input_value(".scope input[name=secret]") == lab["secret"]  # moved into the form
+    assert attendee.evaluate("location.hash") == ""  # and out of the address bar
+    attendee.click("button:has-text('Allow')")
+    attendee.wait_for_selector(".scope.granted")
+    wait_until(lambda: on_a.goto(f"{lab['A']}/c/{crowd['cid']}").status == 200, 10, "the grant to reach A")
     on_a.close()
     attendee.close()
 

@@ -151,7 +151,12 @@ def _decide(ctx: Context, code: str, scope: str, grant: bool) -> cs.Decision:
 @click.argument("scope")
 @pass_context
 def grant(ctx: Context, code: str, scope: str) -> None:
-    """Record that subject CODE consents to SCOPE (restores consent after earlier revokes)."""
+    """Record that subject CODE consents to SCOPE (restores consent after earlier revokes).
+
+    The crew desk's path: run on a member node by an operator who has checked the badge in person,
+    so it needs no badge secret (the public /consent page does). It is also how badges printed
+    without a secret are granted.
+    """
     made = _decide(ctx, code, scope, True)
     output.stdout.print(f"{made.subject}: granted {made.scope}", markup=False)
 
@@ -161,7 +166,8 @@ def grant(ctx: Context, code: str, scope: str) -> None:
 @click.argument("scope")
 @pass_context
 def revoke(ctx: Context, code: str, scope: str) -> None:
-    """Record that subject CODE withdraws consent to SCOPE; its media hides on every node."""
+    """Record that subject CODE withdraws consent to SCOPE; its media hides on every node (anyone
+    may withdraw with the code alone, here or on the /consent page)."""
     made = _decide(ctx, code, scope, False)
     output.stdout.print(f"{made.subject}: revoked {made.scope}", markup=False)
 
@@ -279,12 +285,35 @@ def forget(ctx: Context, code: str, as_json: bool) -> None:
 
 @consent.command(name="new-code")
 @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 10_000),
-              help="How many codes to print (one a line).")
-def new_code(count: int) -> None:
-    """Print fresh subject codes for badges (random; the mesh stores nothing about them)."""
+              help="How many badges to make (about 50 a second).")
+@click.option("--url", "base_url", default=None, metavar="URL",
+              help="Also print each badge's consent link for its QR code, "
+                   "URL/consent?code=CODE#secret=SECRET (URL: a node's address, http://BOX:8080).")
+@click.option("--json", "as_json", is_flag=True, help='Print [{"code","secret","url"}] as JSON.')
+@pass_context
+def new_code(ctx: Context, count: int, base_url: str | None, as_json: bool) -> None:
+    """Print fresh badges for this mesh, one a line: CODE SECRET [URL].
+
+    Print CODE on the badge; put SECRET only in the badge's QR code (with --url, the link to
+    encode). Anyone who reads CODE can withdraw its consent; allowing on the /consent page needs
+    SECRET, which CODE does not reveal. Nothing is stored: a decision names CODE, never SECRET.
+    """
+    from mesh.gateway.pages import badge_url
+
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise UsageError("--url is a node's address: http://BOX:8080 or https://...")
+    mesh_id = ctx.home().info.mesh_id
     rng = random.SystemRandom()
+    made = []
     for _ in range(count):
-        print(cs.new_subject_code(rng))
+        badge = cs.new_badge(rng, mesh_id)
+        url = badge_url(base_url, badge) if base_url is not None else None
+        if as_json:
+            made.append({"code": badge.code, "secret": badge.secret, "url": url})
+        else:
+            print(" ".join(part for part in (badge.code, badge.secret, url) if part), flush=True)
+    if as_json:
+        output.print_json(made)
 
 
 # --- stats ----------------------------------------------------------------------------------------

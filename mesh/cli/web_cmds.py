@@ -72,7 +72,8 @@ def export_static(ctx: Context, directory: Path, assets: bool, as_json: bool) ->
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a printable HTML page here (default: print the QR on the terminal).")
 @click.option("--badges", default=0, type=click.IntRange(0, 1000),
-              help="Also print this many badge cards, each with a fresh code and its consent QR.")
+              help="Also print this many badge cards, each with a fresh code and its consent QR "
+                   "(which alone carries the badge secret that allowing on /consent needs).")
 @pass_context
 def door(ctx: Context, url: str, out: Path | None, badges: int) -> None:
     """A QR code pointing attendees to URL (the node's address, e.g. http://192.168.1.20:8080/)."""
@@ -86,6 +87,6 @@ def door(ctx: Context, url: str, out: Path | None, badges: int) -> None:
         return
     from mesh.gateway.export import door_page
 
-    name = ctx.home().info.mesh_name
-    out.write_text(door_page(name, url, badges), encoding="utf-8")
+    info = ctx.home().info
+    out.write_text(door_page(info.mesh_name, url, badges, info.mesh_id), encoding="utf-8")
     output.stderr.print(f"wrote {out}: print it and put it by the door", markup=False)

@@ -152,11 +152,24 @@ def _print_urls(nodes: list[DemoNode], release_id: str) -> None:
     from mesh.cli.web_cmds import crew_token_for
     from mesh.drivers.home import Home
 
-    token = crew_token_for(Home.open(nodes[0].home))
+    home = Home.open(nodes[0].home)
+    token = crew_token_for(home)
     if token:
         output.stdout.print(f"crew token (log in at any node's /crew): {token}", markup=False)
+    _print_badge(nodes[0].url, home.info.mesh_id)
     output.stdout.print("demo ready: press Ctrl-C to stop", markup=False)
     sys.stdout.flush()
+
+
+def _print_badge(url: str, mesh_id: str) -> None:
+    """One sample badge: the code printed on it, and the link its QR code would carry (secret inside)."""
+    import random
+
+    from mesh.gateway.pages import badge_url
+    from mesh.state.consent import new_badge
+
+    badge = new_badge(random.SystemRandom(), mesh_id)
+    output.stdout.print(f"a badge to try: code {badge.code}, its QR link {badge_url(url, badge)}", markup=False)
 
 
 def _raise_stop(signum, frame) -> None:

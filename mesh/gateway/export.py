@@ -128,18 +128,19 @@ def _all_visible(catalog):
     return records[:EXPORT_ASSETS_MAX]
 
 
-def door_page(mesh_name: str, url: str, badges: int = 0) -> str:
-    """A standalone printable page: the door QR, and optionally badge cards with fresh codes."""
+def door_page(mesh_name: str, url: str, badges: int = 0, mesh_id: str | None = None) -> str:
+    """A standalone printable page: the door QR, and optionally badge cards (`mesh_id` needed), each
+    with a fresh code in print and its consent link, secret included, only in the QR."""
     import random
 
-    from mesh.state.consent import new_subject_code
+    from mesh.gateway.pages import badge_url
+    from mesh.state.consent import new_badge
 
     rng = random.SystemRandom()
     cards = []
     for _ in range(badges):
-        code = new_subject_code(rng)
-        link = url.rstrip("/") + "/consent?code=" + code
-        cards.append({"code": code, "qr": qr_svg(link, scale=4)})
+        badge = new_badge(rng, mesh_id)
+        cards.append({"code": badge.code, "qr": qr_svg(badge_url(url, badge), scale=4)})
     css = (STATIC_DIR / "style.css").read_text(encoding="utf-8")
     return _env.get_template("export_door.html").render(name=mesh_name, url=url, qr=qr_svg(url), cards=cards,
                                                         css=css)

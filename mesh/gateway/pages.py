@@ -158,11 +158,39 @@ def routes(view) -> list:
             raise FormError("choose grant or revoke")
         try:
             code = cs.parse_subject_code(form.get("code", ""))
-            await view.decide(code, form.get("scope", ""), action == "grant")
+            scope = cs.check_scope(form.get("scope", ""))
         except (ValueError, UsageError) as exc:
             raise FormError(str(exc)) from None
-        query = urlencode({"code": code, "done": f"{action}:{form.get('scope')}"})
+        secret = form.get("secret", "").strip()
+        refused = await badge_refusal(code, secret) if action == "grant" else None
+        if refused:
+            status, message = refused
+            return render(request, view, "consent.html", status=status, code=code, code_text=code, error=message,
+                          rows=view.consent_rows(code), policies=view.policies_json(), done=None,
+                          kept={"scope": scope, "secret": secret})
+        try:
+            await view.decide(code, scope, action == "grant")
+        except (ValueError, UsageError) as exc:
+            raise FormError(str(exc)) from None
+        query = urlencode({"code": code, "done": f"{action}:{scope}"})
         return RedirectResponse(f"/consent?{query}", status_code=303)
+
+    async def badge_refusal(code: str, secret: str) -> tuple[int, str] | None:
+        """Why this page may not record a grant for `code` with `secret` (status, message), or None.
+        A withdrawal needs only the code (it can only hide); a grant needs the badge's secret."""
+        if not secret:
+            return 400, ("To allow, your badge secret is needed: scan the QR code on your badge and it is "
+                         "filled in. Stopping needs only the code. A badge without a QR code: ask the crew desk.")
+        if view.badge_checks_busy():
+            return 503, "Nothing was changed: this box is busy checking badges. Try again in a moment."
+        try:
+            holds = await view.badge_holds(code, secret)
+        except ValueError as exc:
+            return 400, f"Nothing was changed: that badge secret is mistyped ({exc})."
+        if not holds:
+            return 403, (f"Nothing was changed: that secret is not the one of badge {code}. Scan the QR code "
+                         "on your badge again, or ask the crew desk.")
+        return None
 
     async def api_consent(request: Request) -> JSONResponse:
         try:
@@ -183,7 +211,7 @@ def routes(view) -> list:
         release = view.status().get("release") or {}
         thumbs = [f"/c/{r.thumbnail}" for r in view.search() if r.thumbnail and view.has_file(r.thumbnail)]
         files = ["/release/current/" + quote(path) for path in view.offline_files()]
-        pages = ["/", "/search", "/consent", "/static/style.css", "/static/app.js"]
+        pages = ["/", "/search", "/consent", "/static/style.css", "/static/app.js", "/static/consent.js"]
         version = f"{release.get('root')}:{len(thumbs)}"
         return JSONResponse({"version": version, "pages": pages, "files": files, "thumbs": thumbs[:200]},
                             headers={"Cache-Control": "no-store"})
@@ -238,6 +266,15 @@ def door_url(request: Request, view) -> str:
             host = lan[0]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}{':' + str(port) if port and port != 80 else ''}/"
+
+
+def badge_url(base_url: str, badge: cs.Badge) -> str:
+    """The consent link for a badge's QR code: `BASE/consent?code=CODE#secret=SECRET`. The secret
+    rides in the fragment, which browsers never send: the page's script moves it into the form, so
+    it reaches the node only in the body of a grant, never in a URL the node or a proxy logs."""
+    if not base_url.startswith(("http://", "https://")):
+        raise UsageError("a node's address starts with http:// or https://")
+    return f"{base_url.rstrip('/')}/consent?{urlencode({'code': badge.code})}#secret={badge.secret}"
 
 
 def _loopback(host: str) -> bool:

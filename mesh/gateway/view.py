@@ -34,6 +34,7 @@ QUERY_CHARS_MAX = 100
 OFFLINE_FILE_BYTES_MAX = 2 * 1024 * 1024  # the service worker caches release files up to this size
 OFFLINE_FILES_MAX = 500
 STATE_WAIT_S = 3.0  # how long a write waits for the agent to see it before the page redirects
+BADGE_CHECKS_WAITING_MAX = 16  # grants queued behind a running badge check; more are answered 503
 FETCH_START_S = 10.0  # how long a request for a file held elsewhere waits for its size and chunk list
 FETCH_STALL_S = 30.0  # ... and for each next chunk, before the response ends short
 FETCH_RENEW_S = 10.0  # while a browser waits, the fetch is asked for again this often (it lapses otherwise)
@@ -75,6 +76,7 @@ class AgentView:
         self._release_cache: tuple[str, dict[str, DirEntry]] | None = None
         self._catalog: Catalog | None = None
         self._write_lock = trio.Lock()
+        self._badge_limiter = trio.CapacityLimiter(1)  # badge checks (scrypt): one core at most
         self._hosts: tuple[float, frozenset[str]] | None = None  # (monotonic time, names) cached
 
     # ---- node ---------------------------------------------------------------------------------
@@ -309,8 +311,21 @@ class AgentView:
         view = consent_view(core.state, self.agent.home.info.authority_public_key, time.time())
         return consent_rows(view, code)
 
+    async def badge_holds(self, code: str, secret: str) -> bool:
+        """Whether `secret` is the badge secret of subject `code` in this mesh (ValueError if
+        either is malformed). The KDF runs on a worker thread, one check at a time, so a flood of
+        wrong secrets costs one core and never the event loop."""
+        mesh_id = self.agent.home.info.mesh_id
+        return await trio.to_thread.run_sync(cs.badge_holds, code, secret, mesh_id,
+                                             limiter=self._badge_limiter)
+
+    def badge_checks_busy(self) -> bool:
+        """Too many grants already wait for a badge check (the queue's limit)."""
+        return self._badge_limiter.statistics().tasks_waiting >= BADGE_CHECKS_WAITING_MAX
+
     async def decide(self, code: str, scope: str, grant: bool) -> None:
-        """Record a grant or revoke for subject `code` (UsageError on a bad code or scope)."""
+        """Record a grant or revoke for subject `code` (UsageError on a bad code or scope). Who
+        may grant is the caller's check: the public page asks for the badge secret first."""
         subject = cs.parse_subject_code(code)
         cs.check_scope(scope)
         node_id = self.agent.home.info.node_id

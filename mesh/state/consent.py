@@ -5,6 +5,17 @@ Theory of operation:
   check character, shown as `XXXX-XXXX`. The check is a weighted sum over GF(32) with distinct
   weights, so every single mistyped character and every swap of two different characters is
   refused instead of silently naming another attendee. Nothing else about a person is stored.
+- Codes are not secrets (anyone who sees a badge reads one), so the direction of a decision
+  matters: a revoke can only hide and needs the code alone, but a grant from a stranger (the public
+  `/consent` page) needs the badge secret, which the badge carries in its QR code only: 19 random
+  Crockford characters (95 bits) and one check character, shown as `XXXX-XXXX-XXXX-XXXX-XXXX`.
+  A badge's code is derived from its secret: scrypt (RFC 7914; salt = a domain tag and the mesh id,
+  cost `BADGE_KDF`) truncated to the code's 35 random bits, then the check character. Checking a
+  secret costs one scrypt; forging one for a code that was only seen costs about 2^35 of them, in
+  this mesh only (the salt defeats tables made for all meshes). The secret is checked where the
+  grant arrives and never stored: decisions name only the code. Crew commands on a member node
+  (the operator checked the badge) record grants without it; codes printed without a secret
+  (`new_subject_code`) can be revoked anywhere and granted only by the crew.
 - Policies are statements signed by an organizer exactly like releases (Ed25519 over
   `assetmesh/v1/policy\\x00` + canonical CBOR, blob [chain, [body, signature]]), verified on read
   at their own time: a member that is not an organizer cannot set one. A policy targets either a
@@ -35,6 +46,8 @@ Theory of operation:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import random
 import re
@@ -72,6 +85,11 @@ from mesh.state.releases import (
 SUBJECT_CODE_CHARS = 8  # 7 random characters and 1 check character
 SUBJECT_RANDOM_CHARS = 7  # 35 random bits
 SUBJECT_INPUT_CHARS_MAX = 32  # longer user input is refused before any parsing
+BADGE_SECRET_CHARS = 20  # 19 random characters and 1 check character
+BADGE_SECRET_RANDOM_CHARS = 19  # 95 random bits
+BADGE_SECRET_GROUP_CHARS = 4  # shown as XXXX-XXXX-XXXX-XXXX-XXXX
+BADGE_SECRET_INPUT_CHARS_MAX = 64  # longer user input is refused before any parsing
+BADGE_SALT_PREFIX = b"assetmesh/v1/badge-code\x00"  # scrypt salt: this, then the mesh id
 SCOPE_CHARS_MAX = 32
 DESCRIPTION_CHARS_MAX = 500
 RETENTION_S_MAX = 100 * 365 * 86400.0
@@ -125,16 +143,45 @@ def _x_power(n: int) -> int:
     return value
 
 
-# Weights x^7 ... x^1 for the random characters, then 1 for the check: distinct and non-zero.
-_WEIGHTS = tuple(_x_power(SUBJECT_CODE_CHARS - 1 - i) for i in range(SUBJECT_CODE_CHARS))
+# Weights x^(n-1) ... x^1 for the n-1 random characters, then 1 for the check: distinct and
+# non-zero for any n up to 31 (x has order 31), so codes (n = 8) and badge secrets (n = 20) alike
+# refuse every single wrong character and every swap of two different characters.
+_WEIGHTS = {n: tuple(_x_power(n - 1 - i) for i in range(n))
+            for n in (SUBJECT_CODE_CHARS, BADGE_SECRET_CHARS)}
 
 
 def _check_value(values: list[int]) -> int:
-    """The GF(32) sum of weight * value; a valid code sums to zero with its check included."""
+    """The GF(32) sum of weight * value; a valid text sums to zero with its check included."""
     total = 0
-    for weight, value in zip(_WEIGHTS, values):
+    for weight, value in zip(_WEIGHTS[len(values)], values):
         total ^= _gf32_mul(weight, value)
     return total
+
+
+def _with_check(values: list[int]) -> list[int]:
+    """`values` followed by the check character that makes the weighted sum zero."""
+    return values + [_check_value(values + [0])]
+
+
+def _random_values(rng: random.Random, count: int) -> list[int]:
+    bits = rng.getrandbits(5 * count)
+    return [(bits >> (5 * i)) & 31 for i in range(count)]
+
+
+def _parse_crockford(text: object, chars: int, chars_max: int, what: str, example: str) -> list[int]:
+    """The values of `chars` Crockford characters typed by a person; ValueError saying why not."""
+    if not isinstance(text, str) or len(text) > chars_max:
+        raise ValueError(f"a {what} looks like {example}")
+    compact = "".join(text.split()).replace("-", "").upper().translate(_CROCKFORD_ALIASES)
+    if len(compact) != chars:
+        raise ValueError(f"a {what} has {chars} characters, like {example}")
+    bad = sorted({ch for ch in compact if ch not in _CROCKFORD})
+    if bad:
+        raise ValueError(f"a {what} cannot contain {''.join(bad)!r}")
+    values = [_CROCKFORD.index(ch) for ch in compact]
+    if _check_value(values):
+        raise ValueError(f"not a valid {what}: a character is mistyped (check failed)")
+    return values
 
 
 def _format_code(values: list[int]) -> str:
@@ -143,10 +190,9 @@ def _format_code(values: list[int]) -> str:
 
 
 def new_subject_code(rng: random.Random) -> str:
-    """A fresh pseudonymous subject code such as `7KQ2-M9X7` (35 random bits, 1 check char)."""
-    bits = rng.getrandbits(5 * SUBJECT_RANDOM_CHARS)
-    values = [(bits >> (5 * i)) & 31 for i in range(SUBJECT_RANDOM_CHARS)]
-    return _format_code(values + [_check_value(values + [0])])
+    """A fresh pseudonymous subject code such as `7KQ2-M9X7` (35 random bits, 1 check char) with
+    no badge secret: revocable by anyone, grantable only by the crew (see `new_badge`)."""
+    return _format_code(_with_check(_random_values(rng, SUBJECT_RANDOM_CHARS)))
 
 
 def parse_subject_code(text: str) -> str:
@@ -154,18 +200,84 @@ def parse_subject_code(text: str) -> str:
 
     Case, hyphens and spaces do not matter; O reads as 0 and I, L as 1 (Crockford base32).
     """
-    if not isinstance(text, str) or len(text) > SUBJECT_INPUT_CHARS_MAX:
-        raise ValueError("a subject code looks like 7KQ2-M9X7")
-    compact = "".join(text.split()).replace("-", "").upper().translate(_CROCKFORD_ALIASES)
-    if len(compact) != SUBJECT_CODE_CHARS:
-        raise ValueError(f"a subject code has {SUBJECT_CODE_CHARS} characters, like 7KQ2-M9X7")
-    bad = sorted({ch for ch in compact if ch not in _CROCKFORD})
-    if bad:
-        raise ValueError(f"a subject code cannot contain {''.join(bad)!r}")
-    values = [_CROCKFORD.index(ch) for ch in compact]
-    if _check_value(values):
-        raise ValueError("not a valid subject code: a character is mistyped (check failed)")
+    values = _parse_crockford(text, SUBJECT_CODE_CHARS, SUBJECT_INPUT_CHARS_MAX, "subject code",
+                              "7KQ2-M9X7")
     return _format_code(values)
+
+
+# --- badge secrets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadgeKdf:
+    """The scrypt cost of deriving a badge's code from its secret (RFC 7914 parameters)."""
+
+    n: int = 2**13  # CPU and memory cost
+    r: int = 8  # block size; memory is 128 * n * r bytes (8 MiB)
+    p: int = 1  # parallelism
+
+
+# About 16 ms on one core of the x86-64 dev machine (2026), a few times that on an ARM edge box: one
+# per grant checked, about 2^35 of them (17 CPU-years) to forge a secret for a code that was seen.
+BADGE_KDF = BadgeKdf()
+
+
+@dataclass(frozen=True)
+class Badge:
+    """What one printed badge carries: the code in print, the secret only in its QR code."""
+
+    code: str  # canonical subject code, derived from the secret
+    secret: str  # canonical badge secret, XXXX-XXXX-XXXX-XXXX-XXXX
+
+
+def _format_secret(values: list[int]) -> str:
+    text = "".join(_CROCKFORD[v] for v in values)
+    step = BADGE_SECRET_GROUP_CHARS
+    return "-".join(text[i : i + step] for i in range(0, len(text), step))
+
+
+def new_badge_secret(rng: random.Random) -> str:
+    """A fresh badge secret (95 random bits and 1 check character, in groups of 4)."""
+    return _format_secret(_with_check(_random_values(rng, BADGE_SECRET_RANDOM_CHARS)))
+
+
+def parse_badge_secret(text: str) -> str:
+    """The canonical form of a badge secret typed or scanned by a person; ValueError if invalid
+    (same rules as codes: case, hyphens and spaces do not matter; O is 0, I and L are 1)."""
+    values = _parse_crockford(text, BADGE_SECRET_CHARS, BADGE_SECRET_INPUT_CHARS_MAX, "badge secret",
+                              "XXXX-XXXX-XXXX-XXXX-XXXX")
+    return _format_secret(values)
+
+
+def _badge_salt(mesh_id: str) -> bytes:
+    if not isinstance(mesh_id, str) or not mesh_id:
+        raise UsageError("a badge belongs to a mesh: give its mesh id")
+    return BADGE_SALT_PREFIX + mesh_id.encode("utf-8")
+
+
+def badge_code(secret: str, mesh_id: str, kdf: BadgeKdf = BADGE_KDF) -> str:
+    """The subject code of the badge with `secret` in mesh `mesh_id` (ValueError: not a secret)."""
+    compact = parse_badge_secret(secret).replace("-", "")
+    digest = hashlib.scrypt(compact.encode("ascii"), salt=_badge_salt(mesh_id), n=kdf.n, r=kdf.r,
+                            p=kdf.p, dklen=5, maxmem=256 * kdf.n * kdf.r * kdf.p + 2**20)
+    bits = int.from_bytes(digest, "big") >> (40 - 5 * SUBJECT_RANDOM_CHARS)
+    values = [(bits >> (5 * (SUBJECT_RANDOM_CHARS - 1 - i))) & 31 for i in range(SUBJECT_RANDOM_CHARS)]
+    return _format_code(_with_check(values))
+
+
+def new_badge(rng: random.Random, mesh_id: str, kdf: BadgeKdf = BADGE_KDF) -> Badge:
+    """A fresh badge for mesh `mesh_id`: a random secret and the code derived from it."""
+    secret = new_badge_secret(rng)
+    return Badge(code=badge_code(secret, mesh_id, kdf), secret=secret)
+
+
+def badge_holds(code: str, secret: str, mesh_id: str, kdf: BadgeKdf = BADGE_KDF) -> bool:
+    """Whether `secret` is the secret of the badge printed with `code` in mesh `mesh_id`.
+
+    ValueError if either text is malformed (a typo in the secret is caught here, before the KDF).
+    """
+    subject, canonical = parse_subject_code(code), parse_badge_secret(secret)
+    return hmac.compare_digest(badge_code(canonical, mesh_id, kdf), subject)
 
 
 def _canonical_subject(text: object) -> str | None:
