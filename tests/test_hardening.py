@@ -10,10 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from mesh.drivers.runtime import REFUSED_LOGGED_PER_S
 from tests.agents import Node, free_port, make_mesh, stop_all, wait_until
 
 FLOOD_CONNECTIONS = 1100  # held at once: more than the agent's whole descriptor limit
@@ -183,10 +185,14 @@ def test_two_thousand_random_byte_connections_leave_the_agent_serving(tmp_path: 
     org, (edge,) = make_mesh(tmp_path, 1)
     try:
         org.start("--no-mdns")
+        started = time.monotonic()
         fuzz = subprocess.run([sys.executable, "-c", RANDOM_BYTES_SCRIPT, str(org.port), "2000"],
                               capture_output=True, timeout=120)
+        seconds = time.monotonic() - started
         assert fuzz.returncode == 0 and b"sent" in fuzz.stdout, fuzz.stderr.decode()[-2000:]
         assert org.proc.poll() is None
+        lines = org.log().count("peer.refused")
+        assert 0 < lines <= REFUSED_LOGGED_PER_S * (seconds + 2), f"{lines} refusal lines in {seconds:.1f} s"
         edge.start("--no-mdns", "--peer", org.address)
         (tmp_path / "after.txt").write_bytes(b"still here")
         cid = org.json("add", str(tmp_path / "after.txt"), "--tag", "merch")[0]["cid"]

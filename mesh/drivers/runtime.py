@@ -65,6 +65,7 @@ RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
     "health.recovered", "media.evicting",
 })
 USAGE_REPORT_BYTES_MIN = 1024 * 1024  # tell the core of a change in the store's size at least this large
+REFUSED_LOGGED_PER_S = 20  # strangers' failed handshakes logged a second at most (the rest counted)
 PENDING_BOXES_MAX = 64  # boxes waiting to be admitted that the Pending list shows at once
 
 
@@ -124,6 +125,7 @@ class Agent:
         self.fd_limit = raise_fd_limit()  # (soft, hard) RLIMIT_NOFILE
         self._preauth = PreAuthGate(preauth_total_max(self.fd_limit[0]))  # strangers' connections
         self._shed_logged_at = -1.0  # monotonic time of the last peer.shed line
+        self._refused_second, self._refused_logged, self._refused_unlogged = 0, 0, 0  # strangers' refusals
         self._unpersisted: list[bytes] = []  # state changes a failed append left to retry
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -428,15 +430,31 @@ class Agent:
                 self.counters["preauth_shed"] += 1
             try:
                 secure = await secure_accept(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
-            except (HandshakeError, RemoteProtocolError, CredentialError, trio.BrokenResourceError,
-                    trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+            except CredentialError as exc:  # it held the mesh key: always worth a line
                 self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc))
+            except (HandshakeError, RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.TooSlowError, OSError) as exc:
+                self._note_refused(remote, exc)
             finally:
                 self._preauth.done(scope)
         if scope.cancelled_caught:
             self._note_shed(remote)
         if secure is not None:
             await self._run_connection(secure, captured["chain"], remote, outbound=False)
+
+    def _note_refused(self, remote: Address | None, exc: BaseException) -> None:
+        """A stranger's failed handshake: a line each, but at most REFUSED_LOGGED_PER_S a second
+        (the next line says how many were left out), so a flood cannot flood the journal."""
+        second = int(time.monotonic())
+        if second != self._refused_second:
+            self._refused_second, self._refused_logged = second, 0
+        if self._refused_logged >= REFUSED_LOGGED_PER_S:
+            self._refused_unlogged += 1
+            return
+        self._refused_logged += 1
+        fields = {"unlogged": self._refused_unlogged} if self._refused_unlogged else {}
+        self._refused_unlogged = 0
+        self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc), **fields)
 
     def _note_shed(self, remote: Address | None) -> None:
         """Log shedding at most once a second (a flood must not flood the journal too)."""
