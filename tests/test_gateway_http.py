@@ -129,7 +129,7 @@ def test_head_and_conditional_get(mesh) -> None:
     client, cid = mesh["client"], mesh["clip"]
     status, headers, body = client.request("HEAD", f"/c/{cid}", {"Range": "bytes=10-19"})
     assert status == 206 and headers["content-length"] == "10" and body == b""
-    for tags in (f'"{cid}"', f'"x", "{cid}"', "*"):
+    for tags in (f'"{cid}"', f'"x", "{cid}"', "*", f'W/"{cid}"'):  # If-None-Match compares weakly
         status, headers, body = client.get(f"/c/{cid}", if_none_match=tags)
         assert status == 304 and body == b"" and headers["etag"] == f'"{cid}"'
     assert client.get(f"/c/{cid}", if_none_match='"x"')[0] == 200
@@ -305,7 +305,9 @@ def test_metrics_and_health(mesh) -> None:
     client.get("/")
     status, headers, body = client.get("/metrics")
     text = body.decode()
-    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    openmetrics = client.get("/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert openmetrics[1]["content-type"].startswith("application/openmetrics-text") and b"# EOF" in openmetrics[2]
     assert 'mesh_http_requests_total{method="GET",route="/",status="200"}' in text
     for name in ("mesh_peers 0.0", "mesh_release_complete 1.0", "mesh_chunks_verified_total",
                  "mesh_bytes_out_total", "mesh_store_bytes"):

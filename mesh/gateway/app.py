@@ -150,7 +150,7 @@ async def _serve(request: Request, view: GatewayView, ref: FileRef | None, cache
     etag = f'"{ref.cid}"'
     headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes",
                "X-Content-Type-Options": "nosniff"}
-    if etag in _etags(request.headers.get("if-none-match", "")) or "*" in _etags(request.headers.get("if-none-match", "")):
+    if _none_match(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
     span = _parse_range(request.headers.get("range"), ref.size)
     if span is not None and not _if_range_ok(request.headers.get("if-range"), etag):
@@ -177,8 +177,10 @@ def _if_range_ok(header: str | None, etag: str) -> bool:
     return header is None or header.strip() == etag
 
 
-def _etags(header: str) -> set[str]:
-    return {tag.strip() for tag in header.split(",") if tag.strip()}
+def _none_match(header: str, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"x" matches "x"."""
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+    return etag in tags or "*" in tags
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:

@@ -4,9 +4,9 @@ prometheus-client's global one), so several nodes in one process never mix their
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -73,7 +73,10 @@ class Registry:
                                 ["method", "route", "status"], registry=self.registry)
 
     async def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        # The text format 0.0.4 unless the scraper asks for OpenMetrics (prometheus-client's
+        # negotiation; its CONTENT_TYPE_LATEST names a version 1.0.0 scrapers do not all accept).
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.registry), headers={"Content-Type": content_type})
 
 
 def route_label(path: str) -> str:
