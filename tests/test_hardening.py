@@ -82,6 +82,8 @@ def test_connection_flood_under_a_1024_fd_limit_does_not_stop_a_release(tmp_path
         edge.start("--no-mdns", "--peer", org.address)
         done = edge.cli("wait", "--timeout", "60", "--json")
         assert json.loads(done.stdout)["id"] == made["id"]
+        assert f"release: during-the-flood ({made['id'][:12]}): complete, {8 * 256 * 1024:,} bytes" in \
+            edge.cli("status").stdout.decode()  # the text status has a progress line too
         assert flood.poll() is None, "the flood ran for the whole transfer"
         assert org.proc.poll() is None, f"the agent died under the flood:\n{org.log()[-3000:]}"
         assert org.json("status")["running"]

@@ -294,6 +294,17 @@ def _discovery_for(home, config: AgentConfig):
     return discovery
 
 
+def _release_line(release: dict) -> str:
+    """`spring (ab12…): complete, 12,582,912 bytes` or `…: 41% (5,242,880 of 12,582,912 bytes)`."""
+    name = f"{release.get('name')} ({str(release.get('id'))[:12]})"
+    have, total = release.get("have_bytes") or 0, release.get("total_bytes")
+    if release.get("complete"):
+        return f"{name}: complete, {have:,} bytes"
+    if not total:
+        return f"{name}: fetching its file list"
+    return f"{name}: {100 * have // total}% ({have:,} of {total:,} bytes)"
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 @pass_context
@@ -324,6 +335,9 @@ def status(ctx: Context, as_json: bool) -> None:
     output.stdout.print(f"node {doc['node_id']} ({doc.get('name')}, {doc.get('role')}) — {len(doc['peers'])} peer(s), status {age:.0f}s old")
     for peer in doc["peers"]:
         output.stdout.print(f"  {peer['node_id'][:16]}…  {peer.get('name', ''):16} {peer.get('role', ''):10} {peer.get('addr')}")
+    release = doc.get("release")
+    if release:
+        output.stdout.print(f"release: {_release_line(release)}", markup=False)
     health = doc.get("health")
     if health:
         failed = [c["name"] for c in health.get("checks", []) if not c.get("ok")]
