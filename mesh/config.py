@@ -76,6 +76,7 @@ class AgentConfig:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)  # where to accept sessions
     http: tuple[str, int] | None = None  # where to serve HTTP, if anywhere
     http_hosts: tuple[str, ...] = ()  # names besides its own and IP addresses the HTTP side answers to
+    https: tuple[str, int] | None = None  # where to serve HTTPS with the event's certificate (mesh tls set)
     peers: tuple[tuple[str, int], ...] = ()  # static peers, always (re)dialed
     mdns: bool = True  # announce and browse with mDNS
     mdns_interfaces: tuple[str, ...] = ()  # restrict mDNS to these interface addresses; empty: all

@@ -48,18 +48,21 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], no_mdns: bool,
-                 mdns_interfaces: tuple[str, ...], config_file: Path | None, enroll: str | None = None) -> AgentConfig:
+                 mdns_interfaces: tuple[str, ...], config_file: Path | None, enroll: str | None = None,
+                 https: str | None = None) -> AgentConfig:
     """Flags override the config file, which overrides the defaults (see mesh.drivers.settings)."""
     from mesh.drivers.settings import Flags
     from mesh.drivers.settings import build_config as settings_config
 
-    flags = Flags(listen, http, tuple(peers), no_mdns, tuple(mdns_interfaces), enroll)
+    flags = Flags(listen, http, tuple(peers), no_mdns, tuple(mdns_interfaces), enroll, https=https)
     return settings_config(flags, config_file)
 
 
 @click.command()
 @click.option("--listen", default=None, help=f"HOST:PORT for sessions (default 0.0.0.0:{DEFAULT_PORT}).")
 @click.option("--http", default=None, help="HOST:PORT to serve the node's web pages and API.")
+@click.option("--https", default=None, help="HOST:PORT to serve them over TLS with the event's certificate "
+              "(`mesh tls set`); with --http too, HTTP redirects browsers there.")
 @click.option("--peer", "peers", multiple=True, help="Static peer HOST:PORT, always dialed (repeatable).")
 @click.option("--no-mdns", is_flag=True, help="Do not announce or browse with mDNS.")
 @click.option("--mdns-interface", "mdns_interfaces", multiple=True, help="Use mDNS only on this interface address.")
@@ -71,12 +74,12 @@ def build_config(listen: str | None, http: str | None, peers: tuple[str, ...], n
               "`enroll`, MESH_ENROLL, /boot/assetmesh.key).")
 @pass_context
 def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file, log_level, log_format,
-       enroll) -> None:
+       enroll, https) -> None:
     """Run the agent in the foreground until Ctrl-C (or SIGTERM). A fresh home with a fleet key
     joins its mesh first, with no other step."""
     import trio
 
-    config = build_config(listen, http, peers, no_mdns, mdns_interfaces, config_file, enroll)
+    config = build_config(listen, http, peers, no_mdns, mdns_interfaces, config_file, enroll, https)
     setup_logging(log_level, log_format)
     home = _home_or_enroll(ctx, config)
     from mesh.drivers.agentfiles import acquire_agent_lock
@@ -241,11 +244,17 @@ async def _run_agent(home, config: AgentConfig) -> None:
         nursery.start_soon(outbox_loop, agent, config)  # returns at once without outbox_url
         nursery.start_soon(ingest_loop, agent, config)  # returns at once without [[ingest]] tables
         output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
-        if config.http is not None:
-            from mesh.gateway.app import create_app, serve_http
-            from mesh.gateway.view import AgentView
+        http_app, https_app = _web_apps(agent, config)
+        if https_app is not None:
+            from mesh.drivers.tls import serve_https
 
-            await nursery.start(serve_http, create_app(AgentView(agent)), config.http)
+            nursery.start_soon(serve_https, agent, https_app, config.https)
+            output.stderr.print(f"https on https://{config.https[0]}:{config.https[1]}/ with the event's certificate "
+                                "(`mesh tls show`)", markup=False)
+        if config.http is not None:
+            from mesh.gateway.app import serve_http
+
+            await nursery.start(serve_http, http_app, config.http)
             output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
             if sys.stderr.isatty():  # never into a journal or a log file: `mesh crew-token` prints one on request
                 from mesh.cli.web_cmds import crew_token_for
@@ -255,6 +264,22 @@ async def _run_agent(home, config: AgentConfig) -> None:
                     output.stderr.print(f"crew token (log in at /crew): {token}", markup=False)
         if sys.stderr.isatty():
             nursery.start_soon(_release_progress, agent)
+
+
+def _web_apps(agent, config: AgentConfig) -> tuple[object | None, object | None]:
+    """(HTTP app, HTTPS app): one app for both; while HTTPS runs, the HTTP side redirects browsers
+    there (mesh.gateway.redirect)."""
+    if config.http is None and config.https is None:
+        return None, None
+    from mesh.gateway.app import create_app
+    from mesh.gateway.view import AgentView
+
+    app = create_app(AgentView(agent))
+    if config.https is None:
+        return app, None
+    from mesh.gateway.redirect import HttpsRedirect
+
+    return HttpsRedirect(app, agent.https_certificate, config.https[1]), app
 
 
 async def _release_progress(agent) -> None:

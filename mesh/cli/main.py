@@ -84,6 +84,7 @@ COMMANDS = {
     "tags": "mesh.cli.tag_cmds:tags",
     "pin": "mesh.cli.tag_cmds:pin",
     "unpin": "mesh.cli.tag_cmds:unpin",
+    "tls": "mesh.cli.tls_cmds:tls",
 }
 
 

@@ -159,9 +159,18 @@ class ShutdownRequested:
     reason: str  # e.g. "SIGTERM"
 
 
+@dataclass(frozen=True)
+class TlsKeyLoaded:
+    """The driver's answer to `LoadTlsKey`: the key this home holds for that certificate."""
+
+    fingerprint: str  # the certificate asked about (hex SHA-256)
+    key: bytes | None  # PKCS#8 DER of the key held here; None if this home holds none
+
+
 Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
 Event = Event | StateReloaded | ShutdownRequested | ReleaseInventory | ChunkStored | ChunkRejected
 Event = Event | ChunkServed | ObjectsInventory | FetchRequested | StoreUsage | ObjectsEvicted | ObjectsUsed
+Event = Event | TlsKeyLoaded
 
 
 # ---- actions (core -> driver) ------------------------------------------------------------------
@@ -257,5 +266,37 @@ class CancelServe:
     cid: str  # which chunk
 
 
+@dataclass(frozen=True)
+class LoadTlsKey:
+    """Say whether this home holds the private key of this certificate (answer `TlsKeyLoaded`)."""
+
+    fingerprint: str  # the certificate in force (hex SHA-256)
+
+
+@dataclass(frozen=True)
+class StoreTlsKey:
+    """Keep this private key in the home, readable by this user only (it matches the certificate)."""
+
+    fingerprint: str  # the certificate it belongs to
+    key: bytes  # PKCS#8 DER
+
+
+@dataclass(frozen=True)
+class DropTlsKeys:
+    """Delete the keys of these certificates from the home: they are no longer in force."""
+
+    fingerprints: tuple[str, ...]  # hex SHA-256 of each
+
+
+@dataclass(frozen=True)
+class ServeTls:
+    """What HTTPS should serve now: a chain and its key, or nothing (and why not)."""
+
+    fingerprint: str | None  # the certificate to serve; None: serve no HTTPS
+    chain_pem: bytes  # its chain, PEM, leaf first (empty when None)
+    key: bytes  # its private key, PKCS#8 DER (empty when None)
+    reason: str  # why nothing is served ("" when serving)
+
+
 Action = Send | CloseConnection | Dial | PersistChanges | Emit | LoadRelease | StoreChunk | ServeChunk
-Action = Action | CancelServe | LoadObjects | EvictObjects
+Action = Action | CancelServe | LoadObjects | EvictObjects | LoadTlsKey | StoreTlsKey | DropTlsKeys | ServeTls

@@ -27,20 +27,21 @@ from mesh.core.events import (
     Action, Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
     Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LocalChanges, ObjectsEvicted, ObjectsInventory,
     ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested, StateReloaded,
-    StoreUsage, Tick,
+    StoreUsage, Tick, TlsKeyLoaded,
 )
 from mesh.core.media import FEATURE_MEDIA, MediaSwarming
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
 from mesh.core.swarm import SwarmLimits
 from mesh.core.swarming import FEATURE_CHUNK_BUSY, HEADS_FALLBACK_S, STARTUP_SETTLE_S, ReleaseSwarming
+from mesh.core.tls import FEATURE_TLS_KEY, TlsKeys
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
 from mesh.state.document import MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, member_since, verify_chain
 from mesh.wire import messages as m
 
-FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA)
+FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA, FEATURE_TLS_KEY)
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 KNOWN_CHANGES_MAX = 1 << 16  # change hashes remembered for the heads fast path
@@ -61,7 +62,7 @@ class CoreIdentity:
     role: str  # our role
 
 
-class NodeCore(ReleaseSwarming, MediaSwarming):
+class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
     """One node's protocol state machine. Not thread-safe; one owner task."""
 
     def __init__(
@@ -75,6 +76,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         pins: tuple[str, ...] = (),
         pin_tags: tuple[str, ...] = (),
         pin_canonical: bool | None = None,
+        want_tls_key: bool = False,
     ) -> None:
         self.identity = identity
         self.state = state
@@ -95,6 +97,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         self.swarm_limits = SwarmLimits()
         self._init_swarming(now, pins)
         self._init_media(pin_tags, pin_canonical)
+        self._init_tls(want_tls_key)
         self._invites_in_state: set[tuple[str, str]] = set()  # (invite id, node id) uses the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
@@ -129,7 +132,8 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         """The latest time by which the driver must call `handle(Tick(), now)`."""
         swarm_at = None if self._shutting_down else self._swarm_deadline()  # no swarming once stopping
         media_at = None if self._shutting_down else self._media_deadline()
-        times = [t for t in (swarm_at, media_at, self._flush_at, self._withheld_at) if t is not None]
+        times = [t for t in (swarm_at, media_at, self._flush_at, self._withheld_at, self._tls_deadline())
+                 if t is not None]
         if self._timers_at != float("inf"):
             times.append(self._timers_at)
         return min(times) if times else None
@@ -188,6 +192,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
             StoreUsage: self._on_store_usage,
             ObjectsEvicted: self._on_objects_evicted,
             ObjectsUsed: self._on_objects_used,
+            TlsKeyLoaded: self._on_tls_key_loaded,
             Tick: lambda event, now: None,
             ShutdownRequested: self._on_shutdown,
         }
@@ -301,6 +306,8 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
             m.ChunkBusy: self._on_chunk_busy,
             m.HaveObjects: self._on_have_objects,
             m.Health: self._on_health,
+            m.TlsKeyRequest: self._on_tls_key_request,
+            m.TlsKey: self._on_tls_key,
         }.get(type(msg))
         if handler is None:
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} in a ready session")
@@ -360,6 +367,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         # with it), where heads sent after them would be unknown on both sides until the fallback.
         self._record_member(session, now)
         self._swarming_ready(session, now)
+        self._tls_ready(session, now)
         if self._health_blob is not None:
             self._send(session, m.Health(self._health_blob), now)
 
@@ -643,6 +651,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
                 self._invites_in_state.add((invite_id, node_id))
         self._enforce_revocations(now)
         self._refresh_release(now)
+        self._refresh_tls(now)
 
     def _enforce_revocations(self, now: float) -> None:
         for session in list(self._sessions.values()):
@@ -715,6 +724,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
         if not self._shutting_down:
             self._media_step(now)
             self._run_swarm(now, settling)
+            self._tls_step(now)
 
     def _session_and_dial_timers(self, now: float) -> None:
         """Every session's timers and due dials; then when to look again (O(sessions + addresses),
@@ -816,6 +826,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming):
             "media": self._media_status(),
             "members": self._members_status(),
             "health": self.health,
+            "tls": self._tls_status(),
         }
 
     def _peer_status(self, session: Session) -> dict:

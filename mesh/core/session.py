@@ -80,6 +80,7 @@ class Session:
     bytes_out: int = 0  # bytes sent
     state_bytes_in: int = 0  # state-sync payload bytes received
     state_bytes_out: int = 0  # state-sync payload bytes sent
+    tls_key_sent: str | None = None  # the certificate whose key we sent it (mesh.core.tls)
 
     @property
     def node_id(self) -> str:

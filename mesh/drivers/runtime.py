@@ -32,6 +32,7 @@ from mesh.core.events import (
     ObjectsInventory, ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk,
     ShutdownRequested, StateReloaded, StoreChunk, StoreUsage, Tick,
 )
+from mesh.core.events import DropTlsKeys, LoadTlsKey, ServeTls, StoreTlsKey
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limit
 from mesh.drivers.agentfiles import write_status
@@ -40,6 +41,7 @@ from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
 from mesh.drivers.purge import agent_keep_set
 from mesh.drivers.statefile import StateFile
+from mesh.drivers.tls import TlsWatch, carry_out
 from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError
 from mesh.ports import Transport
 from mesh.state.consent import count_views
@@ -127,6 +129,7 @@ class Agent:
         self._shed_logged_at = -1.0  # monotonic time of the last peer.shed line
         self._refused_second, self._refused_logged, self._refused_unlogged = 0, 0, 0  # strangers' refusals
         self._unpersisted: list[bytes] = []  # state changes a failed append left to retry
+        self.tls = TlsWatch()  # what HTTPS serves, as the core last said (mesh.drivers.tls)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -158,7 +161,8 @@ class Agent:
         identity = CoreIdentity(info.node_id, info.mesh_id, info.authority_public_key, info.chain, info.name, info.role)
         core = NodeCore(identity, state, random.Random(), time.time(), self.config.limits,
                         listen_port=self.listen_address[1], pins=tuple(self.config.pin_releases),
-                        pin_tags=tuple(self.config.pin_tags), pin_canonical=self.config.pin_canonical)
+                        pin_tags=tuple(self.config.pin_tags), pin_canonical=self.config.pin_canonical,
+                        want_tls_key=self.config.https is not None)
         core.handle(StoreUsage(self._usage[1], self.store_budget), time.time())
         self._usage_reported = self._usage[1]
         for address in self.config.peers:
@@ -262,6 +266,10 @@ class Agent:
             self._nursery.start_soon(self._load_objects, action.roots)
         elif isinstance(action, EvictObjects):
             self._nursery.start_soon(self._evict, action.roots)
+        elif isinstance(action, ServeTls):
+            self.tls.update(action)
+        elif isinstance(action, (LoadTlsKey, StoreTlsKey, DropTlsKeys)):
+            self._nursery.start_soon(carry_out, self, action)
 
     def _send(self, action: Send) -> None:
         self._enqueue(action.conn_id, action.data)
@@ -680,6 +688,17 @@ class Agent:
         self.core.mutate(lambda state: count_views(state, node_id, views), time.time())
         for action in self.core.take_actions():
             self._execute(action)
+
+    def tls_names(self) -> tuple[str, ...]:
+        """The host names (and addresses) of the event's certificate in force, for the Host allow-list."""
+        cert = self.core.tls_certificate if self.core is not None else None
+        return cert.names if cert is not None else ()
+
+    def https_certificate(self):  # -> mesh.state.tls.TlsCertificate | None
+        """The certificate a running HTTPS server uses now (None: no HTTPS at the moment)."""
+        cert = self.core.tls_certificate if self.core is not None else None
+        serving = self.tls.serving
+        return cert if cert is not None and serving is not None and serving.fingerprint == cert.fingerprint else None
 
     def mdns_state(self) -> dict:
         """For the health check: is discovery running, and how many nodes has it reported."""

@@ -48,6 +48,7 @@ class Flags:
     no_mdns: bool = False  # --no-mdns
     mdns_interfaces: tuple[str, ...] = ()  # --mdns-interface ADDR, repeatable
     enroll: str | None = None  # --enroll KEY_OR_FILE
+    https: str | None = None  # --https HOST:PORT
 
 
 class _Where:
@@ -192,6 +193,7 @@ def _interfaces(value: object) -> tuple[str, ...]:
 _TOP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "listen": ("listen", parse_address),
     "http": ("http", parse_address),
+    "https": ("https", parse_address),
     "peers": ("peers", _addresses),
     "mdns": ("mdns", _boolean),
     "mdns_interfaces": ("mdns_interfaces", _interfaces),
@@ -465,6 +467,8 @@ def apply_flags(config: AgentConfig, flags: Flags) -> AgentConfig:
         changes["listen"] = _flag_address(flags.listen, "--listen")
     if flags.http:
         changes["http"] = _flag_address(flags.http, "--http")
+    if flags.https:
+        changes["https"] = _flag_address(flags.https, "--https")
     if flags.peers:
         changes["peers"] = tuple(_flag_address(p, "--peer") for p in flags.peers)
     if flags.no_mdns:

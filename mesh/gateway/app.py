@@ -221,8 +221,10 @@ async def _stream(view: GatewayView, ref: FileRef, spans: list[tuple[str, int]],
         yield data[max(0, start - chunk_start): min(length, end - chunk_start)]
 
 
-async def serve_http(app: Starlette, address: tuple[str, int], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `app` on address with hypercorn's trio worker until cancelled."""
+async def serve_http(app: Starlette, address: tuple[str, int], *, certfile: str | None = None,
+                     keyfile: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `app` on address with hypercorn's trio worker until cancelled; over TLS (HTTP/2 and
+    HTTP/1.1) with `certfile` (the chain, PEM) and `keyfile`."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -231,6 +233,8 @@ async def serve_http(app: Starlette, address: tuple[str, int], *, task_status=tr
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
+    if certfile is not None and keyfile is not None:
+        config.certfile, config.keyfile = certfile, keyfile
     await serve(app, config, task_status=task_status)
 
 

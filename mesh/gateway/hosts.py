@@ -68,8 +68,9 @@ def is_loopback_host(host: str) -> bool:
 def host_allowed(header: str | None, names: frozenset[str]) -> bool:
     if header is None:  # HTTP/1.0 without Host: no browser sends that, so no page rebinds it
         return True
-    host, _ = split_host(header)
-    return is_address(host) or host.rstrip(".") in names
+    host = split_host(header)[0].rstrip(".")
+    wildcard = "*." + host.partition(".")[2]  # a certificate's *.event.example covers one label
+    return is_address(host) or host in names or wildcard in names
 
 
 def origin_allowed(origin: str | None, host_header: str | None) -> bool:

@@ -98,7 +98,7 @@ class AgentView:
         if self._hosts is None or now - self._hosts[0] > HOSTS_REFRESH_S:
             from mesh.gateway.hosts import own_names
 
-            self._hosts = (now, own_names(self.agent.config.http_hosts))
+            self._hosts = (now, own_names((*self.agent.config.http_hosts, *self.agent.tls_names())))
         return self._hosts[1]
 
     def lan_hosts(self) -> list[str]:

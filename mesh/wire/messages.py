@@ -539,6 +539,31 @@ class Health(Message):
     report: bytes = wire(Bytes(HEALTH_BYTES_MAX, 1))  # canonical CBOR of the report map
 
 
+# --- the event's TLS key (mesh.core.tls) ---------------------------------------------------------
+
+TLS_FINGERPRINT = Bytes(32, 32)  # SHA-256 of the certificate's DER
+TLS_KEY_BYTES_MAX = 16 * 1024
+
+
+@message(type_code=32)
+@dataclass(frozen=True)
+class TlsKeyRequest(Message):
+    """Please send the private key of the event's certificate with this fingerprint (the sender
+    serves HTTPS and lacks it). Sent only to peers whose Hello lists "tls-key/1"."""
+
+    fingerprint: bytes = wire(TLS_FINGERPRINT)  # the certificate in force, as the sender sees it
+
+
+@message(type_code=33)
+@dataclass(frozen=True)
+class TlsKey(Message):
+    """The private key of the event's certificate, sent over the secure channel only to a member
+    the handshake proved an edge, hub or organizer, in answer to its TlsKeyRequest."""
+
+    fingerprint: bytes = wire(TLS_FINGERPRINT)  # the certificate it belongs to
+    key: bytes = wire(Bytes(TLS_KEY_BYTES_MAX, 1))  # PKCS#8 DER, unencrypted (the channel is)
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 
