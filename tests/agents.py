@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlencode
 
 from tests.conftest import mesh_env, run_mesh
 
@@ -44,6 +47,44 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, int
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class HttpClient:
+    """A tiny HTTP client to a local node that keeps cookies and never follows redirects."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        sent = dict(headers or {})
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        conn.request(method, path, body=body, headers=sent)
+        response = conn.getresponse()
+        data = response.read()
+        for name, value in response.getheaders():
+            if name.lower() == "set-cookie":
+                key, _, rest = value.partition("=")
+                self.cookies[key] = rest.split(";")[0].strip('"')
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def get(self, path: str, **headers):
+        return self.request("GET", path, {k.replace("_", "-"): v for k, v in headers.items()})
+
+    def post_form(self, path: str, fields: dict, headers: dict | None = None):
+        body = urlencode(fields).encode()
+        return self.request("POST", path, {"Content-Type": "application/x-www-form-urlencoded",
+                                           **(headers or {})}, body)
+
+    def csrf(self, page: str, action: str) -> str:
+        html = self.get(page, accept="text/html")[2].decode()
+        match = re.search(rf'<form action="{re.escape(action)}" method="post"[^>]*>\s*'
+                          r'<input type="hidden" name="csrf" value="([0-9a-f]+)">', html)
+        assert match, f"no form for {action} on {page}"
+        return match.group(1)
 
 
 class Node:

@@ -4,12 +4,11 @@ node's public /consent page anyone may withdraw with a badge's code, only its ho
 from __future__ import annotations
 
 import hashlib
-import http.client
 import re
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from tests.agents import free_port, make_mesh, stop_all, wait_until
+from tests.agents import HttpClient, free_port, make_mesh, stop_all, wait_until
 
 CONVERGE_S = 20
 
@@ -41,27 +40,11 @@ def test_revocation_on_another_node_purges_the_media_where_it_is_stored(tmp_path
         stop_all([cam, door])
 
 
-class Browser:
-    """An attendee's browser on loopback: keeps its cookies, never follows redirects."""
+class Browser(HttpClient):
+    """An attendee's browser on loopback: asks for HTML, keeps its cookies, never follows redirects."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        sent = {"Accept": "text/html", **(headers or {})}
-        if self.cookies:
-            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        conn.request(method, path, body=body, headers=sent)
-        response = conn.getresponse()
-        data = response.read()
-        for name, value in response.getheaders():
-            if name.lower() == "set-cookie":
-                key, _, rest = value.partition("=")
-                self.cookies[key] = rest.split(";")[0]
-        conn.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    def request(self, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
+        return super().request(method, path, {"Accept": "text/html", **(headers or {})}, body)
 
     def choose(self, page: str, fields: dict) -> tuple[int, dict, bytes]:
         """Open `page` and submit one of its consent forms with `fields` (and the form's token)."""
@@ -70,7 +53,7 @@ class Browser:
                           r'<input type="hidden" name="csrf" value="([0-9a-f]+)">', html)
         assert token, f"no consent form on {page}"
         body = urlencode({"csrf": token.group(1), **fields}).encode()
-        return self.request("POST", "/consent", body, {"Content-Type": "application/x-www-form-urlencoded"})
+        return self.request("POST", "/consent", {"Content-Type": "application/x-www-form-urlencoded"}, body)
 
 
 def test_a_badge_code_alone_withdraws_but_only_the_badge_secret_allows_again(tmp_path: Path) -> None:

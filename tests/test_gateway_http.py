@@ -4,54 +4,14 @@ GETs, hidden assets (410, never bytes, nowhere listed), consent forms, crew logi
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import json
-import re
-from urllib.parse import urlencode
 
 import pytest
 from PIL import Image
 
+from tests.agents import HttpClient as Client
 from tests.agents import Node, free_port, stop_all, wait_until
-
-
-class Client:
-    """A tiny HTTP client that keeps cookies and never follows redirects."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        sent = dict(headers or {})
-        if self.cookies:
-            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        conn.request(method, path, body=body, headers=sent)
-        response = conn.getresponse()
-        data = response.read()
-        for name, value in response.getheaders():
-            if name.lower() == "set-cookie":
-                key, _, rest = value.partition("=")
-                self.cookies[key] = rest.split(";")[0].strip('"')
-        conn.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-
-    def get(self, path: str, **headers):
-        return self.request("GET", path, {k.replace("_", "-"): v for k, v in headers.items()})
-
-    def post_form(self, path: str, fields: dict, headers: dict | None = None):
-        body = urlencode(fields).encode()
-        return self.request("POST", path, {"Content-Type": "application/x-www-form-urlencoded",
-                                           **(headers or {})}, body)
-
-    def csrf(self, page: str, action: str) -> str:
-        html = self.get(page, accept="text/html")[2].decode()
-        match = re.search(rf'<form action="{re.escape(action)}" method="post"[^>]*>\s*'
-                          r'<input type="hidden" name="csrf" value="([0-9a-f]+)">', html)
-        assert match, f"no form for {action} on {page}"
-        return match.group(1)
 
 
 def _jpeg(color: tuple[int, int, int], size=(1600, 1200)) -> bytes:
