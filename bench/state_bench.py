@@ -1,11 +1,12 @@
 """Shared-state sync cost: 10,000 asset records to a fresh node, then one tag change.
 
-    python bench/state_bench.py [--assets 10000] [--json]
+    python bench/state_bench.py [--assets 10000] [--json] [--no-snapshot]
 
 Runs the real `NodeCore`s in the deterministic World (virtual network, real Automerge, real wire
 codec), so "bytes on the wire" are the framed protocol bytes each node received. Baseline in the
 same run: the size of `Document.save()` (compressed whole document) of the same state, and the CPU
-time of saving and loading it.
+time of saving and loading it. `--no-snapshot` leaves "state-snapshot/1" out of every Hello, so the
+fresh node gets the history as changes (the path peers without the feature keep).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import time
 
 from mesh.content.cid import cid_for_raw
+from mesh.core.node import FEATURE_STATE_SNAPSHOT
 from mesh.state.records import AssetRecord
 from mesh.testing.sim import World
 
@@ -29,15 +31,25 @@ def asset_record(index: int, added_by: str) -> AssetRecord:
     )
 
 
+def without_snapshots(*handles) -> None:
+    """Take the snapshot feature out of these nodes' Hello (before they meet anyone)."""
+    for handle in handles:
+        core = handle.live_core()
+        core.features = tuple(f for f in core.features if f != FEATURE_STATE_SNAPSHOT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=int, default=10_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-snapshot", action="store_true", help="bootstrap by changes, not a snapshot")
     args = parser.parse_args()
 
     world = World(seed=1)
     org = world.add_node("org", role="organizer")
     behind = world.add_node("behind")
+    if args.no_snapshot:
+        without_snapshots(org, behind)
     world.discover("behind", "org")
     world.run_until(lambda w: w.all_connected(["org", "behind"]), 30, "connect")
 
@@ -55,6 +67,8 @@ def main() -> None:
     save_s = time.perf_counter() - started
 
     fresh = world.add_node("fresh")
+    if args.no_snapshot:
+        without_snapshots(fresh)
     world.discover("fresh", "org")
     wall = time.perf_counter()
     virtual = world.run_until(lambda w: w.converged(["org", "fresh"]), 3600, "fresh node to converge")
@@ -67,6 +81,8 @@ def main() -> None:
     world.mutate("org", lambda s: s.tag_asset(some_cid, add=("encore",)))
     before = behind.traffic.bytes_in + behind.traffic.bytes_out
     world.restart("behind")
+    if args.no_snapshot:
+        without_snapshots(behind)
     world.discover("behind", "org")
     wall = time.perf_counter()
     world.run_until(lambda w: w.converged(["org", "behind", "fresh"]), 600, "one change to arrive")
@@ -78,6 +94,7 @@ def main() -> None:
         "save_bytes": len(saved),
         "save_s": round(save_s, 3),
         "build_s": round(build_s, 2),
+        "snapshots": fresh.live_core().counters.get("state.snapshots_received", 0),
         "fresh_sync_wire_bytes": fresh_bytes,
         "fresh_sync_vs_save": round(fresh_bytes / len(saved), 2),
         "fresh_sync_wall_s": round(fresh_wall_s, 2),

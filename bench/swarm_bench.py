@@ -195,13 +195,18 @@ class Agent:
 
     def cpu_s(self) -> float | None:
         """User + system CPU seconds of the agent process so far (None once it is gone)."""
+        times = self.cpu_times()
+        return None if times is None else sum(times)
+
+    def cpu_times(self) -> tuple[float, float] | None:
+        """(user, system) CPU seconds of the agent process so far (None once it is gone)."""
         if self.process is None:
             return None
         try:
             fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def up_argv(home: Path, listen: str, peer: str | None, log_level: str) -> list[str]:
@@ -295,10 +300,13 @@ class SwarmRun:
     seed_wire_share: float  # the seed's tx bytes / every host's tx bytes
     seed_upload_releases: float  # the seed's tx bytes / release bytes (ideal: just over 1)
     cpu_s: dict[str, float]  # agent -> CPU seconds used during the run (user + system)
+    cpu_system_s: dict[str, float] = field(default_factory=dict)  # agent -> of which in the kernel
 
 
 def run_swarm(homes: Homes, start: str, cap_mbit: float | None, timeout_s: float, total_bytes: int,
-              log_level: str, logs: Path) -> SwarmRun:
+              log_level: str, logs: Path, hooks=None) -> SwarmRun:
+    """`hooks` (optional): `.started(agents)` just before the clock starts,
+    `.finished()` when the last edge is complete (bench/datapath_bench.py's profiler)."""
     names = [f"e{index + 1}" for index in range(len(homes.edges))]
     label = f"{start}{len(names)}"
     with build_lab(len(homes.edges), cap_mbit) as lab:
@@ -313,7 +321,10 @@ def run_swarm(homes: Homes, start: str, cap_mbit: float | None, timeout_s: float
                 for edge, argv in zip(edges, argvs):
                     start_agent(edge, argv, lab)
                 wait_meshed([seed, *edges], time.monotonic() + AGENT_START_TIMEOUT_S)
+            if hooks is not None:
+                hooks.started([seed, *edges])
             cpu0 = {a.name: a.cpu_s() or 0.0 for a in [seed, *edges]}
+            sys0 = {a.name: (a.cpu_times() or (0.0, 0.0))[1] for a in [seed, *edges]}
             tx0 = {host: tx_bytes(lab, host) for host in lab.hosts}
             started = time.time()
             if start == "publish":
@@ -323,12 +334,15 @@ def run_swarm(homes: Homes, start: str, cap_mbit: float | None, timeout_s: float
                     start_agent(edge, argv, lab)
             wait_edges_complete(edges, time.monotonic() + timeout_s)
             cpu = {a.name: (a.cpu_s() or 0.0) - cpu0[a.name] for a in [seed, *edges]}
+            cpu_sys = {a.name: (a.cpu_times() or (0.0, 0.0))[1] - sys0[a.name] for a in [seed, *edges]}
+            if hooks is not None:
+                hooks.finished()
             sent = {host: tx_bytes(lab, host) - tx0[host] for host in lab.hosts}
             time.sleep(STATUS_SETTLE_S)
             statuses = {e.name: read_status(e.home) or {} for e in edges}
         finally:
             stop_agents([*edges, seed])
-    return summarize_swarm(edges, start, started, statuses, node_id(homes.seed), cpu, sent, total_bytes)
+    return summarize_swarm(edges, start, started, statuses, node_id(homes.seed), cpu, sent, total_bytes, cpu_sys)
 
 
 def tx_bytes(lab: Lab, host: str) -> int:
@@ -340,7 +354,8 @@ def tx_bytes(lab: Lab, host: str) -> int:
 
 
 def summarize_swarm(edges: list[Agent], start: str, started: float, statuses: dict[str, dict], seed_id: str,
-                    cpu: dict[str, float], sent: dict[str, int], total_bytes: int) -> SwarmRun:
+                    cpu: dict[str, float], sent: dict[str, int], total_bytes: int,
+                    cpu_sys: dict[str, float] | None = None) -> SwarmRun:
     done = {e.name: e.events["release.complete"] - started for e in edges}
     timeline = {e.name: {k: round(v - started, 3) for k, v in e.events.items()} for e in edges}
     first_current = min(e.events.get("release.current", started) for e in edges)
@@ -361,6 +376,7 @@ def summarize_swarm(edges: list[Agent], start: str, started: float, statuses: di
         seed_share=from_seed / total if total else float("nan"), tx_bytes=sent,
         seed_wire_share=sent["seed"] / sum(sent.values()),
         seed_upload_releases=sent["seed"] / total_bytes if total_bytes else float("nan"), cpu_s=cpu,
+        cpu_system_s=cpu_sys or {},
     )
 
 

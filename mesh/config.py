@@ -69,6 +69,23 @@ class IngestRule:
     exclude: tuple[str, ...] = INGEST_EXCLUDE_DEFAULT  # glob patterns of names skipped (dotfiles always are)
 
 
+MEDIUM_KINDS = ("auto", "wired", "wireless")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """What this box knows of its link to the mesh (the `[topology]` table)."""
+
+    medium: str = "auto"  # "wireless": a station of a shared medium (Wi-Fi); "wired"; "auto": ask the interface
+
+    def shared_medium(self, interface_wireless: bool) -> bool:
+        """Whether to declare a shared medium, given what the interface says (Linux:
+        /sys/class/net/IF/wireless or IF/phy80211 exists for the interface of the mesh's route)."""
+        if self.medium == "auto":
+            return interface_wireless
+        return self.medium == "wireless"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """What `mesh up` was asked to do (from flags and --config)."""
@@ -97,3 +114,4 @@ class AgentConfig:
     outbox_backoff_s_max: float = 300.0  # retry delay cap
     ingest: tuple[IngestRule, ...] = ()  # folders the agent imports from ([[ingest]] tables)
     enroll: str | None = None  # a fresh box's fleet key (the key, or a file's path); see mesh.drivers.enroll
+    topology: TopologyConfig = TopologyConfig()  # its link to the mesh: Wi-Fi stations ask wired peers first

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     venue.add_argument("--seed-mbit", type=float, default=1000)
     venue.add_argument("--files", type=int, default=1)
     venue.add_argument("--ratio-max", type=float, help="fail if completion exceeds this x the bound")
+    venue.add_argument("--no-medium-hint", dest="medium_hint", action="store_false",
+                       help="stations do not know (nor say) they are on Wi-Fi")
     coop = scenario("coop", "hubs over a WAN, each with a venue on Wi-Fi")
     coop.add_argument("--hubs", type=int, default=20)
     coop.add_argument("--nodes-per-hub", type=int, default=25)
@@ -39,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     coop.add_argument("--degree", type=int, default=4)
     coop.add_argument("--files", type=int, default=1)
     coop.add_argument("--ratio-max", type=float)
+    coop.add_argument("--no-medium-hint", dest="medium_hint", action="store_false",
+                      help="stations do not know (nor say) they are on Wi-Fi")
     gossip = scenario("gossip", "one state change through a sparse mesh")
     gossip.add_argument("--nodes", type=int, default=1000)
     gossip.add_argument("--degree", type=int, default=4, help="random peers each node discovers")

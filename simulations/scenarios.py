@@ -119,9 +119,12 @@ def state_figures(tracker: ChangeTracker, nodes: int) -> dict:
 
 
 def venue(seed: int = 7, nodes: int = 40, release_mb: float = 512, wifi_mbit: float = 200,
-          seed_mbit: float = 1000, files: int = 1, ratio_max: float | None = None) -> dict:
-    """An edge box wired to the venue's access point seeds a release to N-1 Wi-Fi stations."""
+          seed_mbit: float = 1000, files: int = 1, ratio_max: float | None = None,
+          medium_hint: bool = True) -> dict:
+    """An edge box wired to the venue's access point seeds a release to N-1 Wi-Fi stations (which
+    know they are on Wi-Fi and say so, unless `medium_hint` is False)."""
     world = new_world(seed)
+    world.media_declared = medium_hint
     airtime = mbit(wifi_mbit)
     world.net.add_medium("ap", airtime)
     places = [Placement("seed", "organizer", mbit(seed_mbit), mbit(seed_mbit))]
@@ -140,7 +143,7 @@ def venue(seed: int = 7, nodes: int = 40, release_mb: float = 512, wifi_mbit: fl
     return {
         "scenario": "venue",
         "params": {"seed": seed, "nodes": nodes, "release_mb": release_mb, "wifi_mbit": wifi_mbit,
-                   "seed_mbit": seed_mbit, "files": files},
+                   "seed_mbit": seed_mbit, "files": files, "medium_hint": medium_hint},
         "distribution": distribution_figures(world, content, release_id, started, receivers, {"seed"}, bound,
                                              deliveries, ratio_max),
         "state": state_figures(tracker, nodes),
@@ -154,9 +157,11 @@ def venue(seed: int = 7, nodes: int = 40, release_mb: float = 512, wifi_mbit: fl
 
 def coop(seed: int = 7, hubs: int = 20, nodes_per_hub: int = 25, wan_mbit: float = 20, wifi_mbit: float = 200,
          release_mb: float = 64, wan_latency_ms: float = 20, wan_loss: float = 0.001, degree: int = 4,
-         hub_degree: int = 3, files: int = 1, ratio_max: float | None = None) -> dict:
-    """Hub 0 (the seed) holds a release; every hub fetches it over its WAN link, its venue over Wi-Fi."""
+         hub_degree: int = 3, files: int = 1, ratio_max: float | None = None, medium_hint: bool = True) -> dict:
+    """Hub 0 (the seed) holds a release; every hub fetches it over its WAN link, its venue over
+    Wi-Fi (stations say they are on Wi-Fi unless `medium_hint` is False)."""
     world = new_world(seed)
+    world.media_declared = medium_hint
     wan, airtime = mbit(wan_mbit), mbit(wifi_mbit)
     places: list[Placement] = []
     hub_names = ["seed"] + [f"hub-{i:02d}" for i in range(1, hubs)]
@@ -198,7 +203,8 @@ def coop(seed: int = 7, hubs: int = 20, nodes_per_hub: int = 25, wan_mbit: float
         "scenario": "coop",
         "params": {"seed": seed, "hubs": hubs, "nodes_per_hub": nodes_per_hub, "wan_mbit": wan_mbit,
                    "wifi_mbit": wifi_mbit, "release_mb": release_mb, "wan_latency_ms": wan_latency_ms,
-                   "wan_loss": wan_loss, "degree": degree, "hub_degree": hub_degree, "files": files},
+                   "wan_loss": wan_loss, "degree": degree, "hub_degree": hub_degree, "files": files,
+                   "medium_hint": medium_hint},
         "distribution": distribution_figures(world, content, release_id, started, receivers, {"seed"}, bound,
                                              deliveries, ratio_max),
         "wan_bytes": wan_bytes, "wan_bytes_per_F": wan_bytes / size,

@@ -111,8 +111,10 @@ async def tcp_pair(
     mesh: Mesh,
     server_ciphers: tuple[bytes, ...] | None = None,
     client_ciphers: tuple[bytes, ...] | None = None,
+    records: str = "large",
 ) -> tuple[SecureStream, SecureStream]:
-    """(client side, server side) of one secure connection over real TCP."""
+    """(client side, server side) of one secure connection over real TCP. `records`: "large"
+    (both ends of this version), "old-client" or "old-server" (one end older than large records)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     accepted: list[SecureStream] = []
@@ -120,14 +122,16 @@ async def tcp_pair(
     async def accept_one() -> None:
         transport = await listeners[0].accept()
         accepted.append(
-            await secure_accept(transport, server, mesh.authenticate, ciphers=server_ciphers)
+            await secure_accept(transport, server, mesh.authenticate, ciphers=server_ciphers,
+                                large_records=records != "old-server")
         )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept_one)
         transport = await trio.open_tcp_stream("127.0.0.1", port)
         client_side = await secure_connect(
-            transport, client, mesh.authenticate, ciphers=client_ciphers
+            transport, client, mesh.authenticate, ciphers=client_ciphers,
+            large_records=records != "old-client",
         )
     await listeners[0].aclose()
     return client_side, accepted[0]
@@ -192,13 +196,18 @@ async def wait_for_log(caplog: pytest.LogCaptureFixture, needle: str) -> str:
 # ---- members talk --------------------------------------------------------------------------------
 
 
-def test_two_members_handshake_and_exchange_both_ways() -> None:
+RECORD_MODES = ["large", "old-client", "old-server"]
+
+
+@pytest.mark.parametrize("records", RECORD_MODES)
+def test_two_members_handshake_and_exchange_both_ways(records: str) -> None:
     mesh = make_mesh()
     edge = mesh.invite("door-box")
     payload = os.urandom(3 * 1024 * 1024 + 17)  # several records, not a multiple of any size
 
     async def main() -> None:
-        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        client, server = await tcp_pair(mesh.organizer, edge, mesh, records=records)
+        assert client.large_records is server.large_records is (records == "large")
         assert client.peer.node_id == node_id_of(mesh.organizer)
         assert client.peer.role is Role.ORGANIZER
         assert client.peer_public_key == public_key_bytes(mesh.organizer.node_key)
@@ -217,13 +226,14 @@ def test_two_members_handshake_and_exchange_both_ways() -> None:
     run(main)
 
 
-def test_small_reads_return_every_byte_in_order() -> None:
+@pytest.mark.parametrize("records", ["large", "old-client"])
+def test_small_reads_return_every_byte_in_order(records: str) -> None:
     mesh = make_mesh()
     edge = mesh.invite("edge")
     payload = os.urandom(200_000)
 
     async def main() -> None:
-        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        client, server = await tcp_pair(mesh.organizer, edge, mesh, records=records)
         got = bytearray()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.send_all, payload)
@@ -388,8 +398,10 @@ async def tampering_relay(
 
 @pytest.mark.parametrize(
     ("direction", "offset", "mask"),
-    [("to-server", 2, 0x80), ("to-server", 2, 0x02), ("to-client", 2, 0x01)],
-    ids=["offer-drops-aes-preference", "offer-drops-aes", "choice-flipped"],
+    [("to-server", 2, 0x80), ("to-server", 2, 0x02), ("to-client", 2, 0x01), ("to-server", 2, 0x40),
+     ("to-client", 2, 0x40)],
+    ids=["offer-drops-aes-preference", "offer-drops-aes", "choice-flipped", "offer-drops-large-records",
+         "choice-drops-large-records"],
 )
 def test_cipher_negotiation_cannot_be_downgraded(
     direction: str, offset: int, mask: int, caplog: pytest.LogCaptureFixture
@@ -610,16 +622,27 @@ def test_listener_keeps_serving_after_a_handler_fails(caplog: pytest.LogCaptureF
 # ---- a peer that corrupts the record stream ------------------------------------------------------
 
 
-BAD_RECORDS = [
-    (b"\x00\x20" + bytes(32), "record failed authentication"),
-    (b"\x00\x05abcde", "shorter than a tag"),
-    (b"\x01\x00" + bytes(10), "closed in the middle of a record"),
+BAD_RECORDS = [  # (length, body, reason)
+    (32, bytes(32), "record failed authentication"),
+    (5, b"abcde", "shorter than a tag"),
+    (256, bytes(10), "closed in the middle of a record"),
+    (200_000, bytes(10), "closed in the middle of a record"),  # large records: read straight into place
+    (2**20 + 17, bytes(10), "exceeds"),
+]
+
+
+BAD_RECORD_CASES = [  # Noise records' 2-byte length cannot announce the large ones
+    pytest.param(records, *case, id=f"{records}-{name}")
+    for records in ("large", "old-client")
+    for case, name in zip(BAD_RECORDS, ["bad-tag", "short", "truncated", "truncated-large", "too-large"])
+    if records == "large" or case[0] <= 65535
 ]
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
-@pytest.mark.parametrize(("raw", "reason"), BAD_RECORDS, ids=["bad-tag", "short", "truncated"])
-def test_bad_record_breaks_the_stream(raw: bytes, reason: str, split: bool) -> None:
+@pytest.mark.parametrize(("records", "length", "body", "reason"), BAD_RECORD_CASES)
+def test_bad_record_breaks_the_stream(records: str, length: int, body: bytes, reason: str, split: bool) -> None:
+    raw = length.to_bytes(4 if records == "large" else 2, "big") + body
     mesh = make_mesh()
     edge = mesh.invite("edge")
 
@@ -631,7 +654,7 @@ def test_bad_record_breaks_the_stream(raw: bytes, reason: str, split: bool) -> N
             await server.receive_some()
 
     async def main() -> None:
-        client, server = await tcp_pair(mesh.organizer, edge, mesh)
+        client, server = await tcp_pair(mesh.organizer, edge, mesh, records=records)
         await client.send_all(b"fine")
         assert await server.receive_some() == b"fine"
         async with trio.open_nursery() as nursery:

@@ -291,3 +291,29 @@ def test_any_flipped_bit_anywhere_in_a_chunk_stops_the_read_there(tmp_path: Path
             path.write_bytes(original)
 
     flip_one_bit()
+
+
+@pytest.mark.parametrize("cached_only", [False, True])
+@pytest.mark.parametrize("how", ["flip", "truncate", "append", "remove"])
+def test_reads_for_peers_refuse_damaged_chunks(tmp_path: Path, how: str, cached_only: bool) -> None:
+    """What a peer is sent is checked against the checksum recorded when the chunk entered:
+    bit rot on disk is never sent (the peer would refuse it and ban us for it)."""
+    import os as os_module
+
+    store = FileStore(tmp_path / "s")
+    data = os_module.urandom(300_000)
+    cid = cid_for_raw(data)
+    store.put(cid, data)
+
+    def read() -> bytearray:
+        try:
+            return store.read_for_peer(str(cid), cached_only=cached_only)
+        except BlockingIOError:  # not in the page cache (or no RWF_NOWAIT here): what the agent then does
+            return store.read_for_peer(str(cid))
+
+    assert read() == data
+    _damage(store._chunk_path(str(cid)), how)
+    with pytest.raises(CorruptChunkError):
+        read()
+    with pytest.raises(NotFoundError):
+        store.read_for_peer(str(cid_for_raw(b"never stored")))

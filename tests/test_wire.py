@@ -40,6 +40,11 @@ from mesh.wire import (
 )
 from mesh.wire.frames import READ_BYTES_MAX
 from mesh.wire.messages import (
+    CHUNK_BYTES_MAX,
+    CHUNK_PIECE_BYTES_MAX,
+    CID_BYTES_MAX,
+    CID_BYTES_MIN,
+    chunk_data_head,
     CBOR_DEPTH_MAX,
     CBOR_ITEMS_MAX,
     Base32Id,
@@ -526,3 +531,69 @@ def test_only_chunk_data_counts_as_a_chunk_arriving() -> None:
     junk = MessageDecoder()
     junk.receive_data(b"\x00\x00\x01\x00" + b"\xff" * 60)  # a frame whose body is not a message
     assert arriving_chunk(junk) is None
+
+
+# ---- the chunk fast paths: a head sent before the piece, pieces decoded without a copy ---------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cid=st.binary(min_size=CID_BYTES_MIN, max_size=CID_BYTES_MAX),
+    offset=st.integers(0, CHUNK_BYTES_MAX),
+    total=st.integers(0, CHUNK_BYTES_MAX),
+    size=st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, CHUNK_PIECE_BYTES_MAX]),
+    cuts=st.lists(st.integers(1, CHUNK_PIECE_BYTES_MAX + 200), max_size=6),
+)
+def test_chunk_data_head_then_piece_is_the_encoded_message(
+    cid: bytes, offset: int, total: int, size: int, cuts: list[int]
+) -> None:
+    """A server that sends `chunk_data_head` and then the piece from its read buffer puts the
+    same bytes on the wire as `encode(ChunkData(...))`, and the receiver decodes it however the
+    bytes were split into reads (the piece as a view when it arrived in one read)."""
+    piece = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    wire_bytes = chunk_data_head(cid, offset, total, size) + piece
+    assert wire_bytes == encode(ChunkData(cid, offset, total, piece))
+    decoder = MessageDecoder()
+    bounds = [0, *sorted({cut for cut in cuts if cut < len(wire_bytes)}), len(wire_bytes)]
+    received = []
+    for start, end in zip(bounds, bounds[1:]):
+        decoder.receive_data(wire_bytes[start:end])
+        while (msg := decoder.next_message()) is not None:
+            received.append(msg)
+    assert len(received) == 1 and decoder.buffered_bytes == 0
+    got = received[0]
+    assert (got.cid, got.offset, got.total, bytes(got.data)) == (cid, offset, total, piece)
+    assert encode(got) == wire_bytes  # a received piece can be sent on as it is
+
+
+def test_a_chunk_piece_that_arrived_in_one_read_is_not_copied() -> None:
+    piece = bytes(1000) * 100
+    frame = encode(ChunkData(bytes([1, 0x55, 0x1E, 32]) + bytes(32), 0, len(piece), piece))
+    decoder = MessageDecoder()
+    decoder.receive_data(frame)
+    msg = decoder.next_message()
+    assert isinstance(msg.data, memoryview) and msg.data.readonly and msg.data == piece
+    assert msg.data.obj is frame  # a view of the very bytes that arrived
+
+
+@pytest.mark.parametrize("bad", [
+    bytes([0x85, 13, 0x58, 2, 1, 2, 0, 0, 0x59]),  # ends inside a byte-string head
+    bytes([0x85, 13, 0x41, 1, 0, 0, 0x40, 0]),  # trailing byte
+    bytes([0x85, 13, 0x41, 1, 0x18, 5, 0, 0x40]),  # offset not in shortest form
+    bytes([0x85, 13, 0x41, 1, 0x60, 0, 0x40]),  # offset is text
+])
+def test_malformed_chunk_data_is_refused(bad: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_message(bad)
+
+
+def test_many_one_byte_reads_do_not_cost_an_object_each() -> None:
+    """A peer that sends a frame a byte at a time costs its bytes, not a Python object per byte."""
+    frame = encode(ChunkData(bytes([1, 0x55, 0x1E, 32]) + bytes(32), 0, 5000, bytes(5000)))
+    decoder = MessageDecoder()
+    for index in range(len(frame) - 1):
+        decoder.receive_data(frame[index:index + 1])
+        assert decoder.next_message() is None
+    assert len(decoder._frames._parts) <= 1
+    decoder.receive_data(frame[-1:])
+    assert bytes(decoder.next_message().data) == bytes(5000)

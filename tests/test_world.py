@@ -149,7 +149,7 @@ HISTORY_ASSETS = 800
 def test_node_offline_for_long_catches_up_with_a_small_sync() -> None:
     """200 missed changes cost about 170 bytes each in sync (change chunks carry a 40-byte actor
     and 32-byte dependency hashes), while save() compresses the whole history of 800 realistic
-    assets; a new node needs the whole history."""
+    assets; a new node needs the whole history, and gets it as a snapshot (about one save())."""
     world = trio_world()
     world.discover_all()
     connect(world)
@@ -185,7 +185,8 @@ def test_node_offline_for_long_catches_up_with_a_small_sync() -> None:
     fresh_bytes = newcomer.traffic.state_sync_bytes_in
     print(f"caught up with {caught_up_bytes} B; save() is {save_bytes} B; a new node got {fresh_bytes} B")
     assert caught_up_bytes < 0.5 * save_bytes, f"seed={world.seed}: {caught_up_bytes} vs save {save_bytes}"
-    assert caught_up_bytes < 0.1 * fresh_bytes, f"seed={world.seed}: {caught_up_bytes} vs new node {fresh_bytes}"
+    assert caught_up_bytes < 0.5 * fresh_bytes, f"seed={world.seed}: {caught_up_bytes} vs new node {fresh_bytes}"
+    assert fresh_bytes < 1.5 * save_bytes, f"seed={world.seed}: new node {fresh_bytes} vs save {save_bytes}"
 
 
 def test_restart_without_persisted_changes_loses_nothing_it_acknowledged() -> None:
@@ -401,6 +402,9 @@ def test_a_document_with_more_heads_than_a_message_holds_still_syncs() -> None:
     # travels by Automerge sync, whose received changes are persisted at the next flush.
     world.mutate("org", lambda s: [s.put_asset(asset(world, i)) for i in range(1500)])
     world.mutate("edge", lambda s: s.put_asset(asset(world, 9999)))
+    # A node offering snapshots would get one and persist it at once; one without takes this path.
+    edge_core = world.nodes["edge"].live_core()
+    edge_core.features = tuple(f for f in edge_core.features if f != "state-snapshot/1")
     world.discover_all()
     connect(world)
     sync(world)

@@ -8,6 +8,14 @@ Theory of operation:
 - The shared state is one `MeshState`. On a new session we send our revocations first (they must
   win every race), then peer addresses, then Automerge sync. Any change to the document is
   persisted (`PersistChanges`) and offered to every ready peer.
+- A peer far behind us (lacking at least `snapshot_changes_min` of our changes and a quarter of
+  them) gets a snapshot, our compressed `save()`, instead of the changes, once per session, if
+  its Hello lists "state-snapshot/1". We judge that by our arrival numbers when we know its heads,
+  else by the change count its StateSize tells (a new node has recorded itself: heads unknown to
+  all); the node far behind then waits HEADS_FALLBACK_S, not HEADS_WAIT_S, before Automerge sync.
+  A received snapshot is checked (size announced and bounded before any part, one document, our
+  genesis, the heads it announced, a member credential of this mesh in it), merged into ours (our
+  own changes stay) and persisted exactly as it arrived; the heads fast path then carries on.
 - Membership is re-checked whenever the document changes: a revoked node's sessions are closed
   and it is never dialed or accepted again.
 - A peer's bad input (malformed frame, wrong Hello, bad sync message) closes that session with a
@@ -37,17 +45,31 @@ from mesh.core.swarming import FEATURE_CHUNK_BUSY, HEADS_FALLBACK_S, STARTUP_SET
 from mesh.core.tls import FEATURE_TLS_KEY, TlsKeys
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
-from mesh.state.document import MeshState
+from mesh.state.document import GENESIS_HEADS, MeshState
 from mesh.state.membership import InviteLedger, Member, RevocationList, member_since, verify_chain
 from mesh.wire import messages as m
 
-FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA, FEATURE_TLS_KEY)
+FEATURE_STATE_SNAPSHOT = "state-snapshot/1"  # a peer listing this in its Hello takes StateSnapshot*
+FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA, FEATURE_TLS_KEY, FEATURE_STATE_SNAPSHOT)
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 KNOWN_CHANGES_MAX = 1 << 16  # change hashes remembered for the heads fast path
 PEX_SHARE_MAX = 8  # peers told about a new peer
 PING_EARLY = 0.25  # sessions whose Ping is due within this fraction of the interval are pinged together
 HEADS_WAIT_S = 0.25  # unknown heads from a peer: wait this long for its changes, then use Automerge sync
+SNAPSHOT_CHANGES_MIN = 1024  # a peer lacking fewer of our changes gets them, never a snapshot
+SNAPSHOT_LACKING_FRACTION_MIN = 0.25  # ... and one lacking a smaller share of them (a save is ~12x smaller)
+SNAPSHOT_MEMBER_CHECKS_MAX = 16  # member credentials tried to prove a snapshot is of this mesh
+
+
+@dataclass
+class _SnapshotAssembly:
+    """A snapshot arriving on one session: announced by StateSnapshotBegin, filled by parts."""
+
+    total_bytes: int  # announced size (checked against state_sync_bytes_max before any part)
+    heads: tuple[bytes, ...]  # announced heads
+    parts: list[bytes]  # pieces so far
+    received_bytes: int = 0  # their total size
 
 
 @dataclass(frozen=True)
@@ -101,11 +123,18 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         self._invites_in_state: set[tuple[str, str]] = set()  # (invite id, node id) uses the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
-        self._known_changes: dict[bytes, None] = {}  # hashes of changes we hold (the latest KNOWN_CHANGES_MAX)
+        self._known_changes: dict[bytes, int] = {}  # hash -> arrival number (the latest KNOWN_CHANGES_MAX)
+        self._changes_noted = 0  # changes this core has seen in its document (the next arrival number)
         self._flushed_heads: tuple[bytes, ...] = ()  # our heads at the last flush
         self._note_changes([])
         self._sync_due: set[str] = set()  # peers to offer state to at the next flush
         self._flush_at: float | None = None  # when to persist and sync next
+        self.features = FEATURES  # what our Hello offers (tests drop some to play older peers)
+        self.snapshot_changes_min = SNAPSHOT_CHANGES_MIN  # (tests lower it to snapshot small histories)
+        self._snapshot_cache: tuple[tuple[bytes, ...], bytes] | None = None  # (heads, save()) last sent
+        self._snapshots_in: dict[int, _SnapshotAssembly] = {}  # conn id -> snapshot arriving there
+        self._snapshot_sent_to: set[int] = set()  # conn ids that got a snapshot (one per session)
+        self._peer_changes: dict[int, int] = {}  # conn id -> change count its StateSize told
         self.health: dict | None = None  # our latest health report
         self._health_blob: bytes | None = None  # ... as sent to peers
         self.peer_health: dict[str, tuple[float, dict]] = {}  # node -> (received at, its latest report)
@@ -215,7 +244,8 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             return self._close(session, "node revoked")
         if self._banned_until.get(event.peer.node_id, 0.0) > now:
             return self._close(session, "banned for sending corrupt data")
-        hello = m.Hello(m.PROTOCOL_VERSION, self.identity.node_id, self.identity.mesh_id, FEATURES, self.listen_port)
+        hello = m.Hello(m.PROTOCOL_VERSION, self.identity.node_id, self.identity.mesh_id, self.features,
+                        self.listen_port)
         self._send(session, hello, now)
 
     def _on_data(self, event: DataReceived, now: float) -> None:
@@ -235,6 +265,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
         self._wake_timers()
         session = self._sessions.pop(event.conn_id, None)
+        self._forget_snapshots(event.conn_id)
         if session is None:
             return
         if self._drop_ready(session):
@@ -297,6 +328,9 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             m.StateHeads: self._on_state_heads,
             m.StateChanges: self._on_state_changes,
             m.StateChangesPart: self._on_state_changes_part,
+            m.StateSnapshotBegin: self._on_state_snapshot_begin,
+            m.StateSnapshotPart: self._on_state_snapshot_part,
+            m.StateSize: self._on_state_size,
             m.Have: self._on_have,
             m.HaveUpdate: self._on_have_update,
             m.ChunkRequest: self._on_chunk_request,
@@ -362,6 +396,8 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         else:
             self._send_heads(session, heads, now)
             session.fallback_at = now + HEADS_FALLBACK_S
+            if FEATURE_STATE_SNAPSHOT in session.features and FEATURE_STATE_SNAPSHOT in self.features:
+                self._send(session, m.StateSize(self._changes_noted), now)
         # After our heads went out: both sides record each other at once, and heads sent before
         # those changes let the one that is ahead send the difference at once (the changes follow
         # with it), where heads sent after them would be unknown on both sides until the fallback.
@@ -527,14 +563,17 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         """Remember the hashes of the changes since `heads_before`: every one, not only our heads,
         since a peer's heads may be changes that arrived here with later ones on top of them."""
         known = self._known_changes
-        for change in self.state.change_hashes_since(heads_before)[-KNOWN_CHANGES_MAX:]:
-            known[change] = None
+        hashes = self.state.change_hashes_since(heads_before)
+        first = self._changes_noted + max(0, len(hashes) - KNOWN_CHANGES_MAX)
+        for number, change in enumerate(hashes[-KNOWN_CHANGES_MAX:], start=first):
+            known[change] = number
+        self._changes_noted += len(hashes)
         while len(known) > KNOWN_CHANGES_MAX:
             del known[next(iter(known))]
 
     def _knows(self, heads: tuple[bytes, ...]) -> bool:
         """We hold these changes (as far as KNOWN_CHANGES_MAX recent ones tell)."""
-        return all(head in self._known_changes for head in heads)
+        return all(head in self._known_changes or head in GENESIS_HEADS for head in heads)
 
     def _send_heads(self, session: Session, heads: tuple[bytes, ...], now: float) -> None:
         self._send(session, m.StateHeads(heads), now)
@@ -556,6 +595,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             if session.fallback_at is None or session.fallback_at > wait_until:
                 session.fallback_at = wait_until
                 self._wake_timers()
+            self._snapshot_by_size(session, now)
         # else: an Automerge sync already running settles it
 
     def _send_changes(self, session: Session, now: float, batch: dict[str, bytes]) -> None:
@@ -565,6 +605,8 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             return  # its StateHeads is on the way
         if not self._knows(peer_heads):
             return self._use_automerge_sync(session, now)
+        if self._snapshot_due(session, peer_heads):
+            return self._send_snapshot(session, now)
         if set(peer_heads) == set(self._flushed_heads) and self.state.heads() != list(self._flushed_heads):
             if "delta" not in batch:
                 batch["delta"] = self.state.changes_since(self._flushed_heads)
@@ -603,6 +645,135 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             session.fallback_at = None
         elif not session.automerge_sync:  # their changes depend on ones we lack: we diverged
             self._use_automerge_sync(session, now)
+
+    # ---- bootstrap from a snapshot ----------------------------------------------------------------
+
+    def _snapshot_due(self, session: Session, peer_heads: tuple[bytes, ...]) -> bool:
+        """Whether the peer, whose heads we know, lacks so much that our whole document is the
+        cheaper thing to send; the changes after its newest head in our arrival order tell
+        (computing the changes it lacks, or their size, would cost a scan of the history)."""
+        newest = max((self._known_changes.get(head, -1) for head in peer_heads), default=-1)
+        return self._snapshot_pays(session, self._changes_noted - 1 - newest)
+
+    def _snapshot_pays(self, session: Session, lacking: int) -> bool:
+        """Whether a peer lacking `lacking` of our changes should get a snapshot instead."""
+        if lacking < self.snapshot_changes_min or lacking < self._changes_noted * SNAPSHOT_LACKING_FRACTION_MIN:
+            return False
+        if session.conn_id in self._snapshot_sent_to or len(self.state.heads()) > m.HEADS_MAX:
+            return False
+        if FEATURE_STATE_SNAPSHOT not in session.features or FEATURE_STATE_SNAPSHOT not in self.features:
+            return False
+        return len(self._snapshot()) <= self.limits.state_sync_bytes_max
+
+    def _on_state_size(self, session: Session, msg: m.StateSize, now: float) -> None:
+        self._peer_changes[session.conn_id] = msg.changes
+        if session.peer_heads is not None and not self._knows(session.peer_heads):
+            self._snapshot_by_size(session, now)
+
+    def _snapshot_by_size(self, session: Session, now: float) -> None:
+        """The peer's heads are unknown to us: if its change count says it lacks much of ours (a
+        document of n changes lacks at least ours minus n), send it a snapshot; if it says we lack
+        much of its, wait longer for its snapshot before falling back to Automerge sync."""
+        theirs = self._peer_changes.get(session.conn_id)
+        if theirs is None or session.automerge_sync:
+            return
+        if self._snapshot_pays(session, self._changes_noted - theirs):
+            return self._send_snapshot(session, now)
+        lacking = theirs - self._changes_noted
+        if lacking >= self.snapshot_changes_min and lacking >= theirs * SNAPSHOT_LACKING_FRACTION_MIN:
+            session.fallback_at = max(session.fallback_at or now, now + HEADS_FALLBACK_S)
+
+    def _snapshot(self) -> bytes:
+        """Our document's `save()`, computed once per heads (several fresh peers share it)."""
+        heads = tuple(self.state.heads())
+        if self._snapshot_cache is None or self._snapshot_cache[0] != heads:
+            self._snapshot_cache = (heads, self.state.save())
+        return self._snapshot_cache[1]
+
+    def _send_snapshot(self, session: Session, now: float) -> None:
+        snapshot = self._snapshot()
+        heads = tuple(self.state.heads())
+        self._snapshot_sent_to.add(session.conn_id)
+        session.state_bytes_out += len(snapshot)
+        self._send(session, m.StateSnapshotBegin(len(snapshot), heads), now)
+        for start in range(0, len(snapshot), STATE_SYNC_PART_BYTES):
+            self._send(session, m.StateSnapshotPart(snapshot[start:start + STATE_SYNC_PART_BYTES]), now)
+        session.peer_heads = heads
+        self._count("state.snapshots_sent")
+        self._emit("state.snapshot_sent", node=session.node_id, bytes=len(snapshot))
+
+    def _on_state_snapshot_begin(self, session: Session, msg: m.StateSnapshotBegin, now: float) -> None:
+        if FEATURE_STATE_SNAPSHOT not in self.features:
+            raise RemoteProtocolError(f"a state snapshot, but our Hello did not offer {FEATURE_STATE_SNAPSHOT}")
+        if session.conn_id in self._snapshots_in:
+            raise RemoteProtocolError("a state snapshot began before the last one ended")
+        if msg.total_bytes > self.limits.state_sync_bytes_max:
+            raise RemoteProtocolError(
+                f"a state snapshot of {msg.total_bytes} bytes exceeds state_sync_bytes_max")
+        self._snapshots_in[session.conn_id] = _SnapshotAssembly(msg.total_bytes, msg.heads, [])
+        self._defer_fallback(session, now)
+
+    @staticmethod
+    def _defer_fallback(session: Session, now: float) -> None:
+        """A snapshot is arriving (as long as parts keep coming): no Automerge sync meanwhile."""
+        if session.fallback_at is not None:
+            session.fallback_at = max(session.fallback_at, now + HEADS_FALLBACK_S)
+
+    def _on_state_snapshot_part(self, session: Session, msg: m.StateSnapshotPart, now: float) -> None:
+        assembly = self._snapshots_in.get(session.conn_id)
+        if assembly is None:
+            raise RemoteProtocolError("a state snapshot part without StateSnapshotBegin")
+        if assembly.received_bytes + len(msg.data) > assembly.total_bytes:
+            raise RemoteProtocolError("state snapshot parts exceed the size announced")
+        assembly.parts.append(msg.data)
+        assembly.received_bytes += len(msg.data)
+        if assembly.received_bytes < assembly.total_bytes:
+            return self._defer_fallback(session, now)
+        del self._snapshots_in[session.conn_id]
+        self._merge_snapshot(session, b"".join(assembly.parts), assembly.heads, now)
+
+    def _merge_snapshot(self, session: Session, data: bytes, heads: tuple[bytes, ...], now: float) -> None:
+        """Check a whole snapshot, merge it into our document and persist it as it arrived."""
+        session.state_bytes_in += len(data)
+        try:
+            snapshot = MeshState.from_snapshot(data)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"bad state snapshot: {exc}") from None
+        if set(snapshot.heads()) != set(heads):
+            raise RemoteProtocolError("bad state snapshot: its heads are not the ones announced")
+        if not self._of_this_mesh(snapshot, session):
+            raise RemoteProtocolError("bad state snapshot: no member credential of this mesh in it")
+        before = self.state.heads()
+        self.state.merge_snapshot(snapshot)
+        if self.state.heads() != before:
+            self._actions.append(PersistChanges(data))  # exactly what arrived: one log record
+        self._count("state.snapshots_received")
+        self._emit("state.snapshot_merged", node=session.node_id, bytes=len(data))
+        session.peer_heads = heads
+        self._after_state_change(before, now, persist=False)
+        if self._knows(heads):
+            session.fallback_at = None
+
+    def _of_this_mesh(self, snapshot: MeshState, session: Session) -> bool:
+        """Whether a member entry in `snapshot` holds a chain our authority signed (every replica
+        shares one genesis, so only signed records tell one mesh's document from another's):
+        ours and the sender's first, then a few others."""
+        entries = [snapshot.member(self.identity.node_id), snapshot.member(session.node_id)]
+        entries += snapshot.members()[:SNAPSHOT_MEMBER_CHECKS_MAX]
+        for entry in entries:
+            if entry is None:
+                continue
+            try:
+                member_since(entry.chain, self.identity.authority_public_key)
+            except CredentialError:
+                continue
+            return True
+        return False
+
+    def _forget_snapshots(self, conn_id: int) -> None:
+        self._snapshots_in.pop(conn_id, None)
+        self._snapshot_sent_to.discard(conn_id)
+        self._peer_changes.pop(conn_id, None)
 
     def _use_automerge_sync(self, session: Session, now: float | None = None) -> None:
         """Switch this session to the Automerge sync protocol (bloom filters, any divergence)."""
@@ -792,6 +963,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         self._wake_timers()  # its node may be dialled again
         self._actions.append(Send(session.conn_id, m.encode(m.Close(reason[: m.CLOSE_REASON_BYTES_MAX]))))
         session.advance(Trigger.CLOSE)
+        self._forget_snapshots(session.conn_id)
         self._drop_ready(session)
         self._emit("peer.closing", node=session.node_id, reason=reason)
         self._actions.append(CloseConnection(session.conn_id, reason))

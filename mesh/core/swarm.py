@@ -46,6 +46,13 @@ Rules:
   announces it, or asks the seed again after `seed_busy_retry_s`. No byte goes out twice, and no
   cancel races the seed's copy through a busy medium. (Peers without the "chunk-busy/1" feature
   get the older behaviour: the seed holds the request, for their cancel to arrive in time.)
+- Shared media: a node that is a station of a shared medium (Wi-Fi: `Transfers.shared_medium`, from
+  its `[topology]` hint or its interface) pays its air twice for a chunk from another station (up
+  to the access point, down again) and once for one from a wired peer (a peer whose Hello lacks
+  "medium-shared/1"). It asks a wired holder first, seed or not, and no station for a chunk a
+  wired peer (not stalled) holds: that chunk waits for the wired pipeline's room. Endgame copies
+  follow the same preference. A wired seed serves stations instead of declining (swarming.py).
+  A switched LAN, where no one says "medium-shared/1", schedules exactly as without this rule.
 - Endgame: when at most `endgame_missing_max` chunks of a root are missing and all of them are in
   flight, duplicate each request that is late (unanswered for `request_latency_target_s`, or twice
   the queueing the budget expects if that is longer) to another peer that holds the chunk (at most
@@ -104,6 +111,7 @@ class Lane:
     inflight: dict[Cid, float] = field(default_factory=dict)  # requested chunk -> sent at
     delivered_bytes: int = 0  # chunk bytes it delivered
     stalled: bool = False  # a request to it timed out since it last delivered
+    shared_medium: bool = False  # it is a station of a shared medium (its Hello says so; see `Transfers.dear`)
 
 
 class Transfers:
@@ -128,6 +136,7 @@ class Transfers:
         self.budget_left = limits.inflight_bytes_start  # bytes the budget has left this round
         self.round_fetching: dict[Cid, int] = {}  # `fetching()` as of this round (swarms add what they ask)
         self._round_open = False  # the budget was computed for the current round
+        self.shared_medium = False  # we are a station of a shared medium (Wi-Fi): see `dear`
 
     # ---- lanes --------------------------------------------------------------------------------
 
@@ -141,6 +150,12 @@ class Transfers:
     def room(self, node: str) -> int:
         lane = self.lanes.get(node)
         return 0 if lane is None else lane.depth - len(lane.inflight)
+
+    def dear(self, node: str) -> bool:
+        """A chunk from `node` costs our medium twice: both of us are stations of a shared medium
+        (it crosses the air up to the access point and down again; from a wired peer, once)."""
+        lane = self.lanes.get(node)
+        return self.shared_medium and lane is not None and lane.shared_medium
 
     def has_room(self) -> bool:
         """Some peer's pipeline has room for one more request."""
@@ -792,22 +807,27 @@ class Swarm:
         return requests
 
     def _assign(self, now: float, order: list[str], fetching: dict[Cid, int]) -> list[tuple[str, Cid]]:
-        """Chunk by chunk, rarest first: each goes to a holder with room (a non-seed if any holds
-        it), while the node-wide budget lasts. Chunks chosen here join `fetching`."""
+        """Chunk by chunk, rarest first: each goes to a holder with room (see `_choose`), while the
+        node-wide budget lasts. Chunks chosen here join `fetching`."""
         chunks, total = self.chunks, len(self.chunks)
         transfers = self.transfers
         room: dict[str, int] = {}
         seeds = 0
         stalled = False
+        wired: set[str] = set()  # on a shared medium: peers a chunk crosses our air once from (not stalled)
         for node in order:
             peer = self._peers.get(node)
             if peer is None or peer.bits is None:
                 continue
-            seeds += peer.count == total
-            stalled = stalled or (peer.lane.stalled and peer.count < total)
             lane = peer.lane
+            seeds += peer.count == total
+            stalled = stalled or (lane.stalled and peer.count < total)
+            if transfers.shared_medium and not lane.shared_medium and not lane.stalled:
+                wired.add(node)
             if len(lane.inflight) < lane.depth:
                 room[node] = lane.depth - len(lane.inflight)
+        if wired and any(self._peers[n].count == total for n in wired):
+            room = {n: r for n, r in room.items() if n in wired}  # a wired seed holds it all: no station is asked
         if not room or transfers.budget_left <= 0:
             return []
         wanted = [i for i in self._missing if chunks[i] not in fetching]
@@ -824,15 +844,9 @@ class Swarm:
                 holders = self._excluding(busy_until, cid, holders, now)
             if not holders:
                 continue
-            others = [n for n in holders if peers[n].count < total]
-            if others:
-                node = max(others, key=room.__getitem__)  # the least loaded (pipelines shrink when slow)
-            elif availability[index] > seeds and not stalled:
-                continue  # a non-seed peer holds it: leave the seed's upload for what only it has
-            else:
-                spared = [n for n in holders if n != self.publisher] if self.spare_publisher else ()
-                node = max(spared, key=room.__getitem__) if spared else holders[0]
-                transfers.at_seed[cid] = node  # cancelled if a non-seed peer announces it first
+            node = self._choose(index, holders, room, seeds, stalled, wired)
+            if node is None:
+                continue
             transfers.ask(node, cid, self._sizes[index], now)
             fetching[cid] = 1
             requests.append((node, cid))
@@ -842,6 +856,30 @@ class Swarm:
             if not room or transfers.budget_left <= 0:
                 break
         return requests
+
+    def _choose(self, index: int, holders: list[str], room: dict[str, int], seeds: int, stalled: bool,
+                wired: set[str]) -> str | None:
+        """The holder with room to ask for chunk `index`, or None to leave it for later. On a
+        shared medium a wired holder first, seed or not, and none other while a wired peer holds it
+        (its pipeline will have room: a station's copy would cross the air twice). Else a non-seed
+        (the least loaded: pipelines shrink when slow); a seed only for what no one else has."""
+        peers, total = self._peers, len(self.chunks)
+        if wired:
+            byte, mask = index >> 3, 0x80 >> (index & 7)
+            cheap = [n for n in holders if n in wired]
+            if cheap:
+                return max(cheap, key=room.__getitem__)
+            if any(peers[n].bits[byte] & mask for n in wired):
+                return None
+        others = [n for n in holders if peers[n].count < total]
+        if others:
+            return max(others, key=room.__getitem__)
+        if self._availability[index] > seeds and not stalled:
+            return None  # a non-seed peer holds it: leave the seed's upload for what only it has
+        spared = [n for n in holders if n != self.publisher] if self.spare_publisher else ()
+        node = max(spared, key=room.__getitem__) if spared else holders[0]
+        self.transfers.at_seed[self.chunks[index]] = node  # cancelled if a non-seed peer announces it first
+        return node
 
     def _schedule_manifests(self, now: float, nodes: list[str]) -> list[tuple[str, Cid]]:
         """New manifest requests, round-robin over the peers known to hold every manifest (those
@@ -921,7 +959,7 @@ class Swarm:
             sent = [lane.inflight[cid] for lane in transfers.lanes.values() if cid in lane.inflight]
             if fetching.get(cid, 0) >= self.limits.endgame_copies_max or not sent or not self._late(min(sent), now):
                 continue
-            for node in nodes:
+            for node in self._endgame_candidates(index, nodes):
                 if fetching.get(cid, 0) >= self.limits.endgame_copies_max:
                     break
                 peer = self._peers.get(node)
@@ -932,6 +970,17 @@ class Swarm:
                     fetching[cid] = fetching.get(cid, 0) + 1
                     requests.append((node, cid))
         return requests
+
+    def _endgame_candidates(self, index: int, nodes: list[str]) -> list[str]:
+        """Peers to copy a late request of chunk `index` to: on a shared medium, stations only
+        when no wired peer holds it (a station's copy would cross the air twice)."""
+        transfers = self.transfers
+        if not transfers.shared_medium:
+            return nodes
+        wired = [n for n in nodes if not transfers.dear(n)]
+        if any(n in self._peers and self._peers[n].bits is not None and _bit(self._peers[n].bits, index) for n in wired):
+            return wired
+        return nodes
 
     def mark_dirty(self) -> None:
         """Something outside the swarm (a delivery, a timeout) may allow new requests."""

@@ -39,6 +39,7 @@ from mesh.state.releases import Release, ReleaseBook
 from mesh.wire import messages as m
 
 FEATURE_CHUNK_BUSY = "chunk-busy/1"  # a peer listing this in its Hello understands ChunkBusy
+FEATURE_SHARED_MEDIUM = "medium-shared/1"  # a peer listing this is a station of a shared medium (Wi-Fi)
 SERVE_QUEUE_MAX = 64  # chunk requests a peer may have waiting on us
 CORRUPT_BAN_S = 600.0  # a peer that sent a corrupt chunk is refused this long
 HEADS_FALLBACK_S = 3.0  # use Automerge sync with a peer whose heads we still do not know by then
@@ -254,9 +255,20 @@ class ReleaseSwarming:
 
     # ---- have signals --------------------------------------------------------------------------
 
+    def declare_shared_medium(self, shared: bool) -> None:
+        """Say whether our link to the mesh is a shared medium (a Wi-Fi station), as the config's
+        `[topology]` hint or the driver's look at the interface (Linux: /sys/class/net/IF/wireless)
+        tells. Peers learn it from our Hello (call it before sessions start): a wired seed then
+        serves us what it is also sending to another station instead of declining, and we ask
+        wired peers first (see `Transfers.dear`)."""
+        self.transfers.shared_medium = shared
+        features = tuple(f for f in self.features if f != FEATURE_SHARED_MEDIUM)
+        self.features = features + (FEATURE_SHARED_MEDIUM,) if shared else features
+
     def _swarming_ready(self, session: Session, now: float) -> None:
         """A new ready session: it joins every track and learns what we hold."""
         self._settle_watch.add(session.conn_id)
+        self.transfers.lane(session.node_id).shared_medium = FEATURE_SHARED_MEDIUM in session.features
         for track in self._ordered_tracks():
             track.swarm.add_peer(session.node_id)
             self._send_have(session, track, now)
@@ -393,6 +405,8 @@ class ReleaseSwarming:
             del recent[next(iter(recent))]
         if not any(self._serving.values()) or self._is_release_manifest(cid) or not self._seeding(cid):
             return None  # idle uplink (a copy now costs nothing else), a manifest, or not a seed
+        if FEATURE_SHARED_MEDIUM in session.features and not self.transfers.shared_medium:
+            return None  # a station's other source is a station: that copy would cross its air twice
         sending = self._sending.get(cid)
         if sending is not None and sending != session.conn_id:
             return now + SERVE_HOLD_MAX_S
@@ -535,7 +549,7 @@ class ReleaseSwarming:
         for other_node, other_cid in self.transfers.delivered(session.node_id, cid, len(data), now):
             self._cancel_request(other_node, other_cid, now)
         if any(t.swarm.is_manifest(cid) for t in self.tracks.values()):
-            self._manifest_bytes[cid] = data
+            self._manifest_bytes[cid] = bytes(data)  # kept past the frame it arrived in: its own bytes
         self._storing_from[(session.conn_id, cid)] = (session.node_id, len(data))
         self._actions.append(StoreChunk(session.conn_id, str(cid), data))
 
@@ -740,4 +754,4 @@ def _text_cid(text: str) -> Cid | None:
         return None
 
 
-__all__ = ["CORRUPT_BAN_S", "HEADS_FALLBACK_S", "ReleaseSwarming", "Track"]
+__all__ = ["CORRUPT_BAN_S", "FEATURE_SHARED_MEDIUM", "HEADS_FALLBACK_S", "ReleaseSwarming", "Track"]

@@ -40,6 +40,7 @@ import functools
 import logging
 import operator
 import platform
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,6 +78,8 @@ NOISE_CHACHA = b"Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
 NOISE_AESGCM = b"Noise_XXpsk0_25519_AESGCM_SHA256"
 SUITES = (NOISE_CHACHA, NOISE_AESGCM)  # bit i of an offer byte = SUITES[i] is acceptable
 PREFERS_AES_BIT = 0x80  # in the offer: the initiator has AES instructions and prefers AES-GCM
+LARGE_RECORDS_BIT = 0x40  # in the offer: "I speak large records"; in the choice: "we both do"
+SUITE_MASK = 0x3F  # the choice byte's suite index
 PROLOGUE = b"assetmesh/channel/v2"
 STATIC_KEY_CONTEXT = b"assetmesh/channel/v1/noise-static-key\x00"
 PSK_CONTEXT = b"assetmesh/channel/v2/psk"  # HKDF info for the mesh's pre-shared key
@@ -94,7 +97,13 @@ MESSAGE_2_BYTES_MAX = DH_BYTES + 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BY
 MESSAGE_3_BYTES_MAX = 2 * TAG_BYTES + DH_BYTES + HANDSHAKE_PAYLOAD_BYTES_MAX
 HANDSHAKE_TIMEOUT_S_DEFAULT = 10.0
 REFUSAL_BYTES_MAX = 256  # the reason a refused member-to-be is told
-SEND_BATCH_BYTES_MAX = 4 * 65537  # records joined into one transport write
+SEND_BATCH_BYTES_MAX = 4 * 65537  # small records joined into one transport write
+LARGE_PREFIX_BYTES = 4  # large records: a 4-byte length
+LARGE_RECORD_PLAINTEXT_BYTES_MAX = 1024 * 1024  # a whole chunk piece is one record
+LARGE_RECORD_CONTEXT = b"assetmesh/channel/v3/records"  # HKDF info for the large-record keys
+DIRECT_READ_BYTES_MIN = 64 * 1024  # a record's remainder at least this large is read straight into place
+RECEIVE_LOW_WATER_MAX = 256 * 1024  # while reading one, wake for no fewer bytes than this (or the rest)
+NONCE_MAX = 2**64 - 1
 RECEIVE_BYTES_MAX = 256 * 1024  # bytes asked of the transport per read; bounds buffered plaintext
 ED25519_SIGNATURE_BYTES = 64
 ED25519_PUBLIC_KEY_BYTES = 32
@@ -180,10 +189,12 @@ def default_ciphers() -> tuple[bytes, ...]:
     return (NOISE_AESGCM, NOISE_CHACHA) if cpu_has_fast_aes() else (NOISE_CHACHA, NOISE_AESGCM)
 
 
-def _offer_byte(ciphers: Sequence[bytes]) -> int:
-    """The initiator's offer: which suites it accepts, and whether it prefers AES-GCM."""
+def _offer_byte(ciphers: Sequence[bytes], large_records: bool) -> int:
+    """The initiator's offer: which suites it accepts, whether it prefers AES-GCM, and whether
+    it speaks large records (every node of this version does; older ones never set the bit)."""
     offer = sum(1 << SUITES.index(name) for name in set(ciphers))
-    return offer | (PREFERS_AES_BIT if ciphers[0] == NOISE_AESGCM else 0)
+    offer |= PREFERS_AES_BIT if ciphers[0] == NOISE_AESGCM else 0
+    return offer | (LARGE_RECORDS_BIT if large_records else 0)
 
 
 def _choose_suite(offer: int, ciphers: Sequence[bytes]) -> bytes:
@@ -342,15 +353,17 @@ async def _initiator_handshake(
     local: LocalIdentity,
     authenticate: Authenticate,
     ciphers: Sequence[bytes],
-) -> tuple[NoiseConnection, Member, bytes]:
+    large_records: bool,
+) -> tuple[NoiseConnection, Member, bytes, bool]:
     """-> offer; <- choice; -> e; <- e, ee, s, es + responder identity;
     -> s, se + our identity; <- accepted."""
-    offer = _offer_byte(ciphers)
+    offer = _offer_byte(ciphers, large_records)
     await _send_message(stream, bytes([offer]))
     choice = (await _receive_message(stream, "the peer closed the connection", "choice", 1, 1))[0]
-    if not (choice < len(SUITES) and SUITES[choice] in ciphers):
+    suite = choice & SUITE_MASK
+    if not (suite < len(SUITES) and SUITES[suite] in ciphers) or choice & ~(offer | SUITE_MASK):
         raise HandshakeError(f"the peer chose suite {choice}, which we did not offer")
-    noise = _new_noise(True, SUITES[choice], PROLOGUE + bytes([offer, choice]), local.psk)
+    noise = _new_noise(True, SUITES[suite], PROLOGUE + bytes([offer, choice]), local.psk)
     await _send_message(stream, bytes(noise.write_message()))
     message = await _receive_message(
         stream, "the peer closed the connection", "handshake message 2", 1, MESSAGE_2_BYTES_MAX
@@ -364,7 +377,7 @@ async def _initiator_handshake(
     refusal = bytes(_noise_step(lambda: noise.decrypt(message), "bad acceptance record"))
     if refusal:
         raise HandshakeError(f"the peer refused us: {refusal.decode('utf-8', 'replace')}")
-    return noise, member, key
+    return noise, member, key, bool(choice & LARGE_RECORDS_BIT)
 
 
 async def _responder_handshake(
@@ -372,13 +385,14 @@ async def _responder_handshake(
     local: LocalIdentity,
     authenticate: Authenticate,
     ciphers: Sequence[bytes],
-) -> tuple[NoiseConnection, Member, bytes]:
+    large_records: bool,
+) -> tuple[NoiseConnection, Member, bytes, bool]:
     """<- offer; -> choice; <- e; -> e, ee, s, es + our identity;
     <- s, se + initiator identity; -> accepted."""
     message = await _receive_message(stream, "the peer closed the connection", "cipher offer", 1, 1)
     offer = message[0]
     suite = _choose_suite(offer, ciphers)
-    choice = SUITES.index(suite)
+    choice = SUITES.index(suite) | (offer & LARGE_RECORDS_BIT if large_records else 0)  # if both speak them
     await _send_message(stream, bytes([choice]))
     noise = _new_noise(False, suite, PROLOGUE + bytes([offer, choice]), local.psk)
     message = await _receive_message(
@@ -402,7 +416,7 @@ async def _responder_handshake(
                     pass  # it hung up first
         raise
     await _send_message(stream, noise.encrypt(b""))
-    return noise, member, key
+    return noise, member, key, bool(choice & LARGE_RECORDS_BIT)
 
 
 async def _secure(
@@ -412,6 +426,7 @@ async def _secure(
     handshake_timeout_s: float,
     initiator: bool,
     ciphers: Sequence[bytes] | None,
+    large_records: bool = True,
 ) -> SecureStream:
     """Run one side of the handshake under a deadline; close the transport on any failure."""
     run = _initiator_handshake if initiator else _responder_handshake
@@ -419,7 +434,7 @@ async def _secure(
         ciphers = tuple(ciphers) if ciphers is not None else default_ciphers()
         _check_ciphers(ciphers)
         with trio.fail_after(handshake_timeout_s):
-            noise, member, key = await run(stream, local, authenticate, ciphers)
+            noise, member, key, large = await run(stream, local, authenticate, ciphers, large_records)
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise HandshakeError(f"no handshake within {handshake_timeout_s} s") from None
@@ -429,7 +444,7 @@ async def _secure(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return SecureStream(stream, noise, member, key)
+    return SecureStream(stream, noise, member, key, large_records=large)
 
 
 async def secure_connect(
@@ -439,12 +454,14 @@ async def secure_connect(
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
     *,
     ciphers: Sequence[bytes] | None = None,
+    large_records: bool = True,
 ) -> SecureStream:
     """Handshake as the initiator over `stream`; the peer's `Member` is on the result.
 
     `ciphers`: the Noise protocol names we accept, preferred first (default `default_ciphers()`).
+    `large_records=False` behaves as a node older than large records (tests, benchmarks).
     """
-    return await _secure(stream, local, authenticate, handshake_timeout_s, True, ciphers)
+    return await _secure(stream, local, authenticate, handshake_timeout_s, True, ciphers, large_records)
 
 
 async def secure_accept(
@@ -454,9 +471,10 @@ async def secure_accept(
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
     *,
     ciphers: Sequence[bytes] | None = None,
+    large_records: bool = True,
 ) -> SecureStream:
     """Handshake as the responder over `stream`; the peer's `Member` is on the result."""
-    return await _secure(stream, local, authenticate, handshake_timeout_s, False, ciphers)
+    return await _secure(stream, local, authenticate, handshake_timeout_s, False, ciphers, large_records)
 
 
 # ---- transport -------------------------------------------------------------------------------
@@ -478,18 +496,78 @@ class _Busy:
         self._held = False
 
 
+class _LargeRecords:
+    """One direction's large-record AEAD: the Noise suite's cipher (AES-256-GCM or
+    ChaCha20-Poly1305 from `cryptography`) under a key derived with HKDF-SHA256 from that
+    direction's Noise transport key and the handshake hash, a 96-bit nonce of 32 zero bits and a
+    64-bit counter (as Noise's), no associated data. Only the record size differs from Noise's
+    transport messages; the keys are separate, so no nonce is used twice under one key."""
+
+    def __init__(self, noise: NoiseConnection, sending: bool) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        protocol = noise.noise_protocol
+        state = protocol.cipher_state_encrypt if sending else protocol.cipher_state_decrypt
+        key = HKDF(hashes.SHA256(), 32, salt=bytes(noise.get_handshake_hash()),
+                   info=LARGE_RECORD_CONTEXT).derive(bytes(state.k))
+        aead = AESGCM if noise.protocol_name == NOISE_AESGCM else ChaCha20Poly1305
+        self._aead = aead(key)
+        self._counter = 0
+
+    def _nonce(self) -> bytes:
+        if self._counter >= NONCE_MAX:
+            raise SecureChannelError("record counter exhausted")
+        nonce = b"\0\0\0\0" + self._counter.to_bytes(8, "big")
+        self._counter += 1
+        return nonce
+
+    def seal(self, piece: memoryview) -> bytearray:
+        """The record for `piece`: its 4-byte length, then the ciphertext and tag, in one buffer."""
+        length = len(piece) + TAG_BYTES
+        record = bytearray(LARGE_PREFIX_BYTES + length)
+        record[:LARGE_PREFIX_BYTES] = length.to_bytes(LARGE_PREFIX_BYTES, "big")
+        self._aead.encrypt_into(self._nonce(), piece, None, memoryview(record)[LARGE_PREFIX_BYTES:])
+        return record
+
+    def open(self, sealed: memoryview) -> bytes:
+        return self._aead.decrypt(self._nonce(), sealed, None)
+
+
 class SecureStream(trio.abc.Stream):
-    """An authenticated, encrypted `trio.abc.Stream` to one mesh member (no half-close)."""
+    """An authenticated, encrypted `trio.abc.Stream` to one mesh member (no half-close).
+
+    Records: with `large_records` (both ends of this version), a 4-byte length and one AEAD
+    record of up to 1 MiB of plaintext under keys derived from the Noise handshake, so a chunk
+    piece is sealed and opened in one call; otherwise Noise transport messages (2-byte length,
+    at most 65519 bytes of plaintext each)."""
 
     def __init__(
-        self, transport: trio.abc.Stream, noise: NoiseConnection, peer: Member, peer_key: bytes
+        self, transport: trio.abc.Stream, noise: NoiseConnection, peer: Member, peer_key: bytes,
+        large_records: bool = False,
     ) -> None:
         self.transport = transport  # the underlying byte stream (TCP)
         self.peer = peer  # the authenticated peer's membership
         self.peer_public_key = peer_key  # the peer's raw Ed25519 node public key
         self.protocol_name: bytes = noise.protocol_name  # the Noise protocol (cipher suite) in use
-        self._encrypt = noise.noise_protocol.cipher_state_encrypt.encrypt_with_ad
-        self._decrypt = noise.noise_protocol.cipher_state_decrypt.decrypt_with_ad
+        self.large_records = large_records
+        if large_records:
+            self._prefix = LARGE_PREFIX_BYTES
+            self._plain_max = LARGE_RECORD_PLAINTEXT_BYTES_MAX
+            self._sealer = _LargeRecords(noise, sending=True)
+            self._opener = _LargeRecords(noise, sending=False)
+            self._seal_one = self._sealer.seal
+            self._decrypt_one = self._opener.open
+        else:
+            self._prefix = LENGTH_PREFIX_BYTES
+            self._plain_max = RECORD_PLAINTEXT_BYTES_MAX
+            self._encrypt = noise.noise_protocol.cipher_state_encrypt.encrypt_with_ad
+            self._decrypt = noise.noise_protocol.cipher_state_decrypt.decrypt_with_ad
+            self._seal_one = self._seal_noise
+            self._decrypt_one = functools.partial(self._decrypt, None)
+        self._record_bytes_max = self._plain_max + TAG_BYTES
+        self._direct = isinstance(transport, trio.SocketStream)  # large remainders read into place
         self._send_busy = _Busy("sending")
         self._receive_busy = _Busy("receiving")
         self._rx = bytearray()  # transport bytes not yet forming a whole record
@@ -503,38 +581,55 @@ class SecureStream(trio.abc.Stream):
     # -- sending --
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt and send all of `data`, in records of at most 65519 plaintext bytes."""
+        """Encrypt and send all of `data` (in records of at most 1 MiB, or 65519 bytes with an
+        older peer)."""
+        await self.send_parts((data,))
+
+    async def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send the concatenation of `parts` without joining them first (each part is sealed on
+        its own: a chunk's frame head and its bytes straight from the read buffer)."""
         with self._send_busy:
             self._check_can_send()
             await trio.lowlevel.checkpoint_if_cancelled()
-            view = memoryview(data).cast("B")
-            if not view:
+            views = [view for view in (memoryview(part).cast("B") for part in parts) if view]
+            if not views:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             self._send_broken = True  # until every record we encrypted is on the wire
             try:
-                for batch in self._seal(view):
-                    await self.transport.send_all(batch)
+                for write in self._seal(views):
+                    await self.transport.send_all(write)
             except trio.ClosedResourceError:
                 self._closed = True
                 raise
             self._send_broken = False
 
-    def _seal(self, view: memoryview) -> Any:
-        """Yield transport writes of up to SEND_BATCH_BYTES_MAX holding `view` as records."""
-        parts: list[bytes] = []
+    def _seal(self, views: list[memoryview]) -> Any:
+        """Yield transport writes holding `views` as records: small records joined into writes
+        of up to SEND_BATCH_BYTES_MAX, large ones written as they are."""
+        batch: list[bytes | bytearray] = []
         size = 0
-        for start in range(0, len(view), RECORD_PLAINTEXT_BYTES_MAX):
-            piece = view[start : start + RECORD_PLAINTEXT_BYTES_MAX]
-            sealed = self._encrypt(None, piece)
-            parts.append(len(sealed).to_bytes(LENGTH_PREFIX_BYTES, "big"))
-            parts.append(sealed)
-            size += LENGTH_PREFIX_BYTES + len(sealed)
-            if size >= SEND_BATCH_BYTES_MAX:
-                yield b"".join(parts)
-                parts, size = [], 0
-        if parts:
-            yield b"".join(parts)
+        for view in views:
+            for start in range(0, len(view), self._plain_max):
+                record = self._seal_one(view[start : start + self._plain_max])
+                if len(record) >= SEND_BATCH_BYTES_MAX:
+                    if batch:
+                        yield b"".join(batch)
+                        batch, size = [], 0
+                    yield record
+                    continue
+                batch.append(record)
+                size += len(record)
+                if size >= SEND_BATCH_BYTES_MAX:
+                    yield b"".join(batch)
+                    batch, size = [], 0
+        if batch:
+            yield b"".join(batch)
+
+    def _seal_noise(self, piece: memoryview) -> bytes:
+        """A Noise transport message with its 2-byte length."""
+        sealed = self._encrypt(None, piece)
+        return len(sealed).to_bytes(LENGTH_PREFIX_BYTES, "big") + sealed
 
     async def wait_send_all_might_not_block(self) -> None:
         """Block until the transport would accept more bytes."""
@@ -570,6 +665,11 @@ class SecureStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         """Read from the transport once and decrypt every whole record that arrived."""
+        if self._direct and len(self._rx) >= self._prefix:
+            length = self._record_length(self._rx)
+            if self._prefix + length - len(self._rx) >= DIRECT_READ_BYTES_MIN:
+                await self._read_record_into_place(length)
+                return
         try:
             data = await self.transport.receive_some(RECEIVE_BYTES_MAX)
         except trio.ClosedResourceError:
@@ -587,59 +687,84 @@ class SecureStream(trio.abc.Stream):
             used = self._open_records(view)
             self._rx += view[used:]
 
+    async def _read_record_into_place(self, length: int) -> None:
+        """The rest of a large record, read from the socket straight into its own buffer (no
+        copy out of a read buffer), then opened. Reads nothing past the record."""
+        record = bytearray(length)
+        have = len(self._rx) - self._prefix
+        record[:have] = memoryview(self._rx)[self._prefix:]
+        self._rx = bytearray()
+        view = memoryview(record)
+        sock = self.transport.socket  # type: ignore[attr-defined]
+        try:
+            while have < length:
+                _set_receive_low_water(sock, min(length - have, RECEIVE_LOW_WATER_MAX))
+                got = await sock.recv_into(view[have:])
+                if not got:
+                    self._break("connection closed in the middle of a record")
+                have += got
+        except (OSError, trio.ClosedResourceError) as exc:
+            self._closed = self._closed or isinstance(exc, trio.ClosedResourceError)
+            raise trio.BrokenResourceError(f"reading a record: {exc}") from exc
+        finally:
+            _set_receive_low_water(sock, 1)
+        self._open_one(view)
+
     def _complete_partial(self, view: memoryview) -> memoryview:
         """Move bytes from `view` into the partial record; open it once whole. Returns the rest."""
-        rx = self._rx
-        if len(rx) < LENGTH_PREFIX_BYTES:
-            take = LENGTH_PREFIX_BYTES - len(rx)
+        rx, prefix = self._rx, self._prefix
+        if len(rx) < prefix:
+            take = prefix - len(rx)
             rx += view[:take]
             view = view[take:]
-            if len(rx) < LENGTH_PREFIX_BYTES:
+            if len(rx) < prefix:
                 return view
-        length = self._record_length(rx[0], rx[1])
-        need = LENGTH_PREFIX_BYTES + length - len(rx)
+        length = self._record_length(rx)
+        need = prefix + length - len(rx)
         rx += view[:need]
-        if len(rx) == LENGTH_PREFIX_BYTES + length:
-            self._open_one(memoryview(rx)[LENGTH_PREFIX_BYTES:])
+        if len(rx) == prefix + length:
+            self._open_one(memoryview(rx)[prefix:])
             rx.clear()
         return view[need:]
 
     def _open_records(self, view: memoryview) -> int:
         """Decrypt the whole records at the front of `view`; return how many bytes they took."""
-        pos, end = 0, len(view)
-        while end - pos >= LENGTH_PREFIX_BYTES:
-            length = self._record_length(view[pos], view[pos + 1])
-            start = pos + LENGTH_PREFIX_BYTES
+        pos, end, prefix = 0, len(view), self._prefix
+        while end - pos >= prefix:
+            length = self._record_length(view[pos : pos + prefix])
+            start = pos + prefix
             if end - start < length:
                 break
             self._open_one(view[start : start + length])
             pos = start + length
         return pos
 
-    def _record_length(self, high: int, low: int) -> int:
+    def _record_length(self, header: bytes | bytearray | memoryview) -> int:
         """A record's ciphertext length from its prefix; breaks the stream if impossible."""
-        length = (high << 8) | low
+        length = int.from_bytes(header[: self._prefix], "big")
         if length < TAG_BYTES:
             self._break(f"record length {length} is shorter than a tag")
+        if length > self._record_bytes_max:
+            self._break(f"record length {length} exceeds {self._record_bytes_max}")
         return length
 
     def _open_one(self, sealed: memoryview) -> None:
         """Decrypt one record into the plaintext queue; breaks the stream if it fails."""
         try:
-            plain = self._decrypt(None, sealed)
+            plain = self._decrypt_one(sealed)
         except Exception:  # cryptography InvalidTag, or nonce exhaustion
             self._break("record failed authentication")
         if plain:
             self._plain.append(plain)
 
     def _take(self, max_bytes: int | None) -> bytes:
-        """Pop up to `max_bytes` (None: RECEIVE_BYTES_MAX) of buffered plaintext (b"" at EOF).
-        Whole records that fit are joined into one result: a reader that handles each read as
-        one event then handles many small messages (or a chunk's records) at once."""
+        """Pop up to `max_bytes` (None: RECEIVE_BYTES_MAX, or a whole large record) of buffered
+        plaintext (b"" at EOF). Whole records that fit are joined into one result: a reader
+        that handles each read as one event then handles many small messages at once."""
         plain = self._plain
         if not plain:
             return b""
-        limit = RECEIVE_BYTES_MAX if max_bytes is None else max_bytes
+        limit = (self._plain_max if self.large_records else RECEIVE_BYTES_MAX) if max_bytes is None else max_bytes
         head, start = plain[0], self._plain_start
         end = min(len(head), start + limit)
         if end < len(head):
@@ -677,6 +802,16 @@ class SecureStream(trio.abc.Stream):
         self._closed = True
         self._plain.clear()
         await self.transport.aclose()
+
+
+def _set_receive_low_water(sock: trio.socket.SocketType, count: int) -> None:
+    """Wake this socket's reader only once `count` bytes have arrived (SO_RCVLOWAT; Linux's
+    epoll honours it for TCP). On a capped link a 1 MiB record otherwise arrives as a wake-up,
+    a read and a trio reschedule per few kilobytes; the time spent waiting is not free."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+    except OSError:  # not TCP, or already closed: reads just wake more often
+        pass
 
 
 # ---- serving ---------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ BATCH_CHUNKS_MAX = 512  # ... or this many chunk files
 SYNCFS_CHUNKS_MIN = 8  # below this many files, fsync each one instead of flushing the filesystem
 READ_GROUP_BYTES = 1024 * 1024  # a read group gathers consecutive chunks up to this many bytes
 READ_PIECE_BYTES = 256 * 1024  # read and hash a chunk in pieces that stay in the L2 cache
+WRITE_PIECE_BYTES = 256 * 1024  # write chunks in pieces this large (see `_write_in_pieces`)
 READ_THREADS_MAX = 2  # reader threads (the machines we target have 2-4 cores)
 READ_SLOTS_PER_THREAD = 2  # buffers per reader thread: one being filled, one being written
 READ_ALIGN_BYTES = 64  # chunks start at this alignment in read buffers (see `_aligned_buffer`)
@@ -164,6 +165,18 @@ def _syncfs() -> Callable[[int], int] | None:
             func = None
         _SYNCFS.append(func)
     return _SYNCFS[0]
+
+
+def _write_in_pieces(handle: BinaryIO, data: bytes | memoryview) -> None:
+    """Write `data` in WRITE_PIECE_BYTES writes. A single 1 MiB write made Linux 6.18's ext4
+    allocate 1 MiB page-cache folios, which cost ~6x the system time of 256 KiB writes on the
+    benchmark machine (0.47 s vs 0.07 s for 256 MiB into new files)."""
+    view = memoryview(data)
+    for start in range(0, len(view), WRITE_PIECE_BYTES):
+        handle.write(view[start:start + WRITE_PIECE_BYTES])
+
+
+_NOWAIT_READS = [True] if hasattr(os, "RWF_NOWAIT") else []  # emptied when the kernel says no
 
 
 def checksum(data: bytes | memoryview) -> bytes:
@@ -472,6 +485,54 @@ class FileStore:
             raise CorruptChunkError(text)
         return data
 
+    def read_for_peer(self, cid: str, cached_only: bool = False) -> bytearray:
+        """One chunk's bytes for a peer, checked against the checksum recorded when they entered
+        the store (XXH3-128, ~27 GB/s; the CID's own hash where a row has none). A peer verifies
+        the CID itself before it stores or serves a byte, so this check stops bit rot from being
+        sent, not forgery, and a BLAKE3 pass here would only repeat the receiver's.
+
+        `cached_only`: read only what the page cache holds (`RWF_NOWAIT`), so the caller may run
+        it on its event loop; `BlockingIOError` when a read would wait for the disk (or this
+        file system cannot say), and the caller reads on a worker thread instead."""
+        size, expected = self._size_and_checksum(cid)
+        if size is None:
+            raise NotFoundError(f"chunk {cid} is not in this store")
+        flags = 0
+        if cached_only:
+            if not _NOWAIT_READS:
+                raise BlockingIOError(errno.EAGAIN, "reads that never wait are not available here")
+            flags = os.RWF_NOWAIT
+        try:
+            fd = os.open(self._chunk_path(cid), os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptChunkError(cid, f"chunk {cid} is indexed but its file is missing") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading chunk {cid}") from None
+        try:
+            if os.fstat(fd).st_size != size:
+                raise CorruptChunkError(cid, f"chunk {cid} is corrupt (wrong size)")
+            data = bytearray(size)
+            view, done = memoryview(data), 0
+            while done < size:
+                got = os.preadv(fd, [view[done:]], done, flags)
+                if got == 0:
+                    raise CorruptChunkError(cid, f"chunk {cid} is corrupt (it shrank)")
+                done += got
+        except OSError as exc:
+            if cached_only and exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                if exc.errno != errno.EAGAIN:
+                    _NOWAIT_READS.clear()  # this kernel or file system has no RWF_NOWAIT
+                raise BlockingIOError(errno.EAGAIN, "the chunk is not in the page cache") from None
+            raise _os_error(exc, f"reading chunk {cid}") from None
+        finally:
+            os.close(fd)
+        if expected is not None:
+            if checksum(data) != expected:
+                raise CorruptChunkError(cid)
+        elif not Cid.parse(cid).verify(data):
+            raise CorruptChunkError(cid)
+        return data
+
     chunk_bytes_max = CHUNK_BYTES_MAX  # refuse larger blocks (manifests are far smaller)
 
     def put(self, cid: Cid, data: bytes) -> bool:
@@ -528,7 +589,7 @@ class FileStore:
         final = self._chunk_path(cid)
         try:
             with open(tmp_path, "wb") as handle:
-                handle.write(data)
+                _write_in_pieces(handle, data)
                 handle.flush()
                 os.fsync(handle.fileno())
             final.parent.mkdir(exist_ok=True)
@@ -559,7 +620,7 @@ class FileStore:
         tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(tmp_path, "wb") as handle:
-                handle.write(data)
+                _write_in_pieces(handle, data)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp_path.unlink()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mesh.config import DEFAULT_PORT, AgentConfig, HealthConfig, IngestRule, Probe
+from mesh.config import DEFAULT_PORT, MEDIUM_KINDS, AgentConfig, HealthConfig, IngestRule, Probe, TopologyConfig
 from mesh.errors import UsageError
 
 PROBE_KINDS = ("http", "tcp", "path", "command")
@@ -218,7 +218,17 @@ _OUTBOX: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "backoff_s_min": ("outbox_backoff_s_min", _positive),
     "backoff_s_max": ("outbox_backoff_s_max", _positive),
 }
-_TABLES = {"health": _HEALTH, "outbox": _OUTBOX}
+_TABLES = {"health": _HEALTH, "outbox": _OUTBOX, "topology": {}}
+
+
+def _medium(value: object) -> str:
+    text = _text(value)
+    if text not in MEDIUM_KINDS:
+        raise ValueError(f"must be one of {', '.join(MEDIUM_KINDS)}")
+    return text
+
+
+_TOPOLOGY: dict[str, tuple[str, Callable[[Any], Any]]] = {"medium": ("medium", _medium)}
 _PROBE_KEYS = frozenset({"name", "timeout_s", *PROBE_KINDS})
 
 
@@ -410,6 +420,9 @@ def config_from_dict(doc: dict, source: Path | None = None) -> AgentConfig:
     _check_keys(outbox, set(_OUTBOX), "outbox.", where)
     values.update(_apply(outbox, _OUTBOX, "outbox.", where))
     values["health"] = _health(doc, where)
+    topology = _table(doc, "topology", where)
+    _check_keys(topology, set(_TOPOLOGY), "topology.", where)
+    values["topology"] = TopologyConfig(**_apply(topology, _TOPOLOGY, "topology.", where))
     values["ingest"] = _ingest(doc, source, where)
     if "enroll" in doc:
         values["enroll"] = _enroll(doc["enroll"], source, where)

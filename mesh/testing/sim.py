@@ -289,8 +289,10 @@ def _state_payload(msg: m.Message) -> int | None:
     """Bytes of shared-state payload a message carries, or None if it carries none."""
     if isinstance(msg, (m.StateSync, m.StateSyncPart)):
         return len(msg.message)
-    if isinstance(msg, (m.StateChanges, m.StateChangesPart)):
+    if isinstance(msg, (m.StateChanges, m.StateChangesPart, m.StateSnapshotPart)):
         return len(msg.data)
+    if isinstance(msg, m.StateSnapshotBegin):
+        return 32 * len(msg.heads)
     if isinstance(msg, m.StateHeads):
         return 32 * len(msg.heads)
     return None
@@ -428,6 +430,7 @@ class NodeHandle:
         self.pins: tuple[str, ...] = ()  # release ids or names its config pins
         self.pin_tags: tuple[str, ...] = ()  # tags whose originals its config pins
         self.budget_bytes: int | None = None  # its store budget (`store_budget`); None: no limit
+        self.shared_medium = False  # it declares itself a Wi-Fi station (its [topology] hint, or /sys)
 
     @property
     def node_id(self) -> str:
@@ -535,6 +538,9 @@ class World:
         # called after a DataReceived reached a core: (world, node, event, summary of its messages)
         self.observers: list[Callable[[World, NodeHandle, DataReceived, tuple], None]] = []
         self.action_handlers: dict[type, Callable[[World, NodeHandle, object], None]] = {}  # other actions
+        # Stations of a medium know it of themselves (as a box sees its interface is wireless) and
+        # declare it to their cores; False: no node knows (nor is told) what its link is.
+        self.media_declared = True
         self._by_node_id: dict[str, str] = {}
         self._listeners: dict[Address, str] = {}
         self._queue: list[tuple[float, int, object]] = []
@@ -573,6 +579,7 @@ class World:
         host = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
         handle = NodeHandle(self, name, identity, host, DEFAULT_PORT)
         handle.pins = tuple(pins)
+        handle.shared_medium = medium is not None and self.media_declared
         self.nodes[name] = handle
         self._by_node_id[identity.node_id] = name
         self._listeners[handle.address] = name
@@ -598,6 +605,8 @@ class World:
         rng = random.Random(f"{self.seed}/{handle.name}/core/{handle.incarnation}")
         handle.core = NodeCore(handle.identity.core_identity(), state, rng, self.now, self.limits,
                                listen_port=handle.address[1], pins=handle.pins, pin_tags=handle.pin_tags)
+        if handle.shared_medium:
+            handle.core.declare_shared_medium(True)  # only its own link: never who else shares it
         handle.tick_at = None
         self._process(handle)
         if handle.budget_bytes is not None:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import cbor2
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
-from mesh.wire.frames import FRAME_BYTES_MAX, FrameDecoder, encode_frame
+from mesh.wire.frames import FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FrameDecoder, encode_frame
 
 PROTOCOL_VERSION = 1
 
@@ -160,6 +160,11 @@ class Bytes(_Leaf):
 
     bytes_max: int  # longest allowed
     bytes_min: int = 0  # shortest allowed
+
+    def to_wire(self, value: object, where: str) -> Any:
+        if type(value) is memoryview:  # a received piece (see `_decode_chunk_data`), sent on
+            value = bytes(value)
+        return super().to_wire(value, where)
 
     def problem(self, value: object) -> str | None:
         if type(value) is not bytes:
@@ -564,6 +569,40 @@ class TlsKey(Message):
     key: bytes = wire(Bytes(TLS_KEY_BYTES_MAX, 1))  # PKCS#8 DER, unencrypted (the channel is)
 
 
+# --- state bootstrap from a snapshot (mesh.core.node) ---------------------------------------------
+
+STATE_SNAPSHOT_BYTES_MAX = 2**32 - 1  # what the field admits; a receiver bounds it far lower
+
+
+@message(type_code=34)
+@dataclass(frozen=True)
+class StateSnapshotBegin(Message):
+    """A saved copy of the sender's whole document follows in StateSnapshotParts, for a peer far
+    behind. Sent only to peers whose Hello lists "state-snapshot/1"."""
+
+    total_bytes: int = wire(Int(1, STATE_SNAPSHOT_BYTES_MAX))  # the snapshot's size: all parts together
+    heads: tuple[bytes, ...] = wire(TupleOf(CHANGE_HASH, items_max=HEADS_MAX))  # the snapshot's heads
+
+
+@message(type_code=35)
+@dataclass(frozen=True)
+class StateSnapshotPart(Message):
+    """The next piece of the snapshot a StateSnapshotBegin announced; the piece that brings the
+    total to `total_bytes` completes it."""
+
+    data: bytes = wire(Bytes(STATE_SYNC_BYTES_MAX, 1))  # the next piece, in order
+
+
+@message(type_code=36)
+@dataclass(frozen=True)
+class StateSize(Message):
+    """How many changes the sender's document holds, sent after its StateHeads: a peer that holds
+    far more may answer with a snapshot even when the heads are unknown to it (a new node that
+    recorded itself). Sent only to peers whose Hello lists "state-snapshot/1"."""
+
+    changes: int = wire(Int(0, UINT64_MAX))  # changes in the sender's document
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 
@@ -585,7 +624,9 @@ def decode_message(body: bytes) -> Message:
         raise RemoteProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(body: bytes) -> Message:
+def _decode(body: bytes | memoryview) -> Message:
+    if body[:2] == _CHUNK_DATA_START:
+        return _decode_chunk_data(body)
     _scan_cbor(body)
     try:
         raw = cbor2.loads(body, tag_hook=_refuse_tag)
@@ -679,6 +720,59 @@ _CHUNK_DATA_CODE = type_code_of(ChunkData)
 _CHUNK_DATA_ITEMS = 1 + len(record_fields(ChunkData))  # the type code, then the fields
 _CBOR_UINT, _CBOR_BYTES, _CBOR_ARRAY = 0, 2, 4  # major types
 CHUNK_DATA_PREFIX_BYTES = 1 + 1 + 2 + CID_BYTES_MAX  # array head, type code, CID head, CID
+
+
+_CHUNK_DATA_START = bytes([_CBOR_ARRAY << 5 | _CHUNK_DATA_ITEMS, _CHUNK_DATA_CODE])  # both < 24: one byte each
+
+
+def _decode_chunk_data(body: bytes | memoryview) -> ChunkData:
+    """A ChunkData body, read without building its piece: `data` is a read-only view of `body`
+    (a 1 MiB piece is not copied). Held to the same canonical subset and schema as every message."""
+    body = memoryview(body)  # slices of it are views, whatever it is
+    _, _, pos = _read_head(body, 0)
+    _, _, pos = _read_head(body, pos)
+    items = []
+    for expected in (_CBOR_BYTES, _CBOR_UINT, _CBOR_UINT, _CBOR_BYTES):
+        major, argument, pos = _read_head(body, pos)
+        if major != expected:
+            raise RemoteProtocolError(f"ChunkData: field {len(items) + 1} has CBOR major type {major}")
+        if major == _CBOR_BYTES:
+            if pos + argument > len(body):
+                raise RemoteProtocolError("CBOR string runs past the end of the message")
+            items.append(body[pos:pos + argument])
+            pos += argument
+        else:
+            items.append(argument)
+    if pos != len(body):
+        raise RemoteProtocolError(f"{len(body) - pos} trailing bytes after the message")
+    cid, offset, total, data = items
+    if len(data) > CHUNK_PIECE_BYTES_MAX:
+        raise RemoteProtocolError(f"ChunkData.data: {len(data)} bytes, allowed 0..{CHUNK_PIECE_BYTES_MAX}")
+    checked = _record_from_wire(ChunkData, [bytes(cid), offset, total, b""], "ChunkData")
+    return ChunkData(checked.cid, checked.offset, checked.total, data.toreadonly())  # type: ignore[arg-type]
+
+
+def chunk_data_head(cid: bytes, offset: int, total: int, length: int) -> bytes:
+    """The frame header and message bytes of `ChunkData(cid, offset, total, piece)` that come
+    before the piece itself (`length` bytes): head + piece == encode(ChunkData(...)). A server
+    sends the piece from its read buffer behind this head instead of copying it into a frame."""
+    if not 0 <= length <= CHUNK_PIECE_BYTES_MAX:
+        raise LocalProtocolError(f"ChunkData.data: {length} bytes, allowed 0..{CHUNK_PIECE_BYTES_MAX}")
+    empty = encode_message(ChunkData(cid, offset, total, b""))  # checks the schema; ends in b"\x40"
+    body = empty[:-1] + _cbor_head(_CBOR_BYTES, length)
+    if len(body) + length > FRAME_BYTES_MAX:
+        raise LocalProtocolError(f"frame body of {len(body) + length} bytes exceeds {FRAME_BYTES_MAX}")
+    return (len(body) + length).to_bytes(FRAME_HEADER_BYTES, "big") + body
+
+
+def _cbor_head(major: int, argument: int) -> bytes:
+    """A canonical (shortest-form) CBOR item head."""
+    if argument < 24:
+        return bytes([major << 5 | argument])
+    for info, (width, smallest) in sorted(_ARGUMENT_WIDTHS.items(), reverse=True):
+        if argument >= smallest:
+            return bytes([major << 5 | info]) + argument.to_bytes(width, "big")
+    raise AssertionError("unreachable")
 
 
 def arriving_chunk(decoder: MessageDecoder) -> bytes | None:
