@@ -865,11 +865,10 @@ class Swarm:
         (the least loaded: pipelines shrink when slow); a seed only for what no one else has."""
         peers, total = self._peers, len(self.chunks)
         if wired:
-            byte, mask = index >> 3, 0x80 >> (index & 7)
             cheap = [n for n in holders if n in wired]
             if cheap:
                 return max(cheap, key=room.__getitem__)
-            if any(peers[n].bits[byte] & mask for n in wired):
+            if any(_bit(peers[n].bits, index) for n in wired):
                 return None
         others = [n for n in holders if peers[n].count < total]
         if others:

@@ -26,7 +26,6 @@ from typing import Any, Callable
 import trio
 
 from mesh.config import AgentConfig
-from mesh.drivers.netinfo import wireless_route
 from mesh.content.cid import Cid
 from mesh.core.events import (
     Address, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
@@ -41,6 +40,7 @@ from mesh.drivers.agentfiles import write_status
 from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, secure_accept, secure_connect
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
+from mesh.drivers.netinfo import wireless_route
 from mesh.drivers.purge import agent_keep_set
 from mesh.drivers.statefile import StateFile
 from mesh.drivers.tls import TlsWatch, carry_out

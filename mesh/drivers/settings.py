@@ -218,9 +218,6 @@ _OUTBOX: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "backoff_s_min": ("outbox_backoff_s_min", _positive),
     "backoff_s_max": ("outbox_backoff_s_max", _positive),
 }
-_TABLES = {"health": _HEALTH, "outbox": _OUTBOX, "topology": {}}
-
-
 def _medium(value: object) -> str:
     text = _text(value)
     if text not in MEDIUM_KINDS:
@@ -229,6 +226,7 @@ def _medium(value: object) -> str:
 
 
 _TOPOLOGY: dict[str, tuple[str, Callable[[Any], Any]]] = {"medium": ("medium", _medium)}
+_TABLES = {"health": _HEALTH, "outbox": _OUTBOX, "topology": _TOPOLOGY}
 _PROBE_KEYS = frozenset({"name", "timeout_s", *PROBE_KINDS})
 
 
