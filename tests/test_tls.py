@@ -250,6 +250,7 @@ def test_the_edge_gets_the_key_over_the_channel_and_serves_https(venue) -> None:
     org.cli("tls", "rm")
     wait_until(lambda: served_fingerprint(ports["https"], ca) is None, 20, "HTTPS to stop")
     wait_until(lambda: not key_files(edge), 10, "the edge to delete the key")
+    wait_until(lambda: not (run / "key.pem").exists(), 10, "the served key to leave run/")
     assert not key_files(org) and not (run / "key.pem").exists()
     assert http_request(ports["http"], "/search?q=x", f"event.test:{ports['http']}")[0] == 200
 

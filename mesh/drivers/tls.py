@@ -197,6 +197,7 @@ async def _serve_until_changed(agent, app, address, serving: ServeTls, serve_htt
                 await agent.tls.wait_changed(serving)
                 nursery.cancel_scope.cancel()
             agent.tls.serving = None
+            await trio.to_thread.run_sync(_remove_run_files, agent.home.path)  # the key leaves the disk with the server
             _log(logging.INFO, "https.stopped", addr=_where(address), fingerprint=serving.fingerprint)
             return
         except Exception as exc:  # the port is taken, the files cannot be written: try again later
