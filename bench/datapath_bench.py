@@ -2,6 +2,7 @@
 
     python bench/datapath_bench.py [--mib 256] [--files 64] [--edges 4] [--cap-mbit 200] [--json]
     python bench/datapath_bench.py --runs mesh-1,mesh-4 --profile /tmp/prof   # where a byte's time goes
+    python bench/datapath_bench.py --runs mesh-4-capped --perf /tmp/perf      # the kernel's share too
 
 Needs root (the namespace lab of bench/swarm_bench.py: one network namespace per host on a private
 bridge, loopback-speed veths; nothing leaves the lab). Runs, each with fresh homes and a fresh lab:
@@ -15,7 +16,11 @@ bridge, loopback-speed veths; nothing leaves the lab). Runs, each with fresh hom
   CPU = nginx's worker and master plus every curl.
 
 Before each run the bench writes and deletes a scratch file as large as the run will write (see
-`warm_page_pool`). "CPU-s per GiB" divides by the bytes delivered (edges x release), so it is the cost of one byte
+`warm_page_pool`), and for the whole bench it stops the guest kernel's free page reporting to the
+hypervisor (`--page-reporting off`, the default where it can; restored at the end): reported pages
+come back cold, and in this VM writing 256 MiB into fresh page cache then costs 3-7x the system
+time, so four edges on one machine would be charged for the host's memory balloon, which a
+bare-metal box has not (see `page_reporting`). "CPU-s per GiB" divides by the bytes delivered (edges x release), so it is the cost of one byte
 arriving at one edge, sent and received, on this machine's cores (an ARM box's core is 3-4x
 slower). With `--profile DIR`, py-spy samples every agent during the mesh runs (`--gil`: only
 samples that hold the GIL, i.e. Python work) and the report lists the functions with the most
@@ -26,6 +31,7 @@ speedscope or `flamegraph.pl`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -97,6 +103,7 @@ class Run:
     cpu_system_s: dict[str, float]  # process -> of which in the kernel (mesh agents only)
     cpu_s_per_gib: float  # sum(cpu_s) / (edges x release GiB)
     seed_upload_releases: float | None  # the seed's bytes on the wire / release bytes (mesh only)
+    transfer_seconds: float | None = None  # mesh: the first edge's release.current .. the last edge done
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -119,16 +126,43 @@ def warm_page_pool(directory: Path, size: int) -> None:
     path.unlink()
 
 
+PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+PAGE_ORDER_NEVER = 11  # above the buddy allocator's largest order: no free block is reported
+
+
+@contextlib.contextmanager
+def page_reporting(mode: str):
+    """With "off", stop virtio-balloon free page reporting while the bench runs (yields what was
+    done, for the report). A freed page the guest reported is unmapped by the host, and its next
+    use faults in the host: measured here, four processes writing 256 MiB each into new files
+    spent 0.35-0.7 s of system time each with reporting on and 0.08-0.15 s with it off (a single
+    writer reuses its own freed pages before they are reported, and pays 0.05-0.1 s either way)."""
+    if mode != "off" or not PAGE_REPORTING_ORDER.exists():
+        yield "kept" if mode != "off" else "not present"
+        return
+    before = PAGE_REPORTING_ORDER.read_text().strip()
+    try:
+        PAGE_REPORTING_ORDER.write_text(str(PAGE_ORDER_NEVER))
+    except OSError:
+        yield "kept (not writable)"
+        return
+    try:
+        yield f"off (order {before} -> {PAGE_ORDER_NEVER} for the run)"
+    finally:
+        PAGE_REPORTING_ORDER.write_text(before)
+
+
 def run_mesh(name: str, release_dir: Path, workdir: Path, edges: int, cap_mbit: float | None, total: int,
-             timeout_s: float, profile: Path | None) -> Run:
+             timeout_s: float, profile: Path | None, perf: Path | None = None) -> Run:
     homes = sb.make_homes(workdir / name, release_dir, edges, publish=False)
     logs = workdir / "logs" / name  # each run its own logs: edges are done at their first release.complete
     logs.mkdir(parents=True)
-    hooks = _Profiler(profile, name) if profile is not None else None
+    hooks = _PerfRecorder(perf, name) if perf is not None else _Profiler(profile, name) if profile is not None else None
     result = sb.run_swarm(homes, "publish", cap_mbit, timeout_s, total, "info", logs, hooks=hooks)
     delivered = edges * total
     return Run(name, edges, cap_mbit, result.seconds, result.cpu_s, result.cpu_system_s,
-               sum(result.cpu_s.values()) / (delivered / GIB), result.seed_upload_releases)
+               sum(result.cpu_s.values()) / (delivered / GIB), result.seed_upload_releases,
+               result.transfer_seconds)
 
 
 class _Profiler:
@@ -158,6 +192,47 @@ class _Profiler:
                 sampler.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 sampler.kill()
+
+
+class _PerfRecorder:
+    """`perf record` of every agent (all threads, kernel and user) over the same window as
+    `_Profiler`: where the system time goes, which py-spy cannot see."""
+
+    def __init__(self, directory: Path, label: str) -> None:
+        self.directory = directory
+        self.label = label
+        self.recorder: subprocess.Popen | None = None
+        self.roles: dict[int, str] = {}
+
+    def started(self, agents: list[sb.Agent]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.roles = {agent.process.pid: agent.name for agent in agents}
+        argv = ["perf", "record", "--quiet", "-F", str(PROFILE_RATE_HZ), "-g", "-o",
+                str(self.directory / f"{self.label}.perf"), "-p", ",".join(map(str, self.roles))]
+        self.recorder = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finished(self) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.send_signal(signal.SIGINT)
+        try:
+            self.recorder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.recorder.kill()
+        (self.directory / f"{self.label}-roles.txt").write_text(
+            "".join(f"{pid} {role}\n" for pid, role in self.roles.items()))
+
+
+def summarize_perf(path: Path) -> list[tuple[str, float]]:
+    """(symbol, share of samples) over every agent's threads, kernel symbols marked [k]."""
+    result = subprocess.run(["perf", "report", "-i", str(path), "--no-children", "--sort", "sym", "--stdio",
+                             "-g", "none"], capture_output=True, text=True)
+    rows = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%") and parts[1] in ("[k]", "[.]"):
+            rows.append((f"{parts[1]} {' '.join(parts[2:])}", float(parts[0].rstrip("%")) / 100))
+    return rows[:TOP_FUNCTIONS]
 
 
 def run_nginx(name: str, release_dir: Path, paths: list[Path], workdir: Path, edges: int,
@@ -254,6 +329,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     timeout_s = args.timeout_s or 60 + 10 * total / mbit_to_bytes_per_s(args.cap_mbit)
     results: dict = {"mib": args.mib, "files": args.files, "edges": args.edges, "cap_mbit": args.cap_mbit,
                      "code": sb.code_version(), "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
+                     "page_reporting": getattr(args, "page_reporting_done", args.page_reporting),
                      "runs": {}}
     for name in args.runs:
         kind, count, *capped = name.split("-")
@@ -262,13 +338,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         print(f"# running {name} ...", file=sys.stderr, flush=True)
         warm_page_pool(workdir, (2 * edges + 1) * total)
         if kind == "mesh":
-            result = run_mesh(name, release_dir, workdir, edges, cap, total, timeout_s, args.profile)
+            result = run_mesh(name, release_dir, workdir, edges, cap, total, timeout_s, args.profile, args.perf)
         else:
             result = run_nginx(name, release_dir, paths, workdir, edges, cap, timeout_s)
         results["runs"][name] = asdict(result)
     results["load_after"] = os.getloadavg()[0]
     if args.profile is not None:
         results["profile"] = {path.stem: summarize_profile(path) for path in sorted(args.profile.glob("*.txt"))}
+    if args.perf is not None:
+        results["perf"] = {path.stem: summarize_perf(path) for path in sorted(args.perf.glob("*.perf"))}
     results["figures"] = figures(results["runs"])
     return results
 
@@ -286,8 +364,10 @@ def figures(runs: dict) -> dict:
 
 def report(results: dict) -> str:
     lines = [f"# {results['mib']} MiB in {results['files']} files; code {results['code']}; "
-             f"load {results['load_before']:.2f} -> {results['load_after']:.2f}",
-             "| run | edges | cap Mbit/s | seconds | CPU-s per GiB delivered | seed uploads | CPU-s by process |",
+             f"load {results['load_before']:.2f} -> {results['load_after']:.2f}; "
+             f"page reporting {results['page_reporting']}",
+             "| run | edges | cap Mbit/s | seconds (from release.current) | CPU-s per GiB delivered | seed uploads "
+             "| CPU-s by process |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, run_ in results["runs"].items():
         cap = "-" if run_["cap_mbit"] is None else f"{run_['cap_mbit']:g}"
@@ -295,13 +375,17 @@ def report(results: dict) -> str:
         kernel = run_["cpu_system_s"]
         per = " ".join(f"{k}={v:.2f}" + (f" ({kernel[k]:.2f} sys)" if k in kernel else "")
                        for k, v in sorted(run_["cpu_s"].items()))
-        lines.append(f"| {name} | {run_['edges']} | {cap} | {run_['seconds']:.2f} | "
+        moved = f" ({run_['transfer_seconds']:.2f})" if run_.get("transfer_seconds") is not None else ""
+        lines.append(f"| {name} | {run_['edges']} | {cap} | {run_['seconds']:.2f}{moved} | "
                      f"{run_['cpu_s_per_gib']:.2f} | {upload} | {per} |")
     for key, value in results["figures"].items():
         lines.append(f"{key}: {value:.2f}")
     for label, top in results.get("profile", {}).items():
         lines.append(f"\n## profile {label} (own GIL-holding samples)")
         lines += [f"{share * 100:5.1f}%  {frame}" for frame, share in top]
+    for label, top in results.get("perf", {}).items():
+        lines.append(f"\n## perf {label} (every agent and thread, own samples, [k] kernel)")
+        lines += [f"{share * 100:5.1f}%  {symbol}" for symbol, share in top]
     return "\n".join(lines)
 
 
@@ -313,6 +397,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cap-mbit", type=float, default=200.0, help="egress cap of the *-capped runs, Mbit/s")
     parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"subset of {','.join(RUNS)}")
     parser.add_argument("--profile", type=Path, default=None, help="sample the agents with py-spy into DIR")
+    parser.add_argument("--page-reporting", choices=("off", "keep"), default="off",
+                        help="free page reporting to the hypervisor during the bench (see page_reporting)")
+    parser.add_argument("--perf", type=Path, default=None,
+                        help="perf record every agent (kernel and user, all threads) into DIR")
     parser.add_argument("--timeout-s", type=float, default=None, help="per run (default 60 + 10 x capped floor)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (homes, logs)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -329,7 +417,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    return sb.run_bench(args, "datapath-bench-", run, report)
+    with page_reporting(args.page_reporting) as done:
+        args.page_reporting_done = done
+        return sb.run_bench(args, "datapath-bench-", run, report)
 
 
 if __name__ == "__main__":

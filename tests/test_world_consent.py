@@ -217,3 +217,38 @@ def test_a_peer_asking_for_a_withheld_block_gets_chunk_missing() -> None:
     assert world.nodes["org"].live_core().counters.get("chunks.withheld_refused", 0) == 1
     assert world.nodes["org"].live_core().counters.get("chunks.served", 0) == served
     assert "edge-0" in world.nodes["org"].peer_names()  # asking is not an offence
+
+
+def test_a_slow_consent_pass_off_the_core_is_asked_once_at_a_time_and_then_hides(monkeypatch) -> None:
+    """The agent evaluates consent over every asset on a worker thread (`EvaluateAssets`): with
+    an answer taking 2 s, changes arriving meanwhile never pile up passes (one is out at a time,
+    the next asked right after), and the revoke still takes effect: refused to peers, purged."""
+    from mesh.core.events import EvaluateAssets
+    from mesh.testing import sim
+
+    slow_s = 2.0
+    monkeypatch.setattr(sim, "EVALUATE_ASSETS_S", slow_s)
+    world, code, content, release_id, unique = setup_photos(2)
+    world.run_for(2 * slow_s)  # the passes setting up asked for are answered
+    asked: dict[str, list[float]] = {}
+    answer = world.action_handlers[EvaluateAssets]
+
+    def counted(world_, handle, action):
+        asked.setdefault(handle.name, []).append(world_.now)
+        answer(world_, handle, action)
+
+    world.action_handlers[EvaluateAssets] = counted
+    org = world.nodes["org"].identity
+    for step in range(4):  # a revoke, then more changes while the pass for it is out
+        world.mutate("org", lambda state, s=step: cs.record_decision(state, code, "photo", False,
+                                                                      world.now, org.node_id))
+        world.run_for(0.3)
+    world.run_until(lambda w: all(w.nodes[n].live_core().withheld >= unique for n in w.nodes), 60,
+                    "the revoke hides the photos everywhere")
+    for name, times in asked.items():
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        assert all(gap >= slow_s - 1e-9 for gap in gaps), f"{name} asked again before an answer: {gaps}"
+    assert all(len(times) >= 2 for times in asked.values()), asked  # changes during a pass get one more
+    for name in world.nodes:
+        purge(world, name)
+    assert held_anywhere(world, unique) == {}, f"seed={world.seed}"

@@ -9,6 +9,8 @@ codec, hash or length is refused, so a `Cid` that exists is always one we can ve
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -76,6 +78,9 @@ def decode_varint(data: bytes, offset: int) -> tuple[int, int]:
     raise ValueError("varint longer than 9 bytes")
 
 
+CID_CACHE_ENTRIES = 1 << 16  # parsed and printed CIDs remembered (immutable; ~200 bytes each)
+
+
 @dataclass(frozen=True, order=True)
 class Cid:
     """A CIDv1 naming bytes by their hash; construction validates, so every instance is usable."""
@@ -119,11 +124,17 @@ class Cid:
         return cls(codec, hash_code, data[offset:])
 
     def __str__(self) -> str:
-        return MULTIBASE_BASE32 + b32encode(self.to_bytes())
+        return _text_of(self.codec, self.hash_code, self.digest)
 
     @classmethod
     def parse(cls, text: str) -> Cid:
         """Parse the text form; ValueError saying why if it is not a canonical CID we support."""
+        if cls is Cid and isinstance(text, str):
+            return _parsed(text)  # the same CIDs are parsed over and over in the core's loops
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Cid:
         if not isinstance(text, str) or not text:
             raise ValueError("empty CID")
         if len(text) > CID_TEXT_CHARS_MAX:
@@ -181,3 +192,14 @@ def cid_for_dag_cbor(encoded: bytes, hash_code: int = BLAKE3) -> Cid:
     hasher = ChunkHasher(DAG_CBOR, hash_code)
     hasher.update(encoded)
     return hasher.cid()
+
+
+@functools.lru_cache(maxsize=CID_CACHE_ENTRIES)
+def _parsed(text: str) -> Cid:
+    return Cid._parse(text)  # a ValueError is raised each time, never cached
+
+
+@functools.lru_cache(maxsize=CID_CACHE_ENTRIES)
+def _text_of(codec: int, hash_code: int, digest: bytes) -> str:
+    fields = (CID_VERSION, codec, hash_code, DIGEST_BYTES)
+    return MULTIBASE_BASE32 + b32encode(b"".join(map(encode_varint, fields)) + digest)

@@ -167,10 +167,20 @@ class TlsKeyLoaded:
     key: bytes | None  # PKCS#8 DER of the key held here; None if this home holds none
 
 
+@dataclass(frozen=True)
+class AssetsEvaluated:
+    """The driver's answer to `EvaluateAssets`: every well-formed asset of the state as it was
+    when asked, and the status (PENDING or WITHDRAWN) of those consent or retention hides."""
+
+    at: float  # the time the evaluation was asked for (retention is judged at it)
+    records: tuple  # AssetRecord, sorted by CID
+    statuses: dict  # asset CID -> status, for the hidden ones only
+
+
 Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
 Event = Event | StateReloaded | ShutdownRequested | ReleaseInventory | ChunkStored | ChunkRejected
 Event = Event | ChunkServed | ObjectsInventory | FetchRequested | StoreUsage | ObjectsEvicted | ObjectsUsed
-Event = Event | TlsKeyLoaded
+Event = Event | TlsKeyLoaded | AssetsEvaluated
 
 
 # ---- actions (core -> driver) ------------------------------------------------------------------
@@ -298,5 +308,16 @@ class ServeTls:
     reason: str  # why nothing is served ("" when serving)
 
 
+@dataclass(frozen=True)
+class EvaluateAssets:
+    """Read every asset and judge consent and retention at `at`; answer `AssetsEvaluated`. One
+    pass over every asset record (~0.3 s at 10,000), so a driver runs it on a fork of the state
+    off its event loop; the core keeps serving from the hidden set it has meanwhile."""
+
+    at: float
+    authority_public_key: bytes  # whose signed policies count
+
+
 Action = Send | CloseConnection | Dial | PersistChanges | Emit | LoadRelease | StoreChunk | ServeChunk
 Action = Action | CancelServe | LoadObjects | EvictObjects | LoadTlsKey | StoreTlsKey | DropTlsKeys | ServeTls
+Action = Action | EvaluateAssets

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from mesh.config import CoreLimits
 from mesh.core.events import (
-    Action, Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
+    Action, Address, AssetsEvaluated, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
     Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LocalChanges, ObjectsEvicted, ObjectsInventory,
     ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested, StateReloaded,
     StoreUsage, Tick, TlsKeyLoaded,
@@ -147,10 +147,21 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
 
     def handle(self, event: Event, now: float) -> None:
         """Take one event; then run timers that are due."""
+        self.take(event, now)
+        self._on_timers(now)
+
+    def take(self, event: Event, now: float) -> None:
+        """Take one event without running timers: a driver with several events waiting takes
+        each, then calls `run_timers` once (the scheduler then runs once per batch, not per
+        event). Equivalent to `handle` per event: timers only look at state, never at the event."""
         self._now = now
         handler = self._handler_table.get(type(event))
         if handler is not None:
             handler(event, now)
+
+    def run_timers(self, now: float) -> None:
+        """Run what is due: timers, dials, flushes, the scheduler (see `take`)."""
+        self._now = now
         self._on_timers(now)
 
     def take_actions(self) -> list[Action]:
@@ -222,6 +233,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             ObjectsEvicted: self._on_objects_evicted,
             ObjectsUsed: self._on_objects_used,
             TlsKeyLoaded: self._on_tls_key_loaded,
+            AssetsEvaluated: self._on_assets_evaluated,
             Tick: lambda event, now: None,
             ShutdownRequested: self._on_shutdown,
         }

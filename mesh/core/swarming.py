@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from mesh.content.cid import RAW, Cid
 from mesh.core.events import (
-    CancelServe, ChunkRejected, ChunkServed, ChunkStored, LoadRelease, ReleaseInventory, ServeChunk, StoreChunk,
+    AssetsEvaluated, CancelServe, ChunkRejected, ChunkServed, ChunkStored, EvaluateAssets, LoadRelease,
+    ReleaseInventory, ServeChunk, StoreChunk,
 )
 from mesh.core.session import Session
 from mesh.core.swarm import Swarm, Transfers
@@ -101,6 +102,11 @@ class ReleaseSwarming:
         self._withheld_at = now  # when to re-evaluate consent and retention next
         self._withheld_last = now  # when we last did
         self._withheld_dirty = True  # the state changed since consent was last evaluated
+        self.offload_assets = False  # the driver evaluates assets (`EvaluateAssets`) off its loop
+        self._evaluations_asked = 0  # EvaluateAssets sent (offloaded) ...
+        self._evaluations_answered = 0  # ... and answered; one is out at a time
+        self._evaluate_again = False  # another was wanted while one was out
+        self._release_after: int | None = None  # deferred requests wait for this evaluation's answer
         self._started_at = now  # when this core started (see `_settling`)
         self._deferred_conns: set[int] = set()  # conns with chunk requests waiting for settling to end
         self._met_all = False  # `_met_everyone()` as of the last session and dial timers
@@ -480,7 +486,14 @@ class ReleaseSwarming:
         waiting = [s for s in sessions if s is not None and s.deferred_requests and s.ready]
         if not waiting:
             return
-        if self._withheld_dirty:
+        if self.offload_assets and (self._withheld_dirty or self._release_after is not None):
+            if self._release_after is None:  # the answer to an evaluation asked from now on
+                self._release_after = self._ask_evaluation(now)
+            if self._evaluations_answered < self._release_after:
+                self._deferred_conns = {s.conn_id for s in waiting}  # still waiting
+                return
+            self._release_after = None
+        elif self._withheld_dirty:
             self._refresh_withheld(now)
         for session in waiting:
             requests, session.deferred_requests = session.deferred_requests, []
@@ -673,10 +686,37 @@ class ReleaseSwarming:
 
     def _refresh_withheld(self, now: float) -> None:
         """Re-evaluate which assets consent and retention hide; withhold their media at once (the
-        driver's periodic purge deletes it from the store)."""
+        driver's periodic purge deletes it from the store). Offloaded, the answer comes later as
+        `AssetsEvaluated`; until then the hidden set is the last one (as between passes anyway)."""
         self._withheld_last, self._withheld_at = now, now + WITHHELD_RECHECK_S
         self._withheld_dirty = False
+        if self.offload_assets:
+            self._ask_evaluation(now)
+            return
         records, statuses = asset_statuses(self.state, self.identity.authority_public_key, now)
+        self._withheld_evaluated(records, statuses, now)
+
+    def _ask_evaluation(self, now: float) -> int:
+        """Ask the driver to evaluate the assets from the state as it is now (or, with one out,
+        right after it is answered); the number of the evaluation that will cover now."""
+        if self._evaluations_asked > self._evaluations_answered:
+            self._evaluate_again = True
+            return self._evaluations_asked + 1
+        self._withheld_dirty = False
+        self._evaluations_asked += 1
+        self._actions.append(EvaluateAssets(now, self.identity.authority_public_key))
+        return self._evaluations_asked
+
+    def _on_assets_evaluated(self, event: AssetsEvaluated, now: float) -> None:
+        if self._evaluations_answered >= self._evaluations_asked:
+            return  # not asked (a driver bug): ignore rather than count it
+        self._evaluations_answered += 1
+        if self._evaluate_again:
+            self._evaluate_again = False
+            self._ask_evaluation(now)
+        self._withheld_evaluated(list(event.records), event.statuses, now)
+
+    def _withheld_evaluated(self, records: list, statuses: dict[str, str], now: float) -> None:
         media_changed = self._refresh_media(records, statuses, now)  # see mesh.core.media
         hidden = frozenset(statuses)
         if hidden == self.hidden_assets and not media_changed:

@@ -533,6 +533,56 @@ class FileStore:
             raise CorruptChunkError(cid)
         return data
 
+    def read_for_peer_into(self, cid: str, buffers: list[memoryview], cached_only: bool = False) -> int:
+        """`read_for_peer` into the caller's `buffers`, filled in order (the gateway reuses
+        page-aligned ones: no allocation, and the kernel copies into them ~4x faster): the chunk's
+        size. The same check and errors; NotFoundError also if the buffers are too small. Bytes
+        past the size are left as they were; the buffers' contents are meaningless on an error."""
+        size, expected = self._size_and_checksum(cid)
+        if size is None or size > sum(len(buffer) for buffer in buffers):
+            raise NotFoundError(f"chunk {cid} is not in this store" if size is None else f"chunk {cid} is larger")
+        if cached_only and not _NOWAIT_READS:
+            raise BlockingIOError(errno.EAGAIN, "reads that never wait are not available here")
+        if expected is not None:
+            hasher = xxhash.xxh3_128()
+        else:
+            hash_code, expected = _hash_and_digest(cid)
+            hasher = HASHES[hash_code]()
+        try:
+            fd = os.open(self._chunk_path(cid), os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptChunkError(cid, f"chunk {cid} is indexed but its file is missing") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading chunk {cid}") from None
+        try:
+            if os.fstat(fd).st_size != size:
+                raise CorruptChunkError(cid, f"chunk {cid} is corrupt (wrong size)")
+            flags = os.RWF_NOWAIT if cached_only else 0
+            done = 0
+            for buffer in buffers:
+                view = buffer[:min(len(buffer), size - done)]
+                filled = 0
+                while filled < len(view):
+                    got = os.preadv(fd, [view[filled:]], done + filled, flags)
+                    if got == 0:
+                        raise CorruptChunkError(cid, f"chunk {cid} is corrupt (it shrank)")
+                    filled += got
+                hasher.update(view)
+                done += filled
+                if done == size:
+                    break
+        except OSError as exc:
+            if cached_only and exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                if exc.errno != errno.EAGAIN:
+                    _NOWAIT_READS.clear()  # this kernel or file system has no RWF_NOWAIT
+                raise BlockingIOError(errno.EAGAIN, "the chunk is not in the page cache") from None
+            raise _os_error(exc, f"reading chunk {cid}") from None
+        finally:
+            os.close(fd)
+        if hasher.digest() != expected:
+            raise CorruptChunkError(cid)
+        return size
+
     chunk_bytes_max = CHUNK_BYTES_MAX  # refuse larger blocks (manifests are far smaller)
 
     def put(self, cid: Cid, data: bytes) -> bool:

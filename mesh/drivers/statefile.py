@@ -13,6 +13,11 @@ new generation; a reader that sees another generation reloads both and merges.
 
 Each process keeps a cursor per MeshState (log generation, bytes read, heads known to be in the
 file), so it appends only its own new changes and reads only other processes' new records.
+
+Threads: a running agent keeps file I/O off its trio thread. `append` may run on a worker thread
+(it touches no MeshState). Reading is split: `fetch_new` (any thread; file I/O under the shared
+lock, and on a new generation the whole file loaded into a fresh MeshState of its own) returns a
+`NewRecords`; `apply_new` (the state's own thread) applies it. `read_new` is both in one call.
 """
 
 from __future__ import annotations
@@ -52,6 +57,17 @@ class _Cursor:
     offset: int = 0  # bytes of the log applied to the state
     file_heads: list[bytes] = field(default_factory=list)  # hashes known to be in the file
     stamp: tuple[int, int, int] | None = None  # the log's (inode, size, mtime) before the last read
+
+
+@dataclass(frozen=True)
+class NewRecords:
+    """What `fetch_new` found in the file for one state, for `apply_new` to apply."""
+
+    stamp: tuple[int, int, int] | None  # the log's stamp taken before reading
+    generation: bytes | None  # the log's generation; None: no readable log
+    records: list[bytes]  # valid records after the cursor (same generation)
+    end: int  # where those records end
+    fresh: tuple[MeshState, _Cursor] | None = None  # the whole file, if its generation changed
 
 
 def _checksum(length_bytes: bytes, payload: bytes) -> bytes:
@@ -147,13 +163,39 @@ class StateFile:
         """Apply what other processes wrote since this state last read; True if anything was new.
 
         A log unchanged since the last read costs one stat: the agent asks many times a second."""
-        cursor = self._cursor(state)
+        if not self.maybe_new(state):
+            return False
+        return self.apply_new(state, self.fetch_new(state))
+
+    def maybe_new(self, state: MeshState) -> bool:
+        """False if the log is as this state last read it (one stat)."""
         stamp = self._log_stamp()
-        if stamp is not None and stamp == cursor.stamp:
-            return False  # an append grows the file; a compaction replaces it (a new inode)
+        return stamp is None or stamp != self._cursor(state).stamp
+
+    def fetch_new(self, state: MeshState) -> NewRecords:
+        """Read what `apply_new` needs, touching nothing of `state` but its cursor's position (so
+        a worker thread may call it while no other call of this StateFile uses the same state)."""
+        cursor = self._cursor(state)
+        stamp = self._log_stamp()  # taken before reading: a write after it shows as a change next time
         with self._locked(fcntl.LOCK_SH):
-            changed = self._read_new_locked(state, cursor)
-        cursor.stamp = stamp  # taken before reading: a write after it shows as a change next time
+            generation, tail = self._read_log_tail(cursor.offset)
+            if generation is None:
+                return NewRecords(stamp, None, [], cursor.offset)
+            if generation != cursor.generation:
+                return NewRecords(stamp, generation, [], 0, self._load_locked(state.actor))
+            records, used = scan_records(tail, 0)
+        return NewRecords(stamp, generation, records, max(cursor.offset, LOG_HEADER_BYTES) + used)
+
+    def apply_new(self, state: MeshState, found: NewRecords) -> bool:
+        """Apply what `fetch_new` read, on the state's own thread; True if anything was new."""
+        cursor = self._cursor(state)
+        if found.generation is None:
+            changed = False
+        elif found.fresh is not None:
+            changed = self._merge_fresh(state, cursor, *found.fresh)
+        else:
+            changed = self._apply_records(state, cursor, found.records, found.end)
+        cursor.stamp = found.stamp
         return changed
 
     def _log_stamp(self) -> tuple[int, int, int] | None:
@@ -270,9 +312,12 @@ class StateFile:
         if generation is None:
             return False
         if generation != cursor.generation:
-            return self._reload_locked(state, cursor)
+            return self._merge_fresh(state, cursor, *self._load_locked(state.actor))
         records, used = scan_records(tail, 0)
-        end = max(cursor.offset, LOG_HEADER_BYTES) + used
+        return self._apply_records(state, cursor, records, max(cursor.offset, LOG_HEADER_BYTES) + used)
+
+    @staticmethod
+    def _apply_records(state: MeshState, cursor: _Cursor, records: list[bytes], end: int) -> bool:
         pending = bool(state.change_hashes_since(cursor.file_heads))
         new: list[bytes] = []
         for record in records:
@@ -282,10 +327,10 @@ class StateFile:
         cursor.file_heads = cursor.file_heads + new if pending else state.heads()
         return bool(new)
 
-    def _reload_locked(self, state: MeshState, cursor: _Cursor) -> bool:
-        """The log was replaced by a compaction: merge the whole file into `state`."""
+    @staticmethod
+    def _merge_fresh(state: MeshState, cursor: _Cursor, fresh: MeshState, fresh_cursor: _Cursor) -> bool:
+        """The log was replaced by a compaction: merge the whole file (`fresh`) into `state`."""
         pending = state.change_hashes_since(cursor.file_heads)
-        fresh, fresh_cursor = self._load_locked(state.actor)
         changed = state.merge(fresh)
         cursor.generation, cursor.offset = fresh_cursor.generation, fresh_cursor.offset
         cursor.file_heads = fresh.heads() if pending else state.heads()

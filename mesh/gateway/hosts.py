@@ -24,6 +24,7 @@ from starlette.requests import Request
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+HOST_VERDICTS_MAX = 256  # Host values whose verdict a guard remembers (cleared when full or names change)
 
 
 def own_names(configured: Iterable[str] = ()) -> frozenset[str]:
@@ -104,21 +105,44 @@ class HostGuard:
     def __init__(self, app, names: Callable[[], frozenset[str]]) -> None:
         self.app = app
         self.names = names
+        self._verdicts: tuple[frozenset[str] | None, dict[str | None, bool]] = (None, {})
+
+    def host_ok(self, host: str | None) -> bool:
+        """`host_allowed(host, names())`, remembered per Host value while the names stay the same."""
+        names = self.names()
+        known, verdicts = self._verdicts
+        if known is not names:
+            verdicts = {}
+            self._verdicts = (names, verdicts)
+        verdict = verdicts.get(host)
+        if verdict is None:
+            verdict = host_allowed(host, names)
+            if len(verdicts) >= HOST_VERDICTS_MAX:
+                verdicts.clear()  # Host is the client's to choose: keep the memory bounded
+            verdicts[host] = verdict
+        return verdict
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        host = headers.get("host")
-        if not host_allowed(host, self.names()):
+        host = request_header(scope, b"host")
+        if not self.host_ok(host):
             await _refuse(send, 421, f"this node does not answer to {split_host(host)[0][:100]!r}: use its address, "
                                      "or add the name to http_hosts in its config")
             return
-        if scope["method"] not in SAFE_METHODS and not origin_allowed(headers.get("origin"), host):
+        if scope["method"] not in SAFE_METHODS and not origin_allowed(request_header(scope, b"origin"), host):
             await _refuse(send, 403, "cross-origin request refused")
             return
         await self.app(scope, receive, send)
+
+
+def request_header(scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower case) in an ASGI scope."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 async def _refuse(send, status: int, text: str) -> None:

@@ -40,6 +40,9 @@ class AgentCollector:
         yield _gauge("mesh_store_chunks", "Chunks in the local store.", store.get("chunks", 0))
         yield _gauge("mesh_store_bytes", "Bytes in the local store.", store.get("bytes", 0))
         yield from _release_metrics(status.get("release"))
+        loop = status.get("loop") or {}
+        yield _gauge("mesh_loop_stall_max_seconds", "Longest trio task step in the last window (loop.window_s).",
+                     (loop.get("stall_max_ms") or 0.0) / 1000.0)
         counters = self.view.counters()
         for key, (name, text) in AGENT_COUNTERS.items():
             family = CounterMetricFamily(name, text)
@@ -71,6 +74,17 @@ class Registry:
         self.registry.register(AgentCollector(view))
         self.requests = Counter("mesh_http_requests", "HTTP requests served, by route and status.",
                                 ["method", "route", "status"], registry=self.registry)
+        self._children: dict[tuple[str, str, int], object] = {}  # (method, path prefix, status) -> counter child
+
+    def count(self, method: str, path: str, status: int | None) -> None:
+        """One response (None: none was sent, counted as 500) to `method` `path`."""
+        label = method if method in ("GET", "HEAD", "POST") else "other"
+        route = route_label(path)
+        key = (label, route, status or 500)
+        child = self._children.get(key)
+        if child is None:  # the keys are bounded: the labels are
+            child = self._children[key] = self.requests.labels(label, route, str(status or 500))
+        child.inc()
 
     async def endpoint(self, request: Request) -> Response:
         # The text format 0.0.4 unless the scraper asks for OpenMetrics (prometheus-client's
@@ -108,6 +122,4 @@ class CountRequests:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            status = str(seen[0]) if seen else "500"
-            method = scope.get("method", "GET") if scope.get("method") in ("GET", "HEAD", "POST") else "other"
-            self.registry.requests.labels(method, route_label(scope.get("path", "/")), status).inc()
+            self.registry.count(scope.get("method", "GET"), scope.get("path", "/"), seen[0] if seen else None)

@@ -20,7 +20,7 @@ from mesh.content.manifest import DirEntry, DirManifest, decode_manifest
 from mesh.drivers.purge import consent_view
 from mesh.drivers.runtime import Agent
 from mesh.errors import CredentialError, MeshError, NotFoundError, UsageError
-from mesh.gateway.app import FileRef
+from mesh.gateway.app import IMMUTABLE, REVALIDATE, FileRef, ServedFile
 from mesh.state import consent as cs
 from mesh.state import releases as rel
 from mesh.state.document import actor_id
@@ -40,6 +40,7 @@ FETCH_STALL_S = 30.0  # ... and for each next chunk, before the response ends sh
 FETCH_RENEW_S = 10.0  # while a browser waits, the fetch is asked for again this often (it lapses otherwise)
 HOSTS_REFRESH_S = 10.0  # the allowed host names are re-read this often (a new certificate adds names)
 UNAVAILABLE_GRACE_S = 2.0  # a file no connected peer holds is given this long for an announcement
+SERVED_FILES_MAX = 4096  # `/c/CID` answers cached per catalog (dropped all at once past this)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class AgentView:
         self._write_lock = trio.Lock()
         self._badge_limiter = trio.CapacityLimiter(1)  # badge checks (scrypt): one core at most
         self._hosts: tuple[float, frozenset[str]] | None = None  # (monotonic time, names) cached
+        self._served: tuple[Catalog | None, dict[str, ServedFile]] = (None, {})  # valid for that catalog
 
     # ---- node ---------------------------------------------------------------------------------
 
@@ -140,6 +142,35 @@ class AgentView:
         return list(getattr(self.agent, "recent_events", []) or [])
 
     # ---- files ------------------------------------------------------------------------------------
+
+    def served_file(self, cid: str) -> ServedFile | None:
+        """What `/c/CID` needs for a file held here and not hidden, cached while the catalog (the
+        state head, at most CATALOG_TTL_S) stays the same; None for anything else (unknown,
+        hidden, malformed, arriving), which takes the full path. A file deleted from the store in
+        that time fails its first chunk read: 404, never bytes."""
+        catalog = self.catalog()
+        cached_for, served = self._served
+        if cached_for is not catalog:
+            served = {}
+            self._served = (catalog, served)
+        found = served.get(cid)
+        if found is None and cid not in catalog.hidden and _looks_like_cid(cid):
+            found = self._look_up_served(cid)
+            if found is not None:
+                if len(served) >= SERVED_FILES_MAX:
+                    served.clear()
+                served[cid] = found
+        return found
+
+    def _look_up_served(self, cid: str) -> ServedFile | None:
+        ref = self.file_by_cid(cid)
+        if ref is None:
+            return None
+        try:
+            spans = tuple(self.chunk_spans(cid))
+        except MeshError:
+            return None
+        return ServedFile(ref, REVALIDATE if self.may_hide(cid) else IMMUTABLE, spans)
 
     def file_by_cid(self, cid: str) -> FileRef | None:
         """A file held completely here and not hidden; None otherwise (never partial bytes, never
@@ -271,8 +302,11 @@ class AgentView:
             await self.agent.wait_stored(0.5)
             waited, renewed = waited + 0.5, renewed + 0.5
 
-    def read_chunk(self, cid: str) -> bytes:
-        return self.agent.store.read_chunk(Cid.parse(cid), verify=True)
+    def read_chunk_into(self, cid: str, buffers: list[memoryview], cached_only: bool = False) -> int:
+        """A chunk's bytes into `buffers`, checked against the checksum recorded when the chunk
+        entered the store (CID-verified then); CorruptChunkError if they fail. `cached_only`: on
+        the event loop, BlockingIOError if the page cache lacks them; otherwise it blocks."""
+        return self.agent.store.read_for_peer_into(cid, buffers, cached_only)
 
     def has_file(self, cid: str) -> bool:
         try:
@@ -488,6 +522,14 @@ class AgentView:
 
 
 # ---- pure helpers shared with the static export ----------------------------------------------------
+
+
+def _looks_like_cid(text: str) -> bool:
+    try:
+        Cid.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build_catalog(state, authority_public_key: bytes | None, now: float) -> Catalog:

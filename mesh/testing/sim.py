@@ -54,7 +54,7 @@ from mesh.content.cid import RAW, Cid
 from mesh.content.manifest import FileManifest, decode_manifest
 from mesh.content.store import MemoryChunkStore
 from mesh.core.events import (
-    CancelServe, ShutdownRequested,
+    CancelServe, ShutdownRequested, AssetsEvaluated, EvaluateAssets,
     Address, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived, Dial,
     DialFailed, Disconnected, Emit, Event, EvictObjects, LoadObjects, LoadRelease, ObjectsEvicted, ObjectsInventory,
     PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk, StoreChunk, StoreUsage, Tick,
@@ -62,6 +62,7 @@ from mesh.core.events import (
 from mesh.core.node import NodeCore
 from mesh.core.session import Phase
 from mesh.errors import CorruptChunkError, CredentialError, MeshError, RemoteProtocolError, StoreError
+from mesh.state.consent import asset_statuses
 from mesh.state.document import MeshState, actor_id
 from mesh.testing.content import release_inventory
 from mesh.testing.identities import MemberIdentity, TestMesh
@@ -85,6 +86,7 @@ EPHEMERAL_PORT_FIRST = 40000
 STORE_OVERHEAD_S = 0.0002  # a StoreChunk's fixed cost (a worker thread, a file, an fsync batch)
 STORE_BYTES_PER_S = 400e6  # ... plus hashing and writing its bytes
 LOAD_RELEASE_S = 0.002  # reading a release's manifests for its inventory
+EVALUATE_ASSETS_S = 0.005  # the agent's consent pass over every asset, on a worker thread
 
 
 class SimulationError(MeshError):
@@ -553,6 +555,7 @@ class World:
         self._summaries: dict[bytes, tuple] = {}  # written bytes -> what they carry (see `summarize`)
         self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk,
                                      LoadObjects: _load_objects, EvictObjects: _evict_objects,
+                                     EvaluateAssets: _evaluate_assets,
                                      CancelServe: lambda world, handle, action: None})  # served at once here
 
     # ---- building -----------------------------------------------------------------------------
@@ -605,6 +608,7 @@ class World:
         rng = random.Random(f"{self.seed}/{handle.name}/core/{handle.incarnation}")
         handle.core = NodeCore(handle.identity.core_identity(), state, rng, self.now, self.limits,
                                listen_port=handle.address[1], pins=handle.pins, pin_tags=handle.pin_tags)
+        handle.core.offload_assets = True  # as the agent runs it (see `_evaluate_assets`)
         if handle.shared_medium:
             handle.core.declare_shared_medium(True)  # only its own link: never who else shares it
         handle.tick_at = None
@@ -1127,6 +1131,12 @@ def _load_objects(world: World, handle: NodeHandle, action: LoadObjects) -> None
         manifests, present = release_inventory(handle.store, root)
         found.append(ReleaseInventory(root, tuple(manifests), tuple(present)))
     world.deliver_later(handle, LOAD_RELEASE_S, ObjectsInventory(tuple(found)))
+
+
+def _evaluate_assets(world: World, handle: NodeHandle, action: EvaluateAssets) -> None:
+    """What the agent does on a worker thread: read a fork of the state, answer a moment later."""
+    records, statuses = asset_statuses(handle.live_core().state.fork(), action.authority_public_key, action.at)
+    world.deliver_later(handle, EVALUATE_ASSETS_S, AssetsEvaluated(action.at, tuple(records), statuses))
 
 
 def _evict_objects(world: World, handle: NodeHandle, action: EvictObjects) -> None:

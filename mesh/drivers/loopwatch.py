@@ -1,0 +1,167 @@
+"""How long the trio thread goes without a checkpoint: the agent's core-loop stalls.
+
+A trio `Instrument` times every task step (from `before_task_step` to `after_task_step`): while
+one step runs, no other task of the agent — the core, peers' readers and writers, the gateway —
+can. It keeps, cheaply enough to stay on in production:
+- the longest step and its task's name since start, and within a sliding window (`window_s`,
+  made of `slots` equal slots that expire one at a time);
+- a histogram of step durations per slot (buckets a factor of √2 apart), for a p99 over the
+  window, reported as its bucket's upper bound;
+- the last `slow_steps_max` steps of at least `slow_step_ms` (wall time, task, ms), and a
+  histogram since start, so a benchmark can attribute stalls to what it did when;
+- a callback for each step of at least `stall_log_ms`, at most once per `stall_log_gap_s` (the
+  next call says how many were left out), which the agent turns into a `loop.stall` event.
+The clock is injected (default `time.perf_counter`), so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+WINDOW_S = 60.0  # the sliding window of `stall_max_ms` and `stall_p99_ms`
+WINDOW_SLOTS = 6  # the window expires one slot (window_s / slots) at a time
+STALL_LOG_MS = 100.0  # a step at least this long is reported (`loop.stall`)
+STALL_LOG_GAP_S = 10.0  # ... at most once in this many seconds
+SLOW_STEP_MS = 10.0  # steps at least this long are kept in `slow_steps` ...
+SLOW_STEPS_MAX = 32  # ... the last this many
+# Upper bounds (ms) of the histogram buckets: √2 apart from 1/16 ms to ~46 s, then infinity.
+BUCKET_BOUNDS_MS = tuple(round(0.0625 * 2 ** (i / 2), 4) for i in range(40)) + (float("inf"),)
+
+
+@dataclass
+class _Slot:
+    """The steps of one slot of the window."""
+
+    ends_at: float  # clock time this slot stops taking steps
+    counts: list[int] = field(default_factory=lambda: [0] * len(BUCKET_BOUNDS_MS))  # steps per bucket
+    max_ms: float = 0.0  # the longest step
+    max_task: str = ""  # ... and its task's name
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A step at least `stall_log_ms` long, as handed to the callback."""
+
+    task: str  # the task's name
+    ms: float  # how long the step ran
+    unreported: int  # stalls left out since the last report (rate limit)
+
+
+class LoopWatch(trio.abc.Instrument):
+    """Records the longest task steps of the trio run it is added to."""
+
+    def __init__(self, window_s: float = WINDOW_S, slots: int = WINDOW_SLOTS,
+                 stall_log_ms: float = STALL_LOG_MS, stall_log_gap_s: float = STALL_LOG_GAP_S,
+                 on_stall: Callable[[Stall], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter, wall_clock: Callable[[], float] = time.time,
+                 slow_step_ms: float = SLOW_STEP_MS, slow_steps_max: int = SLOW_STEPS_MAX) -> None:
+        self.window_s = window_s
+        self.stall_log_ms = stall_log_ms
+        self.stall_log_gap_s = stall_log_gap_s
+        self.on_stall = on_stall
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.slow_step_ms = slow_step_ms
+        self.slow_steps: deque[tuple[float, str, float]] = deque(maxlen=slow_steps_max)  # (wall time, task, ms)
+        self._counts = [0] * len(BUCKET_BOUNDS_MS)  # steps per bucket since start
+        self._slot_s = window_s / slots
+        self._slots_max = slots
+        self._started_at = clock()
+        self._slots: list[_Slot] = [_Slot(self._started_at + self._slot_s)]
+        self._step_started: float | None = None  # None: added in the middle of a step
+        self.steps = 0  # task steps since start
+        self.max_ms = 0.0  # the longest step since start
+        self.max_task = ""  # ... and its task's name
+        self.stalls = 0  # steps of at least stall_log_ms since start
+        self._reported_at = float("-inf")
+        self._unreported = 0
+
+    # ---- the instrument -------------------------------------------------------------------------
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._step_started = self._clock()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        now = self._clock()
+        if self._step_started is None:
+            return
+        ms = (now - self._step_started) * 1000.0
+        slot = self._slots[-1]
+        if now >= slot.ends_at:
+            slot = self._rotate(now)
+        bucket = bisect.bisect_left(BUCKET_BOUNDS_MS, ms)
+        slot.counts[bucket] += 1
+        self._counts[bucket] += 1
+        self.steps += 1
+        if ms > slot.max_ms:
+            slot.max_ms, slot.max_task = ms, task.name
+            if ms > self.max_ms:
+                self.max_ms, self.max_task = ms, task.name
+        if ms >= self.slow_step_ms:
+            self.slow_steps.append((self._wall_clock(), task.name, round(ms, 3)))
+            if ms >= self.stall_log_ms:
+                self._stalled(task.name, ms, now)
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        """The `loop` section of the status document (see docs/operations.md)."""
+        now = self._clock()
+        live = [s for s in self._slots if s.ends_at > now - self.window_s]
+        worst = max(live, key=lambda s: s.max_ms, default=None)
+        return {
+            "stall_max_ms": round(worst.max_ms, 3) if worst else 0.0,
+            "stall_task": worst.max_task if worst else "",
+            "stall_p99_ms": _quantile_ms([s.counts for s in live], 0.99),
+            "window_s": self.window_s,
+            "since_start": {"stall_max_ms": round(self.max_ms, 3), "stall_task": self.max_task,
+                            "steps": self.steps, "stalls": self.stalls,
+                            "stall_log_ms": self.stall_log_ms,
+                            "histogram_ms": [[b, c] for b, c in zip(BUCKET_BOUNDS_MS[:-1], self._counts) if c]
+                            + ([["inf", self._counts[-1]]] if self._counts[-1] else [])},
+            "slow_steps": [{"at": at, "task": task, "ms": ms} for at, task, ms in self.slow_steps],
+            "slow_step_ms": self.slow_step_ms,
+        }
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _rotate(self, now: float) -> _Slot:
+        """Start the slot that holds `now`; drop slots that left the window."""
+        ends_at = self._slots[-1].ends_at
+        while ends_at <= now:
+            ends_at += self._slot_s
+        self._slots.append(_Slot(ends_at))
+        del self._slots[:-self._slots_max]
+        return self._slots[-1]
+
+    def _stalled(self, task: str, ms: float, now: float) -> None:
+        self.stalls += 1
+        if self.on_stall is None:
+            return
+        if now - self._reported_at < self.stall_log_gap_s:
+            self._unreported += 1
+            return
+        self._reported_at = now
+        stall, self._unreported = Stall(task, ms, self._unreported), 0
+        self.on_stall(stall)
+
+
+def _quantile_ms(histograms: list[list[int]], q: float) -> float:
+    """The upper bound (ms) of the bucket holding the q-quantile of the steps counted."""
+    counts = [sum(column) for column in zip(*histograms)] if histograms else []
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for bound, count in zip(BUCKET_BOUNDS_MS, counts):
+        seen += count
+        if seen >= rank:
+            return bound if bound != float("inf") else BUCKET_BOUNDS_MS[-2]
+    return BUCKET_BOUNDS_MS[-2]

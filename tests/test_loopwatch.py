@@ -1,0 +1,99 @@
+"""The core loop's stall figure: LoopWatch alone, inside a running agent, and in `mesh status`."""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+from pathlib import Path
+
+import trio
+
+from mesh.config import AgentConfig
+from mesh.drivers.home import Home
+from mesh.drivers.loopwatch import LoopWatch
+from mesh.drivers.runtime import Agent
+from mesh.drivers.tcp import TcpTransport
+from tests.agents import Node, free_port, wait_until
+from tests.conftest import run_mesh
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Task:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _step(watch: LoopWatch, clock: _Clock, task: str, ms: float) -> None:
+    watch.before_task_step(_Task(task))
+    clock.now += ms / 1000
+    watch.after_task_step(_Task(task))
+
+
+def test_longest_step_is_kept_for_the_window_then_forgotten_but_not_since_start() -> None:
+    clock, stalls = _Clock(), []
+    watch = LoopWatch(window_s=60, slots=6, stall_log_ms=100, stall_log_gap_s=10, on_stall=stalls.append,
+                      clock=clock)
+    for _ in range(1000):
+        _step(watch, clock, "fast", 0.2)
+    _step(watch, clock, "slow", 150)
+    _step(watch, clock, "slow", 120)  # within the log gap: counted, not reported
+    summary = watch.summary()
+    assert summary["stall_task"] == "slow" and 149 < summary["stall_max_ms"] < 151
+    assert summary["stall_p99_ms"] <= 0.25  # 2 slow steps in 1002 stay above the 99th percentile
+    assert [(s.task, round(s.ms)) for s in stalls] == [("slow", 150)]
+    clock.now += 61
+    _step(watch, clock, "later", 5)
+    clock.now += 11
+    _step(watch, clock, "slow", 101)
+    assert stalls[-1].unreported == 1 and watch.summary()["since_start"]["stalls"] == 3
+    clock.now += 70  # the window is 60 s, give or take a slot (10 s)
+    summary = watch.summary()
+    assert summary["stall_max_ms"] == 0.0 and summary["since_start"]["stall_task"] == "slow"
+
+
+def test_an_agent_reports_a_blocking_step_with_its_task_name(tmp_path: Path, caplog) -> None:
+    home_dir = tmp_path / "org"
+    assert run_mesh("init", "stall-test", "--node-name", "org", home=home_dir).returncode == 0
+    agent = Agent(Home.open(home_dir), AgentConfig(listen=("127.0.0.1", 0), mdns=False), TcpTransport())
+
+    async def blocker() -> None:
+        time.sleep(0.15)  # a deliberately blocking step on the trio thread
+
+    async def main() -> dict:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            nursery.start_soon(blocker, name="deliberate-blocker")
+            await trio.sleep(0.3)
+            status = agent.status()
+            nursery.cancel_scope.cancel()
+        return status
+
+    with caplog.at_level(logging.INFO, logger="mesh.agent"):
+        status = trio.run(main)
+    loop = status["loop"]
+    assert loop["stall_task"] == "deliberate-blocker" and loop["stall_max_ms"] >= 150
+    assert any("loop.stall" in r.getMessage() and "deliberate-blocker" in r.getMessage() for r in caplog.records)
+
+
+def test_the_stall_figure_is_in_mesh_status_and_metrics(tmp_path: Path) -> None:
+    node = Node(tmp_path / "org")
+    node.cli("init", "stall-test", "--node-name", "org")
+    port = free_port()
+    try:
+        node.start("--no-mdns", "--http", f"127.0.0.1:{port}")
+        loop = wait_until(lambda: node.json("status").get("loop"), 20, "the loop figure")
+        assert {"stall_max_ms", "stall_task", "stall_p99_ms", "window_s", "since_start"} <= set(loop)
+        assert loop["since_start"]["steps"] > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert "mesh_loop_stall_max_seconds" in text
+    finally:
+        node.stop()
