@@ -26,6 +26,7 @@ from mesh.drivers.channel import (
     channel_psk,
     membership_authenticator,
     secure_accept,
+    secure_accept_any,
     cpu_has_fast_aes,
     default_ciphers,
     secure_connect,
@@ -666,5 +667,51 @@ def test_bad_record_breaks_the_stream(records: str, length: int, body: bytes, re
                 await trio.sleep(0.02 if split else 0)
             await client.transport.aclose()
         await server.aclose()
+
+    run(main)
+
+
+# ---- one listener, several meshes (a co-op hub) ----------------------------------------------------
+
+
+def test_one_listener_selects_the_mesh_by_message_1_and_refuses_strangers() -> None:
+    meshes = [make_mesh(f"creator-{i}") for i in range(3)]
+    hub = [mesh.invite("hub", Role.HUB) for mesh in meshes]
+    candidates = [(identity, mesh.authenticate) for identity, mesh in zip(hub, meshes)]
+    stranger = make_mesh("stranger")
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        chosen: list[int] = []
+        refused: list[str] = []
+
+        async def accept(count: int) -> None:
+            for _ in range(count):
+                transport = await listeners[0].accept()
+                try:
+                    index, secure = await secure_accept_any(transport, candidates)
+                except HandshakeError as exc:
+                    refused.append(exc.reason)
+                    continue
+                chosen.append(index)
+                await echo(secure)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept, 4)
+            for index in (2, 0, 1):  # an edge of each mesh, in another order
+                edge = meshes[index].invite(f"edge-{index}")
+                secure = await secure_connect(await trio.open_tcp_stream("127.0.0.1", port), edge,
+                                              meshes[index].authenticate)
+                assert secure.peer.name == "hub"
+                await secure.send_all(b"hello")
+                assert await secure.receive_some(100) == b"hello"
+                await secure.aclose()
+            with pytest.raises(HandshakeError):
+                await secure_connect(await trio.open_tcp_stream("127.0.0.1", port), stranger.organizer,
+                                     stranger.authenticate)
+        await listeners[0].aclose()
+        assert chosen == [2, 0, 1]
+        assert len(refused) == 1 and "not this mesh" in refused[0]
 
     run(main)

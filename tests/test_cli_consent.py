@@ -129,6 +129,8 @@ ERROR_CASES = [
     (("consent", "grant", "1234-5678", "photo"), ("check failed",)),
     (("consent", "revoke", "ABC", "photo"), ("8 characters",)),
     (("consent", "grant", "7KQ2-M9X7", "Photo!"), ("scope name",)),
+    (("consent", "grant", "7KQ2-M9X7", "nosuchscope"), ("not a consent scope", "photo, video")),
+    (("consent", "revoke", "7KQ2-M9X7", "phto"), ("not a consent scope", "media, photo")),
     (("consent", "show", "not-a-code!"), ("subject code",)),
     (("consent", "export", "1234-5678"), ("check failed",)),
     (("consent", "forget", "1234-5678"), ("check failed",)),

@@ -35,7 +35,10 @@ def test_invite_join_members_and_revoke(org_home: Path, tmp_path: Path) -> None:
     on_hub = json.loads(_ok(run_mesh("members", "--json", home=hub)))
     assert [(m["name"], m["status"], m["self"]) for m in on_hub] == [("hub-1", "valid", True)]
 
-    assert joined["node_id"] in _ok(run_mesh("revoke", joined["node_id"], "--reason", "lost", home=org_home))
+    # The organizer has not synced with the hub yet: it refuses an id it has seen nowhere, unless forced.
+    assert_one_line_error(run_mesh("revoke", joined["node_id"], home=org_home), "not a member", "--force")
+    assert joined["node_id"] in _ok(run_mesh("revoke", joined["node_id"], "--reason", "lost", "--force",
+                                             home=org_home))
     state = StateFile(org_home / "state").load(os.urandom(16))
     revocations = RevocationList(json_authority(org_home))
     revoked = revocations.add(state.revocation_blobs()[joined["node_id"]], time.time())

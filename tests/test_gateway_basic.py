@@ -84,6 +84,7 @@ def test_current_release_paths_and_status(node) -> None:
     assert status == 200 and body == data and headers["cache-control"] == "no-cache"
     assert _get(f"{base}/release/current/index.html")[2] == b"<h1>hello</h1>"
     assert _get(f"{base}/release/current/missing.html")[0] == 404
+    assert _get(f"{base}/release/current/")[2] == b"<h1>hello</h1>", "a directory answers its index.html"
     status, _, body = _get(f"{base}/api/status")
     doc = json.loads(body)
     assert status == 200 and doc["release"]["complete"] is True

@@ -102,6 +102,10 @@ def test_unknown_cid_and_paths(mesh) -> None:
     assert client.get("/c/not-a-cid")[0] == 400
     assert client.get("/release/current/../../etc/passwd")[0] == 404
     assert client.get("/no/such/page")[0] == 404
+    status, headers, body = client.get("/no/such/page", Accept="text/html,*/*")[:3]
+    assert status == 404 and headers["content-type"].startswith("text/html") and b"<html" in body.lower()
+    status, headers, _ = client.get("/api/no-such-route", Accept="text/html,*/*")[:3]
+    assert status == 404 and headers["content-type"].startswith("application/json"), "the API answers JSON"
 
 
 def test_thumbnails_are_served_and_listed(mesh) -> None:
@@ -272,6 +276,7 @@ def test_metrics_and_health(mesh) -> None:
     for name in ("mesh_peers 0.0", "mesh_release_complete 1.0", "mesh_chunks_verified_total",
                  "mesh_bytes_out_total", "mesh_store_bytes"):
         assert name in text, name
+    assert "# HELP mesh_members Members of the mesh other than this node" in text
     assert json.loads(client.get("/healthz")[2]) == {"ok": True}
 
 

@@ -143,7 +143,19 @@ def _decide(ctx: Context, code: str, scope: str, grant: bool) -> cs.Decision:
     cs.check_scope(scope)
     node_id = ctx.home().info.node_id
     with ctx.state_file().transaction(ctx.actor()) as state:
+        known = _known_scopes(ctx, state)
+        if scope not in known:  # a misspelt scope would show on the attendee's page and match nothing
+            raise UsageError(f"{scope!r} is not a consent scope here; known scopes: {', '.join(sorted(known))}")
         return cs.record_decision(state, subject, scope, grant, time.time(), node_id)
+
+
+def _known_scopes(ctx: Context, state) -> set[str]:
+    """The media-type scopes, the scopes policies define, and those `scope:NAME` tags name."""
+    known = {scope for _, scope in cs.MEDIA_TYPE_SCOPES} | {cs.OTHER_MEDIA_SCOPE}
+    known |= set(_policies(ctx, state, time.time()).scopes)
+    for asset in state.assets():
+        known |= cs.asset_scopes(asset)
+    return known
 
 
 @consent.command(name="grant")

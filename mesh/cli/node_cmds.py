@@ -350,8 +350,9 @@ def members(ctx: Context, as_json: bool) -> None:
 @click.command()
 @click.argument("node_id")
 @click.option("--reason", default="", help="Why (kept with the signed revocation).")
+@click.option("--force", is_flag=True, help="Revoke an id that is not (yet) a member this node knows of.")
 @pass_context
-def revoke(ctx: Context, node_id: str, reason: str) -> None:
+def revoke(ctx: Context, node_id: str, reason: str, force: bool) -> None:
     """Revoke a member: every peer drops it within seconds of learning of it."""
     from mesh.ids import parse_node_id
 
@@ -364,6 +365,11 @@ def revoke(ctx: Context, node_id: str, reason: str) -> None:
         raise UsageError("a node cannot revoke itself here; ask another organizer")
     if home.info.role != membership.Role.ORGANIZER.value:
         raise UsageError("only organizers can revoke members")
+    state = ctx.state_file().load(ctx.actor())
+    known = {str(entry.node_id) for entry in state.members()} | set(map(str, state.invite_uses().values()))
+    if str(target) not in known and not force:
+        raise UsageError(f"{target} is not a member this node knows of (see `mesh members`); "
+                         "add --force to revoke it anyway")
     now = time.time()
     blob = membership.create_revocation(
         home.info.authority_public_key, home.node_key(), home.info.chain, target, now, reason

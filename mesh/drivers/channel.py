@@ -382,24 +382,24 @@ async def _initiator_handshake(
 
 async def _responder_handshake(
     stream: trio.abc.Stream,
-    local: LocalIdentity,
-    authenticate: Authenticate,
+    candidates: Sequence[tuple[LocalIdentity, Authenticate]],
     ciphers: Sequence[bytes],
     large_records: bool,
-) -> tuple[NoiseConnection, Member, bytes, bool]:
+) -> tuple[NoiseConnection, Member, bytes, bool, int]:
     """<- offer; -> choice; <- e; -> e, ee, s, es + our identity;
-    <- s, se + initiator identity; -> accepted."""
+    <- s, se + initiator identity; -> accepted. Message 1 selects the candidate (the mesh) whose
+    key it was made with; the last item returned is its index."""
     message = await _receive_message(stream, "the peer closed the connection", "cipher offer", 1, 1)
     offer = message[0]
     suite = _choose_suite(offer, ciphers)
     choice = SUITES.index(suite) | (offer & LARGE_RECORDS_BIT if large_records else 0)  # if both speak them
     await _send_message(stream, bytes([choice]))
-    noise = _new_noise(False, suite, PROLOGUE + bytes([offer, choice]), local.psk)
     message = await _receive_message(
         stream, "the peer closed the connection", "handshake message 1", MESSAGE_1_BYTES, MESSAGE_1_BYTES
     )
-    # Only a holder of the mesh key gets past here; anyone else has had nothing but the choice byte.
-    _noise_step(lambda: noise.read_message(message), "not this mesh: message 1 fails the mesh key (or was altered on the way)")
+    # Only a holder of a mesh key gets past here; anyone else has had nothing but the choice byte.
+    noise, index = _select_mesh(suite, PROLOGUE + bytes([offer, choice]), message, candidates)
+    local, authenticate = candidates[index]
     mine = _identity_payload(local, _static_public_key(noise))
     await _send_message(stream, bytes(noise.write_message(mine)))
     message = await _receive_message(
@@ -416,25 +416,50 @@ async def _responder_handshake(
                     pass  # it hung up first
         raise
     await _send_message(stream, noise.encrypt(b""))
-    return noise, member, key, bool(choice & LARGE_RECORDS_BIT)
+    return noise, member, key, bool(choice & LARGE_RECORDS_BIT), index
+
+
+def _select_mesh(suite: bytes, prologue: bytes, message: bytes,
+                 candidates: Sequence[tuple[LocalIdentity, Authenticate]]) -> tuple[NoiseConnection, int]:
+    """The Noise state (and candidate index) whose pre-shared key message 1 was made with. Every
+    candidate is tried, so how long a refusal takes says nothing about which meshes are served
+    (message 1 costs no Diffie-Hellman: a hash and an AEAD open per candidate)."""
+    found: tuple[NoiseConnection, int] | None = None
+    for index, (local, _) in enumerate(candidates):
+        noise = _new_noise(False, suite, prologue, local.psk)
+        try:
+            noise.read_message(message)
+        except Exception:  # noiseprotocol and cryptography raise assorted types on a wrong key
+            continue
+        if found is None:
+            found = (noise, index)
+    if found is None:
+        raise HandshakeError("not this mesh: message 1 fails the mesh key (or was altered on the way)")
+    return found
 
 
 async def _secure(
     stream: trio.abc.Stream,
-    local: LocalIdentity,
-    authenticate: Authenticate,
+    candidates: Sequence[tuple[LocalIdentity, Authenticate]],
     handshake_timeout_s: float,
     initiator: bool,
     ciphers: Sequence[bytes] | None,
     large_records: bool = True,
-) -> SecureStream:
-    """Run one side of the handshake under a deadline; close the transport on any failure."""
-    run = _initiator_handshake if initiator else _responder_handshake
+) -> tuple[int, SecureStream]:
+    """Run one side of the handshake under a deadline; close the transport on any failure. An
+    initiator has one candidate; a responder selects one by message 1 (its index is returned)."""
+    local, authenticate = candidates[0]
     try:
         ciphers = tuple(ciphers) if ciphers is not None else default_ciphers()
         _check_ciphers(ciphers)
         with trio.fail_after(handshake_timeout_s):
-            noise, member, key, large = await run(stream, local, authenticate, ciphers, large_records)
+            if initiator:
+                noise, member, key, large = await _initiator_handshake(
+                    stream, local, authenticate, ciphers, large_records)
+                index = 0
+            else:
+                noise, member, key, large, index = await _responder_handshake(
+                    stream, candidates, ciphers, large_records)
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise HandshakeError(f"no handshake within {handshake_timeout_s} s") from None
@@ -444,7 +469,7 @@ async def _secure(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return SecureStream(stream, noise, member, key, large_records=large)
+    return index, SecureStream(stream, noise, member, key, large_records=large)
 
 
 async def secure_connect(
@@ -461,7 +486,7 @@ async def secure_connect(
     `ciphers`: the Noise protocol names we accept, preferred first (default `default_ciphers()`).
     `large_records=False` behaves as a node older than large records (tests, benchmarks).
     """
-    return await _secure(stream, local, authenticate, handshake_timeout_s, True, ciphers, large_records)
+    return (await _secure(stream, [(local, authenticate)], handshake_timeout_s, True, ciphers, large_records))[1]
 
 
 async def secure_accept(
@@ -474,7 +499,26 @@ async def secure_accept(
     large_records: bool = True,
 ) -> SecureStream:
     """Handshake as the responder over `stream`; the peer's `Member` is on the result."""
-    return await _secure(stream, local, authenticate, handshake_timeout_s, False, ciphers, large_records)
+    return (await _secure(stream, [(local, authenticate)], handshake_timeout_s, False, ciphers, large_records))[1]
+
+
+async def secure_accept_any(
+    stream: trio.abc.Stream,
+    candidates: Sequence[tuple[LocalIdentity, Authenticate]],
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
+    *,
+    ciphers: Sequence[bytes] | None = None,
+    large_records: bool = True,
+) -> tuple[int, SecureStream]:
+    """Handshake as the responder of several meshes on one listener (a co-op hub): message 1
+    selects the mesh whose key made it, each candidate being (our identity in that mesh, its
+    `authenticate`); returns (the candidate's index, the stream). A stranger, or a node of a mesh
+    not served here, learns nothing of which meshes are: it fails at message 1 exactly as with one
+    mesh, after every candidate was tried. Credentials and refusals are then those of the selected
+    mesh only."""
+    if not candidates:
+        raise ValueError("no mesh to accept for")
+    return await _secure(stream, candidates, handshake_timeout_s, False, ciphers, large_records)
 
 
 # ---- transport -------------------------------------------------------------------------------

@@ -97,8 +97,11 @@ def create_app(view: GatewayView) -> Starlette:
         return JSONResponse({"ok": True})
 
     async def release_file(request: Request):
-        ref = view.file_in_current_release(request.path_params["path"])
-        if ref is None and _release_path_hidden(view, request.path_params["path"]):
+        path = request.path_params["path"]
+        if path == "" or path.endswith("/"):
+            path += "index.html"  # a directory of the release answers its index page, as web servers do
+        ref = view.file_in_current_release(path)
+        if ref is None and _release_path_hidden(view, path):
             return _gone()
         return FileResponse(view, pool, ref, REVALIDATE)
 

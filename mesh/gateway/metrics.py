@@ -33,8 +33,9 @@ class AgentCollector:
         status = self.view.status()
         yield _gauge("mesh_peers", "Connected peers.", len(status.get("peers", [])))
         members = status.get("members") or []
-        yield _gauge("mesh_members", "Other members of the mesh.", len(members))
-        yield _gauge("mesh_members_online", "Other members connected now.",
+        yield _gauge("mesh_members", "Members of the mesh other than this node (revoked ones included) "
+                     "in its state.", len(members))
+        yield _gauge("mesh_members_online", "Members other than this node connected to it now.",
                      sum(1 for m in members if m.get("online")))
         store = status.get("store") or {}
         yield _gauge("mesh_store_chunks", "Chunks in the local store.", store.get("chunks", 0))

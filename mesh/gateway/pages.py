@@ -311,7 +311,8 @@ def exception_handlers() -> dict:
 
 
 def _error(request: Request, status: int, message: str) -> Response:
-    if "text/html" in request.headers.get("accept", ""):
+    browser = "text/html" in request.headers.get("accept", "")
+    if browser and not request.url.path.startswith("/api/"):  # the API answers JSON, whoever asks
         html = _env.get_template("message.html").render(
             node=None, title=f"Error {status}", message=message, path=request.url.path)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
