@@ -497,40 +497,8 @@ class FileStore:
         size, expected = self._size_and_checksum(cid)
         if size is None:
             raise NotFoundError(f"chunk {cid} is not in this store")
-        flags = 0
-        if cached_only:
-            if not _NOWAIT_READS:
-                raise BlockingIOError(errno.EAGAIN, "reads that never wait are not available here")
-            flags = os.RWF_NOWAIT
-        try:
-            fd = os.open(self._chunk_path(cid), os.O_RDONLY)
-        except FileNotFoundError:
-            raise CorruptChunkError(cid, f"chunk {cid} is indexed but its file is missing") from None
-        except OSError as exc:
-            raise _os_error(exc, f"reading chunk {cid}") from None
-        try:
-            if os.fstat(fd).st_size != size:
-                raise CorruptChunkError(cid, f"chunk {cid} is corrupt (wrong size)")
-            data = bytearray(size)
-            view, done = memoryview(data), 0
-            while done < size:
-                got = os.preadv(fd, [view[done:]], done, flags)
-                if got == 0:
-                    raise CorruptChunkError(cid, f"chunk {cid} is corrupt (it shrank)")
-                done += got
-        except OSError as exc:
-            if cached_only and exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
-                if exc.errno != errno.EAGAIN:
-                    _NOWAIT_READS.clear()  # this kernel or file system has no RWF_NOWAIT
-                raise BlockingIOError(errno.EAGAIN, "the chunk is not in the page cache") from None
-            raise _os_error(exc, f"reading chunk {cid}") from None
-        finally:
-            os.close(fd)
-        if expected is not None:
-            if checksum(data) != expected:
-                raise CorruptChunkError(cid)
-        elif not Cid.parse(cid).verify(data):
-            raise CorruptChunkError(cid)
+        data = bytearray(size)
+        self._read_checked(cid, size, expected, [memoryview(data)], cached_only)
         return data
 
     def read_for_peer_into(self, cid: str, buffers: list[memoryview], cached_only: bool = False) -> int:
@@ -541,6 +509,13 @@ class FileStore:
         size, expected = self._size_and_checksum(cid)
         if size is None or size > sum(len(buffer) for buffer in buffers):
             raise NotFoundError(f"chunk {cid} is not in this store" if size is None else f"chunk {cid} is larger")
+        self._read_checked(cid, size, expected, buffers, cached_only)
+        return size
+
+    def _read_checked(self, cid: str, size: int, expected: bytes | None, buffers: list[memoryview],
+                      cached_only: bool) -> None:
+        """Read chunk `cid` (`size` bytes, the index says) into `buffers` in order, checking
+        them against `expected` (its XXH3 checksum; None: its CID's own hash)."""
         if cached_only and not _NOWAIT_READS:
             raise BlockingIOError(errno.EAGAIN, "reads that never wait are not available here")
         if expected is not None:
@@ -581,7 +556,6 @@ class FileStore:
             os.close(fd)
         if hasher.digest() != expected:
             raise CorruptChunkError(cid)
-        return size
 
     chunk_bytes_max = CHUNK_BYTES_MAX  # refuse larger blocks (manifests are far smaller)
 
