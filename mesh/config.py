@@ -109,6 +109,7 @@ class AgentConfig:
     pin_tags: tuple[str, ...] = ()  # canonical tags whose originals this box keeps (besides `mesh pin`)
     pin_canonical: bool | None = None  # keep the originals of every canonical tag; None: on edges only
     store_budget_bytes: int | None = None  # how much the store may hold; None: store_budget_fraction
+    store_quota_bytes: int | None = None  # a hard cap (a hub's per-mesh quota): a release past it is not fetched
     store_budget_fraction: float = 0.5  # ... of the disk (the store's bytes plus the free space)
     outbox_backoff_s_min: float = 1.0  # first retry delay of a failed outbox delivery
     outbox_backoff_s_max: float = 300.0  # retry delay cap

@@ -81,19 +81,28 @@ def up(ctx: Context, listen, http, peers, no_mdns, mdns_interfaces, config_file,
 
     config = build_config(listen, http, peers, no_mdns, mdns_interfaces, config_file, enroll, https)
     setup_logging(log_level, log_format)
-    home = _home_or_enroll(ctx, config)
     from mesh.drivers.agentfiles import acquire_agent_lock
+    from mesh.drivers.hubhome import HubHome
 
-    lock = acquire_agent_lock(home.path)
+    if HubHome.exists(ctx.home_path):  # a co-op hub: every mesh of the home in this process
+        hub = HubHome.open(ctx.home_path)
+        paths, main = [hub.path] + [hub.mesh_path(mesh_id) for mesh_id in sorted(hub.meshes)], _run_hub
+    else:
+        hub = _home_or_enroll(ctx, config)
+        paths, main = [hub.path], _run_agent
+    locks = []
     try:
-        trio.run(_run_agent, home, config)
+        for path in paths:
+            locks.append(acquire_agent_lock(path))
+        trio.run(main, hub, config)
     except BaseException as exc:  # a port in use is one line, not a nursery's traceback
         problem = _bind_problem(exc, config)
         if problem is None:
             raise
         raise UsageError(problem) from None
     finally:
-        lock.close()
+        for lock in locks:
+            lock.close()
 
 
 def _bind_problem(exc: BaseException, config: AgentConfig) -> str | None:
@@ -266,6 +275,53 @@ async def _run_agent(home, config: AgentConfig) -> None:
             nursery.start_soon(_release_progress, agent)
 
 
+async def _run_hub(hub, config: AgentConfig) -> None:
+    """`mesh up` on a hub home: one listener, one HTTP port, every mesh (mesh.drivers.hub)."""
+    import trio
+
+    from mesh.drivers.hub import HubRuntime
+
+    if not hub.meshes:
+        raise UsageError(f"hub {hub.name!r} holds no mesh yet: `mesh --home {hub.path} hub join TOKEN` first")
+    runtime = HubRuntime(hub, config, mdns=config.mdns)
+    async with trio.open_nursery() as nursery:
+        listen = await nursery.start(runtime.run)
+        nursery.start_soon(_hub_signals, runtime, nursery.cancel_scope)
+        output.stderr.print(f"hub {hub.name!r}: {len(runtime.agents)} mesh(es) listening on {listen[0]}:{listen[1]}",
+                            markup=False)
+        if config.http is not None:
+            from mesh.gateway.app import serve_http
+
+            await nursery.start(serve_http, _hub_web_app(runtime, config), config.http)
+            where = f"{config.http[0]}:{config.http[1]}"
+            output.stderr.print(f"http on http://{where}/ (hub page /hub, `mesh hub token`); meshes by host: "
+                                + ", ".join(f"{entry.host} ({agent.home.info.mesh_name})"
+                                            for entry, agent in zip(runtime.entries, runtime.agents)), markup=False)
+
+
+async def _hub_signals(runtime, scope) -> None:
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            await runtime.shutdown(signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def _hub_web_app(runtime, config: AgentConfig):
+    from mesh.gateway.app import create_app
+    from mesh.gateway.hosts import own_names
+    from mesh.gateway.hub import HubRouter, hub_app
+    from mesh.gateway.view import AgentView
+
+    apps = {entry.host: create_app(AgentView(agent)) for entry, agent in zip(runtime.entries, runtime.agents)}
+    names = own_names(config.http_hosts)
+    return HubRouter(apps, hub_app(runtime.status, lambda: runtime.hub.operator_token, lambda: names))
+
+
 def _web_apps(agent, config: AgentConfig) -> tuple[object | None, object | None]:
     """(HTTP app, HTTPS app): one app for both; while HTTPS runs, the HTTP side redirects browsers
     there (mesh.gateway.redirect)."""
@@ -308,15 +364,9 @@ async def _run_then_cancel(agent, scope, *, task_status) -> None:
 
 
 def _discovery_for(home, config: AgentConfig):
-    from mesh.drivers.discovery import run_discovery
+    from mesh.drivers.discovery import discovery_for
 
-    interfaces = list(config.mdns_interfaces) or None
-
-    async def discovery(found, port: int, lost=None) -> None:
-        await run_discovery(node_id=home.info.node_id, mesh_id=home.info.mesh_id, port=port,
-                            interfaces=interfaces, found=found, lost=lost)
-
-    return discovery
+    return discovery_for(home, config)
 
 
 def _release_line(release: dict) -> str:
@@ -336,7 +386,10 @@ def _release_line(release: dict) -> str:
 def status(ctx: Context, as_json: bool) -> None:
     """Show the running agent's peers, state and release progress."""
     from mesh.drivers.agentfiles import read_status
+    from mesh.drivers.hubhome import HubHome
 
+    if HubHome.exists(ctx.home_path):
+        return _hub_status(HubHome.open(ctx.home_path), as_json)
     home = ctx.home()
     doc = read_status(home.path)
     if doc is None:
@@ -376,6 +429,29 @@ def status(ctx: Context, as_json: bool) -> None:
     if outbox:
         error = f", last error: {outbox['last_error']}" if outbox.get("last_error") else ""
         output.stdout.print(f"outbox: {outbox['pending']} pending{error}", markup=False)
+
+
+def _hub_status(hub, as_json: bool) -> None:
+    """`mesh status` on a hub home: the running hub's document, or each mesh from its files."""
+    from mesh.drivers.agentfiles import read_status
+    from mesh.drivers.hub import mesh_summary
+
+    doc = read_status(hub.path)
+    if doc is None:
+        doc = {"hub": hub.name, "running": False,
+               "meshes": [mesh_summary(entry, home, None) for entry, home in hub.homes()]}
+    else:
+        doc["running"] = True
+    if as_json:
+        output.print_json(doc)
+        return
+    state = f"running, listening on {doc['listen'][0]}:{doc['listen'][1]}" if doc["running"] else "not running"
+    output.stdout.print(f"hub {hub.name!r}: {state}, {len(doc['meshes'])} mesh(es)", markup=False)
+    for mesh in doc["meshes"]:
+        release = mesh.get("release")
+        line = _release_line(release) if release and "have_bytes" in release else (release or {}).get("name", "no release")
+        output.stdout.print(f"  {mesh['mesh_id'][:12]} {mesh['name']}: {mesh.get('peers', 0)} peer(s); release {line}",
+                            markup=False)
 
 
 def _release_done(doc: dict | None, release_id: str | None) -> tuple[bool, dict | None]:

@@ -115,6 +115,8 @@ class ReleaseSwarming:
         self._served_recently: dict[Cid, tuple[int, float]] = {}  # chunk -> (conn, when) sent lately
         self._held_at = float("inf")  # when the first held request is due (see `_serve`)
         self._settle_watch: set[int] = set()  # newly ready conns not yet caught up with (see `_settling`)
+        self.quota_bytes: int | None = None  # a hard cap on the store (a hub's per-mesh quota); None: none
+        self._over_quota: dict[Cid, int] = {}  # release root -> bytes it still needs, refused by the quota
 
     # ---- what drivers and tests read -----------------------------------------------------------
 
@@ -644,7 +646,7 @@ class ReleaseSwarming:
                 self._flush_have_updates(track, now)
             if track.have_owed_at is not None and (now >= track.have_owed_at or swarm.complete):
                 self._send_owed_haves(track, now)
-            if not track.fetch or track.inventories_due or (settling and swarm.ready):
+            if not track.fetch or track.inventories_due or (settling and swarm.ready) or self._refused_by_quota(track):
                 swarm.defer_retry()  # settling and inventories wake us by their own deadlines
                 if transfers.changed:
                     swarm.mark_dirty()  # what freed room now may let it ask once it runs again
@@ -653,6 +655,25 @@ class ReleaseSwarming:
                 session = self._sessions[self._ready[node]]
                 self._send(session, m.ChunkRequest(cid.to_bytes()), now)
         transfers.end_round()
+
+    def _refused_by_quota(self, track: Track) -> bool:
+        """A release whose missing bytes would take the store past its quota is not fetched at
+        all (what is stored stays; a half-fetched release helps nobody): logged once, and in
+        status, until the quota is raised or room is freed."""
+        swarm = track.swarm
+        if self.quota_bytes is None or track.release is None or not swarm.ready or swarm.complete:
+            self._over_quota.pop(swarm.root, None)
+            return False
+        needs = swarm.wanted_bytes - swarm.wanted_have_bytes
+        if self.store_used + needs <= self.quota_bytes:  # chunks in flight count in `needs` only
+            if self._over_quota.pop(swarm.root, None) is not None:
+                self._emit("release.quota_ok", id=track.release.id, needs=needs, quota=self.quota_bytes)
+            return False
+        if swarm.root not in self._over_quota:
+            self._emit("release.over_quota", id=track.release.id, needs=needs, used=self.store_used,
+                       quota=self.quota_bytes)
+        self._over_quota[swarm.root] = needs
+        return True
 
     def _swarm_deadline(self) -> float | None:
         times = [t.swarm.next_deadline() for t in self.tracks.values()]
@@ -753,7 +774,11 @@ class ReleaseSwarming:
         track = self._current_track()
         if track is None:
             return None
-        return {"id": self._current.id, "name": self._current.name, **_track_progress(track)}
+        doc = {"id": self._current.id, "name": self._current.name, **_track_progress(track)}
+        needs = self._over_quota.get(track.swarm.root)
+        if needs is not None:
+            doc["over_quota"] = {"needs_bytes": needs, "used_bytes": self.store_used, "quota_bytes": self.quota_bytes}
+        return doc
 
     def _pinned_status(self) -> list[dict]:
         current = self._current_track()

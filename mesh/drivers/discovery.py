@@ -350,3 +350,14 @@ def _withdraw(zc: Zeroconf, ours: ServiceInfo) -> None:
     finally:
         zc.close()
 
+
+
+def discovery_for(home, config):  # (mesh.drivers.home.Home, mesh.config.AgentConfig)
+    """The agent's `discovery` task for this home: announce and browse its mesh (mDNS)."""
+    interfaces = list(config.mdns_interfaces) or None
+
+    async def discovery(found, port: int, lost=None) -> None:
+        await run_discovery(node_id=home.info.node_id, mesh_id=home.info.mesh_id, port=port,
+                            interfaces=interfaces, found=found, lost=lost)
+
+    return discovery

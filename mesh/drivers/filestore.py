@@ -374,8 +374,9 @@ class FileStore:
     Asset records live in the shared state; `gc` is told which files they keep alive.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pool: Path | None = None) -> None:
         self.root = Path(root)
+        self.pool = None if pool is None else Path(pool)  # a hub's shared chunk files (see `_stage`)
         self._chunks = self.root / "chunks"
         self._chunks_text = str(self._chunks)  # the read path joins strings: pathlib costs ~15 us
         self._tmp = self.root / "tmp"
@@ -612,10 +613,11 @@ class FileStore:
         tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
         final = self._chunk_path(cid)
         try:
-            with open(tmp_path, "wb") as handle:
-                _write_in_pieces(handle, data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            if not self._link_from_pool(cid, data, tmp_path):
+                with open(tmp_path, "wb") as handle:
+                    _write_in_pieces(handle, data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
             final.parent.mkdir(exist_ok=True)
             os.replace(tmp_path, final)
             self._sync_dirs([final.parent])
@@ -626,6 +628,7 @@ class FileStore:
         row = (cid, len(data), time.time(), checksum(data))
         with self._transaction():
             self._db.execute(_INSERT_CHUNK, row)
+        self._link_into_pool([cid])
 
     def delete(self, cid: Cid) -> bool:
         text = str(cid)
@@ -643,14 +646,51 @@ class FileStore:
         batch = self._batch if batch is None else batch
         tmp_path = self._tmp / f"{cid}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            with open(tmp_path, "wb") as handle:
-                _write_in_pieces(handle, data)
+            if not self._link_from_pool(cid, data, tmp_path):
+                with open(tmp_path, "wb") as handle:
+                    _write_in_pieces(handle, data)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
             raise _os_error(exc, "writing a chunk") from None
         batch.staged[cid] = (tmp_path, len(data), checksum(data))
         batch.staged_bytes += len(data)
+
+    def _pool_path(self, cid: str) -> Path:
+        return self.pool / cid[-2:] / cid
+
+    def _link_from_pool(self, cid: str, data: bytes | memoryview, tmp_path: Path) -> bool:
+        """With a hub's pool: make `tmp_path` a link to the pooled file of `cid` (another mesh's
+        store holds the same bytes), so the disk keeps one copy. Only called with the bytes in
+        hand, already checked against `cid`, so the pool never tells a peer what is here; the
+        pooled file must equal them (a rotten one leaves the pool, and these bytes replace it)."""
+        if self.pool is None:
+            return False
+        pooled = self._pool_path(cid)
+        try:
+            with open(pooled, "rb") as handle:
+                same = handle.read(len(data) + 1) == data
+            if not same:
+                pooled.unlink()
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()  # left by a crash
+            os.link(pooled, tmp_path)
+        except OSError:  # not pooled (or gone meanwhile): write the bytes
+            return False
+        return True
+
+    def _link_into_pool(self, cids: Iterable[str]) -> None:
+        """Offer newly stored chunks to the pool (a lost link only costs a later copy)."""
+        if self.pool is None:
+            return
+        for cid in cids:
+            pooled = self._pool_path(cid)
+            try:
+                pooled.parent.mkdir(exist_ok=True)
+                os.link(self._chunk_path(cid), pooled)
+            except OSError:  # FileExistsError: pooled already (maybe this very inode)
+                continue
 
     def _batch_full(self) -> bool:
         batch = self._batch
@@ -781,6 +821,7 @@ class FileStore:
         rows = [(cid, size, now, xxh3) for cid, (_, size, xxh3) in batch.staged.items()]
         with self._transaction():
             self._db.executemany(_INSERT_CHUNK, rows)
+        self._link_into_pool(batch.staged)
         batch.staged.clear()
         batch.staged_bytes = 0
 

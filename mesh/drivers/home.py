@@ -165,6 +165,9 @@ class Home:
         try:
             doc = json.loads(home_file.read_text())
         except FileNotFoundError:
+            if (path / "hub.json").exists():
+                raise HomeError(f"{path} is a hub home: use `mesh hub ...` and `mesh up` there, or "
+                                f"--home {path}/meshes/MESH_ID for one of its meshes (`mesh hub ls`)") from None
             raise HomeError(
                 f"{path} is not an AssetMesh home: run `mesh init NAME` or `mesh join TOKEN` first"
             ) from None

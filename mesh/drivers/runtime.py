@@ -38,7 +38,7 @@ from mesh.core.events import DropTlsKeys, LoadTlsKey, ServeTls, StoreTlsKey
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limit
 from mesh.drivers.agentfiles import write_status
-from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, secure_accept, secure_connect
+from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, secure_accept_any, secure_connect
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
 from mesh.drivers.loopwatch import LoopWatch, Stall
@@ -98,13 +98,13 @@ class Agent:
     """A running node: `await agent.run()` inside a nursery."""
 
     def __init__(self, home: Home, config: AgentConfig, transport: Transport,
-                 discovery: Callable[..., Any] | None = None) -> None:
+                 discovery: Callable[..., Any] | None = None, pool=None) -> None:
         self.home = home
         self.config = config
         self.transport = transport
         self.discovery = discovery
         self.statefile = StateFile(home.state_path)
-        self.store = FileStore(home.store_path)
+        self.store = FileStore(home.store_path, pool=pool)  # pool: a hub's shared chunk files
         info = home.info
         self.local = LocalIdentity(home.node_key(), info.chain, channel_psk(info.authority_public_key, info.mesh_key))
         self.listen_address: Address | None = None
@@ -130,9 +130,7 @@ class Agent:
         self._usage: tuple[int, int] = (0, 0)  # (chunks, bytes) in the store, refreshed by the status loop
         self._usage_reported: int | None = None  # the bytes the core was last told
         self.fd_limit = raise_fd_limit()  # (soft, hard) RLIMIT_NOFILE
-        self._preauth = PreAuthGate(preauth_total_max(self.fd_limit[0]))  # strangers' connections
-        self._shed_logged_at = -1.0  # monotonic time of the last peer.shed line
-        self._refused_second, self._refused_logged, self._refused_unlogged = 0, 0, 0  # strangers' refusals
+        self.acceptor = Acceptor(PreAuthGate(preauth_total_max(self.fd_limit[0])), self._emit_log, self.counters)
         self._unpersisted: deque[bytes] = deque()  # state changes not yet appended to the log, in order
         self._persist_wake_send, self._persist_wake = trio.open_memory_channel[None](1)  # see _persist_loop
         self._poll_send, self._poll_due = trio.open_memory_channel[None](1)  # see _state_reader
@@ -168,7 +166,7 @@ class Agent:
             if self.discovery is not None:
                 nursery.start_soon(self._discovery_loop)
             self._emit_log("agent.started", listen=_fmt(self.listen_address), node=self.home.info.node_id,
-                           fds=self.fd_limit[0], unproven_max=self._preauth.total_max)
+                           fds=self.fd_limit[0], unproven_max=self.acceptor.gate.total_max)
             task_status.started(self.listen_address)
             await self._stopped.wait()
             nursery.cancel_scope.cancel()
@@ -182,6 +180,7 @@ class Agent:
                         pin_tags=tuple(self.config.pin_tags), pin_canonical=self.config.pin_canonical,
                         want_tls_key=self.config.https is not None)
         core.declare_shared_medium(self.config.topology.shared_medium(wireless_route()))  # before any Hello
+        core.quota_bytes = self.config.store_quota_bytes  # a hub's per-mesh quota: releases past it wait
         core.offload_assets = True  # consent passes over every asset run on a worker (`_evaluate_assets`)
         core.handle(StoreUsage(self._usage[1], self.store_budget), time.time())
         self._usage_reported = self._usage[1]
@@ -488,7 +487,7 @@ class Agent:
 
     # ---- connections ------------------------------------------------------------------------------
 
-    def _authenticator(self, captured: dict) -> Callable[[bytes, bytes], Any]:
+    def authenticator(self, captured: dict) -> Callable[[bytes, bytes], Any]:
         def authenticate(chain: bytes, node_public_key: bytes):
             member = self.core.authenticate(chain, node_public_key, time.time())
             captured["chain"] = chain
@@ -500,46 +499,13 @@ class Agent:
         if self.core is None:
             return
         captured: dict = {}
-        secure = None
-        with trio.CancelScope() as scope:
-            for shed in self._preauth.admit(scope, remote[0] if remote else "-"):
-                shed.cancel()  # the oldest unproven connection(s) make room (mesh.drivers.admission)
-                self.counters["preauth_shed"] += 1
-            try:
-                secure = await secure_accept(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
-            except CredentialError as exc:  # it held the mesh key: always worth a line
-                self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc))
-            except (HandshakeError, RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.TooSlowError, OSError) as exc:
-                self._note_refused(remote, exc)
-            finally:
-                self._preauth.done(scope)
-        if scope.cancelled_caught:
-            self._note_shed(remote)
-        if secure is not None:
-            await self._run_connection(secure, captured["chain"], remote, outbound=False)
+        accepted = await self.acceptor.accept(stream, remote, [(self.local, self.authenticator(captured))])
+        if accepted is not None:
+            await self.run_accepted(accepted[1], captured["chain"], remote)
 
-    def _note_refused(self, remote: Address | None, exc: BaseException) -> None:
-        """A stranger's failed handshake: a line each, but at most REFUSED_LOGGED_PER_S a second
-        (the next line says how many were left out), so a flood cannot flood the journal."""
-        second = int(time.monotonic())
-        if second != self._refused_second:
-            self._refused_second, self._refused_logged = second, 0
-        if self._refused_logged >= REFUSED_LOGGED_PER_S:
-            self._refused_unlogged += 1
-            return
-        self._refused_logged += 1
-        fields = {"unlogged": self._refused_unlogged} if self._refused_unlogged else {}
-        self._refused_unlogged = 0
-        self._emit_log("peer.refused", addr=_fmt(remote), reason=_reason(exc), **fields)
-
-    def _note_shed(self, remote: Address | None) -> None:
-        """Log shedding at most once a second (a flood must not flood the journal too)."""
-        now = time.monotonic()
-        if now - self._shed_logged_at >= 1.0:
-            self._shed_logged_at = now
-            self._emit_log("peer.shed", addr=_fmt(remote), reason="too many unproven connections",
-                           total=self.counters["preauth_shed"])
+    async def run_accepted(self, secure, chain: bytes, remote: Address | None) -> None:
+        """Run a session a listener accepted for this mesh (ours, or a hub's shared one)."""
+        await self._run_connection(secure, chain, remote, outbound=False)
 
     async def _dial(self, address: Address, node_id: str | None) -> None:
         captured: dict = {}
@@ -549,7 +515,7 @@ class Agent:
             await self._events_send.send(DialFailed(address, _reason(exc)))
             return
         try:
-            secure = await secure_connect(stream, self.local, self._authenticator(captured), HANDSHAKE_TIMEOUT_S)
+            secure = await secure_connect(stream, self.local, self.authenticator(captured), HANDSHAKE_TIMEOUT_S)
         except (HandshakeError, RemoteProtocolError, CredentialError, trio.BrokenResourceError,
                 trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
             with trio.CancelScope(shield=True):
@@ -806,6 +772,62 @@ class Agent:
             self.recent_events.append({"time": time.time(), "event": event_name, **fields})
         text = " ".join(f"{k}={v}" for k, v in fields.items())
         log.info("%s %s", event_name, text, extra={"event": event_name, "fields": fields})
+
+
+class Acceptor:
+    """The strangers' side of a listener: the pre-authentication gate, the responder's handshake
+    (for one mesh, or several on a hub: message 1 selects), and refusal lines that a flood
+    cannot turn into a flood of the journal."""
+
+    def __init__(self, gate: PreAuthGate, emit: Callable[..., None], counters: Counter[str]) -> None:
+        self.gate = gate  # caps unproven connections (mesh.drivers.admission)
+        self._emit = emit  # log an event: emit(name, **fields)
+        self._counters = counters  # preauth_shed
+        self._shed_logged_at = -1.0  # monotonic time of the last peer.shed line
+        self._refused_second, self._refused_logged, self._refused_unlogged = 0, 0, 0  # strangers' refusals
+
+    async def accept(self, stream: trio.abc.Stream, remote: Address | None,
+                     candidates: list[tuple[LocalIdentity, Callable[[bytes, bytes], Any]]]):
+        """(the selected candidate's index, its secure stream), or None if the handshake failed."""
+        accepted = None
+        with trio.CancelScope() as scope:
+            for shed in self.gate.admit(scope, remote[0] if remote else "-"):
+                shed.cancel()  # the oldest unproven connection(s) make room (mesh.drivers.admission)
+                self._counters["preauth_shed"] += 1
+            try:
+                accepted = await secure_accept_any(stream, candidates, HANDSHAKE_TIMEOUT_S)
+            except CredentialError as exc:  # it held a mesh key: always worth a line
+                self._emit("peer.refused", addr=_fmt(remote), reason=_reason(exc))
+            except (HandshakeError, RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.TooSlowError, OSError) as exc:
+                self._note_refused(remote, exc)
+            finally:
+                self.gate.done(scope)
+        if scope.cancelled_caught:
+            self._note_shed(remote)
+        return accepted
+
+    def _note_refused(self, remote: Address | None, exc: BaseException) -> None:
+        """A stranger's failed handshake: a line each, but at most REFUSED_LOGGED_PER_S a second
+        (the next line says how many were left out)."""
+        second = int(time.monotonic())
+        if second != self._refused_second:
+            self._refused_second, self._refused_logged = second, 0
+        if self._refused_logged >= REFUSED_LOGGED_PER_S:
+            self._refused_unlogged += 1
+            return
+        self._refused_logged += 1
+        fields = {"unlogged": self._refused_unlogged} if self._refused_unlogged else {}
+        self._refused_unlogged = 0
+        self._emit("peer.refused", addr=_fmt(remote), reason=_reason(exc), **fields)
+
+    def _note_shed(self, remote: Address | None) -> None:
+        """Log shedding at most once a second."""
+        now = time.monotonic()
+        if now - self._shed_logged_at >= 1.0:
+            self._shed_logged_at = now
+            self._emit("peer.shed", addr=_fmt(remote), reason="too many unproven connections",
+                       total=self._counters["preauth_shed"])
 
 
 def _take_queued(outbox: trio.MemoryReceiveChannel, jobs: deque[_ChunkJob]) -> bytes:
