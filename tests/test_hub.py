@@ -99,8 +99,12 @@ def test_a_hub_home_joins_with_hub_invites_only_and_refuses_mistakes_in_one_line
     bad_quota = run_mesh("hub", "join", hub_invite(org), "--quota", "lots", home=hub)
     assert bad_quota.returncode != 0 and b"--quota 'lots'" in bad_quota.stderr
 
-    joined = json.loads(run_mesh("hub", "join", hub_invite(org), "--quota", "2MiB", "--json", home=hub).stdout)
+    bad_peer = run_mesh("hub", "join", hub_invite(org), "--peer", "venue", home=hub)
+    assert bad_peer.returncode != 0 and b"--peer 'venue'" in bad_peer.stderr
+    joined = json.loads(run_mesh("hub", "join", hub_invite(org), "--quota", "2MiB", "--peer", "192.0.2.7:7450",
+                                 "--json", home=hub).stdout)
     assert joined["quota"] == 2 * 1024 * 1024 and joined["host"].startswith("m-")
+    assert joined["peers"] == ["192.0.2.7:7450"]
     again = run_mesh("hub", "join", hub_invite(org), home=hub)
     assert again.returncode != 0 and b"already a member" in again.stderr
 
@@ -108,6 +112,8 @@ def test_a_hub_home_joins_with_hub_invites_only_and_refuses_mistakes_in_one_line
     assert [(r["mesh_id"], r["name"], r["quota"], r["running"]) for r in rows] == [
         (joined["mesh_id"], "spring-popup", 2 * 1024 * 1024, False)]
     assert rows[0]["members"] == 0  # offline, never synced: it knows only itself
+    assert run_mesh("hub", "quota", joined["mesh_id"][:8], "--quota", "3MiB", home=hub).returncode == 0
+    assert json.loads(run_mesh("hub", "ls", "--json", home=hub).stdout)[0]["quota"] == 3 * 1024 * 1024
     plain = run_mesh("status", home=hub)
     assert plain.returncode == 0 and b"not running" in plain.stdout
     # the mesh's home works with every single-mesh command

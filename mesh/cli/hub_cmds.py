@@ -25,6 +25,18 @@ def _quota(text: str | None) -> int | None:
         raise UsageError(f"--quota {text!r}: must be a size such as 200G, 50GiB or 512MiB (or none)") from None
 
 
+def _peers(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    from mesh.drivers.settings import parse_address
+
+    found = []
+    for value in values:
+        try:
+            found.append(parse_address(value))
+        except ValueError as exc:
+            raise UsageError(f"--peer {value!r}: {exc}") from None
+    return tuple(found)
+
+
 def _hub(ctx: Context):
     from mesh.drivers.hubhome import HubHome
 
@@ -56,20 +68,21 @@ def init(ctx: Context, name: str, as_json: bool) -> None:
 @click.argument("token")
 @click.option("--quota", default=None, help="Disk this mesh may use here (200G, 50GiB; default: no quota).")
 @click.option("--host", default=None, help="Host name its pages answer on (default: an unguessable m-XXXX name).")
+@click.option("--peer", "peers", multiple=True, help="A static peer of this mesh only, HOST:PORT (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the membership as JSON.")
 @pass_context
-def join(ctx: Context, token: str, quota: str | None, host: str | None, as_json: bool) -> None:
+def join(ctx: Context, token: str, quota: str | None, host: str | None, peers: tuple[str, ...], as_json: bool) -> None:
     """Join a mesh with a hub invite (`mesh invite --role hub` on its organizer)."""
     quota_bytes = _quota(quota)
     made = _hub(ctx)
-    home = made.join(token.strip(), quota_bytes, host)
+    home = made.join(token.strip(), quota_bytes, host, peers=_peers(peers))
     entry = made.meshes[home.info.mesh_id]
     _said_joined(made, home, entry, as_json, "joined")
 
 
 def _said_joined(made, home, entry, as_json: bool, verb: str) -> None:
     doc = {"mesh_id": entry.mesh_id, "name": home.info.mesh_name, "node_id": home.info.node_id,
-           "host": entry.host, "quota": entry.quota_bytes}
+           "host": entry.host, "quota": entry.quota_bytes, "peers": [f"{h}:{p}" for h, p in entry.peers]}
     if as_json:
         output.print_json(doc)
         return
@@ -82,13 +95,15 @@ def _said_joined(made, home, entry, as_json: bool, verb: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quota", default=None, help="Disk this mesh may use here (default: no quota).")
 @click.option("--host", default=None, help="Host name its pages answer on (default: an unguessable name).")
+@click.option("--peer", "peers", multiple=True, help="A static peer of this mesh only, HOST:PORT (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the membership as JSON.")
 @pass_context
-def adopt(ctx: Context, directory: Path, quota: str | None, host: str | None, as_json: bool) -> None:
+def adopt(ctx: Context, directory: Path, quota: str | None, host: str | None, peers: tuple[str, ...],
+          as_json: bool) -> None:
     """Move an existing single-mesh home into the hub (same file system; nothing is fetched again)."""
     quota_bytes = _quota(quota)
     made = _hub(ctx)
-    home = made.adopt(directory, quota_bytes, host)
+    home = made.adopt(directory, quota_bytes, host, _peers(peers))
     _said_joined(made, home, made.meshes[home.info.mesh_id], as_json, "adopted")
 
 

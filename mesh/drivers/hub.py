@@ -8,6 +8,10 @@
   descriptors whichever mesh they claim.
 - Each agent keeps its own home (node identity, state, store index, quota, `run/status.json`) and
   dials out for its own mesh; mDNS announces each mesh's node on the one port, as today.
+- One uplink, shared fairly: chunk sends take slots of one `FairShare`, so under contention each
+  mesh gets an equal share whatever its number of edges (mesh.drivers.fairshare). Connection
+  slots: strangers share one pre-authentication gate; a member's sessions count against its own
+  mesh's `sessions_max` only.
 - One chunk pool (mesh.drivers.hubhome): the meshes' stores link chunk files they both hold; the
   pool is swept of files no store links every POOL_SWEEP_S.
 - One HTTP port: `mesh.gateway.hub` routes by Host to each mesh's app, and answers every other
@@ -27,8 +31,9 @@ import trio
 
 from mesh.config import AgentConfig
 from mesh.core.events import Address
-from mesh.drivers.discovery import discovery_for
 from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limit
+from mesh.drivers.discovery import discovery_for
+from mesh.drivers.fairshare import FairShare
 from mesh.drivers.hubhome import HubHome, HubMesh
 from mesh.drivers.runtime import Acceptor, Agent
 
@@ -96,10 +101,12 @@ class HubRuntime:
         tcp = TcpTransport()
         acceptor = Acceptor(PreAuthGate(preauth_total_max(raise_fd_limit()[0])), _emit, self.counters)
         listener = HubListener(acceptor)
+        share = FairShare()
         async with trio.open_nursery() as nursery:
             self.listen_address = await nursery.start(tcp.serve, self.config.listen, listener.accepted)
             for entry, home in self.hub.homes():
                 agent = self._agent(entry, home, tcp)
+                agent.upload_share = share
                 await nursery.start(self._run_agent, agent)
                 listener.agents.append(agent)
                 self.agents.append(agent)
@@ -171,10 +178,11 @@ class HubRuntime:
 
 def mesh_config(config: AgentConfig, entry: HubMesh) -> AgentConfig:
     """The agent configuration of one mesh on the hub: its quota is its store budget and a hard
-    cap on releases; its pages answer on its host name."""
+    cap on releases; its pages answer on its host name; it dials its own static peers (and the
+    config's, which every mesh dials)."""
     budget = entry.quota_bytes if entry.quota_bytes is not None else config.store_budget_bytes
     return dataclasses.replace(config, store_budget_bytes=budget, store_quota_bytes=entry.quota_bytes,
-                               http_hosts=(*config.http_hosts, entry.host))
+                               http_hosts=(*config.http_hosts, entry.host), peers=(*config.peers, *entry.peers))
 
 
 def mesh_summary(entry: HubMesh, home, status: dict | None) -> dict:

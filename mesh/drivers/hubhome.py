@@ -20,6 +20,7 @@ renamed into place before hub.json names it; a directory hub.json does not name 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -49,9 +50,11 @@ class HubMesh:
     quota_bytes: int | None  # how much of the disk this mesh's store may hold; None: no quota
     host: str  # the HTTP host name this mesh's pages answer on
     joined_at: float  # unix seconds
+    peers: tuple[tuple[str, int], ...] = ()  # static peers of this mesh only (venues, other hubs)
 
     def to_json(self) -> dict:
-        return {"quota_bytes": self.quota_bytes, "host": self.host, "joined_at": self.joined_at}
+        return {"quota_bytes": self.quota_bytes, "host": self.host, "joined_at": self.joined_at,
+                "peers": [[host, port] for host, port in self.peers]}
 
 
 class HubHome:
@@ -98,7 +101,8 @@ class HubHome:
             raise HomeError(f"{path / HUB_FILE} is unreadable: {exc}") from None
         try:
             meshes = {mesh_id: HubMesh(mesh_id, entry.get("quota_bytes"), str(entry["host"]),
-                                       float(entry.get("joined_at", 0)))
+                                       float(entry.get("joined_at", 0)),
+                                       tuple((str(h), int(p)) for h, p in entry.get("peers", ())))
                       for mesh_id, entry in doc["meshes"].items()}
             return cls(path, str(doc["name"]), meshes, str(doc["operator_token"]))
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -139,7 +143,8 @@ class HubHome:
 
     # ---- memberships --------------------------------------------------------------------------
 
-    def join(self, token: str, quota_bytes: int | None, host: str | None, now: float | None = None) -> Home:
+    def join(self, token: str, quota_bytes: int | None, host: str | None, now: float | None = None,
+             peers: tuple[tuple[str, int], ...] = ()) -> Home:
         """Redeem a hub invite into a new mesh home here."""
         from mesh.drivers.enroll import join_home
         from mesh.state.membership import parse_invite
@@ -151,11 +156,12 @@ class HubHome:
         staging = self._staging()
         try:
             home = join_home(staging, token, now=now)
-            return self._take(home, staging, quota_bytes, host, now)
+            return self._take(home, staging, quota_bytes, host, now, peers)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def adopt(self, source: Path, quota_bytes: int | None, host: str | None) -> Home:
+    def adopt(self, source: Path, quota_bytes: int | None, host: str | None,
+              peers: tuple[tuple[str, int], ...] = ()) -> Home:
         """Move an existing single-mesh home in (its store and state come along: nothing is
         fetched again). The source must not be running (its agent lock is free)."""
         from mesh.drivers.agentfiles import agent_running
@@ -166,12 +172,12 @@ class HubHome:
         if home.info.role == "organizer" and home.authority_key() is not None:
             raise UsageError(f"{source} holds its mesh's authority key: a hub should not; "
                              "join the hub with an invite instead (`mesh invite --role hub`)")
-        taken = self._take(home, source, quota_bytes, host, None)
+        taken = self._take(home, source, quota_bytes, host, None, peers)
         self.link_into_pool(taken.store_path)
         return taken
 
     def _take(self, home: Home, source: Path, quota_bytes: int | None, host: str | None,
-              now: float | None) -> Home:
+              now: float | None, peers: tuple[tuple[str, int], ...]) -> Home:
         mesh_id = home.info.mesh_id
         if mesh_id in self.meshes:
             raise UsageError(f"this hub is already a member of mesh {mesh_id[:12]} ({home.info.mesh_name})")
@@ -187,7 +193,7 @@ class HubHome:
         except OSError as exc:
             raise HomeError(f"cannot move {source} into the hub ({exc.strerror}): it must be on the "
                             "same file system as the hub home") from None
-        self.meshes[mesh_id] = HubMesh(mesh_id, quota_bytes, host, time.time() if now is None else now)
+        self.meshes[mesh_id] = HubMesh(mesh_id, quota_bytes, host, time.time() if now is None else now, tuple(peers))
         self.save()
         return Home.open(target)
 
@@ -209,7 +215,7 @@ class HubHome:
 
     def set_quota(self, mesh_id: str, quota_bytes: int | None) -> HubMesh:
         entry = self.entry(mesh_id)
-        changed = HubMesh(entry.mesh_id, quota_bytes, entry.host, entry.joined_at)
+        changed = dataclasses.replace(entry, quota_bytes=quota_bytes)
         self.meshes[entry.mesh_id] = changed
         self.save()
         return changed

@@ -136,6 +136,7 @@ class Agent:
         self._poll_send, self._poll_due = trio.open_memory_channel[None](1)  # see _state_reader
         self.tls = TlsWatch()  # what HTTPS serves, as the core last said (mesh.drivers.tls)
         self.loopwatch = LoopWatch(on_stall=self._note_stall)  # the trio thread's longest steps
+        self.upload_share = None  # a hub's FairShare of the uplink between its meshes; None: all ours
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -446,13 +447,20 @@ class Agent:
             await secure.send_all(m.encode(m.ChunkMissing(cid)))
             await self._events_send.send(ChunkServed(conn_id, cid_text, 0))
             return
+        if self.upload_share is None:
+            await self._send_chunk(secure, cid, data)
+        else:  # a hub: the meshes share the uplink fairly (mesh.drivers.fairshare)
+            async with self.upload_share.slot(self.home.info.mesh_id):
+                await self._send_chunk(secure, cid, data)
+        self.counters["chunks_served"] += 1
+        await self._events_send.send(ChunkServed(conn_id, cid_text, len(data)))
+
+    async def _send_chunk(self, secure, cid: bytes, data) -> None:
         view, piece = memoryview(data), m.CHUNK_PIECE_BYTES_MAX
         for offset in range(0, max(len(data), 1), piece):
             part = view[offset:offset + piece]
             await secure.send_parts((m.chunk_data_head(cid, offset, len(data), len(part)), part))
             self.counters["bytes_out"] += len(part)  # the frame heads are counted with messages
-        self.counters["chunks_served"] += 1
-        await self._events_send.send(ChunkServed(conn_id, cid_text, len(data)))
 
     def _close(self, conn_id: int, reason: str) -> None:
         """Let the writer drain what is queued, then end the connection."""
