@@ -130,12 +130,33 @@ def test_adopt_moves_a_single_mesh_home_in_without_fetching_again(tmp_path: Path
     org.cli("init", "adopt-popup", "--node-name", "org")
     single = Node(tmp_path / "old-hub")
     single.cli("join", hub_invite(org))
-    hub = tmp_path / "hub"
-    assert run_mesh("hub", "init", "--name", "co-op", home=hub).returncode == 0
+    files = {"index.html": b"<h1>adopted</h1>", "big.bin": os.urandom(400_000)}
+    release = publish(org, tmp_path / "rel", files)
+    try:
+        single.start("--no-mdns", "--peer", org.address)
+        org.start("--no-mdns")
+        wait_until(lambda: release_done(single, release), 60, "the single-mesh hub to fetch")
+    finally:
+        single.stop()
+        org.stop()  # from here on nobody could send the release again
+    hub = HubNode(tmp_path / "hub")
+    assert run_mesh("hub", "init", "--name", "co-op", home=hub.home).returncode == 0
+    bad = run_mesh("hub", "adopt", str(tmp_path / "nowhere"), home=hub.home)
+    assert bad.returncode != 0 and b"not an AssetMesh home" in bad.stderr
     adopted = json.loads(run_mesh("hub", "adopt", str(single.home), "--host", "adopt.example", "--json",
-                                  home=hub).stdout)
-    assert adopted["host"] == "adopt.example"
-    assert not single.home.exists() and (hub / "meshes" / adopted["mesh_id"] / "home.json").exists()
+                                  home=hub.home).stdout)
+    assert adopted["host"] == "adopt.example" and not single.home.exists()
+    mesh_store = hub.mesh_home(adopted["mesh_id"]) / "store"
+    assert set(chunk_files(mesh_store)) <= {p.name for p in (hub.home / "pool").glob("*/*")}
+    http_port = free_port()
+    hub.start("--no-mdns", "--http", f"127.0.0.1:{http_port}")
+    try:
+        wait_http(http_port)
+        assert release_done(Node(hub.mesh_home(adopted["mesh_id"])), release)
+        for name, data in files.items():
+            assert http_get(http_port, f"/release/current/{name}", "adopt.example")[1] == data
+    finally:
+        hub.stop()
 
 
 # ---- one process, two meshes -------------------------------------------------------------------
@@ -219,6 +240,13 @@ def test_one_hub_process_serves_two_meshes_and_neither_learns_of_the_other(two_m
     for answer in (bare, http_get(http_port, "/api/status", "127.0.0.1"), http_get(http_port, "/nope", "127.0.0.1")):
         for name in (b"popup-a", b"popup-b", a["mesh_id"].encode(), b["mesh_id"].encode(), b"a.hub.test", b"b.hub.test"):
             assert name not in answer[1]
+    # each mesh's organizers are crew on their own host only: B's crew token opens nothing of A
+    tokens = {label: mesh["org"].cli("crew-token").stdout.decode().strip() for label, mesh in meshes.items()}
+    as_crew = lambda label: {"Authorization": f"Bearer {tokens[label]}"}  # noqa: E731
+    members_a = http_get(http_port, "/api/members", a["host"], as_crew("a"))
+    assert members_a[0] == 200 and b["org"].node_id.encode() not in members_a[1]
+    assert a["org"].node_id.encode() in members_a[1]
+    assert http_get(http_port, "/api/members", a["host"], as_crew("b"))[0] == 403
     # the operator's view needs the hub's token, and then shows both meshes
     assert http_get(http_port, "/hub/api/status", "127.0.0.1")[0] == 401
     token = run_mesh("hub", "token", home=hub.home).stdout.decode().strip()
@@ -282,3 +310,42 @@ def test_a_release_past_the_mesh_quota_waits_with_a_clear_reason_and_loses_nothi
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_each_mesh_of_a_hub_is_found_by_mdns_on_the_one_port(tmp_path: Path) -> None:
+    """In a private namespace: the organizers seed the hub and stop; then each mesh's edge, which
+    knows no address, finds its own mesh's node on the hub by mDNS and fetches its release."""
+    from mesh.testing import netns
+
+    reason = netns.netns_available()
+    if reason is not None:
+        pytest.skip(f"no private network namespace: {reason}")
+    from tests.agents import PrivateNet
+
+    net = PrivateNet()
+    hub = HubNode(tmp_path / "hub")
+    started: list[Node] = []
+    try:
+        assert run_mesh("hub", "init", "--name", "mdns co-op", home=hub.home).returncode == 0
+        meshes = {}
+        for label in ("a", "b"):
+            org = Node(tmp_path / f"org-{label}")
+            org.cli("init", f"mdns-{label}", "--node-name", f"org-{label}")
+            edge = Node(tmp_path / f"edge-{label}")
+            edge.cli("join", org.cli("invite", "--role", "edge").stdout.decode().strip())
+            joined = json.loads(run_mesh("hub", "join", hub_invite(org), "--json", home=hub.home).stdout)
+            release = publish(org, tmp_path / f"rel-{label}", {"x.bin": os.urandom(300_000)})
+            meshes[label] = (org, edge, release, Node(hub.mesh_home(joined["mesh_id"])))
+        started.append(hub.start(prefix=net.prefix))
+        for org, _, release, on_hub in meshes.values():
+            started.append(org.start(prefix=net.prefix))
+            wait_until(lambda: release_done(on_hub, release), 60, "the hub to fetch from the organizer by mDNS")
+            org.stop()
+        for org, edge, release, on_hub in meshes.values():
+            started.append(edge.start(prefix=net.prefix))
+            wait_until(lambda: release_done(edge, release), 60, "the edge to find the hub by mDNS")
+            assert edge.peers() == {on_hub.node_id}  # its organizer is down: only the hub's node of its mesh
+    finally:
+        for node in started:
+            node.stop()
+        net.close()

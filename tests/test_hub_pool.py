@@ -93,3 +93,18 @@ def test_the_pool_keeps_exactly_what_some_store_holds(tmp_path_factory, ops) -> 
         for index in held[which]:
             assert store.get(cid_for_raw(blobs[index])) == blobs[index]
     assert hub.disk_bytes() == sum(len(blobs[i]) for i in held["a"] | held["b"])
+
+
+def test_two_stores_that_stored_a_chunk_at_once_end_with_one_copy(tmp_path: Path) -> None:
+    hub, a, b = _stores(tmp_path)
+    data = os.urandom(80_000)
+    cid = cid_for_raw(data)
+    pool, b.pool = b.pool, None  # b writes its copy as if a's were not pooled yet (a race)
+    a.put(cid, data)
+    b.put(cid, data)
+    assert not os.path.samefile(a._chunk_path(str(cid)), b._chunk_path(str(cid)))
+    b.pool = pool
+    b._link_into_pool([str(cid)])  # what b's flush does once its copy is durable
+    assert b.get(cid) == data
+    assert os.path.samefile(a._chunk_path(str(cid)), b._chunk_path(str(cid)))
+    assert hub.disk_bytes() == len(data)

@@ -681,16 +681,33 @@ class FileStore:
         return True
 
     def _link_into_pool(self, cids: Iterable[str]) -> None:
-        """Offer newly stored chunks to the pool (a lost link only costs a later copy)."""
+        """Offer newly stored chunks to the pool (a lost link only costs a later copy). Where
+        another store pooled the same chunk meanwhile (two meshes fetched it at once), ours
+        becomes a link to that file if the bytes are equal, so the disk keeps one copy."""
         if self.pool is None:
             return
         for cid in cids:
-            pooled = self._pool_path(cid)
+            pooled, ours = self._pool_path(cid), self._chunk_path(cid)
             try:
                 pooled.parent.mkdir(exist_ok=True)
-                os.link(self._chunk_path(cid), pooled)
-            except OSError:  # FileExistsError: pooled already (maybe this very inode)
+                os.link(ours, pooled)
+            except FileExistsError:
+                with contextlib.suppress(OSError):
+                    self._share_pooled(pooled, ours)
+            except OSError:
                 continue
+
+    def _share_pooled(self, pooled: Path, ours: Path) -> None:
+        if os.path.samefile(pooled, ours):
+            return
+        with open(pooled, "rb") as theirs, open(ours, "rb") as mine:
+            if theirs.read() != mine.read():
+                return
+        tmp = self._tmp / f"{ours.name}.{os.getpid()}.{threading.get_ident()}.pool"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(pooled, tmp)
+        os.replace(tmp, ours)
 
     def _batch_full(self) -> bool:
         batch = self._batch
