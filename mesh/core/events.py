@@ -91,6 +91,13 @@ class ObjectsInventory:
 
 
 @dataclass(frozen=True)
+class LiveWindowSigned:
+    """The driver ingests a live stream and signed its next window (mesh.core.live)."""
+
+    blob: bytes  # the signed window
+
+
+@dataclass(frozen=True)
 class FetchRequested:
     """A browser waits for this file (a media original or preview): fetch it now, first of all."""
 
@@ -180,7 +187,7 @@ class AssetsEvaluated:
 Event = Connected | DataReceived | Disconnected | DialFailed | PeerDiscovered | LocalChanges | Tick
 Event = Event | StateReloaded | ShutdownRequested | ReleaseInventory | ChunkStored | ChunkRejected
 Event = Event | ChunkServed | ObjectsInventory | FetchRequested | StoreUsage | ObjectsEvicted | ObjectsUsed
-Event = Event | TlsKeyLoaded | AssetsEvaluated
+Event = Event | TlsKeyLoaded | AssetsEvaluated | LiveWindowSigned
 
 
 # ---- actions (core -> driver) ------------------------------------------------------------------

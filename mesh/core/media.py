@@ -46,7 +46,7 @@ from mesh.core.events import (
 )
 from mesh.core.session import Session
 from mesh.core.swarm import Swarm
-from mesh.core.swarming import CLASS_ON_DEMAND, CLASS_PINNED_MEDIA, CLASS_PREVIEW, Track
+from mesh.core.swarming import CLASS_LIVE, CLASS_ON_DEMAND, CLASS_PINNED_MEDIA, CLASS_PREVIEW, Track
 from mesh.state.consent import PENDING, VISIBLE
 from mesh.state.media import ORIGINAL, asset_objects, pinned_tags, wants_original, wants_previews
 from mesh.state.records import AssetRecord
@@ -167,7 +167,7 @@ class MediaSwarming:
             "bytes": sum(o.size or 0 for o in held),
             "budget": self.budget_bytes,
             "store_bytes": self.store_used,
-            "fetching": sum(1 for t in self.tracks.values() if t.release is None),
+            "fetching": sum(1 for t in self.tracks.values() if t.release is None and t.klass != CLASS_LIVE),
             "pending": sum(1 for o in held if o.status == PENDING),
             "pinned_tags": sorted(self.pinned_tags),
         }
@@ -515,7 +515,7 @@ class MediaSwarming:
         up to ON_DEMAND_ACTIVE_MAX, background ones up to ACTIVE_OBJECTS_MAX and the budget's
         room, by class, the shared order, fewest holders."""
         self._park_orphans()
-        media_tracks = [t for t in self.tracks.values() if t.release is None]
+        media_tracks = [t for t in self.tracks.values() if t.release is None and t.klass != CLASS_LIVE]
         active = sum(1 for t in media_tracks if t.klass != CLASS_ON_DEMAND)
         on_demand = len(media_tracks) - active
         background = active < ACTIVE_OBJECTS_MAX

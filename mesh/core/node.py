@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from mesh.config import CoreLimits
 from mesh.core.events import (
     Action, Address, AssetsEvaluated, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
-    Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LocalChanges, ObjectsEvicted, ObjectsInventory,
-    ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested, StateReloaded,
-    StoreUsage, Tick, TlsKeyLoaded,
+    Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LiveWindowSigned, LocalChanges, ObjectsEvicted,
+    ObjectsInventory, ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested,
+    StateReloaded, StoreUsage, Tick, TlsKeyLoaded,
 )
+from mesh.core.live import FEATURE_LIVE, LiveStreams
 from mesh.core.media import FEATURE_MEDIA, MediaSwarming
 from mesh.core.peers import AddressBook
 from mesh.core.session import Phase, Session, Trigger
@@ -50,7 +51,8 @@ from mesh.state.membership import InviteLedger, Member, RevocationList, member_s
 from mesh.wire import messages as m
 
 FEATURE_STATE_SNAPSHOT = "state-snapshot/1"  # a peer listing this in its Hello takes StateSnapshot*
-FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA, FEATURE_TLS_KEY, FEATURE_STATE_SNAPSHOT)
+FEATURES = ("state-sync/1", "swarm/1", FEATURE_CHUNK_BUSY, FEATURE_MEDIA, FEATURE_TLS_KEY, FEATURE_STATE_SNAPSHOT,
+            FEATURE_LIVE)
 STATE_SYNC_PART_BYTES = 512 * 1024
 REVOCATIONS_MESSAGE_BYTES = 1024 * 1024
 KNOWN_CHANGES_MAX = 1 << 16  # change hashes remembered for the heads fast path
@@ -84,7 +86,7 @@ class CoreIdentity:
     role: str  # our role
 
 
-class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
+class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
     """One node's protocol state machine. Not thread-safe; one owner task."""
 
     def __init__(
@@ -120,6 +122,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         self._init_swarming(now, pins)
         self._init_media(pin_tags, pin_canonical)
         self._init_tls(want_tls_key)
+        self._init_live()
         self._invites_in_state: set[tuple[str, str]] = set()  # (invite id, node id) uses the document records
         self._now = now  # time of the event being handled
         self._unpersisted_since: list[bytes] | None = None  # heads before the first unpersisted change
@@ -229,6 +232,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             ChunkServed: self._on_chunk_served,
             ObjectsInventory: self._on_objects_inventory,
             FetchRequested: self._on_fetch_requested,
+            LiveWindowSigned: self._on_live_signed,
             StoreUsage: self._on_store_usage,
             ObjectsEvicted: self._on_objects_evicted,
             ObjectsUsed: self._on_objects_used,
@@ -352,6 +356,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             m.ChunkBusy: self._on_chunk_busy,
             m.HaveObjects: self._on_have_objects,
             m.Health: self._on_health,
+            m.LiveWindow: self._on_live_window,
             m.TlsKeyRequest: self._on_tls_key_request,
             m.TlsKey: self._on_tls_key,
         }.get(type(msg))
@@ -416,6 +421,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         self._record_member(session, now)
         self._swarming_ready(session, now)
         self._tls_ready(session, now)
+        self._live_ready(session, now)
         if self._health_blob is not None:
             self._send(session, m.Health(self._health_blob), now)
 
@@ -905,6 +911,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
         if now >= self._held_at:
             self._release_held(now)
         if not self._shutting_down:
+            self._live_step(now)
             self._media_step(now)
             self._run_swarm(now, settling)
             self._tls_step(now)
@@ -1011,6 +1018,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys):
             "members": self._members_status(),
             "health": self.health,
             "tls": self._tls_status(),
+            "live": self._live_status(self._now),
         }
 
     def _peer_status(self, session: Session) -> dict:

@@ -57,6 +57,7 @@ HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a wh
 
 
 # Priority classes of what a node wants, scheduled in this order (rarest first within a class).
+CLASS_LIVE = -1  # segments of a live stream (mesh.core.live): oldest first, ahead of everything
 CLASS_ON_DEMAND = 0  # a browser waits for this file
 CLASS_RELEASE = 1  # the current release
 CLASS_PINNED_RELEASE = 2  # releases the config pins
@@ -256,7 +257,9 @@ class ReleaseSwarming:
     def _check_complete(self, track: Track) -> None:
         if track.fetch and track.swarm.complete and not track.completed:
             track.completed = True
-            if track.release is None:
+            if track.klass == CLASS_LIVE:
+                self._emit("live.segment", cid=str(track.swarm.root), bytes=track.swarm.total_bytes)
+            elif track.release is None:
                 self._object_fetched(track)  # see mesh.core.media
             else:
                 self._emit("release.complete", id=track.release.id, bytes=track.swarm.wanted_bytes)
@@ -394,7 +397,11 @@ class ReleaseSwarming:
             session.held_serves[cid] = until
             self._held_at = min(self._held_at, until)
             return
-        self._sending.setdefault(cid, session.conn_id)
+        if not (FEATURE_SHARED_MEDIUM in session.features and not self.transfers.shared_medium):
+            # Only a copy that others can take from makes them wait (`_hold_until`): a wired
+            # node's copy to a station is none (a wired asker would cost that air again, and one
+            # at another site cannot reach a station behind the venue's NAT at all).
+            self._sending.setdefault(cid, session.conn_id)
         self._serving[session.conn_id] = self._serving.get(session.conn_id, 0) + 1
         self._actions.append(ServeChunk(session.conn_id, str(cid)))
 

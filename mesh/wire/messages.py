@@ -544,6 +544,18 @@ class Health(Message):
     report: bytes = wire(Bytes(HEALTH_BYTES_MAX, 1))  # canonical CBOR of the report map
 
 
+LIVE_WINDOW_BYTES_MAX = 8 * 1024
+
+
+@message(type_code=48)
+@dataclass(frozen=True)
+class LiveWindow(Message):
+    """A live stream's latest window, signed by its ingesting node (mesh.core.live); ephemeral,
+    forwarded once, peers keep only the latest per stream. Sent only to peers listing "live/1"."""
+
+    blob: bytes = wire(Bytes(LIVE_WINDOW_BYTES_MAX, 1))  # CBOR [signed body, Ed25519 signature]
+
+
 # --- the event's TLS key (mesh.core.tls) ---------------------------------------------------------
 
 TLS_FINGERPRINT = Bytes(32, 32)  # SHA-256 of the certificate's DER
