@@ -100,6 +100,8 @@ def test_create_publish_ls_rollback(org_home: Path, tmp_path: Path) -> None:
     rolled = _json(run_mesh("release", "rollback", "--json", home=org_home))
     assert rolled["id"] == first["id"]
     assert _current(org_home) == first["id"]
+    again = {r["id"]: r for r in _history(org_home)}[first["id"]]  # first published, then current again
+    assert again["first_published_at"] == published["at"] and again["published_at"] == rolled["at"] > published["at"]
     assert_one_line_error(run_mesh("release", "rollback", home=org_home), "no previous release")
 
     assert run_mesh("release", "rollback", second["id"], home=org_home).returncode == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -346,3 +347,57 @@ def test_crew_tokens_verify_offline_and_refuse_forgeries() -> None:
     for junk in ("", "amc1.", "amc1.!!!", "xyz", "amc1." + "A" * 20000):
         with pytest.raises(CredentialError):
             verify_crew_token(junk, org.authority_public_key, now)
+
+
+# ---- the live dashboard (issue 22, items 1, 3, 4) ------------------------------------------------------
+
+
+def _first_event(port: int, headers: dict) -> tuple[int, str, dict | None]:
+    """(status, content type, the first `update` event's data) of GET /crew/updates."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("GET", "/crew/updates", headers=headers)
+        response = conn.getresponse()
+        if response.status != 200:
+            return response.status, response.getheader("content-type", ""), None
+        event = None
+        while True:
+            line = response.fp.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "update":
+                return response.status, response.getheader("content-type", ""), json.loads(line[6:])
+    finally:
+        conn.close()
+
+
+def test_live_stream_sends_the_changing_parts_of_the_dashboard(mesh) -> None:
+    assert _first_event(mesh["port"], {})[0] == 403  # not crew: nothing
+    status, kind, parts = _first_event(mesh["port"], {"Authorization": f"Bearer {mesh['token']}"})
+    assert status == 200 and kind.startswith("text/event-stream")
+    assert set(parts) == {"nodes", "current-release", "events", "charts"}
+    assert "<tr data-node=" in parts["nodes"] and 'class="badge ok"' in parts["nodes"]
+    assert "<svg" in parts["charts"] and "agent.started" in parts["events"]
+
+
+def test_dashboard_chart_release_times_and_event_sentences(mesh) -> None:
+    bearer = {"Authorization": f"Bearer {mesh['token']}"}
+    page = mesh["client"].request("GET", "/crew", {**bearer, "Accept": "text/html"})[2].decode()
+    assert '<svg id="tags-chart"' in page and 'data-tag="stage" data-shown="2" data-hidden="0"' in page
+    assert '<svg id="throughput"' in page and "viewBox=" in page
+    assert "This node started, listening on 127.0.0.1:" in page  # agent.started, in words
+    rows = json.loads(mesh["client"].request("GET", "/api/releases", bearer)[2])["releases"]
+    for row in rows:
+        assert row["first_published_at"] is not None and row["first_published_at"] <= row["published_at"]
+    current = next(i for i, r in enumerate(rows) if r["current"])
+    assert [r["older"] for r in rows] == [False] * (current + 1) + [True] * (len(rows) - current - 1)
+
+
+def test_status_text_has_a_release_and_a_media_progress_line(mesh) -> None:
+    text = mesh["org"].cli("status").stdout.decode()
+    release = next(line for line in text.splitlines() if line.startswith("release: "))
+    assert re.match(r"release: v\d \([a-z2-7]{12}\): (complete|\d+%|fetching its file list)", release), text
+    media = next(line for line in text.splitlines() if line.startswith("media: "))
+    assert " file(s) that belong here, " in media and " arriving; " in media, text

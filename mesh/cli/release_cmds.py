@@ -288,6 +288,7 @@ def _history_row(entry: rel.HistoryEntry, store: FileStore) -> dict:
         "id": release_.id, "name": release_.name, "seq": release_.seq, "root": release_.root,
         "publisher": release_.publisher, "created_at": release_.created_at,
         "current": entry.current, "previous": entry.previous, "published_at": entry.published_at,
+        "first_published_at": entry.first_published_at,
         "total_bytes": totals[0] if totals else None, "file_count": totals[1] if totals else None,
     }
 

@@ -284,6 +284,10 @@ class LiveStreams:
                 return segment.cid
         return None
 
+    def live_status(self) -> list[dict]:
+        """The streams this node follows, as `mesh status` and `/api/live` show them."""
+        return self._live_status(self._now)
+
     def _live_status(self, now: float) -> list[dict]:
         rows = []
         for name, followed in sorted(self.live.items()):
@@ -297,9 +301,19 @@ class LiveStreams:
                 "held_newest": held[-1].number if held else None,
                 "lag_segments": (newest - held[-1].number) if held and newest is not None else None,
                 "window_age_s": round(now - followed.seen_at, 3), "tags": list(window.tags),
+                "latency_s": _latency(now, followed, held, newest),
                 "ingesting": name in self.live_local,
             })
         return rows
+
+
+def _latency(now: float, followed: _Followed, held: list[LiveSegment], newest: int | None) -> float | None:
+    """How far behind the ingester this node serves: the newest window's age when it arrived,
+    plus the segments it still lacks (an estimate; the benchmark measures glass to phone)."""
+    if not held or newest is None:
+        return None
+    behind = sum(s.duration_ms for s in followed.window.segments if s.number > held[-1].number) / 1000
+    return round(now - followed.seen_at + followed.window.segment_ms / 1000 + behind, 3)
 
 
 def _newer(window: LiveWindow, known: LiveWindow) -> bool:

@@ -122,6 +122,9 @@ def create_app(view: GatewayView) -> Starlette:
     registry = metrics.Registry(view)
     cdn.extra_headers, cdn.count = pages.SECURITY_HEADERS, registry.count  # what the middlewares add
     routes += [Route("/metrics", registry.endpoint)] + pages.routes(view) + crew.routes(view)
+    from mesh.gateway import hls
+
+    routes += hls.routes(view, pool)  # live streams: player, playlist, segments
     app = Starlette(routes=routes, exception_handlers=pages.exception_handlers())
     app.add_middleware(metrics.CountRequests, registry=registry)
     app.add_middleware(pages.SecurityHeaders)

@@ -30,10 +30,12 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mesh.errors import CredentialError, MeshError, UsageError
+from mesh.gateway import charts, event_text
 from mesh.gateway.app import status_route
+from mesh.gateway.dashboard import HISTORY_S, Rates, node_rows, updates_route
 from mesh.gateway.forms import CSRF_FIELD, CSRF_HEADER, FormError, check_csrf, csrf_secret, form_token, read_form
 from mesh.gateway.hosts import is_local_request
-from mesh.gateway.pages import render
+from mesh.gateway.pages import _size, render, render_part
 
 SESSION_COOKIE = "mesh_crew"
 SESSIONS_MAX = 256
@@ -111,6 +113,7 @@ class TooManyTries(CredentialError):
 def routes(view) -> list:
     sessions = Sessions()
     throttle = Throttle()
+    rates = Rates()
 
     def verify(request: Request, token: str):
         """The grant of a token a request sent; wrong ones count against its address."""
@@ -159,9 +162,16 @@ def routes(view) -> list:
         if session is None:
             return render(request, view, "login.html", status=401 if request.method == "GET" else 403,
                           local=is_local_request(request), error=LOGIN_ERRORS.get(request.query_params.get("error", "")))
-        return render(request, view, "dashboard.html", data=dashboard_data(view), session=session,
+        data = dashboard_data(view, rates)
+        return render(request, view, "dashboard.html", data=data, session=session, **event_words(data),
                       blocked=view.crew_actions_allowed(), done=request.query_params.get("done"),
                       api_csrf=form_token(csrf_secret(request), "api"))
+
+    def updated_parts(request: Request) -> dict:
+        """The parts of the dashboard that change, rendered as on the page (for /crew/updates)."""
+        data = dashboard_data(view, rates)
+        context = {"data": data, "blocked": view.crew_actions_allowed(), **event_words(data)}
+        return {name: render_part(request, view, template, **context) for name, template in UPDATED_PARTS.items()}
 
     async def login(request: Request) -> Response:
         form = await read_form(request)
@@ -239,11 +249,12 @@ def routes(view) -> list:
         Route("/api/status", status_route(view, lambda request: crew_of(request) is not None)),
         Route("/api/crew/renew", renew, methods=["POST"]),
         Route("/crew", dashboard, methods=["GET"]),
+        Route("/crew/updates", updates_route(lambda request: crew_of(request) is not None, updated_parts)),
         Route("/crew/login", login, methods=["POST"]),
         Route("/crew/logout", logout, methods=["POST"]),
         *[Route(f"/crew/{name}", post(act, name), methods=["POST"]) for name in ACTIONS],
         *[Route(f"/api/crew/{name}", post(api_act, name), methods=["POST"]) for name in ACTIONS],
-        Route("/api/dashboard", crew_get(lambda: dashboard_data(view))),
+        Route("/api/dashboard", crew_get(lambda: dashboard_data(view, rates))),
         Route("/api/members", crew_get(lambda: {"members": view.members()})),
         Route("/api/peers", crew_get(lambda: {"peers": view.status().get("peers", [])})),
         Route("/api/releases", crew_get(lambda: {"releases": view.releases()})),
@@ -301,9 +312,26 @@ def _events(view) -> list[dict]:
             for e in reversed(events)]
 
 
-def dashboard_data(view) -> dict:
+def event_words(data: dict) -> dict:
+    """What the dashboard's templates draw with: `sentence(event)` and `raw_line(event)`
+    (mesh.gateway.event_text), and the charts' SVG (mesh.gateway.charts)."""
+    names = {m["node_id"]: m["name"] for m in data["members"] if m.get("name")}
+    return {"sentence": lambda event: event_text.sentence(event, names, _size), "raw_line": event_text.raw_line,
+            "throughput_svg": charts.throughput_svg(data["throughput"], time.time(), HISTORY_S),
+            "tags_svg": charts.tags_svg(data["tags"])}
+
+
+# What /crew/updates sends: element id on the page -> the template that renders its content.
+UPDATED_PARTS = {"nodes": "_nodes.html", "current-release": "_current_release.html", "events": "_events.html",
+                 "charts": "_charts.html"}
+
+
+def dashboard_data(view, rates: Rates | None = None) -> dict:
     status = view.status()
-    return {"node": view.node_info(), "members": view.members(), "releases": view.releases(),
+    rates = rates if rates is not None else Rates()
+    return {"node": view.node_info(), "members": node_rows(view, status, rates, time.time()),
+            "releases": view.releases(), "throughput": list(rates.history),
+            "tags": view.tag_counts() if hasattr(view, "tag_counts") else [],
             "release": status.get("release"), "store": status.get("store"), "health": status.get("health"),
             "events": _events(view), "actions_blocked": view.crew_actions_allowed(),
             "listen_addresses": status.get("listen_addresses", []), "pending": status.get("pending_boxes", [])}

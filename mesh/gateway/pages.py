@@ -5,6 +5,7 @@ templates shipped in the package (`templates/`, `static/`); no external CDN, fon
 from __future__ import annotations
 
 import ipaddress
+import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -27,7 +28,7 @@ RELEASE_LISTED_MAX = 100
 DOOR_URL_CHARS_MAX = 300
 SECURITY_HEADERS = [
     (b"content-security-policy",
-     b"default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
+     b"default-src 'self'; img-src 'self' data:; media-src 'self' blob:; style-src 'self'; script-src 'self'; "
      b"connect-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),  # no-referrer would make browsers send `Origin: null` on our own forms
@@ -59,21 +60,37 @@ def _kind(media_type: str) -> str:
     return "file"
 
 
+def _rate(per_s: float | None) -> str:
+    return "–" if per_s is None else _size(int(per_s)).replace(" bytes", " B") + "/s"
+
+
+def _when(unix_s: float | None) -> str:
+    """An absolute time for pages (scripts replace it with '3 min ago')."""
+    return "never" if not unix_s else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_s))
+
+
 _env.filters["size"] = _size
+_env.filters["rate"] = _rate
+_env.filters["when"] = _when
 _env.filters["kind"] = _kind
 _env.filters["urlpath"] = lambda path: quote(path)
 
 
 def render(request: Request, view, name: str, status: int = 200, **context) -> HTMLResponse:
     """Render a template with the node, the crew state and per-form CSRF tokens."""
+    html = render_part(request, view, name, **context)
+    response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-cache"})
+    return remember_secret(request, response)
+
+
+def render_part(request: Request, view, name: str, **context) -> str:
+    """A template's HTML with what `render` gives every template (a page, or a part of one)."""
     secret = csrf_secret(request)
     can_show = getattr(view, "can_show", None) or getattr(view, "has_file", lambda cid: False)
-    html = _env.get_template(name).render(
+    return _env.get_template(name).render(
         node=view.node_info(), csrf=lambda form: form_token(secret, form), csrf_field=CSRF_FIELD,
         path=request.url.path, can_show=can_show, **context,
     )
-    response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-cache"})
-    return remember_secret(request, response)
 
 
 def asset_json(record: AssetRecord) -> dict:
@@ -287,10 +304,11 @@ def _loopback(host: str) -> bool:
 
 
 def qr_svg(url: str, scale: int = 8) -> str:
-    """An inline SVG QR code of `url` (segno; error correction M)."""
+    """An inline SVG QR code of `url` (segno; error correction M) with a viewBox and no fixed
+    size, so CSS scales it to its box on a phone, a desktop and paper."""
     import segno
 
-    return segno.make(url, error="m").svg_inline(scale=scale, border=2)
+    return segno.make(url, error="m").svg_inline(scale=scale, border=2, omitsize=True)
 
 
 def exception_handlers() -> dict:

@@ -429,11 +429,20 @@ class AgentView:
             r = entry.release
             rows.append({"id": r.id, "name": r.name, "seq": r.seq, "root": r.root, "publisher": r.publisher,
                          "created_at": r.created_at, "current": entry.current, "previous": entry.previous,
-                         "published_at": entry.published_at})
+                         "published_at": entry.published_at, "first_published_at": entry.first_published_at,
+                         "older": entry.older})
         return rows
 
     def policies_json(self) -> dict:
         return policies_json(self.catalog().policies)
+
+    def tag_counts(self) -> list[dict]:
+        """Per tag: media shown, media hidden (no consent yet, withdrawn, or past retention) and
+        views counted over every node (aggregated; nothing per person). Most media first."""
+        core = self.agent.core
+        if core is None:
+            return []
+        return tag_counts(self.catalog(), core.state.assets(), cs.tag_views(core.state))
 
     def crew_actions_allowed(self) -> str | None:
         """None if this node can sign crew actions; otherwise why not, in plain language."""
@@ -567,6 +576,20 @@ def tag_cloud(state, records) -> list[TagInfo]:
     cloud = [TagInfo(tag, counts.get(tag, 0), text, canonical=True) for tag, text in declared.items()]
     cloud += [TagInfo(tag, n, "") for tag, n in sorted(counts.items()) if tag not in declared]
     return cloud
+
+
+def tag_counts(catalog: Catalog, records, views: dict[str, int]) -> list[dict]:
+    """[{"tag", "shown", "hidden", "views"}] for every tag in use or viewed, most media first."""
+    counts: dict[str, dict] = {}
+    for record in records:
+        shown = record.cid in catalog.visible
+        for tag in record.tags:
+            if not tag.startswith(cs.SCOPE_TAG):
+                row = counts.setdefault(tag, {"tag": tag, "shown": 0, "hidden": 0, "views": 0})
+                row["shown" if shown else "hidden"] += 1
+    for tag, n in views.items():
+        counts.setdefault(tag, {"tag": tag, "shown": 0, "hidden": 0, "views": 0})["views"] = n
+    return sorted(counts.values(), key=lambda r: (-(r["shown"] + r["hidden"]), -r["views"], r["tag"]))
 
 
 def search_catalog(catalog: Catalog, query: str = "", tag: str | None = None) -> list[AssetRecord]:

@@ -102,7 +102,9 @@ class HistoryEntry:
     release: Release  # the verified record
     current: bool  # it is the current release
     previous: bool  # it is what a rollback without an id would publish
-    published_at: float | None  # time of its latest valid publication; None if never published
+    published_at: float | None  # time of its latest valid publication (it last became current); None if never
+    first_published_at: float | None = None  # time of its earliest valid publication; None if never published
+    older: bool = False  # listed after the current release (a rollback target); False if none is current
 
 
 class ReleaseFile(NamedTuple):
@@ -510,21 +512,28 @@ class ReleaseBook:
         return self.release(older[0].release_id) if older else None
 
     def history(self) -> list[HistoryEntry]:
-        """Every valid release, newest first, marked current and previous, with its last
-        publication time."""
+        """Every valid release, newest first, marked current, previous and older than the
+        current one, with its first and its latest publication time (both read from the
+        publications in the state: nothing else records when a release was published)."""
         current, previous = self.current(), self.previous()
-        published: dict[str, float] = {}
-        for publication in reversed(self.publications()):
-            published[publication.release_id] = publication.at
-        return [
-            HistoryEntry(
+        latest: dict[str, float] = {}
+        first: dict[str, float] = {}
+        for publication in self.publications():  # newest first
+            latest.setdefault(publication.release_id, publication.at)
+            first[publication.release_id] = publication.at
+        entries, past_current = [], False
+        for release in self.releases():
+            is_current = current is not None and release.id == current.id
+            entries.append(HistoryEntry(
                 release=release,
-                current=current is not None and release.id == current.id,
+                current=is_current,
                 previous=previous is not None and release.id == previous.id,
-                published_at=published.get(release.id),
-            )
-            for release in self.releases()
-        ]
+                published_at=latest.get(release.id),
+                first_published_at=first.get(release.id),
+                older=past_current,
+            ))
+            past_current = past_current or is_current
+        return entries
 
 
 def current_release(

@@ -41,25 +41,48 @@
     var now = Date.now() / 1000;
     document.querySelectorAll(".ago[data-t]").forEach(function (el) {
       var s = Math.max(0, Math.round(now - parseFloat(el.getAttribute("data-t"))));
+      if (!el.title) el.title = el.textContent;
       el.textContent = s < 60 ? s + " s ago" : s < 3600 ? Math.round(s / 60) + " min ago"
         : s < 86400 ? Math.round(s / 3600) + " h ago" : Math.round(s / 86400) + " d ago";
     });
   }
 
   function confirmForms() {
-    document.querySelectorAll("form.confirm").forEach(function (form) {
+    document.querySelectorAll("form.confirm:not([data-bound])").forEach(function (form) {
+      form.setAttribute("data-bound", "");
       form.addEventListener("submit", function (ev) {
         if (!window.confirm(form.getAttribute("data-confirm"))) ev.preventDefault();
       });
     });
   }
 
-  function refreshDashboard() {
+  function typingIn(box) {
+    var active = document.activeElement;
+    return box.contains(active) && active.tagName !== "BODY" && active.tagName !== "BUTTON";
+  }
+
+  function applyParts(parts) {  // {element id: fresh inner HTML} from /crew/updates
+    Object.keys(parts).forEach(function (id) {
+      var el = document.getElementById(id);
+      if (el && !typingIn(el)) el.innerHTML = parts[id];
+    });
+    ages(); confirmForms();
+    var box = document.getElementById("dashboard");
+    if (box) box.setAttribute("data-live", String(Date.now()));
+  }
+
+  function liveDashboard() {  // server-sent events; polling the page where EventSource is missing
     var box = document.getElementById("dashboard");
     if (!box) return;
+    if ("EventSource" in window) {
+      var source = new EventSource("/crew/updates");
+      source.addEventListener("update", function (ev) {
+        try { applyParts(JSON.parse(ev.data)); } catch (e) {}
+      });
+      return;  // EventSource reconnects by itself (retry: 3 s)
+    }
     setInterval(function () {
-      if (box.contains(document.activeElement) && document.activeElement.tagName !== "BODY" &&
-          document.activeElement.tagName !== "BUTTON") return;  // someone is typing
+      if (typingIn(box)) return;
       fetch("/crew", { credentials: "same-origin", headers: { Accept: "text/html" } })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
@@ -76,6 +99,6 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    registerWorker(); offlineNotice(); consentCode(); ages(); confirmForms(); refreshDashboard(); printButton();
+    registerWorker(); offlineNotice(); consentCode(); ages(); confirmForms(); liveDashboard(); printButton();
   });
 })();
