@@ -50,7 +50,7 @@ def json_authority(home: Path) -> bytes:
 
 
 def test_qr_prints_the_token_and_a_code(org_home: Path) -> None:
-    out = _ok(run_mesh("invite", "--qr", home=org_home))
+    out = _ok(run_mesh("invite", "--qr", home=org_home, env={"COLUMNS": "200"}))
     lines = out.splitlines()
     assert lines[0].startswith("am1")
     assert len(lines) > 10 and any("█" in line or "▀" in line or "▄" in line for line in lines[1:])
@@ -75,3 +75,16 @@ def test_join_errors_are_one_line(org_home: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_mesh("join", fresh, home=org_home), "already")
     assert_one_line_error(run_mesh("invite", "--expires", "soon", home=org_home), "duration")
     assert_one_line_error(run_mesh("revoke", "not-a-node", home=org_home), "not a node id")
+
+
+def test_a_qr_too_wide_for_the_terminal_is_not_printed_and_a_file_is_offered(org_home: Path, tmp_path: Path) -> None:
+    narrow = run_mesh("invite", "--qr", home=org_home, env={"COLUMNS": "80"})
+    assert narrow.returncode == 0
+    lines = narrow.stdout.decode().splitlines()
+    assert all(len(line) <= 80 for line in lines[1:]), "a QR wider than the terminal was printed"
+    assert b"--qr-file" in narrow.stderr
+    png, svg = tmp_path / "invite.png", tmp_path / "invite.svg"
+    assert run_mesh("invite", "--qr-file", str(png), home=org_home).returncode == 0
+    assert run_mesh("invite", "--qr-file", str(svg), home=org_home).returncode == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()
+    assert_one_line_error(run_mesh("invite", "--qr-file", str(tmp_path / "x.gif"), home=org_home), ".svg or .png")

@@ -401,3 +401,16 @@ def test_status_text_has_a_release_and_a_media_progress_line(mesh) -> None:
     assert re.match(r"release: v\d \([a-z2-7]{12}\): (complete|\d+%|fetching its file list)", release), text
     media = next(line for line in text.splitlines() if line.startswith("media: "))
     assert " file(s) that belong here, " in media and " arriving; " in media, text
+
+
+def test_the_health_signal_carries_store_and_media_for_other_nodes_dashboards(mesh) -> None:
+    bearer = {"Authorization": f"Bearer {mesh['token']}"}
+
+    def report() -> dict | None:
+        health = json.loads(mesh["client"].request("GET", "/api/health", bearer)[2]).get("health")
+        return health if health and "store" in health else None
+
+    health = wait_until(report, 30, "a health report with the store")
+    assert health["store"]["bytes"] >= len(mesh["clip_bytes"])
+    status = json.loads(mesh["client"].request("GET", "/api/status", bearer)[2])
+    assert {k: health["media"][k] for k in ("wanted", "held")} == {k: status["media"][k] for k in ("wanted", "held")}

@@ -252,6 +252,9 @@ async def _run_agent(home, config: AgentConfig) -> None:
         nursery.start_soon(health_loop, agent, config)  # agent.core exists once run() started
         nursery.start_soon(outbox_loop, agent, config)  # returns at once without outbox_url
         nursery.start_soon(ingest_loop, agent, config)  # returns at once without [[ingest]] tables
+        from mesh.drivers.live import live_loop
+
+        nursery.start_soon(live_loop, agent, config)  # `mesh live start` / `relay` requests
         output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
         http_app, https_app = _web_apps(agent, config)
         if https_app is not None:

@@ -86,6 +86,7 @@ COMMANDS = {
     "unpin": "mesh.cli.tag_cmds:unpin",
     "tls": "mesh.cli.tls_cmds:tls",
     "hub": "mesh.cli.hub_cmds:hub",
+    "live": "mesh.cli.live_cmds:live",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -149,11 +150,13 @@ FLEET_USES_DEFAULT = 20  # boxes a fleet key admits when --fleet is given withou
 @click.option("--uses", type=click.IntRange(1, membership.FLEET_USES_MAX), default=None,
               help="How many distinct boxes the key admits (more than 1: a fleet key).")
 @click.option("--hint", "hints", multiple=True, help="Extra HOST:PORT where this mesh is reachable.")
-@click.option("--qr", is_flag=True, help="Also draw the token as a QR code in the terminal.")
+@click.option("--qr", is_flag=True, help="Also draw the token as a QR code in the terminal (if it fits).")
+@click.option("--qr-file", "qr_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the token's QR code to FILE (.svg or .png) to show or print it.")
 @click.option("--json", "as_json", is_flag=True, help="Print {token, role, name, uses, expires_at, hints, key_id}.")
 @pass_context
 def invite(ctx: Context, role: str, name: str | None, expires: str, fleet: bool, uses: int | None,
-           hints: tuple[str, ...], qr: bool, as_json: bool) -> None:
+           hints: tuple[str, ...], qr: bool, qr_file: Path | None, as_json: bool) -> None:
     """Print an expiring invite token: for one new node, or with --fleet a key for many boxes
     (bake it into their config as `enroll`; they join by themselves). `mesh invite revoke KEY`
     stops a fleet key."""
@@ -179,10 +182,41 @@ def invite(ctx: Context, role: str, name: str | None, expires: str, fleet: bool,
                            "key_id": parsed.key_id})
         return
     print(token)
+    if qr_file is not None:
+        _qr_to_file(token, qr_file)
     if qr:
-        import segno
+        _qr_to_terminal(token)
 
-        segno.make(token, error="L").terminal(compact=True)
+
+def _qr_to_file(token: str, path: Path) -> None:
+    import segno
+
+    kind = path.suffix.lower()
+    if kind not in (".svg", ".png"):
+        raise UsageError(f"--qr-file {path}: give a .svg or .png file name")
+    try:
+        segno.make(token, error="L").save(str(path), scale=8 if kind == ".png" else 4, border=4)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    output.stderr.print(f"QR code of the invite written to {path}", markup=False)
+
+
+def _qr_to_terminal(token: str) -> None:
+    """The QR in half blocks (one column a module) when the terminal is wide enough; otherwise
+    a line saying what to do instead, never a wrapped code no camera can read."""
+    import shutil
+
+    import segno
+
+    code = segno.make(token, error="L")
+    width = code.symbol_size(border=4)[0]
+    columns = shutil.get_terminal_size((80, 24)).columns
+    if width > columns:
+        output.stderr.print(f"note: the invite's QR code needs {width} columns and this terminal has {columns}: "
+                            "write it to a file with `--qr-file invite.png`, or let the box show a pairing code "
+                            "(`mesh up` on a fresh box, then `mesh admit CODE`)", markup=False)
+        return
+    code.terminal(compact=True)
 
 
 @invite.command(name="revoke")

@@ -1093,6 +1093,11 @@ class FileStore:
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (cid, reason))
 
+    def unpin(self, reason: str) -> int:
+        """Drop every pin given for `reason` (gc may then take what only they kept); how many."""
+        with self._transaction():
+            return self._db.execute("DELETE FROM pins WHERE reason = ?", (reason,)).rowcount
+
     def gc(self, roots: Iterable[str], unpinned: Iterable[str] = (), stored_before: float | None = None) -> GcReport:
         """Delete chunks that neither `roots` (files the caller keeps) nor pins need, and files
         left by interrupted writes. Pins of `unpinned` (files consent or retention took away)

@@ -261,6 +261,7 @@ def make_report(checks: list[dict], release: dict | None, drill: dict | None, no
 def _fit(report: dict) -> dict:
     if len(json.dumps(report)) <= REPORT_BYTES_MAX:
         return report
+    report.pop("media", None)  # before any check
     report["checks"] = [c if not c["ok"] else {**c, "detail": ""} for c in report["checks"]]
     while len(json.dumps(report)) > REPORT_BYTES_MAX and report["checks"]:
         report["checks"] = report["checks"][:-1]
@@ -283,7 +284,61 @@ def local_checks(home_path: Path, store, config: AgentConfig, sample: list[str])
     checks = [check_disk(home_path, health.disk_free_bytes_min), check_store_sample(store, sample)]
     checks += [check_static_peer(address, health.connect_timeout_s) for address in config.peers]
     checks += [run_probe(probe) for probe in health.probes]
+    checks += check_live_inputs(home_path)
     return checks
+
+
+def check_live_inputs(home_path: Path) -> list[dict]:
+    """Each camera input `mesh live start` configured here: live (segments arriving), waiting for
+    its push, failed (the reason), or, while no ingest holds it, probed (mesh.drivers.livesource)."""
+    from mesh.drivers.live import read_specs, read_status
+
+    checks = []
+    for name, spec in read_specs(home_path).items():
+        if spec.stopped:
+            continue
+        status = read_status(home_path, name) or {}
+        ours = status.get("started_at") == spec.started_at
+        state = status.get("state") if ours else None
+        if state == "live":
+            checks.append(result(f"camera:{name}", True, f"live from {spec.source}, {status.get('segments')} segment(s)"))
+        elif state == "failed":
+            checks.append(result(f"camera:{name}", False, f"{spec.source}: {status.get('error')}"))
+        elif spec.listen or state == "waiting":
+            checks.append(result(f"camera:{name}", True, f"waiting for the camera to push to {spec.source}", warn=True))
+        else:
+            checks.append(_probe_camera(name, spec))
+    return checks
+
+
+LIVE_LAG_SEGMENTS_MAX = 2  # an edge further behind the ingester than this is failing its viewers
+
+
+def check_live_streams(rows: list[dict]) -> list[dict]:
+    """Per live stream this node follows (what every node's health report, the dashboard and the
+    drill show): serving near the live edge, its lag and viewers; ended streams are left out."""
+    checks = []
+    for row in rows:
+        if row.get("state") != "live" or not row.get("allowed", True):
+            continue
+        lag, viewers = row.get("lag_segments"), row.get("viewers", 0)
+        if lag is None:
+            checks.append(result(f"live:{row['name']}", True, "no segment held yet", warn=True))
+            continue
+        latency = f", ~{row['latency_s']:.1f} s behind the camera" if row.get("latency_s") is not None else ""
+        detail = f"{lag} segment(s) behind the ingester{latency}, {viewers} viewer(s)"
+        checks.append(result(f"live:{row['name']}", lag <= LIVE_LAG_SEGMENTS_MAX, detail))
+    return checks
+
+
+def _probe_camera(name: str, spec) -> dict:
+    try:
+        from mesh.drivers.livesource import probe_source
+    except ImportError:  # PyAV is not installed
+        return result(f"camera:{name}", False, "PyAV (the `av` package) is not installed")
+    found = probe_source(spec.source, input_format=spec.input_format)
+    media = ", ".join(x for x in (found.get("video"), found.get("audio")) if x)
+    return result(f"camera:{name}", bool(found.get("ok")), f"{spec.source}: {found.get('detail')}" + (f" ({media})" if media else ""))
 
 
 def store_budget(config: AgentConfig, used_bytes: int, store_path: Path) -> int:
@@ -396,7 +451,16 @@ class _Runner:
         checks += self._session_checks()
         if drill is not None:
             self.last_drill = await self._drill(drill, checks, status_release)
-        return make_report(checks, _release_summary(status_release), self.last_drill, time.time())
+        report = make_report(checks, _release_summary(status_release), self.last_drill, time.time())
+        return _fit({**report, **self._holdings(core)})
+
+    def _holdings(self, core) -> dict:
+        """What the crew dashboard shows of a node it is not on: its store and media progress."""
+        chunks, stored = getattr(self.agent, "_usage", (0, 0))
+        media = core.status().get("media") or {}
+        keys = ("wanted", "held", "bytes", "fetching", "budget")
+        return {"store": {"chunks": chunks, "bytes": stored},
+                "media": {k: media.get(k) for k in keys} if media else None}
 
     def _session_checks(self) -> list[dict]:
         core, health = self.agent.core, self.config.health
@@ -406,7 +470,7 @@ class _Runner:
                  if node in connected and isinstance(report.get("time"), (int, float))}
         running, seen = _mdns_facts(self.agent)
         return [check_peers(len(connected), health.peers_min), check_mdns(self.config.mdns, running, seen),
-                check_clock(skews, health.clock_skew_s_max)]
+                check_clock(skews, health.clock_skew_s_max), *check_live_streams(self.agent.live_rows(core.live_status()))]
 
     async def _drill(self, drill: tuple[str, dict], checks: list[dict], release: dict | None) -> dict:
         import trio

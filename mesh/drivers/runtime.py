@@ -69,7 +69,8 @@ RECENT_EVENTS_MAX = 200  # events kept for the dashboard
 RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
     "agent.started", "peer.connected", "peer.disconnected", "peer.corrupt_chunk", "peer.revoked",
     "release.current", "release.complete", "release.invalid", "store.purged", "health.failed",
-    "health.recovered", "media.evicting",
+    "health.recovered", "media.evicting", "release.over_quota", "live.started", "live.failed", "live.recorded",
+    "live.relay",
 })
 USAGE_REPORT_BYTES_MIN = 1024 * 1024  # tell the core of a change in the store's size at least this large
 REFUSED_LOGGED_PER_S = 20  # strangers' failed handshakes logged a second at most (the rest counted)
@@ -423,6 +424,15 @@ class Agent:
         with trio.move_on_after(timeout_s):
             await self._stored.wait()
 
+    def hand_to_core(self, event: Event) -> None:
+        """Give the core an event from a driver on this thread (e.g. a signed live window)."""
+        if self.core is not None:
+            self._handle(event)
+
+    def emit_log(self, event_name: str, /, **fields: object) -> None:
+        """Log a structured event as the agent's own (drivers: live, relay)."""
+        self._emit_log(event_name, **fields)
+
     def request_fetch(self, cid: str) -> None:
         """A browser waits for this media file: the core fetches it first of all."""
         if self.core is not None:
@@ -692,10 +702,17 @@ class Agent:
             "outbox": self.outbox_status,
             "pending_boxes": sorted(self.pending_boxes.values(), key=lambda box: -box["seen"]),
             "loop": self.loopwatch.summary(),
+            "live": self.live_rows(doc.get("live") or []),
             "pid": os.getpid(),
             "updated_at": time.time(),
         })
         return doc
+
+    def live_rows(self, rows: list[dict]) -> list[dict]:
+        """The core's live streams with this node's viewers (players polling its playlist)."""
+        viewers = getattr(self, "live_viewers", None)
+        counts = viewers.counts(time.monotonic()) if viewers is not None else {}
+        return [{**row, "viewers": counts.get(row["name"], 0)} for row in rows]
 
     def _note_stall(self, stall: Stall) -> None:
         """A task step held the trio thread for `stall_log_ms` or more (rate-limited by LoopWatch)."""

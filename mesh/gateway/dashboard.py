@@ -77,7 +77,8 @@ def node_rows(view, status: dict, rates: Rates, now: float) -> list[dict]:
             peer = peers.get(row["node_id"])
             found = rates.rate(row["node_id"], now, peer.get("bytes_in", 0), peer.get("bytes_out", 0)) if peer else None
             row["rates"] = _rates(found)
-            row["store"] = (row.get("health") or {}).get("store") or row.get("store")  # if its signal carries it
+            row["store"] = (row.get("health") or {}).get("store") or row.get("store")  # its health signal carries it
+            row["media"] = (row.get("health") or {}).get("media")
         row["disk"] = _disk(row.get("health"))
         row["failing"] = [c.get("name", "?") for c in (row.get("health") or {}).get("checks", []) if not c.get("ok", True)]
         row["badge"] = badge(row)
