@@ -160,3 +160,30 @@ def test_a_phone_browser_plays_the_edge_page_and_is_told_when_a_stream_is_not_li
     finally:
         camera.kill()
         camera.wait()
+
+
+def test_an_edge_relays_the_stream_and_reconnects_when_the_endpoint_restarts(stage_and_edges) -> None:
+    from mesh.testing.livestream import RtmpSink
+
+    nodes, ports = stage_and_edges
+    rtmp = f"rtmp://127.0.0.1:{free_port()}/live/stage"
+    nodes["stage"].cli("live", "start", "main-stage", "--listen", rtmp, "--segment-s", str(SEGMENT_S))
+    camera = spawn_test_stream(rtmp, STREAM_S, keyframe_interval_s=SEGMENT_S)
+    uplink = f"rtmp://127.0.0.1:{free_port()}/live/out"
+    sink = RtmpSink(uplink).start()
+    try:
+        wait_until(lambda: len(playlist(ports["edge1"])) >= 2, 40, "edge1 to serve live segments")
+        nodes["edge1"].cli("live", "relay", "main-stage", uplink)
+        assert sink.wait_video_packets(25, 30), "the relay sent no video"
+        assert "h264" in sink.codecs
+        sink.close()  # the endpoint goes away ...
+        time.sleep(2)
+        sink = RtmpSink(uplink).start()  # ... and comes back
+        assert sink.wait_video_packets(25, 40), "the relay did not reconnect"
+        status = json.loads((nodes["edge1"].home / "live" / "main-stage.relay.status.json").read_text())
+        assert status["state"] == "live" and status["url"] == uplink
+        nodes["edge1"].cli("live", "relay", "main-stage", "--off")
+    finally:
+        sink.close()
+        camera.kill()
+        camera.wait()

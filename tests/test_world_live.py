@@ -172,11 +172,11 @@ def test_a_window_from_a_stranger_or_a_tampered_one_is_refused() -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=64),
        st.integers(0, 2**40), st.lists(st.integers(0, 10_000), max_size=6), st.booleans(),
-       st.integers(0, 200))
-def test_windows_round_trip_and_any_changed_byte_is_refused(stream, seq, durations, ended, flip) -> None:
+       st.integers(0, 200), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_windows_round_trip_and_any_changed_byte_is_refused(stream, seq, durations, ended, flip, cuts) -> None:
     key = Ed25519PrivateKey.generate()
     node = node_id_from_public_key(public_key_bytes(key))
-    segments = [LiveSegment(i, str(_add_file({}, bytes([i]) * 100)[0]), ms) for i, ms in enumerate(durations)]
+    segments = [LiveSegment(i, str(_add_file({}, bytes([i]) * 100)[0]), ms, cuts[i]) for i, ms in enumerate(durations)]
     blob = sign_window(key, "mesh-x", node, stream, seq, 1.5, 2000, segments, ended=ended, tags=("a",))
     window = open_window(blob, "mesh-x")
     assert (window.stream, window.node, window.seq, window.segments, window.ended) == (
@@ -188,3 +188,18 @@ def test_windows_round_trip_and_any_changed_byte_is_refused(stream, seq, duratio
     except CredentialError:
         return
     assert again == window  # only a flip CBOR ignores could pass (none should, but never a changed window)
+
+
+def test_the_playlist_marks_a_new_camera_connection_and_the_end() -> None:
+    from mesh.gateway.hls import playlist_text
+
+    key = Ed25519PrivateKey.generate()
+    node = node_id_from_public_key(public_key_bytes(key))
+    cids = [str(_add_file({}, bytes([i]) * 100)[0]) for i in range(3)]
+    segments = [LiveSegment(10, cids[0], 2000), LiveSegment(11, cids[1], 2000, True), LiveSegment(12, cids[2], 1500)]
+    window = open_window(sign_window(key, "m", node, "cam", 1, 1.0, 2000, segments, ended=True), "m")
+    text = playlist_text("cam", window, list(window.segments))
+    assert text.splitlines() == [
+        "#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:10",
+        "#EXTINF:2.000,", "/live/cam/10.ts", "#EXT-X-DISCONTINUITY", "#EXTINF:2.000,", "/live/cam/11.ts",
+        "#EXTINF:1.500,", "/live/cam/12.ts", "#EXT-X-ENDLIST"]

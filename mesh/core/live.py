@@ -54,6 +54,7 @@ class LiveSegment:
     number: int  # the segment's number in its stream (monotonic)
     cid: str  # the segment file's CID
     duration_ms: int  # its media duration
+    discontinuity: bool = False  # a new camera connection starts here (the player resets its decoder)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def sign_window(key, mesh_id: str, node_id: str, stream: str, seq: int, at: floa
     body = {"kind": "live-window", "mesh": mesh_id, "stream": check_stream_name(stream), "node": node_id,
             "seq": seq, "at": at, "segment_ms": segment_ms, "ended": ended, "tags": list(tags), "scope": scope,
             "subject": subject,
-            "segments": [[s.number, s.cid, s.duration_ms] for s in segments[-LIVE_WINDOW_SEGMENTS:]]}
+            "segments": [[s.number, s.cid, s.duration_ms, *([1] if s.discontinuity else [])]
+                         for s in segments[-LIVE_WINDOW_SEGMENTS:]]}
     body_bytes = cbor2.dumps(body, canonical=True)
     return cbor2.dumps([body_bytes, key.sign(_PREFIX + body_bytes)], canonical=True)
 
@@ -119,7 +121,8 @@ def open_window(blob: bytes, mesh_id: str) -> LiveWindow:
 
 def _window_from(body: dict, blob: bytes) -> LiveWindow:
     try:
-        segments = tuple(LiveSegment(int(n), str(Cid.parse(c)), int(ms)) for n, c, ms in body["segments"])
+        segments = tuple(LiveSegment(int(n), str(Cid.parse(c)), int(ms), bool(rest and rest[0]))
+                         for n, c, ms, *rest in body["segments"])
         window = LiveWindow(check_stream_name(body["stream"]), str(body["node"]), int(body["seq"]), float(body["at"]),
                             int(body["segment_ms"]), segments, bool(body["ended"]),
                             tuple(str(t) for t in body["tags"]), str(body["scope"]),

@@ -111,7 +111,7 @@ def read_status(home_path: Path, name: str) -> dict | None:
 def _write_status(home_path: Path, name: str, doc: dict) -> None:
     folder = live_dir(home_path)
     folder.mkdir(exist_ok=True)
-    write_atomic(folder / f"{name}.status.json", json.dumps(doc, indent=2).encode())
+    write_atomic(folder / f"{name}.status.json", json.dumps(doc, indent=2).encode(), 0o600)
 
 
 def relay_target(home_path: Path, name: str) -> str | None:
@@ -128,7 +128,7 @@ def write_relay(home_path: Path, name: str, url: str | None) -> None:
     if url is None:
         path.unlink(missing_ok=True)
     else:
-        write_atomic(path, json.dumps({"url": url}).encode())
+        write_atomic(path, json.dumps({"url": url}).encode(), 0o600)  # the URL holds the stream key
 
 
 # ---- ingest -----------------------------------------------------------------------------------
@@ -211,7 +211,8 @@ class LiveIngest:
         def on_segment(segment) -> None:
             cid = self._store_segment(store, spec.name, segment.data)
             number = ingest.first_number + len(ingest.segments)
-            made = LiveSegment(number, cid, int(round(segment.duration_s * 1000)))
+            made = LiveSegment(number, cid, int(round(segment.duration_s * 1000)),
+                               bool(getattr(segment, "discontinuity", False)) and bool(ingest.segments))
             trio.from_thread.run_sync(self._segment_stored, ingest, made, len(segment.data), trio_token=token)
 
         run_segmenter(spec.source, on_segment, ingest.stop, segment_s=spec.segment_s, listen=spec.listen,

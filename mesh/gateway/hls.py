@@ -56,7 +56,9 @@ def playlist_text(name: str, window, segments) -> str:
     target = max([window.segment_ms, *(s.duration_ms for s in segments)]) / 1000
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{math.ceil(target)}",
              f"#EXT-X-MEDIA-SEQUENCE:{segments[0].number if segments else 0}"]
-    for segment in segments:
+    for index, segment in enumerate(segments):
+        if segment.discontinuity and index:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines += [f"#EXTINF:{segment.duration_ms / 1000:.3f},", f"/live/{name}/{segment.number}.ts"]
     if window.ended:
         lines.append("#EXT-X-ENDLIST")
