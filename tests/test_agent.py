@@ -48,6 +48,11 @@ def test_static_peers_converge_and_tag_changes_reach_everyone(tmp_path: Path) ->
         for node in nodes:
             wait_until(lambda n=node: n.tags_of(cid) == {"merch", "stage-a"}, CONVERGE_S, "tag change everywhere")
         wait_until(lambda: _same_heads(nodes), CONVERGE_S, "identical heads")
+        # peer exchange makes nodes dial each other at once: that race is settled quietly (debug)
+        for node in nodes:
+            noisy = [line for line in node.log().splitlines() if " INFO " in line
+                     and ("peer.refused" in line or "duplicate session" in line)]
+            assert noisy == [], noisy
     finally:
         stop_all(nodes)
 
@@ -107,6 +112,11 @@ def test_reused_invite_token_is_refused(tmp_path: Path) -> None:
         second.start("--no-mdns", "--peer", org.address)
         wait_until(lambda: "invite already used" in org.log(), CONVERGE_S, "second use refused")
         assert second.node_id not in org.peers()
+        # the refused box's operator is told why, in status and in its health checks
+        wait_until(lambda: second.json("status").get("refused_by"), CONVERGE_S, "the refusal in status")
+        refusal = second.json("status")["refused_by"][0]
+        assert refusal["addr"] == org.address and "invite already used" in refusal["reason"]
+        assert f"refused by {org.address}: " in second.cli("status").stdout.decode()
     finally:
         stop_all([org, first, second])
 

@@ -428,6 +428,8 @@ def status(ctx: Context, as_json: bool) -> None:
         budget = f" of a {media['budget']:,}-byte budget" if media.get("budget") else ""
         output.stdout.print(f"media: {media['held']} of {media['wanted']} file(s) that belong here, "
                             f"{media['fetching']} arriving; {media['bytes']:,} bytes of media{budget}", markup=False)
+    for refusal in doc.get("refused_by") or []:
+        output.stdout.print(f"refused by {refusal['addr']}: {refusal['reason']}", markup=False)
     outbox = doc.get("outbox")
     if outbox:
         error = f", last error: {outbox['last_error']}" if outbox.get("last_error") else ""

@@ -311,6 +311,19 @@ def check_live_inputs(home_path: Path) -> list[dict]:
     return checks
 
 
+REFUSAL_RECENT_S = 600.0  # a member's refusal of our credential this recent fails the check
+
+
+def check_refusals(refusals: dict, now: float | None = None) -> list[dict]:
+    """Members that refused this node's credential lately, and why (the operator's next step)."""
+    now = time.time() if now is None else now
+    recent = [r for r in refusals.values() if now - r["at"] <= REFUSAL_RECENT_S]
+    if not recent:
+        return []
+    detail = "; ".join(f"{r['addr']}: {r['reason']}" for r in recent[:4])
+    return [result("admitted", False, f"refused by {len(recent)} peer(s): {detail}")]
+
+
 LIVE_LAG_SEGMENTS_MAX = 2  # an edge further behind the ingester than this is failing its viewers
 
 
@@ -470,7 +483,8 @@ class _Runner:
                  if node in connected and isinstance(report.get("time"), (int, float))}
         running, seen = _mdns_facts(self.agent)
         return [check_peers(len(connected), health.peers_min), check_mdns(self.config.mdns, running, seen),
-                check_clock(skews, health.clock_skew_s_max), *check_live_streams(self.agent.live_rows(core.live_status()))]
+                check_clock(skews, health.clock_skew_s_max), *check_refusals(getattr(self.agent, "refusals", {})),
+                *check_live_streams(self.agent.live_rows(core.live_status()))]
 
     async def _drill(self, drill: tuple[str, dict], checks: list[dict], release: dict | None) -> dict:
         import trio

@@ -35,7 +35,7 @@ from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limi
 from mesh.drivers.discovery import discovery_for
 from mesh.drivers.fairshare import FairShare
 from mesh.drivers.hubhome import HubHome, HubMesh
-from mesh.drivers.runtime import Acceptor, Agent
+from mesh.drivers.runtime import Acceptor, Agent, _routine
 
 log = logging.getLogger("mesh.hub")
 
@@ -221,4 +221,5 @@ async def _health(agent: Agent) -> None:
 
 def _emit(event_name: str, /, **fields: object) -> None:
     text = " ".join(f"{k}={v}" for k, v in fields.items())
-    log.info("%s %s", event_name, text, extra={"event": event_name, "fields": fields})
+    level = logging.DEBUG if _routine(event_name, fields) else logging.INFO
+    log.log(level, "%s %s", event_name, text, extra={"event": event_name, "fields": fields})

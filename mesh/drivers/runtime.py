@@ -74,6 +74,7 @@ RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
 })
 USAGE_REPORT_BYTES_MIN = 1024 * 1024  # tell the core of a change in the store's size at least this large
 REFUSED_LOGGED_PER_S = 20  # strangers' failed handshakes logged a second at most (the rest counted)
+REFUSALS_MAX = 16  # addresses whose refusal of our credential status remembers
 PENDING_BOXES_MAX = 64  # boxes waiting to be admitted that the Pending list shows at once
 
 
@@ -137,6 +138,7 @@ class Agent:
         self._poll_send, self._poll_due = trio.open_memory_channel[None](1)  # see _state_reader
         self.tls = TlsWatch()  # what HTTPS serves, as the core last said (mesh.drivers.tls)
         self.loopwatch = LoopWatch(on_stall=self._note_stall)  # the trio thread's longest steps
+        self.refusals: dict[str, dict] = {}  # address -> why a member refused our credential (latest)
         self.upload_share = None  # a hub's FairShare of the uplink between its meshes; None: all ours
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -539,6 +541,7 @@ class Agent:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             self._emit_log("peer.refused", addr=_fmt(address), reason=_reason(exc))
+            self._note_refusal(address, exc)
             await self._events_send.send(DialFailed(address, _reason(exc)))
             return
         try:
@@ -546,6 +549,19 @@ class Agent:
         finally:
             with trio.CancelScope(shield=True):
                 await secure.aclose()
+
+    def _note_refusal(self, address: Address, exc: BaseException) -> None:
+        """A member that refused our credential said why ("invite already used", "node revoked"):
+        kept for `mesh status` and the health checks (at most REFUSALS_MAX addresses)."""
+        text = _reason(exc)
+        marker = "the peer refused us:"
+        if marker not in text:
+            return
+        text = text[text.index(marker):]
+        if len(self.refusals) >= REFUSALS_MAX and _fmt(address) not in self.refusals:
+            self.refusals.pop(next(iter(self.refusals)))
+        self.refusals[_fmt(address)] = {"addr": _fmt(address), "reason": text.split(":", 1)[1].strip(),
+                                        "at": time.time()}
 
     async def _run_connection(self, secure, chain: bytes, remote: Address | None, outbound: bool) -> None:
         conn_id = next(self._conn_ids)
@@ -702,6 +718,7 @@ class Agent:
             "outbox": self.outbox_status,
             "pending_boxes": sorted(self.pending_boxes.values(), key=lambda box: -box["seen"]),
             "loop": self.loopwatch.summary(),
+            "refused_by": sorted(self.refusals.values(), key=lambda r: -r["at"]),
             "live": self.live_rows(doc.get("live") or []),
             "pid": os.getpid(),
             "updated_at": time.time(),
@@ -796,7 +813,18 @@ class Agent:
         if event_name in RECENT_EVENT_NAMES:
             self.recent_events.append({"time": time.time(), "event": event_name, **fields})
         text = " ".join(f"{k}={v}" for k, v in fields.items())
-        log.info("%s %s", event_name, text, extra={"event": event_name, "fields": fields})
+        level = logging.DEBUG if _routine(event_name, fields) else logging.INFO
+        log.log(level, "%s %s", event_name, text, extra={"event": event_name, "fields": fields})
+
+
+def _routine(event_name: str, fields: dict) -> bool:
+    """Lines every healthy connection makes, logged at debug: two nodes that dial each other at
+    once keep one session ("duplicate session"), and the other dial's handshake ends when its
+    peer hangs up on it (a stranger that connects and leaves reads the same; it is counted)."""
+    reason = str(fields.get("reason", ""))
+    if event_name in ("peer.closing", "peer.disconnected") and reason == "duplicate session":
+        return True
+    return event_name == "peer.refused" and reason.endswith("the peer closed the connection")
 
 
 class Acceptor:
