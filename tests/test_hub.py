@@ -152,7 +152,8 @@ def test_adopt_moves_a_single_mesh_home_in_without_fetching_again(tmp_path: Path
     hub.start("--no-mdns", "--http", f"127.0.0.1:{http_port}")
     try:
         wait_http(http_port)
-        assert release_done(Node(hub.mesh_home(adopted["mesh_id"])), release)
+        wait_until(lambda: release_done(Node(hub.mesh_home(adopted["mesh_id"])), release), 20,
+                   "the adopted release complete from its own store")
         for name, data in files.items():
             assert http_get(http_port, f"/release/current/{name}", "adopt.example")[1] == data
     finally:

@@ -180,8 +180,9 @@ def test_an_edge_relays_the_stream_and_reconnects_when_the_endpoint_restarts(sta
         time.sleep(2)
         sink = RtmpSink(uplink).start()  # ... and comes back
         assert sink.wait_video_packets(25, 40), "the relay did not reconnect"
-        status = json.loads((nodes["edge1"].home / "live" / "main-stage.relay.status.json").read_text())
-        assert status["state"] == "live" and status["url"] == uplink
+        status_file = nodes["edge1"].home / "live" / "main-stage.relay.status.json"
+        wait_until(lambda: json.loads(status_file.read_text())["state"] == "live", 20, "the relay to report live")
+        assert json.loads(status_file.read_text())["url"] == uplink
         nodes["edge1"].cli("live", "relay", "main-stage", "--off")
     finally:
         sink.close()
