@@ -1,4 +1,4 @@
-"""`python -m simulations venue|coop|gossip|churn|partition|report [options] [--json PATH]`."""
+"""`python -m simulations venue|coop|coop-multi|gossip|churn|partition|report [options] [--json PATH]`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     coop.add_argument("--ratio-max", type=float)
     coop.add_argument("--no-medium-hint", dest="medium_hint", action="store_false",
                       help="stations do not know (nor say) they are on Wi-Fi")
+    multi = scenario("coop-multi", "several creators' meshes sharing hub boxes over a WAN")
+    multi.add_argument("--meshes", type=int, default=3)
+    multi.add_argument("--hubs", type=int, default=2)
+    multi.add_argument("--nodes-per-site", type=int, default=4, help="edges of each mesh at each hub's venue")
+    multi.add_argument("--release-mb", type=float, default=8, help="each creator's release")
+    multi.add_argument("--wan-mbit", type=float, default=20)
+    multi.add_argument("--wifi-mbit", type=float, default=200)
+    multi.add_argument("--wan-latency-ms", type=float, default=20)
+    multi.add_argument("--wan-loss", type=float, default=0.001)
+    multi.add_argument("--degree", type=int, default=3)
+    multi.add_argument("--files", type=int, default=1)
+    multi.add_argument("--ratio-max", type=float, help="fail if the last completion exceeds this x the shared bound")
+    multi.add_argument("--no-medium-hint", dest="medium_hint", action="store_false",
+                       help="stations do not know (nor say) they are on Wi-Fi")
     gossip = scenario("gossip", "one state change through a sparse mesh")
     gossip.add_argument("--nodes", type=int, default=1000)
     gossip.add_argument("--degree", type=int, default=4, help="random peers each node discovers")

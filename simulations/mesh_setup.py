@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mesh.config import CoreLimits
 from mesh.state.document import MeshState, actor_id
 from mesh.state.membership import InviteLedger, verify_chain
-from mesh.testing.identities import MemberIdentity
+from mesh.testing.identities import MemberIdentity, TestMesh
 from mesh.testing.sim import ContentPool, SeedDocument, SimNetwork, World
 
 LATENCY_S = 0.002  # one-way latency on a venue LAN
@@ -32,6 +32,7 @@ class Placement:
     medium: str | None = None  # Wi-Fi access point it is a station of
     site: str | None = None  # its site (venue) for WAN scenarios
     public: bool = True  # reachable from other sites
+    host: str | None = None  # runs on this (earlier placed) node's machine: a hub's core for another mesh
 
 
 def new_world(seed: int, latency_s: float = LATENCY_S, limits: CoreLimits = SIM_LIMITS) -> World:
@@ -39,22 +40,25 @@ def new_world(seed: int, latency_s: float = LATENCY_S, limits: CoreLimits = SIM_
     return World(seed, limits=limits, network=network, pool=ContentPool())
 
 
-def identities(world: World, placements: list[Placement]) -> dict[str, MemberIdentity]:
-    """The founder for "seed" (or the first organizer), invited members for the rest."""
+def identities(world: World, placements: list[Placement], mesh: TestMesh | None = None) -> dict[str, MemberIdentity]:
+    """The founder for "seed" (or the first organizer), invited members for the rest (of the
+    world's mesh, or of `mesh`)."""
+    mesh = mesh or world.mesh
     found: dict[str, MemberIdentity] = {}
     for place in placements:
         if place.name == "seed" or (not found and place.role == "organizer"):
-            found[place.name] = world.mesh.founder
+            found[place.name] = mesh.founder
         else:
-            found[place.name] = world.mesh.add_member(place.name, place.role, world.now)
+            found[place.name] = mesh.add_member(place.name, place.role, world.now)
     return found
 
 
-def shared_document(world: World, people: dict[str, MemberIdentity]) -> SeedDocument:
+def shared_document(world: World, people: dict[str, MemberIdentity], mesh: TestMesh | None = None) -> SeedDocument:
     """A document listing every member and its invite use, as after everyone met once."""
-    state = MeshState(actor_id(world.mesh.founder.node_id, random.Random(f"{world.seed}/doc").randbytes(8)))
+    mesh = mesh or world.mesh
+    state = MeshState(actor_id(mesh.founder.node_id, random.Random(f"{world.seed}/doc").randbytes(8)))
     ledger = InviteLedger()
-    authority = world.mesh.authority_public_key
+    authority = mesh.authority_public_key
 
     def body(s: MeshState) -> None:
         for identity in people.values():
@@ -67,15 +71,16 @@ def shared_document(world: World, people: dict[str, MemberIdentity]) -> SeedDocu
     return SeedDocument.of(state)
 
 
-def populate(world: World, placements: list[Placement]) -> None:
-    """Add every placed node, all holding the shared document."""
-    people = identities(world, placements)
-    document = shared_document(world, people)
+def populate(world: World, placements: list[Placement], mesh: TestMesh | None = None) -> None:
+    """Add every placed node, all holding the shared document (of the world's mesh, or `mesh`'s)."""
+    people = identities(world, placements, mesh)
+    document = shared_document(world, people, mesh)
     for place in placements:
         world.add_node(place.name, place.role, identity=people[place.name],
                        upload_bytes_per_s=place.upload_bytes_per_s,
                        download_bytes_per_s=place.download_bytes_per_s,
-                       medium=place.medium, site=place.site, public=place.public, document=document)
+                       medium=place.medium, site=place.site, public=place.public, document=document,
+                       host=place.host)
 
 
 def discover_edges(world: World, edges: dict[str, list[str]]) -> None:

@@ -24,12 +24,14 @@ def standard_set(seed: int, quick: bool) -> dict[str, dict]:
         return {
             "venue": dict(seed=seed, nodes=8, release_mb=8),
             "coop": dict(seed=seed, hubs=3, nodes_per_hub=4, release_mb=4),
+            "coop-multi": dict(seed=seed, meshes=3, hubs=2, nodes_per_site=2, release_mb=2),
             "churn": dict(seed=seed, nodes=20, release_mb=4),
             "partition": dict(seed=seed, nodes=16, release_mb=4, heal_after=60),
         }
     return {
         "venue": dict(seed=seed, nodes=20, release_mb=64),
         "coop": dict(seed=seed, hubs=6, nodes_per_hub=8, release_mb=16),
+        "coop-multi": dict(seed=seed, meshes=3, hubs=2, nodes_per_site=4, release_mb=8),
         "churn": dict(seed=seed, nodes=60, release_mb=8),
         "partition": dict(seed=seed, nodes=40, release_mb=8, heal_after=120),
     }
@@ -115,12 +117,39 @@ def _row(name: str, result: dict, wall: float) -> str:
             f"{d['duplicate_chunk_deliveries']} | {result['sim']['busy_ticks']} | {wall:.0f} |")
 
 
+def _multi_lines(result: dict) -> list[str]:
+    """coop-multi: each mesh against its bound alone on the boxes and against the shared bound."""
+    p, iso = result["params"], result["isolation"]
+    lines = ["## coop-multi: three creators' meshes on two hub boxes", "",
+             f"{p['meshes']} meshes publish {p['release_mb']:.0f} MiB each at once; {p['hubs']} hub boxes (one host, one "
+             f"{p['wan_mbit']:.0f} Mbit WAN link and one access point each, a core per mesh) front venues with "
+             f"{p['nodes_per_site']} edges of every mesh. \"alone\" is the mesh's bound as if it had the boxes to itself; "
+             "\"shared\" is the bound of all releases together (each box's WAN downlink carries every release).", "",
+             "| mesh | receivers | completion p50 / p90 / max (s) | bound alone (s) | ratio alone | shared bound (s) | ratio shared |",
+             "|---|---|---|---|---|---|---|"]
+    shared = result["distribution"]["bound"]["bound_s"]
+    for name, m in result["meshes"].items():
+        c = m["completion_s"]
+        lines.append(f"| {name} | {m['receivers']} | {c['p50']:.1f} / {c['p90']:.1f} / {c['max']:.1f} | "
+                     f"{m['bound']['bound_s']:.1f} | {m['ratio_to_bound']:.2f} | {shared:.1f} | {m['ratio_to_shared_bound']:.2f} |")
+    box = result["hub_box"]
+    lines += ["", f"Isolation: {iso['cross_mesh_deliveries']} deliveries crossed meshes, of {iso['bytes_checked']:,} bytes "
+              f"delivered to {iso['nodes_checked']} nodes (checked as they arrived, by the simulator's own record of "
+              "each node's mesh); every store holds only its own mesh's blocks and every replica only its own "
+              f"members and releases. A box's WAN downlink carried {box['wan_down_bytes_per_sum_F']:.2f} x the sum of the "
+              "releases.", ""]
+    return lines
+
+
 def _markdown(results: dict[str, dict], gossip: list[dict], walls: dict[str, float], seed: int) -> str:
     lines = [DOC_HEAD.format(seed=seed), "", "## Distribution runs (this report's standard set)", "",
              "| scenario | receivers | F | completion p50 / p90 / max (s) | bound (s) | ratio | seed share | "
              "dup. chunks | busy ticks | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(n, r, walls[n]) for n, r in results.items()]
-    lines += ["", "Parameters of each run are in `docs/simulations/NAME.json` (the same figures as `--json`).", "",
+    lines += ["", "Parameters of each run are in `docs/simulations/NAME.json` (the same figures as `--json`).", ""]
+    if "coop-multi" in results:
+        lines += _multi_lines(results["coop-multi"])
+    lines += [
               "![completion CDF](simulations/completion_cdf.png)", "", "![upload share](simulations/upload_share.png)",
               "", "## Gossip of one state change", "",
               "| nodes | sessions/node | rounds | eccentricity | log2 N + ln N | ratio | time (s) | duplicates | wall (s) |",
@@ -144,6 +173,7 @@ model, in virtual time. There is no separate model of the protocol. Each scenari
 ```
 python -m simulations venue     --nodes 40 --release-mb 512 --wifi-mbit 200 --seed 7
 python -m simulations coop      --hubs 20 --nodes-per-hub 25 --wan-mbit 20 --seed 7
+python -m simulations coop-multi --meshes 3 --hubs 2 --nodes-per-site 4 --release-mb 8 --seed 7
 python -m simulations gossip    --nodes 1000 --seed 7
 python -m simulations churn     --nodes 200 --leave-rate 0.3 --seed 7
 python -m simulations partition --nodes 100 --split 0.5 --heal-after 600 --seed 7
@@ -164,9 +194,17 @@ Add `--json PATH` for the figures as JSON (same seed, same bytes). A failing run
   its `[topology]` hint says) and tells its peers in its Hello (`medium-shared/1`); no node is told
   which peers share its access point, nor the airtime. `--no-medium-hint` runs with stations that
   know nothing of their link.
+- **Serving**, as `mesh.drivers.runtime` does it: each connection has one writer; a chunk the core
+  asks it to serve (`ServeChunk`) waits in that connection's queue behind the chunk being sent,
+  while other messages go ahead of queued chunks. A chunk's job ends (`ChunkServed`, then the next
+  job) once its last byte is through the path's bottleneck (a WAN link, the air), as `send_all`
+  returns once a full socket buffer has drained; `CancelServe` skips a job not yet started.
 - **WAN sites**: each co-op hub and its venue form a site behind a WAN link (up/down capacity,
   latency, loss). Venue nodes are behind NAT: only hubs are reachable from other sites, so venues
   reach each other only through hubs (static peers).
+- **Hub boxes with several meshes**: one host (address, links, access point, site) runs one core
+  per mesh; a dial to its address reaches the dialer's mesh's core, and a dialer of a mesh the box
+  does not serve fails the handshake, as at the real hub's one listener.
 - **Partitions** break the connections that cross them; dials across fail after a timeout. At the
   heal, mDNS announcements are replayed (a real mDNS responder re-announces; addresses forgotten
   after repeated failed dials come back that way).
@@ -179,7 +217,11 @@ No store holds a block whose bytes do not hash to its CID; every core's queues a
 their named limits (sessions, address book, receive buffers, state-sync reassembly, untaken
 actions); after a heal every live replica has identical Automerge heads; no consent revoke is
 undone (a (subject, scope) that reads granted must have a grant that had seen every revoke present,
-judged from the simulator's own record of what each writer had seen). With `--ratio-max X` a run
+judged from the simulator's own record of what each writer had seen). In coop-multi the first byte
+delivered from a node of one mesh to a node of another fails the run (who is in which mesh is the
+simulator's own record, not what the bytes claim), and at the end every connection joined two
+nodes of one mesh, every store holds only its own mesh's blocks, and every replica lists only its
+own mesh's members and releases. With `--ratio-max X` a run
 also fails once it is past X times its distribution lower bound (a scheduler that only asks the
 seed fails this way; see tests/test_simulations.py).
 
@@ -224,9 +266,33 @@ DOC_TAIL = """## Reading the figures
   them what it is also sending to another station instead of declining (`ChunkBusy`): seed share 1,
   the air carries each byte once. Without the hint (`--no-medium-hint`) the seed avoidance that is
   right on a switched LAN sends most chunks station to station: ratio 1.98, as before the hint.
-- **coop ratio about 2** in this small set (6 hubs of 8): the bound's largest term is F/wan, and
-  releases reach hubs over chains of 20 Mbit WAN links; inside a site stations take what their
-  wired hub holds (the full-size command, 20 hubs of 25, went from 1.87 to 1.13 with the hint).
+- **coop ratio 1.40** in this small set (6 hubs of 8, 16 MiB; it was 2.09). Three causes:
+  1. The simulator's serving model (a simulator bug): it reported `ChunkServed` once the hub's
+     own uplink (unlimited) had taken the bytes, while they still waited seconds in the 20 Mbit
+     WAN pipe, and `CancelServe` did nothing. The seed never looked busy, so it never declined
+     (`ChunkBusy`) and sent the release 1.94 times over its WAN link. With the driver's serve
+     queue (above) it sends 1.13 F: ratio 1.88.
+  2. Two scheduler bugs the honest model showed. A wired seed's copy to a station of its own
+     venue counted as "someone else will announce it", so remote hubs were declined for chunks
+     only a station behind the venue's NAT was getting (1.78 once fixed: such a copy no longer
+     makes wired askers wait). And a venue's edges that asked their hub for the release's file
+     manifest an instant before the hub had it were told "missing" and did not ask again for
+     `lacked_retry_s`: five seconds of idle air at every venue. A peer that announces chunks of
+     a root now counts as holding its manifests.
+  3. Pipelines started 4 deep: a lone seed shared by N hubs held 4N requests, and a hub's
+     in-flight budget sat in that queue while the other hubs' uplinks idled (one hub finished 3 s
+     after the rest). They start 2 deep now (`depth_start`) and grow per on-time delivery: 1.40.
+  What is left is the tail: the seed's last chunks reach one hub, which relays each to the
+  other hubs one after another (requests queued at it stay there when a second holder appears),
+  and a venue's air then carries the last chunk to its 8 stations (0.35 s). The bound ignores
+  both. The full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not
+  the WAN: p50 / p90 / max went from 71.7 / 73.8 / 76.1 s to 69.2 / 70.4 / 78.6 s (ratio 1.13 to
+  1.17). With pipelines still 4 deep the new model ends at 77.8 s (p90 73.4 s): the honest
+  serving costs the last node about 1.8 s there, and the shallower start 0.7 s more while it
+  gains 3 s at p90.
+- **coop-multi**: three meshes publish at once through two hub boxes. Each box's WAN downlink has
+  to carry all three releases, so a mesh's own bound (as if alone on the boxes) is a third of the
+  shared one; the ratio that measures the scheduler is the one to the shared bound.
 
 ## Speed of the full-size commands (2-core machine, nothing else running)
 
@@ -234,9 +300,12 @@ DOC_TAIL = """## Reading the figures
 |---|---|---|---|---|
 | `venue --nodes 40 --release-mb 512 --wifi-mbit 200 --seed 7` | **78 s** | 550,000 | 840 s | all 39 complete, ratio 1.00, 0 duplicate chunks of 19,968 |
 | the same command before the medium hint (`--no-medium-hint` matches it at 20 nodes) | 77 s | 673,000 | 1,660 s | all 39 complete, ratio 1.98, 133 duplicate chunks |
+| `coop --hubs 20 --nodes-per-hub 25 --wan-mbit 20 --seed 7` (2026-12-06, serve queue) | 347 s | 399,000 | 81 s | all 519 complete, ratio 1.17 (p90 1.05), 23 duplicate chunks |
+| the same command before the serve queue (same day, same machine) | 271 s | 404,000 | 79 s | all 519 complete, ratio 1.13 (p90 1.10), 76 duplicate chunks |
 | `gossip --nodes 1000 --seed 7` | **66 s** | 66,630 | | 5 rounds vs log2 N + ln N = 16.9 |
 
-The first two rows measured 2026-12-03 with another engineer's tests sharing the machine: stations
+The two coop rows ran on 2026-12-06 with other runs sharing the machine (the first alongside
+tests, so its wall time is not comparable). The first two venue rows measured 2026-12-03 with another engineer's tests sharing the machine: stations
 that say they are on Wi-Fi take every chunk from the wired seed, so the air carries 21.0 GB instead
 of 41.5 GB and the run takes half the virtual time. The notes below are from 2026-11-26 (session 4).
 

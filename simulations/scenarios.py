@@ -31,9 +31,10 @@ SUBJECT_SCOPE = "photo"
 # ---- shared pieces ---------------------------------------------------------------------------------
 
 
-def release_content(seed: int, release_mb: float, files: int) -> ReleaseContent:
-    """`files` incompressible files (a video or two) of `release_mb` MiB in total."""
-    rng = random.Random(f"{seed}/release")
+def release_content(seed: int, release_mb: float, files: int, label: str = "") -> ReleaseContent:
+    """`files` incompressible files (a video or two) of `release_mb` MiB in total (`label` draws
+    other bytes: another creator's release)."""
+    rng = random.Random(f"{seed}/release{label}")
     each = max(1, int(release_mb * MIB) // files)
     if each <= 64 * MIB:
         return build_release(random_files(rng, files, each, each, "media"))
@@ -213,6 +214,130 @@ def coop(seed: int = 7, hubs: int = 20, nodes_per_hub: int = 25, wan_mbit: float
     }
 
 
+# ---- coop-multi: several creators' meshes share the hub boxes ------------------------------------------
+
+
+def coop_multi(seed: int = 7, meshes: int = 3, hubs: int = 2, nodes_per_site: int = 4, release_mb: float = 8,
+               wan_mbit: float = 20, wifi_mbit: float = 200, wan_latency_ms: float = 20, wan_loss: float = 0.001,
+               degree: int = 3, files: int = 1, ratio_max: float | None = None, medium_hint: bool = True) -> dict:
+    """`meshes` creators each publish a release from their own studio (a site behind its WAN
+    link), all at once. `hubs` hub boxes, each a member of every mesh (one host: one address, one
+    WAN link, one Wi-Fi access point; one core per mesh), front venues where every mesh has
+    `nodes_per_site` edges on that access point. A creator's hub cores peer over the WAN; every
+    box and studio also holds a foreign mesh's address (a misconfigured static peer, a neighbour's
+    box on the LAN): those handshakes must fail, and no byte may cross meshes."""
+    world = new_world(seed)
+    world.media_declared = medium_hint
+    wan, airtime = mbit(wan_mbit), mbit(wifi_mbit)
+    names = [f"m{k}" for k in range(meshes)]
+    for h in range(hubs):
+        world.net.add_site(f"hub-site-{h}", wan, wan, wan_latency_ms / 2000, wan_loss / 2)
+        world.net.add_medium(f"ap-{h}", airtime)
+    plan: dict[str, list[Placement]] = {}
+    for k, mesh in enumerate(names):
+        world.net.add_site(f"studio-{k}", wan, wan, wan_latency_ms / 2000, wan_loss / 2)
+        places = [Placement(f"{mesh}-seed", "organizer", site=f"studio-{k}", public=True)]
+        for h in range(hubs):  # the box: mesh 0's core owns the host, the others run on it
+            places.append(Placement(f"hub{h}-{mesh}", "hub", site=f"hub-site-{h}", public=True,
+                                    host=None if k == 0 else f"hub{h}-{names[0]}"))
+            places += [Placement(f"v{h}-{mesh}-n{j}", medium=f"ap-{h}", site=f"hub-site-{h}", public=False)
+                       for j in range(nodes_per_site)]
+        populate(world, places, world.add_mesh(mesh))
+        plan[mesh] = places
+    isolation = checks.MeshIsolation.install(world)  # from the first byte: handshakes and probes too
+    edges = _coop_multi_edges(seed, names, hubs, plan, degree)
+    for name, targets in edges.items():
+        for target in targets:  # studios and hub cores: static peers; venue edges: mDNS
+            (world.add_static_peer if name.startswith(("hub", "m")) else world.discover)(name, target)
+    settle(world, lambda w: sessions_up(w, edges), CONNECT_TIMEOUT_S, "every mesh connected")
+    _coop_multi_probes(world, names, hubs, nodes_per_site)
+    contents = {mesh: release_content(seed, release_mb, files, f"/{mesh}") for mesh in names}
+    size_total = sum(c.chunk_bytes for c in contents.values())
+    shared = {"max F/u_studio": max(c.chunk_bytes for c in contents.values()) / wan,
+              "hub downlink sum(F)/wan": size_total / wan,  # every mesh's release crosses each box's WAN link
+              "airtime n*sum(F)/W": nodes_per_site * size_total / airtime}  # every venue edge hears its F
+    shared["bound_s"] = max(shared.values())
+    deliveries = ChunkDeliveries(world)
+    started = world.now
+    releases = {mesh: seed_and_publish(world, f"{mesh}-seed", contents[mesh], f"coop-{mesh}") for mesh in names}
+    receivers = {mesh: [p.name for p in plan[mesh] if p.role != "organizer"] for mesh in names}
+    done = [all_complete(releases[mesh], receivers[mesh]) for mesh in names]
+    settle(world, lambda w: all(d(w) for d in done), 50 * shared["bound_s"] + 600, "every mesh's release complete")
+    per_mesh = {mesh: _coop_multi_mesh(world, contents[mesh], releases[mesh], started, receivers[mesh], hubs,
+                                       nodes_per_site, wan, airtime, shared) for mesh in names}
+    isolation.require(world, {mesh: set(contents[mesh].blocks) for mesh in names}, releases)
+    took = max(m["completion_s"]["max"] for m in per_mesh.values())
+    checks.require_ratio(world, took / shared["bound_s"], ratio_max, "distribution")
+    world.check_stores()
+    box = world.net.wan_down["hub-site-0"]
+    return {
+        "scenario": "coop-multi",
+        "params": {"seed": seed, "meshes": meshes, "hubs": hubs, "nodes_per_site": nodes_per_site,
+                   "release_mb": release_mb, "wan_mbit": wan_mbit, "wifi_mbit": wifi_mbit,
+                   "wan_latency_ms": wan_latency_ms, "wan_loss": wan_loss, "degree": degree, "files": files,
+                   "medium_hint": medium_hint},
+        "meshes": per_mesh,
+        "distribution": {
+            "release_bytes": size_total, "receivers": sum(len(r) for r in receivers.values()),
+            "completion_s": spread([t for m in per_mesh.values() for t in m["completion_times"]]),
+            "completion_times": sorted(t for m in per_mesh.values() for t in m["completion_times"]),
+            **chunk_traffic(world, {f"{mesh}-seed" for mesh in names}),
+            "duplicate_chunk_deliveries": deliveries.duplicates(), "bound": shared,
+            "ratio_to_bound": took / shared["bound_s"],
+        },
+        "hub_box": {"wan_down_bytes_per_sum_F": box.bytes_total / size_total,
+                    "wan_up_bytes_per_sum_F": world.net.wan_up["hub-site-0"].bytes_total / size_total},
+        "isolation": isolation.figures(),
+        "sim": sim_figures(world),
+    }
+
+
+def _coop_multi_edges(seed: int, names: list[str], hubs: int, plan: dict[str, list[Placement]],
+                      degree: int) -> dict[str, list[str]]:
+    """Static peers (studio -> every hub core of its mesh, hub cores of a mesh to each other) and
+    each venue's mDNS graph (per mesh: a random k-out graph over its edges there, plus its hub core)."""
+    edges: dict[str, list[str]] = {}
+    for k, mesh in enumerate(names):
+        cores = [f"hub{h}-{mesh}" for h in range(hubs)]
+        edges[f"{mesh}-seed"] = list(cores)
+        for h, core in enumerate(cores):
+            edges[core] = cores[h + 1:]
+            venue = [p.name for p in plan[mesh] if p.site == f"hub-site-{h}" and p.role == "edge"]
+            graph = topology(seed + 100 * k + h, venue, min(degree, len(venue) - 1)) if len(venue) > 1 else {
+                n: [] for n in venue}
+            for name, targets in graph.items():
+                edges[name] = targets + [core]
+    return edges
+
+
+def _coop_multi_probes(world: World, names: list[str], hubs: int, nodes_per_site: int) -> None:
+    """Foreign addresses: each studio keeps dialing the next creator's studio (a static peer), and
+    each venue edge was told of the next mesh's edge beside it on the same access point."""
+    for k, mesh in enumerate(names):
+        other = names[(k + 1) % len(names)]
+        if other == mesh:
+            return
+        world.add_static_peer(f"{mesh}-seed", f"{other}-seed")
+        for h in range(hubs):
+            for j in range(nodes_per_site):
+                world.discover(f"v{h}-{mesh}-n{j}", f"v{h}-{other}-n{j}")
+
+
+def _coop_multi_mesh(world: World, content: ReleaseContent, release_id: str, started: float, receivers: list[str],
+                     hubs: int, nodes_per_site: int, wan: float, airtime: float, shared: dict) -> dict:
+    """One mesh's figures: completion against its own bound (alone on the boxes) and the shared one."""
+    size = content.chunk_bytes
+    own = distribution_bound(size, hubs, wan, wan, hubs * wan, {"airtime n*F/W": nodes_per_site * size / airtime})
+    times = completion_times(world, release_id, started, receivers)
+    missing = [n for n in receivers if n not in times]
+    if missing:
+        raise world.fail(f"release {release_id} never completed on {missing[:5]}")
+    took = max(times.values())
+    return {"release_bytes": size, "receivers": len(receivers), "completion_s": spread(list(times.values())),
+            "completion_times": sorted(times.values()), "bound": own, "ratio_to_bound": took / own["bound_s"],
+            "ratio_to_shared_bound": took / shared["bound_s"]}
+
+
 # ---- gossip: one change through a sparse thousand-node mesh --------------------------------------------
 
 
@@ -389,4 +514,5 @@ def partition(seed: int = 7, nodes: int = 100, split: float = 0.5, heal_after: f
     }
 
 
-SCENARIOS = {"venue": venue, "coop": coop, "gossip": gossip, "churn": churn, "partition": partition}
+SCENARIOS = {"venue": venue, "coop": coop, "coop-multi": coop_multi, "gossip": gossip, "churn": churn,
+             "partition": partition}

@@ -86,7 +86,8 @@ class SwarmLimits:
     """Bounds of the scheduler."""
 
     depth_min: int = 1  # requests in flight per peer, at least (a slow peer keeps one)
-    depth_start: int = 4  # ... at first
+    depth_start: int = 2  # ... at first (one being sent, one waiting: a lone seed shared by N askers
+    # holds N*depth_start of them, and at 4 the askers' budgets sat in its queue while other peers idled)
     depth_max: int = 24  # ... at most
     request_timeout_s: float = 20.0  # give a request up after this long
     request_latency_target_s: float = 0.5  # a chunk delivered within this grows the pipeline
@@ -671,10 +672,12 @@ class Swarm:
         peer = self._peers.get(node)
         if peer is None:
             return
-        peer.announced = peer.announced or count > 0  # it knows the list, so it holds the manifests
         if self.chunks is None:
+            if count > 0:
+                self._peer_knows_list(node, peer)
             peer.early = (count, bytes(bits))
             return
+        peer.announced = peer.announced or count > 0  # it knows the list, so it holds the manifests
         if count != len(self.chunks) or len(bits) != (count + 7) // 8:
             if count == 0:  # the peer does not know the list yet
                 return
@@ -719,6 +722,8 @@ class Swarm:
         if peer is None:
             return
         if self.chunks is None:
+            if indices:
+                self._peer_knows_list(node, peer)
             peer.early_updates.extend(indices[: len(indices)])
             del peer.early_updates[1 << 20:]
             return
@@ -734,6 +739,20 @@ class Swarm:
                 peer.count += 1
                 if index in self._missing and len(lane.inflight) < lane.depth and self.transfers.budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
+
+    def _peer_knows_list(self, node: str, peer: _Peer) -> None:
+        """The peer announced chunks while we still resolve the list: it holds every manifest
+        (it built the list from them), whatever it said before. Ask it now: a hub that answered
+        its venue ChunkMissing for a manifest just before it fetched it was not asked again for
+        `lacked_retry_s` (5 s of an idle venue in the coop simulation)."""
+        peer.announced = True
+        lacked = self.transfers.lacked
+        for cid in self.manifests_missing():
+            until = lacked.get(cid)
+            if until and until.pop(node, None) is not None:
+                if not until:
+                    del lacked[cid]
+                self._dirty = True
 
     def seed_requests_to_cancel(self, node: str, indices: tuple[int, ...], now: float,
                                 arriving: Callable[[str, Cid], bool]) -> list[tuple[str, Cid]]:

@@ -94,6 +94,7 @@ class _Connection:
     scope: trio.CancelScope  # cancels reader and writer
     node_id: str  # authenticated peer
     cancelled: set[str] = field(default_factory=set)  # queued chunk jobs the peer cancelled
+    queued: Counter = field(default_factory=Counter)  # chunk jobs waiting in the outbox, per CID
 
 
 class Agent:
@@ -301,10 +302,13 @@ class Agent:
         elif isinstance(action, Emit):
             self._emit_log(action.name, **action.as_dict())
         elif isinstance(action, ServeChunk):
+            conn = self._connections.get(action.conn_id)
+            if conn is not None:
+                conn.queued[action.cid] += 1
             self._enqueue(action.conn_id, _ChunkJob(action.cid))
         elif isinstance(action, CancelServe):
             conn = self._connections.get(action.conn_id)
-            if conn is not None and len(conn.cancelled) < self.config.outbox_frames_max:
+            if conn is not None and conn.queued[action.cid] > 0:  # a job already sent cannot be cancelled
                 conn.cancelled.add(action.cid)
         elif isinstance(action, StoreChunk):
             self._queue_store(action)
@@ -624,6 +628,10 @@ class Agent:
 
     async def _chunk_job(self, secure, conn_id: int, job: _ChunkJob) -> None:
         conn = self._connections.get(conn_id)
+        if conn is not None:
+            conn.queued[job.cid] -= 1
+            if conn.queued[job.cid] <= 0:
+                del conn.queued[job.cid]
         if conn is not None and job.cid in conn.cancelled:
             conn.cancelled.discard(job.cid)
             await self._events_send.send(ChunkServed(conn_id, job.cid, 0))

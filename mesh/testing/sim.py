@@ -22,11 +22,22 @@ Theory of operation:
 - Every node has a `SimStore` (a `MemoryChunkStore` that survives `crash`/`restart`). The World
   carries out the content actions as `mesh.drivers.runtime` does: `LoadRelease` answers with the
   store's inventory of the release, `StoreChunk` verifies and stores then answers `ChunkStored` or
-  `ChunkRejected` after a short processing delay, `ServeChunk` writes `ChunkData` pieces (or
-  `ChunkMissing`) to the connection *when the action is carried out*, in turn with the node's other
-  Sends and through the same bandwidth model, then answers `ChunkServed` once they left the uplink.
+  `ChunkRejected` after a short processing delay. `ServeChunk` joins its connection's serve queue
+  (the driver's per-connection writer): one chunk job at a time, frames (Sends) ahead of jobs not
+  yet started. A job writes its `ChunkData` pieces (or `ChunkMissing`) when it starts and ends
+  once its last byte is through the path's bottleneck (its arrival minus the latency: the
+  driver's `send_all` returns when the socket took the bytes, and a full socket buffer holds it
+  until the slowest stage, a WAN link or the air, has drained them); then `ChunkServed` and the
+  next job. `CancelServe` marks a queued job of that chunk, which then ends with `ChunkServed`
+  and 0 bytes sent when its turn comes; a job already started is sent whole.
   Faults: a node may serve corrupt bytes (`corrupt_serving`) or never answer requests
   (`stall_serving`). Every block a store takes is re-hashed by the per-step invariant checks.
+- Several meshes, one box: `World.add_mesh` makes another mesh authority (its own members), and
+  `add_node(..., host=OTHER)` runs a core on OTHER's host: the same address, links, Wi-Fi and
+  site (a co-op hub box running one core per creator's mesh shares its uplink among them). A dial
+  to a shared address reaches the core of the dialer's mesh, as the hub's one listener selects the
+  mesh by the handshake's first message; a dialer whose mesh the address does not serve fails the
+  handshake (`core.authenticate` refuses the foreign chain), as a stranger's does.
 - Beyond one host's links (`mesh.testing.netmodel`): a host may be a station of a shared `Medium`
   (an access point whose airtime all its stations share) and may live at a `Site` (a venue behind
   a WAN link with its own latency, loss and capacity; only public hosts are reachable from other
@@ -45,7 +56,7 @@ import heapq
 import itertools
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,6 +98,7 @@ STORE_OVERHEAD_S = 0.0002  # a StoreChunk's fixed cost (a worker thread, a file,
 STORE_BYTES_PER_S = 400e6  # ... plus hashing and writing its bytes
 LOAD_RELEASE_S = 0.002  # reading a release's manifests for its inventory
 EVALUATE_ASSETS_S = 0.005  # the agent's consent pass over every asset, on a worker thread
+SERVE_JOBS_MAX = 256  # chunk jobs queued per connection (the driver's outbox_frames_max)
 
 
 class SimulationError(MeshError):
@@ -141,6 +153,10 @@ class SimNetwork:
                                   medium=self.media[medium] if medium else None, site=site, public=public)
         if site is not None and site not in self.sites:
             raise ValueError(f"unknown site {site}")
+
+    def share_host(self, name: str, host: str) -> None:
+        """`name` runs on `host`'s machine: the same links, queues, medium and site."""
+        self._hosts[name] = self._hosts[host]
 
     def add_medium(self, name: str, bytes_per_s: float) -> Pipe:
         """A shared medium (a Wi-Fi access point's airtime) that stations can join."""
@@ -328,6 +344,8 @@ class Endpoint:
     disconnected: bool = False  # Disconnected was delivered (or is due) to this side
     bytes_out: int = 0  # bytes this side wrote
     bytes_in: int = 0  # bytes delivered to this side
+    serve_jobs: deque[_ServeJob] = field(default_factory=deque)  # chunk jobs not yet started, in order
+    serving: bool = False  # a chunk job is being sent (its `_ServeDone` is due)
 
 
 class ContentPool:
@@ -506,6 +524,23 @@ class _Exit:
     incarnation: int
 
 
+@dataclass
+class _ServeJob:
+    """A `ServeChunk` waiting in its connection's serve queue."""
+
+    cid: str  # which chunk
+    cancelled: bool = False  # a `CancelServe` came first: answer `ChunkServed` with 0 bytes
+
+
+@dataclass(frozen=True)
+class _ServeDone:
+    """A chunk job's last byte is through its path's bottleneck: `ChunkServed`, then the next job."""
+
+    conn_id: int  # which connection
+    cid: str  # which chunk
+    sent_bytes: int  # chunk bytes sent (0: ChunkMissing)
+
+
 @dataclass(frozen=True)
 class _PeerClosed:
     """The other side's close (or crash) reaches this endpoint."""
@@ -531,6 +566,7 @@ class World:
         self.start_time = START_TIME
         self.now = START_TIME
         self.mesh = TestMesh(random.Random(f"{seed}/identities"), START_TIME)
+        self.meshes: dict[str, TestMesh] = {}  # further meshes by name (see `add_mesh`)
         self.nodes: dict[str, NodeHandle] = {}
         self.log: list[LogEntry] = []
         self.endpoints: dict[int, Endpoint] = {}
@@ -544,7 +580,7 @@ class World:
         # declare it to their cores; False: no node knows (nor is told) what its link is.
         self.media_declared = True
         self._by_node_id: dict[str, str] = {}
-        self._listeners: dict[Address, str] = {}
+        self._listeners: dict[Address, list[str]] = {}  # address -> the nodes listening there (a hub's cores)
         self._queue: list[tuple[float, int, object]] = []
         self._seq = itertools.count()
         self._conn_ids = itertools.count(1)
@@ -555,8 +591,7 @@ class World:
         self._summaries: dict[bytes, tuple] = {}  # written bytes -> what they carry (see `summarize`)
         self.action_handlers.update({LoadRelease: _load_release, StoreChunk: _store_chunk, ServeChunk: _serve_chunk,
                                      LoadObjects: _load_objects, EvictObjects: _evict_objects,
-                                     EvaluateAssets: _evaluate_assets,
-                                     CancelServe: lambda world, handle, action: None})  # served at once here
+                                     EvaluateAssets: _evaluate_assets, CancelServe: _cancel_serve})
 
     # ---- building -----------------------------------------------------------------------------
 
@@ -565,28 +600,43 @@ class World:
         """Virtual seconds since the world started."""
         return self.now - self.start_time
 
+    def add_mesh(self, name: str) -> TestMesh:
+        """Another mesh (its own authority and founder); give its identities to `add_node`."""
+        if name in self.meshes:
+            raise SimulationError(f"seed={self.seed}: mesh {name} exists")
+        self.meshes[name] = TestMesh(random.Random(f"{self.seed}/identities/{name}"), START_TIME, f"{name}-founder")
+        return self.meshes[name]
+
     def add_node(self, name: str, role: str = "edge", *, identity: MemberIdentity | None = None,
                  upload_bytes_per_s: float | None = None,
                  download_bytes_per_s: float | None = None, medium: str | None = None,
                  site: str | None = None, public: bool = True,
-                 document: SeedDocument | None = None, pins: tuple[str, ...] = ()) -> NodeHandle:
+                 document: SeedDocument | None = None, pins: tuple[str, ...] = (),
+                 host: str | None = None) -> NodeHandle:
         """A new member node (real credentials, invited by the mesh founder), started now.
 
         `medium`, `site` and `public` place it in the network model (see `SimNetwork.add_host`);
         `document` is shared state it already holds (and has persisted); `pins` are the release
-        ids or names its config pins (a hub's)."""
+        ids or names its config pins (a hub's). With `host`, it runs on that node's machine (its
+        address and links; the placement arguments are ignored): a hub's core for another mesh."""
         if name in self.nodes:
             raise SimulationError(f"seed={self.seed}: node {name} exists")
         identity = identity or self.mesh.add_member(name, role, self.now)
-        index = len(self.nodes)
-        host = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
-        handle = NodeHandle(self, name, identity, host, DEFAULT_PORT)
+        if host is not None:
+            ip = self.nodes[host].address[0]
+        else:
+            index = len(self.nodes)
+            ip = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
+        handle = NodeHandle(self, name, identity, ip, DEFAULT_PORT)
         handle.pins = tuple(pins)
-        handle.shared_medium = medium is not None and self.media_declared
+        handle.shared_medium = self.nodes[host].shared_medium if host else medium is not None and self.media_declared
         self.nodes[name] = handle
         self._by_node_id[identity.node_id] = name
-        self._listeners[handle.address] = name
-        self.net.add_host(name, upload_bytes_per_s, download_bytes_per_s, medium=medium, site=site, public=public)
+        self._listeners.setdefault(handle.address, []).append(name)
+        if host is not None:
+            self.net.share_host(name, host)
+        else:
+            self.net.add_host(name, upload_bytes_per_s, download_bytes_per_s, medium=medium, site=site, public=public)
         if document is None:
             self._start(handle, MeshState(self._actor(handle)))
         else:
@@ -847,6 +897,8 @@ class World:
             self._session_touched.add((handle.name, event.conn_id))
         elif isinstance(event, _PeerClosed):
             return self._on_peer_closed(handle, event)
+        elif isinstance(event, _ServeDone):
+            return self._on_serve_done(handle, event)
         handle.core.handle(event, self.now)
         self._process(handle, after_tick=isinstance(event, Tick))
         if self.observers and isinstance(event, DataReceived):
@@ -911,10 +963,15 @@ class World:
         """Queue bytes on a connection now (bandwidth, latency, order); False if it is closed.
 
         `summary` is what the bytes carry, if the writer knows (else they are decoded once)."""
+        return self.write_arriving(handle, conn_id, data, summary) is not None
+
+    def write_arriving(self, handle: NodeHandle, conn_id: int, data: bytes,
+                       summary: tuple | None = None) -> float | None:
+        """`write`, answering when the bytes arrive (None: the connection is closed)."""
         endpoint = self.endpoint_of(handle, conn_id)
         peer = self.endpoints[endpoint.peer_conn_id]
         if not endpoint.open or not peer.open:
-            return False  # writing to a closed connection: the driver drops it
+            return None  # writing to a closed connection: the driver drops it
         endpoint.bytes_out += len(data)
         handle.traffic.bytes_out += len(data)
         if summary is None:
@@ -923,7 +980,7 @@ class World:
         at = self.net.transmit(handle.name, peer.node, len(data), self.now, endpoint.conn_id)
         receiver = self.nodes[peer.node]
         self._push(at, _Delivery(receiver.name, receiver.incarnation, DataReceived(peer.conn_id, data), summary))
-        return True
+        return at
 
     def endpoint_of(self, handle: NodeHandle, conn_id: int) -> Endpoint:
         """The node's side of a connection; SimulationError if the core named one it never had."""
@@ -959,14 +1016,68 @@ class World:
             endpoint.disconnected = True
             self._push(self.now, _Delivery(endpoint.node, endpoint.incarnation, Disconnected(endpoint.conn_id, reason)))
 
+    def queue_serve(self, handle: NodeHandle, conn_id: int, cid: str) -> None:
+        """A `ServeChunk` joins its connection's serve queue (started now if the queue is idle)."""
+        endpoint = self.endpoint_of(handle, conn_id)
+        if not endpoint.open:
+            return  # the connection is gone, and so is its outbox
+        if len(endpoint.serve_jobs) >= SERVE_JOBS_MAX:
+            raise self.fail(f"{handle.name} queued more than {SERVE_JOBS_MAX} chunk jobs on connection {conn_id}")
+        endpoint.serve_jobs.append(_ServeJob(cid))
+        if not endpoint.serving:
+            self._next_serve(handle, endpoint)
+
+    def cancel_serve(self, handle: NodeHandle, conn_id: int, cid: str) -> None:
+        """Mark a queued (not started) job of `cid`; a job being sent goes out whole."""
+        endpoint = self.endpoint_of(handle, conn_id)
+        for job in endpoint.serve_jobs:
+            if job.cid == cid and not job.cancelled:
+                job.cancelled = True
+                return
+
+    def _next_serve(self, handle: NodeHandle, endpoint: Endpoint) -> None:
+        """Start the connection's next chunk job; cancelled ones are answered at their turn."""
+        while endpoint.serve_jobs and endpoint.open:
+            job = endpoint.serve_jobs.popleft()
+            if job.cancelled:
+                self._deliver_now(handle, ChunkServed(endpoint.conn_id, job.cid, 0))
+                if endpoint.serving:
+                    return  # the core's answer queued (and so started) another job
+                continue
+            if handle.serving_stalled:
+                continue  # a stalled server takes requests and never answers them
+            arrival, sent = _send_chunk(self, handle, endpoint.conn_id, job.cid)
+            if arrival is None:
+                return  # the connection closed under the write
+            peer = self.endpoints[endpoint.peer_conn_id].node
+            through = max(self.now, arrival - self.net.latency(handle.name, peer))
+            endpoint.serving = True
+            self._push(through, _Delivery(handle.name, handle.incarnation, _ServeDone(endpoint.conn_id, job.cid, sent)))
+            return
+
+    def _on_serve_done(self, handle: NodeHandle, event: _ServeDone) -> None:
+        endpoint = self.endpoints.get(event.conn_id)
+        if endpoint is None or not endpoint.open:
+            return  # the connection closed: its core forgot what it was serving there
+        endpoint.serving = False
+        self._deliver_now(handle, ChunkServed(event.conn_id, event.cid, event.sent_bytes))
+        if not endpoint.serving:  # (the core may have queued, and so started, another meanwhile)
+            self._next_serve(handle, endpoint)
+
     def _on_peer_closed(self, handle: NodeHandle, event: _PeerClosed) -> None:
         endpoint = self.endpoints.get(event.conn_id)
         if endpoint is not None and endpoint.open:
             self._close_local(endpoint, event.reason)
 
+    def _listener_for(self, dialer: NodeHandle, address: Address) -> NodeHandle | None:
+        """The live core at `address` the dialer's handshake selects: its own mesh's, else any
+        (whose authentication then refuses the dialer, as a hub's listener refuses a stranger)."""
+        live = [self.nodes[n] for n in self._listeners.get(address, ()) if self.nodes[n].alive]
+        mine = [h for h in live if h.identity.mesh_id == dialer.identity.mesh_id]
+        return (mine or live or [None])[0]
+
     def _on_dial(self, handle: NodeHandle, action: Dial) -> None:
-        target = self._listeners.get(action.address)
-        acceptor = self.nodes.get(target) if target else None
+        acceptor = self._listener_for(handle, action.address)
         if acceptor is None or not acceptor.alive:
             rtt = 2 * self.net.latency_s
             return self._deliver_at(self.now + rtt, handle, DialFailed(action.address, "connection refused"))
@@ -1176,33 +1287,37 @@ def _store_chunk(world: World, handle: NodeHandle, action: StoreChunk) -> None:
 
 
 def _serve_chunk(world: World, handle: NodeHandle, action: ServeChunk) -> None:
-    """Write the chunk's pieces (or ChunkMissing) now, in turn with other Sends; `ChunkServed` once
-    they have left the uplink."""
-    endpoint = world.endpoint_of(handle, action.conn_id)
-    if handle.serving_stalled or not endpoint.open:
-        return  # a stalled server; or the connection is gone and so is its outbox
-    cid = Cid.parse(action.cid)
-    sent = 0
+    """Queue the chunk job on its connection (see `World.queue_serve`)."""
+    world.queue_serve(handle, action.conn_id, action.cid)
+
+
+def _cancel_serve(world: World, handle: NodeHandle, action: CancelServe) -> None:
+    if action.conn_id in world.endpoints:
+        world.cancel_serve(handle, action.conn_id, action.cid)
+
+
+def _send_chunk(world: World, handle: NodeHandle, conn_id: int, cid_text: str) -> tuple[float | None, int]:
+    """Write one chunk job's pieces (or ChunkMissing): (arrival of its last byte, chunk bytes sent)."""
+    cid = Cid.parse(cid_text)
     try:
         data = handle.store.get(cid)  # re-hashed before it leaves
     except MeshError:
-        world.write(handle, action.conn_id, m.encode(m.ChunkMissing(cid.to_bytes())))
-    else:
-        sent = _write_pieces(world, handle, action.conn_id, cid, _flip_byte(data) if handle.corrupts_served else data)
-    done_at = max(world.now, world.net.upload_free_at(handle.name))
-    world.deliver_later(handle, done_at - world.now, ChunkServed(action.conn_id, action.cid, sent))
+        return world.write_arriving(handle, conn_id, m.encode(m.ChunkMissing(cid.to_bytes()))), 0
+    return _write_pieces(world, handle, conn_id, cid, _flip_byte(data) if handle.corrupts_served else data)
 
 
-def _write_pieces(world: World, handle: NodeHandle, conn_id: int, cid: Cid, data: bytes) -> int:
+def _write_pieces(world: World, handle: NodeHandle, conn_id: int, cid: Cid, data: bytes) -> tuple[float | None, int]:
     piece = m.CHUNK_PIECE_BYTES_MAX
+    arrival = None
     for offset in range(0, max(len(data), 1), piece):
         raw = cid.to_bytes()
         body = data[offset:offset + piece]
         frame = m.ChunkData(raw, offset, len(data), body)
         summary = (("ChunkData", len(body), (raw, offset + len(body) >= len(data))),)
-        if not world.write(handle, conn_id, m.encode(frame), summary):
-            return 0
-    return len(data)
+        arrival = world.write_arriving(handle, conn_id, m.encode(frame), summary)
+        if arrival is None:
+            return None, 0
+    return arrival, len(data)
 
 
 def _flip_byte(data: bytes) -> bytes:
