@@ -85,6 +85,7 @@ COMMANDS = {
     "pin": "mesh.cli.tag_cmds:pin",
     "unpin": "mesh.cli.tag_cmds:unpin",
     "tls": "mesh.cli.tls_cmds:tls",
+    "drop": "mesh.cli.drop_cmds:drop",
     "hub": "mesh.cli.hub_cmds:hub",
     "live": "mesh.cli.live_cmds:live",
 }

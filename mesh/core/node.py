@@ -47,6 +47,7 @@ from mesh.core.tls import FEATURE_TLS_KEY, TlsKeys
 from mesh.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from mesh.ids import short
 from mesh.state.document import GENESIS_HEADS, MeshState
+from mesh.state.drops import DropWatch, Signer, answer_asks
 from mesh.state.membership import InviteLedger, Member, RevocationList, member_since, verify_chain
 from mesh.wire import messages as m
 
@@ -144,6 +145,10 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
         self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
         self._timers_at = now  # no session timer or dial is due before this (see `_wake_timers`)
         self._handler_table = self._handlers()  # event type -> handler (built once: looked up per event)
+        self.drop_signer: Signer | None = None  # set by a driver holding the node key: answers drop requests
+        self._drops = DropWatch()  # drop entries seen (orders, refused entries: events)
+        self._drops.changed(state, identity.authority_public_key, now)  # what the state held: no events
+        self._answering_drops = False
         self._refresh_membership(now)
 
     # ---- the driver's interface ------------------------------------------------------------------
@@ -545,10 +550,26 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
             self._refresh_membership(now)
             self._sync_due.update(self._ready)
             self._note_state_changed()
+            self._drops_changed(now)
         elif also_reply_to is not None:
             self._sync_due.add(also_reply_to.node_id)
         if (changed or also_reply_to is not None) and self._flush_at is None:
             self._flush_at = now + self.limits.state_flush_s
+
+    def _drops_changed(self, now: float) -> None:
+        """Log new drop orders and refused drop entries; answer other boxes' requests for more
+        from our spare allowance (mesh.state.drops), once per change (its own change re-enters)."""
+        if self._answering_drops:
+            return
+        rows = self._drops.changed(self.state, self.identity.authority_public_key, now)
+        for name, fields in rows or ():
+            self._emit(name, **fields)
+        if rows is not None and self.drop_signer is not None:
+            self._answering_drops = True
+            try:
+                self.mutate(lambda state: answer_asks(state, self.drop_signer, now), now)
+            finally:
+                self._answering_drops = False
 
     def _persist_now(self) -> None:
         if self._unpersisted_since is not None:

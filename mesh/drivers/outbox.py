@@ -40,6 +40,7 @@ ERROR_CHARS_MAX = 200  # kept of the last delivery error
 LOOP_IDLE_S = 0.5  # how often the loop looks for new events and due items
 HEALTH_EVERY_S = 300.0  # a health report goes out at least this often (and on every change of verdict)
 FORWARD_EVENTS = frozenset({
+    "drop.order",
     "release.complete", "release.current", "release.invalid", "peer.revoked", "peer.corrupt_chunk", "store.purged",
     "health.failed", "health.recovered",
 })

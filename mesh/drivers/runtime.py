@@ -69,7 +69,7 @@ RECENT_EVENTS_MAX = 200  # events kept for the dashboard
 RECENT_EVENT_NAMES = frozenset({  # what the crew sees in "recent events"
     "agent.started", "peer.connected", "peer.disconnected", "peer.corrupt_chunk", "peer.revoked",
     "release.current", "release.complete", "release.invalid", "store.purged", "health.failed",
-    "health.recovered", "media.evicting", "release.over_quota", "live.started", "live.failed", "live.recorded",
+    "health.recovered", "media.evicting", "release.over_quota", "drop.order", "live.started", "live.failed", "live.recorded",
     "live.relay",
 })
 USAGE_REPORT_BYTES_MIN = 1024 * 1024  # tell the core of a change in the store's size at least this large
@@ -185,6 +185,9 @@ class Agent:
                         pin_tags=tuple(self.config.pin_tags), pin_canonical=self.config.pin_canonical,
                         want_tls_key=self.config.https is not None)
         core.declare_shared_medium(self.config.topology.shared_medium(wireless_route()))  # before any Hello
+        from mesh.state.drops import Signer
+
+        core.drop_signer = Signer(info.authority_public_key, self.home.node_key(), info.chain)  # answers asks
         core.quota_bytes = self.config.store_quota_bytes  # a hub's per-mesh quota: releases past it wait
         core.offload_assets = True  # consent passes over every asset run on a worker (`_evaluate_assets`)
         core.handle(StoreUsage(self._usage[1], self.store_budget), time.time())

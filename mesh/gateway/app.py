@@ -118,10 +118,12 @@ def create_app(view: GatewayView) -> Starlette:
         app.add_middleware(CdnRoute.layer, cdn=cdn)
         return app
     from mesh.gateway import crew, metrics, pages
+    from mesh.gateway import drops as drop_pages
 
     registry = metrics.Registry(view)
     cdn.extra_headers, cdn.count = pages.SECURITY_HEADERS, registry.count  # what the middlewares add
     routes += [Route("/metrics", registry.endpoint)] + pages.routes(view) + crew.routes(view)
+    routes += drop_pages.routes(view)  # limited drops: /drop/ID and /api/drops
     from mesh.gateway import hls
 
     routes += hls.routes(view, pool)  # live streams: player, playlist, segments

@@ -51,6 +51,7 @@ CONSENT_DECISIONS_KEY = "consent_decisions"  # late root map: decision key -> de
 TAG_VIEWS_KEY = "tag_views"  # late root map: "node/actor/tag" -> that process's own count
 DRILLS_KEY = "drills"  # late root map: drill id -> CBOR {subject, scope, by, at}
 NODE_PINS_KEY = "node_pins"  # late root map: "node/tag" -> true (pinned) or false (unpinned)
+DROPS_KEY = "drops"  # late root map: limited drops' signed entries (rules in mesh.state.drops)
 DRILL_BYTES_MAX = 1024
 VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skipped
 ACTOR_SUFFIX_BYTES_MAX = 16
@@ -643,6 +644,37 @@ class MeshState:
             raise LocalProtocolError("an entry key is not empty")
         obj = self._ensure_late_root_map(root_key)
         self._write(lambda tx: tx.put(obj, key, _S.Bytes, bytes(blob)))
+
+    # -- limited drops (rules in mesh.state.drops) ---------------------------------------------
+
+    def put_drop_entry(self, key: str, blob: bytes) -> None:
+        """Store one signed drop entry under its unique key (entries are never changed)."""
+        self._put_late_bytes(DROPS_KEY, key, blob)
+
+    def drop_entries(self) -> dict[str, bytes]:
+        """key -> bytes of every drop entry. Keys are listed once per set of heads, and a value is
+        read once per key: entries are content-addressed (their key names the hash of what they
+        sign), so a reader that finds a value invalid re-reads it with `drop_entry`."""
+        heads = tuple(self._doc.get_heads())
+        cached = getattr(self, "_drops_read", None)
+        if cached is None or cached[0] != heads:
+            known = cached[1] if cached is not None else {}
+            obj = self._root_map(DROPS_KEY)
+            found = {}
+            for key in self._keys(obj):
+                blob = known.get(key)
+                if blob is None:
+                    blob = self._scalar(obj, key, _as_bytes)
+                if isinstance(blob, bytes):
+                    found[key] = blob
+            cached = self._drops_read = (heads, found)
+        return dict(cached[1])
+
+    def drop_entry(self, key: str) -> bytes | None:
+        """The bytes stored under one drop entry's key now (read afresh), or None."""
+        obj = self._root_map(DROPS_KEY)
+        blob = self._scalar(obj, key, _as_bytes) if obj is not None else _MISSING
+        return blob if isinstance(blob, bytes) else None
 
     # -- drills ---------------------------------------------------------------------------------
 
