@@ -19,11 +19,11 @@ from mesh.ids import node_id_from_public_key
 from mesh.state import consent as cs
 from mesh.state.membership import public_key_bytes
 from mesh.testing.content import _add_file
-from mesh.testing.sim import ContentPool, World
+from mesh.testing.sim import World
+from tests.test_world_media import media_world
 from mesh.wire import messages as m
 
 SEED = int(os.environ.get("MESH_WORLD_SEED", "20261206"))
-LAN_BYTES_PER_S = 25_000_000  # 200 Mbit/s per box
 SEGMENT_S = 2.0
 SEGMENT_BYTES = 1_500_000  # 6 Mbit/s x 2 s
 
@@ -70,15 +70,9 @@ class Camera:
 
 
 def live_world(edges: int, seed: int = SEED) -> World:
-    print(f"World seed={seed} (replay: MESH_WORLD_SEED={seed})")
-    world = World(seed, pool=ContentPool())
-    world.add_node("org", identity=world.mesh.founder, upload_bytes_per_s=LAN_BYTES_PER_S)
-    world.add_node("stage", upload_bytes_per_s=LAN_BYTES_PER_S)
-    for index in range(edges):
-        world.add_node(f"edge{index + 1}", upload_bytes_per_s=LAN_BYTES_PER_S)
-    world.discover_all()
-    world.run_until(lambda w: w.all_connected(), 30, "connected")
-    world.run_for(6)  # settled
+    """An organizer, a stage box (the ingester) and `edges` edges, met and settled."""
+    world = media_world(edges, seed)
+    world.run_for(6)
     return world
 
 

@@ -41,7 +41,6 @@ log = logging.getLogger("mesh.hub")
 
 POOL_SWEEP_S = 600.0  # remove pool files no store links this often
 DISK_REFRESH_S = 30.0  # count the chunk data on disk (each inode once) this often
-HUB_EVENTS = ("peer.refused", "peer.shed")  # what the shared listener logs (no mesh is named)
 
 
 class HubTransport:

@@ -292,7 +292,3 @@ class HubHome:
                         total += info.st_size
         return total
 
-
-def hub_home_of(path: Path) -> HubHome | None:
-    """The hub home at `path`, or None if it is not one."""
-    return HubHome.open(path) if HubHome.exists(path) else None

@@ -109,9 +109,17 @@ def read_status(home_path: Path, name: str) -> dict | None:
 
 
 def _write_status(home_path: Path, name: str, doc: dict) -> None:
+    """Replace NAME.status.json (advisory, rewritten often: renamed into place, not fsynced)."""
     folder = live_dir(home_path)
     folder.mkdir(exist_ok=True)
-    write_atomic(folder / f"{name}.status.json", json.dumps(doc, indent=2).encode(), 0o600)
+    path = folder / f"{name}.status.json"
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(doc, indent=2).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def relay_target(home_path: Path, name: str) -> str | None:

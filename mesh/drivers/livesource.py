@@ -237,7 +237,26 @@ class _CopyRoute:
         return []
 
 
-class _VideoTranscodeRoute:
+class _TranscodeRoute:
+    """A route that decodes the camera's packets and encodes each frame (`_encode`) anew."""
+
+    decoder = None  # the input stream's codec context
+
+    def packets(self, packet) -> list:
+        return self._encoded(packet)
+
+    def _encoded(self, packet) -> list:
+        """What `_encode` makes of the frames `packet` decodes to (None: the decoder's last ones)."""
+        out = []
+        for frame in self.decoder.decode(packet):
+            out += self._encode(frame)
+        return out
+
+    def _encode(self, frame) -> list:
+        raise NotImplementedError
+
+
+class _VideoTranscodeRoute(_TranscodeRoute):
     """Decode video, encode H.264 with a keyframe every `keyframe_s` (so cuts land on time)."""
 
     def __init__(self, stream, keyframe_s: float, encoder: str) -> None:
@@ -248,16 +267,8 @@ class _VideoTranscodeRoute:
         self._holder = None  # the output container that owns the encoder (never written to)
         self._next_keyframe_s = None
 
-    def packets(self, packet) -> list:
-        out = []
-        for frame in self.decoder.decode(packet):
-            out += self._encode(frame)
-        return out
-
     def flush(self) -> list:
-        out = []
-        for frame in self.decoder.decode(None):
-            out += self._encode(frame)
+        out = self._encoded(None)
         if self.template is not None:
             out += list(self.template.encode(None))
         return out
@@ -292,7 +303,7 @@ class _VideoTranscodeRoute:
         self.template = stream
 
 
-class _AudioTranscodeRoute:
+class _AudioTranscodeRoute(_TranscodeRoute):
     """Decode audio, encode AAC (same rate when AAC allows it, mono or stereo)."""
 
     def __init__(self, stream) -> None:
@@ -310,16 +321,8 @@ class _AudioTranscodeRoute:
         self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.rate, frame_size=frame_size)
         self._next_pts = None  # in 1/rate; set from the first frame's time, then by sample count
 
-    def packets(self, packet) -> list:
-        out = []
-        for frame in self.decoder.decode(packet):
-            out += self._encode(frame)
-        return out
-
     def flush(self) -> list:
-        out = []
-        for frame in self.decoder.decode(None):
-            out += self._encode(frame)
+        out = self._encoded(None)
         for frame in self._resampler.resample(None):
             out += self._encode_resampled(frame)
         return out + list(self.template.encode(None))
