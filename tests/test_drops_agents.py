@@ -9,12 +9,19 @@ that the test can cut (an address a peer tells the other names 127.0.0.1, where 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from tests.conftest import mesh_env
+from tests.test_gateway_http import first_event
 from tests.agents import HttpClient, Node, free_port, make_mesh, stop_all, wait_until
 
 CONVERGE_S = 30
@@ -175,6 +182,11 @@ def test_the_phone_page_reserves_and_the_pos_marks_paid(tmp_path: Path) -> None:
         assert status == 200 and code in body.decode() and "<svg" in body.decode()
         assert f"https://pay.example/p/{code}" in body.decode()
 
+        status, kind, live = first_event(http_port, {}, f"/drop/{drop_id}/updates?order={code}")
+        assert status == 200 and kind.startswith("text/event-stream")
+        assert live == {"left": "About 5 left.", "open": True, "status": "reserved"}  # what the page follows
+        assert first_event(http_port, {}, f"/drop/{drop_id}/updates")[2]["status"] == ""
+
         status, _, body = phone.request("POST", f"/api/drops/{drop_id}/reserve")
         api_order = json.loads(body)
         assert status == 200 and {"order", "expires", "pay_url"} <= set(api_order)
@@ -196,3 +208,69 @@ def test_the_phone_page_reserves_and_the_pos_marks_paid(tmp_path: Path) -> None:
         assert phone.get("/api/drops/aaaaaaaaaaaaaaaa")[0] == 404
     finally:
         stop_all([org, edge])
+
+
+def _orders_made(node: Node, drop_id: str, count: int, sold: list[str]) -> None:
+    """Reserve and sell `count` units at `node`, one CLI pair each, appending each paid code."""
+    for _ in range(count):
+        sold.append(_sell(node, drop_id))
+
+
+def test_a_box_killed_mid_sale_loses_no_sale_and_rebalancing_never_oversells(tmp_path: Path) -> None:
+    """edge 1 runs low and asks; edge 2's running agent answers from its spare units in a state-file
+    transaction, while edge 2's own till keeps selling (a unit is never both given and sold). Then
+    kill -9: edge 2's agent dies mid-sale and a `drop reserve` is killed mid-write. After the restart
+    nothing recorded is lost, and selling out gives exactly the stock everywhere, with no void order."""
+    org, (edge1, edge2) = make_mesh(tmp_path, 2)
+    stock = 14
+    made = org.json("drop", "create", "Zine", "--stock", str(stock), "--price", "8EUR",
+                    "--alloc", f"{edge1.node_id}=2", "--alloc", f"{edge2.node_id}={stock - 2}")
+    drop_id, sold = made["id"], []
+    nodes = [org, edge1, edge2]
+    try:
+        org.start("--no-mdns")
+        for edge in (edge1, edge2):
+            edge.start("--no-mdns", "--peer", org.address)
+        wait_until(lambda: all(_tally(n, drop_id) for n in nodes), CONVERGE_S, "every node to see the drop")
+
+        till = threading.Thread(target=_orders_made, args=(edge2, drop_id, 3, sold))
+        till.start()  # edge 2 sells while it answers edge 1's request
+        sold.append(_sell(edge1, drop_id))  # leaves edge 1 one unit: it asks for more by itself
+        wait_until(lambda: _tally(edge1, drop_id)["per_node"][edge1.node_id]["credit"] > 2, CONVERGE_S,
+                   "edge 2's agent to answer edge 1's request")
+        till.join()
+        given = _tally(edge2, drop_id)["per_node"][edge2.node_id]["given"]
+        assert 0 < given <= (stock - 2 - 3 + 1) // 2 + 1, "it gives at most half of what it has spare"
+        assert "drop.order" in edge2.log()  # each order is an event (and an outbox row)
+
+        _orders_made(edge2, drop_id, 1, sold)
+        writer = subprocess.Popen([sys.executable, "-m", "mesh", "--home", str(edge2.home), "drop", "reserve",
+                                   drop_id, "--hold", "2s", "--json"], env=mesh_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # mid-write, or just after it: either way nothing may be half-recorded
+        os.kill(writer.pid, signal.SIGKILL)
+        edge2.stop(signal.SIGKILL)  # the agent dies mid-sale
+        writer.wait()
+        edge2.start("--no-mdns", "--peer", org.address)
+
+        time.sleep(2.5)  # the killed writer's hold (if it was recorded) has lapsed
+        for edge in (edge1, edge2):
+            while True:
+                result = edge.cli("drop", "reserve", drop_id, "--json", check=False)
+                if result.returncode != 0:
+                    assert b"allowance is used up" in result.stderr, result.stderr
+                    break
+                code = json.loads(result.stdout)["order"]
+                assert edge.json("drop", "sell", drop_id, "--order", code)["status"] == "paid"
+                sold.append(code)
+        wait_until(lambda: all(_tally(n, drop_id)["sold"] == len(sold) for n in nodes), CONVERGE_S,
+                   "every node to see every sale")
+        finals = [_tally(n, drop_id) for n in nodes]
+        assert finals[0] == finals[1] == finals[2]
+        assert len(set(sold)) == len(sold) <= stock
+        assert all(row["void"] == 0 for row in finals[0]["per_node"].values()), finals[0]
+        left_over = sum(row["left"] for row in finals[0]["per_node"].values())
+        assert finals[0]["sold"] + left_over == stock and finals[0]["reserved"] == 0
+        assert left_over <= 1, "only a unit too small to give away may stay unsold at a box"
+    finally:
+        stop_all(nodes)

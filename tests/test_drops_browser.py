@@ -16,10 +16,15 @@ pytestmark = pytest.mark.skipif(sync_playwright is None or not shutil.which(CHRO
                                 reason="needs the playwright package and /usr/bin/chromium")
 
 
-def test_a_phone_reserves_on_the_drop_page_and_gets_an_order_code_and_qr(tmp_path: Path) -> None:
+def test_a_phone_reserves_follows_the_drop_live_and_the_crew_marks_it_paid(tmp_path: Path) -> None:
+    """The phone reserves on the edge and gets its code, QR and pay link; a sale at the organizer's box
+    updates "left" on the open page without a reload; the crew marks the order paid on the edge's
+    dashboard (which lists the drop, each box's share and sales per tag), and the phone's page turns
+    to "Paid" by itself."""
     org, (edge,) = make_mesh(tmp_path, 1)
-    drop_id = org.json("drop", "create", "Signed print", "--stock", "4", "--price", "25EUR",
+    drop_id = org.json("drop", "create", "Signed print", "--stock", "4", "--price", "25EUR", "--tag", "merch",
                        "--pay-url", "https://pay.example/p/{order}", "--alloc", f"{edge.node_id}=2")["id"]
+    token = org.cli("crew-token").stdout.decode().strip()
     http = free_port()
     try:
         org.start("--no-mdns")
@@ -39,10 +44,33 @@ def test_a_phone_reserves_on_the_drop_page_and_gets_an_order_code_and_qr(tmp_pat
             assert page.locator(".qr svg").count() == 1
             assert page.get_attribute("a.button", "href") == f"https://pay.example/p/{code}"
             assert page.text_content("#left") == "About 3 left."
+            page.wait_for_selector("[data-drop-live][data-live]")  # the event stream is open
+            page.evaluate("window.notReloaded = true")
+
+            at_org = org.json("drop", "reserve", drop_id)["order"]
+            org.cli("drop", "sell", drop_id, "--order", at_org)  # another box sells: the page follows
+            page.wait_for_function("() => document.getElementById('left').textContent === 'About 2 left.'",
+                                   timeout=30_000)
+            assert page.evaluate("window.notReloaded") is True
+
+            crew = browser.new_page(viewport={"width": 1280, "height": 900})
+            crew.set_default_timeout(10_000)
+            crew.goto(f"http://127.0.0.1:{http}/crew")
+            crew.fill("#token", token)
+            crew.click("button:has-text('Log in')")
+            row = crew.locator(f"#drops [data-drop='{drop_id}']")
+            assert row.locator(f"li[data-order='{code}']").count() == 1  # waiting for payment here
+            assert row.locator(f"tr[data-node='{edge.node_id}']").count() == 1
+            row.locator(f"li[data-order='{code}'] button[value='yes']").click()
+            assert crew.text_content("#done") == f"order {code} is paid"
+            crew.wait_for_function(
+                f"() => document.querySelector(\"#drops [data-drop='{drop_id}']\").dataset.sold === '2'",
+                timeout=30_000)
+            assert crew.get_attribute("#tags-chart g[data-tag='merch']", "data-sold") == "2"  # sales per tag
+
+            page.wait_for_selector("#order-status:has-text('Paid')", timeout=30_000)  # reloaded by itself
             browser.close()
-        orders = edge.json("drop", "sell", drop_id, "--order", code)
-        assert orders["status"] == "paid"
-        wait_until(lambda: next(r for r in org.json("drop", "ls") if r["id"] == drop_id)["sold"] == 1, 30,
-                   "the organizer to count the sale")
+        wait_until(lambda: next(r for r in org.json("drop", "ls") if r["id"] == drop_id)["sold"] == 2, 30,
+                   "the organizer to count both sales")
     finally:
         stop_all([org, edge])

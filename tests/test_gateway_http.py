@@ -352,13 +352,13 @@ def test_crew_tokens_verify_offline_and_refuse_forgeries() -> None:
 # ---- the live dashboard (issue 22, items 1, 3, 4) ------------------------------------------------------
 
 
-def _first_event(port: int, headers: dict) -> tuple[int, str, dict | None]:
-    """(status, content type, the first `update` event's data) of GET /crew/updates."""
+def first_event(port: int, headers: dict, path: str = "/crew/updates") -> tuple[int, str, dict | None]:
+    """(status, content type, the first `update` event's data) of a server-sent event stream."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     try:
-        conn.request("GET", "/crew/updates", headers=headers)
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         if response.status != 200:
             return response.status, response.getheader("content-type", ""), None
@@ -374,10 +374,10 @@ def _first_event(port: int, headers: dict) -> tuple[int, str, dict | None]:
 
 
 def test_live_stream_sends_the_changing_parts_of_the_dashboard(mesh) -> None:
-    assert _first_event(mesh["port"], {})[0] == 403  # not crew: nothing
-    status, kind, parts = _first_event(mesh["port"], {"Authorization": f"Bearer {mesh['token']}"})
+    assert first_event(mesh["port"], {})[0] == 403  # not crew: nothing
+    status, kind, parts = first_event(mesh["port"], {"Authorization": f"Bearer {mesh['token']}"})
     assert status == 200 and kind.startswith("text/event-stream")
-    assert set(parts) == {"nodes", "current-release", "events", "charts"}
+    assert set(parts) == {"nodes", "current-release", "events", "charts", "drops"}
     assert "<tr data-node=" in parts["nodes"] and 'class="badge ok"' in parts["nodes"]
     assert "<svg" in parts["charts"] and "agent.started" in parts["events"]
 

@@ -225,6 +225,15 @@ class PersistChanges:
 
 
 @dataclass(frozen=True)
+class AnswerDropAsks:
+    """Other boxes asked for drop allowance: answer them from this node's spare units
+    (`mesh.state.drops.answer_asks`) in one transaction on the durable state, after every
+    PersistChanges queued before this action, so the answer sees this node's latest sales."""
+
+    at: float
+
+
+@dataclass(frozen=True)
 class Emit:
     """A structured event for logs, the dashboard and simulation checks."""
 
@@ -327,4 +336,4 @@ class EvaluateAssets:
 
 Action = Send | CloseConnection | Dial | PersistChanges | Emit | LoadRelease | StoreChunk | ServeChunk
 Action = Action | CancelServe | LoadObjects | EvictObjects | LoadTlsKey | StoreTlsKey | DropTlsKeys | ServeTls
-Action = Action | EvaluateAssets
+Action = Action | EvaluateAssets | AnswerDropAsks

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from mesh.config import CoreLimits
 from mesh.core.events import (
-    Action, Address, AssetsEvaluated, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
+    Action, Address, AnswerDropAsks, AssetsEvaluated, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
     Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LiveWindowSigned, LocalChanges, ObjectsEvicted,
     ObjectsInventory, ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested,
     StateReloaded, StoreUsage, Tick, TlsKeyLoaded,
@@ -145,8 +145,9 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
         self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
         self._timers_at = now  # no session timer or dial is due before this (see `_wake_timers`)
         self._handler_table = self._handlers()  # event type -> handler (built once: looked up per event)
-        self.drop_signer: Signer | None = None  # set by a driver holding the node key: answers drop requests
-        self._drops = DropWatch()  # drop entries seen (orders, refused entries: events)
+        self.drop_signer: Signer | None = None  # answers drop requests in this state (an in-memory node)
+        self.drop_answers_queued = False  # or: ask the driver (AnswerDropAsks) to answer under its log's lock
+        self._drops = DropWatch(identity.node_id)  # drop entries seen (orders, refused entries: events)
         self._drops.changed(state, identity.authority_public_key, now)  # what the state held: no events
         self._answering_drops = False
         self._refresh_membership(now)
@@ -564,7 +565,12 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
         rows = self._drops.changed(self.state, self.identity.authority_public_key, now)
         for name, fields in rows or ():
             self._emit(name, **fields)
-        if rows is not None and self.drop_signer is not None:
+        if rows is None or not self._drops.asks_from_others:
+            return
+        if self.drop_answers_queued:  # decided on the durable state, which holds sales this state lacks
+            self._persist_now()  # ... including the requests themselves
+            self._actions.append(AnswerDropAsks(now))
+        elif self.drop_signer is not None:
             self._answering_drops = True
             try:
                 self.mutate(lambda state: answer_asks(state, self.drop_signer, now), now)

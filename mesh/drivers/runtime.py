@@ -29,7 +29,7 @@ import trio
 from mesh.config import AgentConfig
 from mesh.content.cid import Cid
 from mesh.core.events import (
-    Address, AssetsEvaluated, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
+    Address, AnswerDropAsks, AssetsEvaluated, CancelServe, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected,
     DataReceived, Dial, DialFailed, Disconnected, Emit, EvaluateAssets, Event, EvictObjects, FetchRequested, LoadObjects, LoadRelease, ObjectsEvicted,
     ObjectsInventory, ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ServeChunk,
     ShutdownRequested, StateReloaded, StoreChunk, StoreUsage, Tick,
@@ -134,7 +134,8 @@ class Agent:
         self._usage_reported: int | None = None  # the bytes the core was last told
         self.fd_limit = raise_fd_limit()  # (soft, hard) RLIMIT_NOFILE
         self.acceptor = Acceptor(PreAuthGate(preauth_total_max(self.fd_limit[0])), self._emit_log, self.counters)
-        self._unpersisted: deque[bytes] = deque()  # state changes not yet appended to the log, in order
+        # state changes not yet appended to the log, and transactions to run after them, in order
+        self._unpersisted: deque[bytes | AnswerDropAsks] = deque()
         self._persist_wake_send, self._persist_wake = trio.open_memory_channel[None](1)  # see _persist_loop
         self._poll_send, self._poll_due = trio.open_memory_channel[None](1)  # see _state_reader
         self.tls = TlsWatch()  # what HTTPS serves, as the core last said (mesh.drivers.tls)
@@ -185,9 +186,7 @@ class Agent:
                         pin_tags=tuple(self.config.pin_tags), pin_canonical=self.config.pin_canonical,
                         want_tls_key=self.config.https is not None)
         core.declare_shared_medium(self.config.topology.shared_medium(wireless_route()))  # before any Hello
-        from mesh.state.drops import Signer
-
-        core.drop_signer = Signer(info.authority_public_key, self.home.node_key(), info.chain)  # answers asks
+        core.drop_answers_queued = True  # AnswerDropAsks: answered in a state-file transaction (`_answer_drops`)
         core.quota_bytes = self.config.store_quota_bytes  # a hub's per-mesh quota: releases past it wait
         core.offload_assets = True  # consent passes over every asset run on a worker (`_evaluate_assets`)
         core.handle(StoreUsage(self._usage[1], self.store_budget), time.time())
@@ -300,8 +299,8 @@ class Agent:
             self._close(action.conn_id, action.reason)
         elif isinstance(action, Dial):
             self._nursery.start_soon(self._dial, action.address, action.node_id)
-        elif isinstance(action, PersistChanges):
-            self._persist(action.data)
+        elif isinstance(action, (PersistChanges, AnswerDropAsks)):
+            self._persist(action.data if isinstance(action, PersistChanges) else action)
         elif isinstance(action, Emit):
             self._emit_log(action.name, **action.as_dict())
         elif isinstance(action, ServeChunk):
@@ -488,10 +487,23 @@ class Agent:
             conn.outbox.close()
             conn.scope.deadline = min(conn.scope.deadline, trio.current_time() + CLOSE_DRAIN_S)
 
-    def _persist(self, data: bytes) -> None:
-        """Queue changes for the state log; `_persist_loop` appends (and fsyncs) them in order."""
+    def _persist(self, data: bytes | AnswerDropAsks) -> None:
+        """Queue changes for the state log (or a drop answer to decide after them); `_persist_loop`
+        appends (and fsyncs) them in order."""
         self._unpersisted.append(data)
         self._retry_persist()
+
+    def _answer_drops(self, action: AnswerDropAsks) -> int:
+        """Answer other boxes' requests for drop allowance in one state-file transaction: under the
+        lock every reservation a CLI, POS or page made here is in the state the answer is decided on,
+        so a unit is never both given away and reserved. Worker thread; the transfers made (the
+        next state poll brings them into the core)."""
+        from mesh.state.drops import Signer, answer_asks
+
+        info = self.home.info
+        signer = Signer(info.authority_public_key, self.home.node_key(), info.chain)
+        with self.statefile.transaction(actor_id(info.node_id, os.urandom(8))) as state:
+            return len(answer_asks(state, signer, action.at))
 
     def _retry_persist(self) -> None:
         """Wake `_persist_loop` if changes wait (after a failed append it waits for this)."""
@@ -505,8 +517,13 @@ class Agent:
         A failed append (disk full, EMFILE) stays first in line; the next state poll retries it."""
         async for _ in self._persist_wake:
             while self._unpersisted:
+                item = self._unpersisted[0]
                 try:
-                    await trio.to_thread.run_sync(self.statefile.append, self._unpersisted[0])
+                    if isinstance(item, AnswerDropAsks):
+                        if await trio.to_thread.run_sync(self._answer_drops, item):
+                            self._poll_state()
+                    else:
+                        await trio.to_thread.run_sync(self.statefile.append, item)
                 except (OSError, MeshError) as exc:
                     log.error("state.persist_failed error=%s waiting=%d", exc, len(self._unpersisted))
                     break

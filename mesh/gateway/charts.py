@@ -52,7 +52,8 @@ def throughput_svg(history: list[tuple[float, float, float]], now: float, span_s
 
 
 def tags_svg(rows: list[dict]) -> str:
-    """Per tag, bars of media shown and hidden (consent or retention), with the views counted."""
+    """Per tag, bars of media shown and hidden (consent or retention), with the views counted and
+    the drop units sold."""
     rows = rows[:TAGS_SHOWN_MAX]
     height = max(1, len(rows)) * (BAR_HEIGHT + 8) + 24
     head = (f'<svg id="tags-chart" class="chart" viewBox="0 0 {WIDTH} {height}" role="img" '
@@ -66,12 +67,13 @@ def tags_svg(rows: list[dict]) -> str:
     for i, row in enumerate(rows):
         y = 24 + i * (BAR_HEIGHT + 8)
         shown_w, hidden_w = row["shown"] * scale, row["hidden"] * scale
+        sold = f' · {row["sold"]} sold' if row.get("sold") else ""
         parts.append(
-            f'<g class="tag" data-tag="{escape(row["tag"])}" data-shown="{row["shown"]}" data-hidden="{row["hidden"]}">'
+            f'<g class="tag" data-tag="{escape(row["tag"])}" data-shown="{row["shown"]}" data-hidden="{row["hidden"]}" data-sold="{row.get("sold", 0)}">'
             f'<text x="{LABEL_WIDTH - 6}" y="{y + 13}" text-anchor="end">{escape(row["tag"][:18])}</text>'
             f'<rect x="{LABEL_WIDTH}" y="{y}" width="{shown_w:.1f}" height="{BAR_HEIGHT}" class="shown"/>'
             f'<rect x="{LABEL_WIDTH + shown_w:.1f}" y="{y}" width="{hidden_w:.1f}" height="{BAR_HEIGHT}" class="hidden"/>'
             f'<text x="{LABEL_WIDTH + shown_w + hidden_w + 6:.1f}" y="{y + 13}" class="muted">'
-            f'{row["shown"]} + {row["hidden"]} · {row["views"]} views</text></g>')
+            f'{row["shown"]} + {row["hidden"]} · {row["views"]} views{sold}</text></g>')
     parts.append("</svg>")
     return "".join(parts)

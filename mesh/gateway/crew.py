@@ -323,7 +323,7 @@ def event_words(data: dict) -> dict:
 
 # What /crew/updates sends: element id on the page -> the template that renders its content.
 UPDATED_PARTS = {"nodes": "_nodes.html", "current-release": "_current_release.html", "events": "_events.html",
-                 "charts": "_charts.html"}
+                 "charts": "_charts.html", "drops": "_drops.html"}
 
 
 def dashboard_data(view, rates: Rates | None = None) -> dict:
@@ -332,6 +332,7 @@ def dashboard_data(view, rates: Rates | None = None) -> dict:
     return {"node": view.node_info(), "members": node_rows(view, status, rates, time.time()),
             "releases": view.releases(), "throughput": list(rates.history),
             "tags": view.tag_counts() if hasattr(view, "tag_counts") else [],
+            "drops": view.drop_rows(),
             "release": status.get("release"), "store": status.get("store"), "health": status.get("health"),
             "events": _events(view), "actions_blocked": view.crew_actions_allowed(),
             "listen_addresses": status.get("listen_addresses", []), "pending": status.get("pending_boxes", [])}
@@ -368,4 +369,13 @@ async def _admit(view, form: dict) -> str:
     return f"admitted {node_id[:16]}… as {name or 'the name it picks'}; it joins the mesh now"
 
 
-ACTIONS = {"rollback": _rollback, "revoke": _revoke, "policy": _policy, "admit": _admit}
+async def _drop_settle(view, form: dict) -> str:
+    """Mark a reservation made at this box paid (`paid=yes`) or cancel it."""
+    paid = form.get("paid", "yes") != "no"
+    order = await view.settle_order((form.get("drop_id") or "").strip(), form.get("order") or "", paid)
+    await view.wait_state(lambda: not any(o["order"] == order.code for d in view.drop_rows() for o in d["waiting"]))
+    return f"order {order.code} is {order.status}"
+
+
+ACTIONS = {"rollback": _rollback, "revoke": _revoke, "policy": _policy, "admit": _admit,
+           "drop-settle": _drop_settle}

@@ -11,7 +11,7 @@ dashboard was open on this node, HISTORY_S at most. Everything here is bounded.
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import Counter, deque
 
 import trio
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 UPDATE_INTERVAL_S = 2.0  # how often /crew/updates sends fresh parts
 UPDATE_STREAM_S_MAX = 15 * 60.0  # a stream ends after this long (the browser's EventSource reconnects)
 UPDATE_STREAMS_MAX = 16  # streams open at once on this node; more are answered 503
+UPDATE_IDLE_S = 20.0  # a stream with nothing new sends a comment line this often
 RATE_SAMPLE_S_MIN = 1.0  # two samples closer than this reuse the last rate
 RATE_KEYS_MAX = 1024  # nodes whose last sample is kept
 HISTORY_STEP_S = 5.0  # the throughput history keeps one sample per this many seconds
@@ -117,29 +118,44 @@ def sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def updates_route(is_crew, parts):
-    """`GET /crew/updates`: for the crew, `parts(request)` (a dict of named HTML fragments) as an `update`
-    event now and every UPDATE_INTERVAL_S; 403 for anyone else, 503 past UPDATE_STREAMS_MAX."""
+def updates_route(allowed, parts, streams_max: int = UPDATE_STREAMS_MAX,
+                  denied: str = "crew only: log in at /crew", per_address_max: int | None = None):
+    """A server-sent event stream (`GET /crew/updates`, a drop's live page): `parts(request)` (a dict
+    of named fragments) as an `update` event now and whenever it changed, looked at every
+    UPDATE_INTERVAL_S, with a comment line every UPDATE_IDLE_S so proxies keep a quiet stream open.
+    403 with `denied` for a request `allowed` refuses (checked again each round: a revoked
+    organizer's token ends the stream), 503 past `streams_max` open at once or `per_address_max`
+    from one client address."""
     open_streams = [0]
+    per_address: Counter[str] = Counter()
 
-    async def stream(request: Request):
+    async def stream(request: Request, address: str):
         open_streams[0] += 1
+        per_address[address] += 1
         try:
             with trio.move_on_after(UPDATE_STREAM_S_MAX):
                 yield b"retry: 3000\n\n"
-                while is_crew(request):  # a revoked organizer's token ends the stream
-                    yield sse("update", parts(request))
+                last, quiet_s = b"", 0.0
+                while allowed(request):
+                    fresh = sse("update", parts(request))
+                    if fresh != last or quiet_s >= UPDATE_IDLE_S:
+                        yield fresh if fresh != last else b": idle\n\n"
+                        last, quiet_s = fresh, 0.0
                     await trio.sleep(UPDATE_INTERVAL_S)
+                    quiet_s += UPDATE_INTERVAL_S
         finally:
             open_streams[0] -= 1
+            per_address[address] -= 1
+            if per_address[address] <= 0:
+                del per_address[address]
 
     async def endpoint(request: Request) -> Response:
-        if not is_crew(request):
-            return Response("crew only: log in at /crew", status_code=403, media_type="text/plain")
-        if open_streams[0] >= UPDATE_STREAMS_MAX:
-            return Response("too many dashboards open on this node", status_code=503, media_type="text/plain")
-        return StreamingResponse(stream(request), media_type="text/event-stream",
+        if not allowed(request):
+            return Response(denied, status_code=403, media_type="text/plain")
+        address = request.client.host if request.client else "-"
+        if open_streams[0] >= streams_max or (per_address_max is not None and per_address[address] >= per_address_max):
+            return Response("too many live pages open on this node", status_code=503, media_type="text/plain")
+        return StreamingResponse(stream(request, address), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     return endpoint
-

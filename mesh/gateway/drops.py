@@ -2,7 +2,8 @@
 `mesh.state.drops`).
 
 Routes: `GET /drop/ID` (what is left, a reserve button; with `?order=CODE` the order's code, QR and
-status), `POST /drop/ID/reserve` (form, CSRF), `GET /api/drops`, `GET /api/drops/ID`,
+status), `GET /drop/ID/updates[?order=CODE]` (server-sent events: what is left and the order's
+status whenever they change; the page's script applies them), `POST /drop/ID/reserve` (form, CSRF), `GET /api/drops`, `GET /api/drops/ID`,
 `POST /api/drops/ID/reserve` ({"order","expires","pay_url"}), and for the POS or crew (a crew token
 as `Authorization: Bearer`) `POST /api/drops/ID/sell` and `/cancel` with {"order": CODE}.
 A box reserves only from its own allowance; writes go through the state file like the CLI's.
@@ -25,7 +26,10 @@ from mesh.state import drops as dr
 RESERVE_WINDOW_S = 10 * 60.0  # reservations one client address may make ...
 RESERVES_PER_ADDRESS_MAX = 3  # ... at most this many in that window (a phone hoarding the stock)
 ADDRESSES_TRACKED_MAX = 4096  # then the oldest addresses are forgotten
-REFRESH_S = 10  # the page reloads this often while no order is shown ("updates live")
+REFRESH_S = 30  # without JavaScript the page reloads this often (with it, /drop/ID/updates streams)
+LIVE_STREAMS_MAX = 512  # phones following drops on this box at once; more see a page that does not move
+LIVE_STREAMS_PER_ADDRESS_MAX = 8  # ... from one client address
+LIVE_TALLY_S = 5.0  # a tally the streams share is recomputed at least this often (holds lapse)
 ORDER_CHARS_MAX = 32
 
 
@@ -65,19 +69,49 @@ class ReserveLimiter:
         return True
 
 
+class SharedTallies:
+    """Tallies for the live streams: one per drop per state (recomputed when the state's heads move,
+    or LIVE_TALLY_S later for reservations that lapse), however many phones follow it."""
+
+    def __init__(self, view) -> None:
+        self._view = view
+        self._made: dict[str, tuple[float, tuple, dr.Tally | None]] = {}
+
+    def get(self, drop_id: str) -> dr.Tally | None:
+        now, heads = time.monotonic(), tuple(self._view.agent.core.state.heads())
+        made = self._made.get(drop_id)
+        if made is None or made[1] != heads or now - made[0] >= LIVE_TALLY_S:
+            if len(self._made) >= ADDRESSES_TRACKED_MAX:
+                self._made.clear()
+            try:
+                tally = self._view.drop_book(time.time()).tally(dr.check_drop_id(drop_id))
+            except (UsageError, NotFoundError):
+                tally = None
+            made = self._made[drop_id] = (now, heads, tally)
+        return made[2]
+
+
+def live_parts(tally: dr.Tally | None, node_id: str, code: str) -> dict:
+    """What a phone's /drop/ID page updates in place: the words for what is left, whether it can
+    still reserve, and the status of its order (if it has one)."""
+    if tally is None:
+        return {"left": "This drop is gone.", "open": False, "status": ""}
+    order = (tally.orders.get((node_id, code)) or next(iter(tally.find_orders(code)), None)) if code else None
+    return {"left": about_left(tally), "open": not tally.closed and tally.left > 0,
+            "status": order.status if order is not None else ""}
+
+
 def routes(view) -> list:
     """The drop routes over an AgentView."""
+    from mesh.gateway.dashboard import updates_route
+
     limiter = ReserveLimiter()
 
     def info():
         return view.agent.home.info
 
-    def signer() -> dr.Signer:
-        home = view.agent.home
-        return dr.Signer(home.info.authority_public_key, home.node_key(), home.info.chain)
-
-    def book(now: float) -> dr.DropBook:
-        return dr.DropBook(view.agent.core.state, info().authority_public_key, now)
+    book = view.drop_book
+    shared = SharedTallies(view)
 
     def tally_of(request: Request, now: float) -> dr.Tally:
         drop_id = request.path_params["drop_id"]
@@ -90,7 +124,8 @@ def routes(view) -> list:
         now = time.time()
         if not limiter.allow(address, now):
             raise UsageError("too many reservations from this device: pay or wait for one to expire")
-        return await view._transact(lambda state: dr.reserve(state, signer(), drop_id, now, random.SystemRandom()))
+        rng = random.SystemRandom()
+        return await view._transact(lambda state: dr.reserve(state, view.drop_signer(), drop_id, now, rng))
 
     def client(request: Request) -> str:
         return request.client.host if request.client else "-"
@@ -119,6 +154,13 @@ def routes(view) -> list:
         return render(request, view, "drop.html", drop=tally.drop, tally=tally, about=about_left(tally),
                       order=order, pay_link=link, qr=qr, now=now, error=None,
                       refresh=None if order else REFRESH_S)
+
+    def updated(request: Request) -> dict:
+        try:
+            code = dr.parse_order_code(request.query_params.get("order", "")[:ORDER_CHARS_MAX])
+        except UsageError:
+            code = ""
+        return live_parts(shared.get(request.path_params["drop_id"]), info().node_id, code)
 
     async def reserve_form(request: Request) -> Response:
         tally = tally_of(request, time.time())
@@ -165,9 +207,7 @@ def routes(view) -> list:
                 body = await request.json() if request.headers.get("content-type", "").startswith(
                     "application/json") else await read_form(request)
                 code = body.get("order") if isinstance(body, dict) else None
-                do = dr.mark_paid if paid else dr.cancel
-                order = await view._transact(lambda state: do(state, signer(), tally.drop.id, str(code or ""),
-                                                              time.time()))
+                order = await view.settle_order(tally.drop.id, str(code or ""), paid)
             except NotFoundError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
             except (MeshError, ValueError, FormError) as exc:
@@ -178,6 +218,8 @@ def routes(view) -> list:
     return [
         Route("/drop/{drop_id}", page, methods=["GET"]),
         Route("/drop/{drop_id}/reserve", reserve_form, methods=["POST"]),
+        Route("/drop/{drop_id}/updates", updates_route(lambda request: True, updated, LIVE_STREAMS_MAX,
+                                                                 per_address_max=LIVE_STREAMS_PER_ADDRESS_MAX)),
         Route("/api/drops", api_list, methods=["GET"]),
         Route("/api/drops/{drop_id}", api_one, methods=["GET"]),
         Route("/api/drops/{drop_id}/reserve", api_reserve, methods=["POST"]),

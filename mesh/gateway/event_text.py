@@ -56,6 +56,8 @@ SENTENCES: dict[str, str] = {
     "ingest.waiting": "The folder {path} does not exist yet: looking again.",
     "ingest.watch_failed": "Watching {path} failed ({error}); rescanning it every few seconds instead.",
     "ingest.refused": "The folder {path} cannot be watched: {reason}.",
+    "drop.order": "Drop order {order} at {node} is {status}.",
+    "drop.entry_refused": "A drop entry that does not verify was ignored ({reason}).",
     "health.failed": "Health is failing: {checks}.",
     "health.recovered": "Every health check passes again.",
     "health.drill": "This node ran drill {id} (passed: {ok}).",

@@ -22,6 +22,7 @@ from mesh.drivers.runtime import Agent
 from mesh.errors import CredentialError, MeshError, NotFoundError, UsageError
 from mesh.gateway.app import IMMUTABLE, REVALIDATE, FileRef, ServedFile
 from mesh.state import consent as cs
+from mesh.state import drops as dr
 from mesh.state import releases as rel
 from mesh.state.document import actor_id
 from mesh.state.membership import Role, create_revocation
@@ -38,6 +39,7 @@ BADGE_CHECKS_WAITING_MAX = 16  # grants queued behind a running badge check; mor
 FETCH_START_S = 10.0  # how long a request for a file held elsewhere waits for its size and chunk list
 FETCH_STALL_S = 30.0  # ... and for each next chunk, before the response ends short
 FETCH_RENEW_S = 10.0  # while a browser waits, the fetch is asked for again this often (it lapses otherwise)
+DROP_ORDERS_SHOWN_MAX = 20  # a drop's unpaid reservations listed on the dashboard (the rest are counted)
 HOSTS_REFRESH_S = 10.0  # the allowed host names are re-read this often (a new certificate adds names)
 UNAVAILABLE_GRACE_S = 2.0  # a file no connected peer holds is given this long for an announcement
 SERVED_FILES_MAX = 4096  # `/c/CID` answers cached per catalog (dropped all at once past this)
@@ -442,7 +444,38 @@ class AgentView:
         core = self.agent.core
         if core is None:
             return []
-        return tag_counts(self.catalog(), core.state.assets(), cs.tag_views(core.state))
+        sold = dr.sales_per_tag(core.state, self.agent.home.info.authority_public_key, time.time())
+        return tag_counts(self.catalog(), core.state.assets(), cs.tag_views(core.state), sold)
+
+    # ---- drops --------------------------------------------------------------------------------------
+
+    def drop_signer(self) -> dr.Signer:
+        """This node's key for drop operations (any member box sells from its own allowance)."""
+        home = self.agent.home
+        return dr.Signer(home.info.authority_public_key, home.node_key(), home.info.chain)
+
+    def drop_book(self, now: float) -> dr.DropBook:
+        return dr.DropBook(self.agent.core.state, self.agent.home.info.authority_public_key, now)
+
+    def drop_rows(self) -> list[dict]:
+        """Every drop as the dashboard shows it: the tally, this box's reservations awaiting payment,
+        and each box's share by name."""
+        names = {m.node_id: m.name for m in self.agent.core.state.members()}
+        node = self.agent.home.info.node_id
+        rows = []
+        for tally in self.drop_book(time.time()).tallies():
+            shares = [{"node_id": n, "name": names.get(n) or n[:10], "self": n == node, **share}
+                      for n, share in tally.as_json()["per_node"].items()]
+            waiting = [{"order": o.code, "expires": o.expires} for (n, _), o in sorted(tally.orders.items())
+                       if n == node and o.status == dr.RESERVED]
+            rows.append({**tally.as_json(), "shares": shares, "waiting": waiting[:DROP_ORDERS_SHOWN_MAX],
+                         "waiting_more": max(0, len(waiting) - DROP_ORDERS_SHOWN_MAX)})
+        return rows
+
+    async def settle_order(self, drop_id: str, code: str, paid: bool) -> dr.Order:
+        """Mark this box's reservation `code` paid (or cancel it): the POS's and the dashboard's way."""
+        do = dr.mark_paid if paid else dr.cancel
+        return await self._transact(lambda state: do(state, self.drop_signer(), drop_id, code, time.time()))
 
     def crew_actions_allowed(self) -> str | None:
         """None if this node can sign crew actions; otherwise why not, in plain language."""
@@ -578,17 +611,23 @@ def tag_cloud(state, records) -> list[TagInfo]:
     return cloud
 
 
-def tag_counts(catalog: Catalog, records, views: dict[str, int]) -> list[dict]:
-    """[{"tag", "shown", "hidden", "views"}] for every tag in use or viewed, most media first."""
+def tag_counts(catalog: Catalog, records, views: dict[str, int], sold: dict[str, int] | None = None) -> list[dict]:
+    """[{"tag", "shown", "hidden", "views", "sold"}] for every tag in use, viewed or sold (drop units),
+    most media first."""
     counts: dict[str, dict] = {}
+
+    def row(tag: str) -> dict:
+        return counts.setdefault(tag, {"tag": tag, "shown": 0, "hidden": 0, "views": 0, "sold": 0})
+
     for record in records:
         shown = record.cid in catalog.visible
         for tag in record.tags:
             if not tag.startswith(cs.SCOPE_TAG):
-                row = counts.setdefault(tag, {"tag": tag, "shown": 0, "hidden": 0, "views": 0})
-                row["shown" if shown else "hidden"] += 1
+                row(tag)["shown" if shown else "hidden"] += 1
     for tag, n in views.items():
-        counts.setdefault(tag, {"tag": tag, "shown": 0, "hidden": 0, "views": 0})["views"] = n
+        row(tag)["views"] = n
+    for tag, n in (sold or {}).items():
+        row(tag)["sold"] = n
     return sorted(counts.values(), key=lambda r: (-(r["shown"] + r["hidden"]), -r["views"], r["tag"]))
 
 

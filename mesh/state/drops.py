@@ -900,16 +900,21 @@ def reclaim(state: MeshState, signer: Signer, drop_id: str, node: str, now: floa
 class DropWatch:
     """What changed in the drops since the last look, as event rows for a node's log and outbox:
     `drop.order` per new or settled order, `drop.entry_refused` per entry that does not verify
-    (a forged transfer, another mesh's statement, junk). Remembers at most VERIFY_CACHE_MAX keys."""
+    (a forged transfer, another mesh's statement, junk). Remembers at most VERIFY_CACHE_MAX keys.
+    After each call `asks_from_others` says whether a drop it touched has an open request for more
+    from a node other than `node_id` (one this node may answer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "") -> None:
+        self._node_id = node_id
         self._seen: set[str] = set()
         self._statuses: dict[tuple[str, str, str], str] = {}  # (drop, node, code) -> status last told
+        self.asks_from_others = False
 
     def changed(self, state: MeshState, authority_public_key: bytes, now: float) -> list[tuple[str, dict]] | None:
         """Event rows for the entries new since the last call; None if there are none."""
         entries = state.drop_entries()
         fresh = [k for k in entries if k not in self._seen]
+        self.asks_from_others = False
         if not fresh:
             return None
         if len(self._seen) + len(fresh) > VERIFY_CACHE_MAX:
@@ -920,7 +925,9 @@ class DropWatch:
                 for key in fresh if not _entry_counted(book, key, entries[key])]
         for key in {k.split(_SEP)[1] for k in fresh if k.count(_SEP) >= 1}:
             if book.drop(key) is not None:
-                rows += self._order_rows(book.tally(key))
+                tally = book.tally(key)
+                rows += self._order_rows(tally)
+                self.asks_from_others |= not tally.closed and any(a.node != self._node_id for a in tally.open_asks())
         return rows
 
     def _order_rows(self, tally: Tally) -> list[tuple[str, dict]]:

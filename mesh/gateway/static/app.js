@@ -93,12 +93,27 @@
     }, 5000);
   }
 
+  function liveDrop() {  // /drop/ID: what is left follows the server; a changed order or stock reloads
+    var box = document.querySelector("[data-drop-live]");
+    if (!box || !("EventSource" in window)) return;
+    var status = box.getAttribute("data-status"), open = box.getAttribute("data-open") === "true";
+    var source = new EventSource(box.getAttribute("data-drop-live"));
+    source.addEventListener("update", function (ev) {
+      var fresh;
+      try { fresh = JSON.parse(ev.data); } catch (e) { return; }
+      var left = document.getElementById("left");
+      if (left) left.textContent = fresh.left;
+      box.setAttribute("data-live", String(Date.now()));
+      if (fresh.status !== status || fresh.open !== open) { source.close(); window.location.reload(); }
+    });
+  }
+
   function printButton() {
     var button = document.getElementById("print");
     if (button) button.addEventListener("click", function () { window.print(); });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    registerWorker(); offlineNotice(); consentCode(); ages(); confirmForms(); liveDashboard(); printButton();
+    registerWorker(); offlineNotice(); consentCode(); ages(); confirmForms(); liveDashboard(); liveDrop(); printButton();
   });
 })();
