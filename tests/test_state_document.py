@@ -373,3 +373,49 @@ def test_node_pins_and_canonical_tags_converge_and_keep_each_nodes_last_word(ops
     sets = [frozenset(rest[0]) for kind, i, *rest in ops if kind == "canon"]
     if sets and all(i == 0 for kind, i, *rest in ops if kind == "canon"):
         assert set(replicas[0].tag_descriptions()) == sets[-1], "one organizer: its last set stands"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(CIDS), st.sampled_from(TAGS)), min_size=1,
+                max_size=12), st.lists(st.integers(0, 11), max_size=4))
+def test_applied_changes_are_named_without_walking_the_history_and_exactly_as_the_document_does(
+        edits, batch_cuts) -> None:
+    """Three writers edit concurrently; a reader applies their changes in batches (and sometimes a
+    batch whose dependencies come later, which the document holds back). Every apply names every
+    change its history gained and nothing it does not hold (a change that came again alongside new
+    ones may be named again), a chain of applies answers change_hashes_since the same way, and the
+    hashes read from a chunk's header are the document's own, dependencies included."""
+    writers = [replica(f"w{i}") for i in range(3)]
+    base = writers[0]
+    base.put_asset(record(CIDS[0]))
+    for w in writers[1:]:
+        w.merge(base)
+    reader = replica("reader")
+    reader.merge(base)
+    start = reader.heads()
+    for who, cid, tag in edits:
+        writers[who].put_asset(record(cid, [tag], by=f"w{who}", name="photo-" + "x" * 40 * who))  # some compress
+        writers[who].tag_asset(cid, add=[tag])
+    changes = [c for w in writers for c in w._doc.get_changes([]) if c.hash not in set(
+        x.hash for x in reader._doc.get_changes([]))]
+    from mesh.state.document import applied_hashes, change_chunk_ids
+
+    ids = change_chunk_ids([c.bytes for c in changes])
+    assert ids is not None and [h for h, _ in ids] == [c.hash for c in changes]
+    assert [tuple(d) for _, d in ids] == [tuple(c.deps) for c in changes]
+    cuts = sorted({0, len(changes), *[min(c, len(changes)) for c in batch_cuts]})
+    batches = [changes[a:b] for a, b in zip(cuts, cuts[1:])]
+    random.Random(len(edits)).shuffle(batches)  # later changes may arrive before their dependencies
+    for batch in batches:
+        before = reader.heads()
+        new = reader.apply_changes(b"".join(c.bytes for c in batch))
+        truth = {c.hash for c in reader._changes_since(before)}
+        held = {c.hash for c in reader._doc.get_changes([])}
+        assert truth <= set(new) <= held and len(new) == len(set(new))  # every new one, nothing not held
+    held = {c.hash for c in reader._doc.get_changes([])}
+    assert {c.hash for c in reader._changes_since(start)} <= set(reader.change_hashes_since(start)) <= held
+    behind = replica("behind")
+    behind.merge(base)
+    behind.apply_changes(reader.changes_since(start))  # what a peer at `start` is sent
+    assert behind.heads() == reader.heads()
+    assert applied_hashes([], [], []) == []

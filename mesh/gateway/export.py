@@ -13,7 +13,8 @@ from pathlib import Path
 from mesh.content.cid import Cid
 from mesh.errors import MeshError
 from mesh.gateway.pages import STATIC_DIR, _env, qr_svg
-from mesh.gateway.view import build_catalog, policies_json
+from mesh.gateway.catalog import build_catalog
+from mesh.gateway.view import policies_json
 from mesh.state import releases as rel
 
 EXPORT_ASSETS_MAX = 10_000

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import trio
 
@@ -21,6 +20,7 @@ from mesh.drivers.purge import consent_view
 from mesh.drivers.runtime import Agent
 from mesh.errors import CredentialError, MeshError, NotFoundError, UsageError
 from mesh.gateway.app import IMMUTABLE, REVALIDATE, FileRef, ServedFile
+from mesh.gateway.catalog import HIDDEN, UNSURE, VISIBLE, Catalog, CatalogKeeper, search_catalog, tag_counts
 from mesh.state import consent as cs
 from mesh.state import drops as dr
 from mesh.state import releases as rel
@@ -29,9 +29,6 @@ from mesh.state.membership import Role, create_revocation
 from mesh.state.records import AssetRecord
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
-CATALOG_TTL_S = 1.0  # rebuild the catalog at least this often (retention is judged by the clock)
-SEARCH_RESULTS_MAX = 200
-QUERY_CHARS_MAX = 100
 OFFLINE_FILE_BYTES_MAX = 2 * 1024 * 1024  # the service worker caches release files up to this size
 OFFLINE_FILES_MAX = 500
 STATE_WAIT_S = 3.0  # how long a write waits for the agent to see it before the page redirects
@@ -45,39 +42,14 @@ UNAVAILABLE_GRACE_S = 2.0  # a file no connected peer holds is given this long f
 SERVED_FILES_MAX = 4096  # `/c/CID` answers cached per catalog (dropped all at once past this)
 
 
-@dataclass(frozen=True)
-class TagInfo:
-    """One tag of the tag cloud."""
-
-    tag: str  # canonical tag
-    count: int  # visible assets with the tag
-    description: str  # the event's description of it, "" for tags in use but not declared
-    canonical: bool = False  # one of the event's declared tags (shown first, with its description)
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """What attendees may see now, built from the shared state at one moment."""
-
-    visible: dict[str, AssetRecord]  # asset CID -> record, only visible assets
-    hidden: frozenset[str]  # CIDs never served: hidden assets and their previews
-    thumb_owner: dict[str, str]  # thumbnail CID -> asset CID
-    tags: list[TagInfo]  # tag cloud: declared tags first, then tags in use
-    policies: cs.Policies  # policies in force
-    heads: tuple[bytes, ...] = ()  # state heads it was built from
-    built_at: float = 0.0  # unix seconds
-    search_text: dict[str, str] = field(default_factory=dict)  # asset CID -> lower-case name and tags
-    revocable: frozenset[str] = frozenset()  # visible CIDs that consent or retention may hide later
-    preview_owner: dict[str, str] = field(default_factory=dict)  # preview clip CID -> asset CID
-
-
 class AgentView:
     """Implements `GatewayView` over an `Agent` (its store and its core's shared state)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self._release_cache: tuple[str, dict[str, DirEntry]] | None = None
-        self._catalog: Catalog | None = None
+        self._catalogs = CatalogKeeper(lambda: agent.core.state if agent.core is not None else None,
+                                       lambda: agent.home.info.authority_public_key)
         self._write_lock = trio.Lock()
         self._badge_limiter = trio.CapacityLimiter(1)  # badge checks (scrypt): one core at most
         self._hosts: tuple[float, frozenset[str]] | None = None  # (monotonic time, names) cached
@@ -146,16 +118,20 @@ class AgentView:
     # ---- files ------------------------------------------------------------------------------------
 
     def served_file(self, cid: str) -> ServedFile | None:
-        """What `/c/CID` needs for a file held here and not hidden, cached while the catalog (the
-        state head, at most CATALOG_TTL_S) stays the same; None for anything else (unknown,
-        hidden, malformed, arriving), which takes the full path. A file deleted from the store in
-        that time fails its first chunk read: 404, never bytes."""
+        """What `/c/CID` needs for a file held here and not hidden, cached while the catalog is
+        that of the state now (a CID consent or retention may hide is judged again each time);
+        None for anything else (unknown, hidden, malformed, arriving), which takes the full path.
+        A file deleted from the store in that time fails its first chunk read: 404, never bytes."""
         catalog = self.catalog()
+        if not self._catalogs.fresh(catalog):
+            return self._look_up_served(cid) if _looks_like_cid(cid) else None  # judged live, not kept
         cached_for, served = self._served
         if cached_for is not catalog:
             served = {}
             self._served = (catalog, served)
         found = served.get(cid)
+        if found is not None and cid in catalog.revocable and self.is_hidden(cid):
+            return None
         if found is None and cid not in catalog.hidden and _looks_like_cid(cid):
             found = self._look_up_served(cid)
             if found is not None:
@@ -176,8 +152,10 @@ class AgentView:
 
     def file_by_cid(self, cid: str) -> FileRef | None:
         """A file held completely here and not hidden; None otherwise (never partial bytes, never
-        an asset lacking consent or past its retention, nor its thumbnail)."""
-        if self.is_hidden(cid):
+        an asset lacking consent or past its retention, nor its thumbnail; while the catalog is
+        rebuilt, nor a CID it cannot vouch for yet)."""
+        kind, _ = self._catalogs.verdict(cid)
+        if kind == HIDDEN or (kind == UNSURE and not self._in_release(cid)):
             return None
         store = self.agent.store
         try:
@@ -189,21 +167,26 @@ class AgentView:
         return FileRef(cid, size, self._media_type(cid))
 
     def may_hide(self, cid: str) -> bool:
-        """Consent or retention may hide this CID later: browsers must revalidate, not keep it."""
-        return cid in self.catalog().revocable
+        """Consent or retention may hide this CID later: browsers must revalidate, not keep it
+        (anything asked while the catalog is rebuilt, too)."""
+        catalog = self.catalog()
+        return cid in catalog.revocable or not self._catalogs.fresh(catalog)
 
     def is_hidden(self, cid: str) -> bool:
         """The CID is a hidden asset or a hidden asset's thumbnail (serve 410, never bytes)."""
-        return cid in self.catalog().hidden
+        return self._catalogs.verdict(cid)[0] == HIDDEN
+
+    def _in_release(self, cid: str) -> bool:
+        return any(str(entry.cid) == cid for entry in self._release_entries().values())
 
     def _media_type(self, cid: str) -> str:
-        catalog = self.catalog()
-        record = catalog.visible.get(cid)
-        if record is not None:
+        kind, record = self._catalogs.verdict(cid)
+        if kind == VISIBLE:
             return record.media_type
-        if cid in catalog.thumb_owner:
+        catalog = self.catalog()
+        if cid in catalog.thumb_owner or (record is not None and cid == record.thumbnail):
             return "image/jpeg"
-        if cid in catalog.preview_owner:
+        if cid in catalog.preview_owner or (record is not None and cid == record.preview):
             return "video/mp4"
         for entry in self._release_entries().values():
             if str(entry.cid) == cid:
@@ -320,24 +303,19 @@ class AgentView:
     # ---- catalog ----------------------------------------------------------------------------------
 
     def catalog(self) -> Catalog:
-        """The visible catalog, rebuilt when the state changed or after CATALOG_TTL_S."""
-        core = self.agent.core
-        if core is None:
-            return Catalog({}, frozenset(), {}, [], cs.Policies())
-        heads = tuple(core.state.heads())
-        now = time.time()
-        cached = self._catalog
-        if cached is None or cached.heads != heads or now - cached.built_at > CATALOG_TTL_S:
-            self._catalog = build_catalog(core.state, self.agent.home.info.authority_public_key, now)
-            self._catalog = Catalog(**{**self._catalog.__dict__, "heads": heads})
-        return self._catalog
+        """The latest visible catalog (lists, counts, tags; mesh.gateway.catalog): built on a worker
+        after each change, so it may be a moment older than the state; single CIDs are judged
+        against the live state meanwhile (`asset`, `is_hidden`, `file_by_cid`)."""
+        return self._catalogs.catalog()
 
     def search(self, query: str = "", tag: str | None = None) -> list[AssetRecord]:
-        return search_catalog(self.catalog(), query, tag)
+        """Visible assets matching, newest first (each one still visible now)."""
+        return search_catalog(self.catalog(), query, tag, keep=self._catalogs.listed)
 
     def asset(self, cid: str) -> AssetRecord | None:
-        """A visible asset's record; None if unknown or hidden."""
-        return self.catalog().visible.get(cid)
+        """A visible asset's record; None if unknown, hidden, or a CID that is no asset."""
+        kind, record = self._catalogs.verdict(cid)
+        return record if kind == VISIBLE else None
 
     # ---- consent ----------------------------------------------------------------------------------
 
@@ -445,7 +423,7 @@ class AgentView:
         if core is None:
             return []
         sold = dr.sales_per_tag(core.state, self.agent.home.info.authority_public_key, time.time())
-        return tag_counts(self.catalog(), core.state.assets(), cs.tag_views(core.state), sold)
+        return tag_counts(self.catalog(), cs.tag_views(core.state), sold)
 
     # ---- drops --------------------------------------------------------------------------------------
 
@@ -572,77 +550,6 @@ def _looks_like_cid(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def build_catalog(state, authority_public_key: bytes | None, now: float) -> Catalog:
-    """The visible catalog of a state at `now` (failures close: unverifiable reads as hidden)."""
-    view = consent_view(state, authority_public_key, now)
-    visible: dict[str, AssetRecord] = {}
-    hidden: set[str] = set()
-    thumb_owner: dict[str, str] = {}
-    preview_owner: dict[str, str] = {}
-    for record in state.assets():
-        shown = view.visible(record, now)
-        (visible.__setitem__(record.cid, record) if shown else hidden.add(record.cid))
-        for cid, owners in ((record.thumbnail, thumb_owner), (record.preview, preview_owner)):
-            if cid:
-                owners[cid] = record.cid
-                if not shown:
-                    hidden.add(cid)
-    hidden -= set(visible)  # a CID shared with a visible asset stays servable
-    hidden -= {c for r in visible.values() for c in (r.thumbnail, r.preview) if c}
-    text = {cid: " ".join([r.name.lower(), *sorted(r.tags)]) for cid, r in visible.items()}
-    revocable = {c for r in visible.values() if r.subjects or r.retention_s is not None
-                 for c in (r.cid, r.thumbnail, r.preview) if c}
-    return Catalog(visible, frozenset(hidden), thumb_owner, tag_cloud(state, visible.values()),
-                   view.policies, built_at=now, search_text=text, revocable=frozenset(revocable),
-                   preview_owner=preview_owner)
-
-
-def tag_cloud(state, records) -> list[TagInfo]:
-    counts: dict[str, int] = {}
-    for record in records:
-        for tag in record.tags:
-            if not tag.startswith(cs.SCOPE_TAG):
-                counts[tag] = counts.get(tag, 0) + 1
-    declared = state.tag_descriptions()
-    cloud = [TagInfo(tag, counts.get(tag, 0), text, canonical=True) for tag, text in declared.items()]
-    cloud += [TagInfo(tag, n, "") for tag, n in sorted(counts.items()) if tag not in declared]
-    return cloud
-
-
-def tag_counts(catalog: Catalog, records, views: dict[str, int], sold: dict[str, int] | None = None) -> list[dict]:
-    """[{"tag", "shown", "hidden", "views", "sold"}] for every tag in use, viewed or sold (drop units),
-    most media first."""
-    counts: dict[str, dict] = {}
-
-    def row(tag: str) -> dict:
-        return counts.setdefault(tag, {"tag": tag, "shown": 0, "hidden": 0, "views": 0, "sold": 0})
-
-    for record in records:
-        shown = record.cid in catalog.visible
-        for tag in record.tags:
-            if not tag.startswith(cs.SCOPE_TAG):
-                row(tag)["shown" if shown else "hidden"] += 1
-    for tag, n in views.items():
-        row(tag)["views"] = n
-    for tag, n in (sold or {}).items():
-        row(tag)["sold"] = n
-    return sorted(counts.values(), key=lambda r: (-(r["shown"] + r["hidden"]), -r["views"], r["tag"]))
-
-
-def search_catalog(catalog: Catalog, query: str = "", tag: str | None = None) -> list[AssetRecord]:
-    """Visible assets with `tag` (if given) whose name or tags contain every word of `query`."""
-    words = query.lower()[:QUERY_CHARS_MAX].split()
-    found = []
-    for cid, record in sorted(catalog.visible.items(), key=lambda item: (-item[1].added_at, item[0])):
-        if tag and tag not in record.tags:
-            continue
-        if all(word in catalog.search_text.get(cid, "") for word in words):
-            found.append(record)
-            if len(found) >= SEARCH_RESULTS_MAX:
-                break
-    return found
 
 
 def policies_json(policies: cs.Policies) -> dict:

@@ -30,6 +30,8 @@ Theory of operation:
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -57,6 +59,8 @@ VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skippe
 ACTOR_SUFFIX_BYTES_MAX = 16
 SUBJECTS_PER_ASSET_MAX = 256
 CHANGE_HASH_BYTES = 32
+APPLIED_KEPT = 64  # recent applies remembered for change_hashes_since and changes_since ...
+APPLIED_BYTES_MAX = 4 * 1024 * 1024  # ... with at most this many bytes of their chunks
 _CHUNK_MAGIC = bytes([0x85, 0x6F, 0x4A, 0x83])  # Automerge storage chunk magic
 _CHUNK_TYPE_AT = 8  # after the magic and the 4-byte checksum
 _DOCUMENT_CHUNK = 0  # chunk type of a saved document (1 and 2 are changes)
@@ -157,6 +161,67 @@ def split_chunks(data: bytes) -> list[bytes]:
     return chunks
 
 
+_CHANGE_CHUNK, _COMPRESSED_CHANGE_CHUNK = 1, 2  # chunk types (0 is a whole document)
+_INFLATED_BYTES_MAX = 64 * 1024 * 1024  # a compressed change larger than this is left to the document
+
+
+def change_chunk_ids(chunks: list[bytes]) -> list[tuple[bytes, tuple[bytes, ...]]] | None:
+    """(hash, dependency hashes) of each change chunk, read as Automerge's storage format defines
+    them: the hash is SHA-256 over the uncompressed chunk's type, length and body (a compressed
+    change is raw DEFLATE of that body; the header's checksum is the hash's first 4 bytes), and a
+    change body starts with its dependencies. None when a chunk is anything else (a document, a
+    checksum mismatch): the caller then asks the document itself."""
+    found = []
+    for chunk in chunks:
+        if len(chunk) < 10 or chunk[8] not in (_CHANGE_CHUNK, _COMPRESSED_CHANGE_CHUNK):
+            return None
+        try:
+            length, start = _read_uleb128(chunk, 9)
+            body = bytes(chunk[start : start + length])
+            if chunk[8] == _COMPRESSED_CHANGE_CHUNK:
+                inflater = zlib.decompressobj(-15)
+                body = inflater.decompress(body, _INFLATED_BYTES_MAX)
+                if inflater.unconsumed_tail or not inflater.eof:
+                    return None
+            digest = hashlib.sha256(bytes([_CHANGE_CHUNK]) + _uleb128(len(body)) + body).digest()
+            count, pos = _read_uleb128(body, 0)
+        except (RemoteProtocolError, zlib.error):
+            return None
+        end = pos + count * CHANGE_HASH_BYTES
+        if digest[:4] != chunk[4:8] or end > len(body):
+            return None
+        found.append((digest, tuple(body[i : i + CHANGE_HASH_BYTES] for i in range(pos, end, CHANGE_HASH_BYTES))))
+    return found
+
+
+def applied_hashes(ids: list[tuple[bytes, tuple[bytes, ...]]], before: Iterable[bytes],
+                   after: Iterable[bytes]) -> list[bytes] | None:
+    """Which of these changes (`change_chunk_ids`) the document gained as its heads went from
+    `before` to `after`: those reachable from the new heads through each other's dependencies, in
+    the given order, each once. Every change gained is named, and only changes it holds (one it
+    already held may be named too, if it came again with new ones on top). None if a new head is
+    none of them (a change that waited for a missing dependency was applied too): then only the
+    document's history can tell."""
+    deps = dict(ids)
+    before = set(before)
+    stack = [h for h in after if h not in before]
+    if any(h not in deps for h in stack):
+        return None
+    held: set[bytes] = set()
+    while stack:
+        change = stack.pop()
+        if change in held:
+            continue
+        held.add(change)
+        stack.extend(d for d in deps[change] if d in deps and d not in before)
+    found = []
+    for change, _ in ids:  # the same change may come twice (a skeleton two writers both made)
+        if change in held:
+            found.append(change)
+            held.discard(change)
+    return found
+
+
 def _genesis() -> am.Document:
     """The genesis document: identical bytes, hence an identical change hash, everywhere."""
     doc = am.Document(GENESIS_ACTOR)
@@ -168,6 +233,7 @@ def _genesis() -> am.Document:
 
 
 GENESIS_HEADS = frozenset(_genesis().get_heads())  # the heads of a document with nothing in it
+GENESIS_SAVED = _genesis().save()  # ... saved: what a log of changes loads on top of when there is no snapshot
 
 
 def _skeleton_actor(cid: str) -> bytes:
@@ -753,12 +819,28 @@ class MeshState:
         return self._doc.save()
 
     def changes_since(self, heads: Iterable[bytes]) -> bytes:
-        """Concatenated change chunks not covered by `heads` (unknown hashes are ignored)."""
-        return b"".join(change.bytes for change in self._changes_since(list(heads)))
+        """Concatenated change chunks not covered by `heads` (unknown hashes are ignored; as
+        received, without a walk over the history, when recent applies lead from `heads` here)."""
+        heads = list(heads)
+        remembered = self._remembered_since(heads)
+        if remembered is not None:
+            return b"".join(chunk for _, chunk in remembered)
+        return b"".join(change.bytes for change in self._changes_since(heads))
+
+    def _remembered_since(self, heads: list[bytes]) -> list[tuple[bytes, bytes]] | None:
+        now = frozenset(self._doc.get_heads())
+        if now == frozenset(heads):
+            return []
+        return self._applied_since(frozenset(heads), now)
 
     def change_hashes_since(self, heads: Iterable[bytes]) -> list[bytes]:
-        """Hashes of the changes `changes_since(heads)` would return."""
-        return [change.hash for change in self._changes_since(list(heads))]
+        """Hashes of the changes `changes_since(heads)` would return (without a walk over the
+        history when recent `apply_changes` calls took the heads from `heads` to now)."""
+        heads = list(heads)
+        remembered = self._remembered_since(heads)
+        if remembered is not None:
+            return [change for change, _ in remembered]
+        return [change.hash for change in self._changes_since(heads)]
 
     def _changes_since(self, heads: list[bytes]) -> list[Any]:
         """The changes that are not `heads` or their ancestors, in causal order.
@@ -784,7 +866,9 @@ class MeshState:
 
     def apply_changes(self, data: bytes) -> list[bytes]:
         """Apply `changes_since` output (document chunks, such as a persisted snapshot, may be
-        among the changes); returns the hashes of changes that were new here.
+        among the changes); returns the hashes of changes that were new here (read from the
+        chunks, `applied_hashes`: no walk over the history, unless a snapshot or a change that had
+        waited is among them; a change held already may be named again alongside new ones).
 
         Changes whose dependencies are missing wait inside the document until those arrive.
         """
@@ -796,7 +880,46 @@ class MeshState:
         message = bytes([_SYNC_MESSAGE_V1, 0, 0, 0]) + _uleb128(len(chunks))
         message += b"".join(_uleb128(len(chunk)) + chunk for chunk in chunks)
         self._receive(am.SyncState(), message)
-        return self.change_hashes_since(before)
+        after = self._doc.get_heads()
+        if set(after) == set(before):
+            return []
+        ids = change_chunk_ids(chunks)
+        new = None if ids is None else applied_hashes(ids, before, after)
+        if new is None:  # a document chunk, or a change that had waited: ask the history
+            return self.change_hashes_since(before)
+        by_hash = {change: chunk for (change, _), chunk in zip(ids, chunks)}
+        self._note_applied(before, after, [(change, by_hash[change]) for change in new])
+        return new
+
+    def _note_applied(self, before: list[bytes], after: list[bytes], changes: list[tuple[bytes, bytes]]) -> None:
+        """Remember that these (hash, chunk) changes took the heads from `before` to `after`, so
+        `change_hashes_since(before)` and `changes_since(before)` need no walk over the history
+        (the last APPLIED_KEPT applies, their chunks while they total at most APPLIED_BYTES_MAX)."""
+        applied = self.__dict__.setdefault("_applied", [])
+        if sum(len(chunk) for _, chunk in changes) > APPLIED_BYTES_MAX:
+            applied.clear()  # too big to keep (a bootstrap): the chain through it is broken anyway
+            return
+        applied.append((frozenset(before), frozenset(after), changes))
+        del applied[:-APPLIED_KEPT]
+        while sum(len(chunk) for entry in applied for _, chunk in entry[2]) > APPLIED_BYTES_MAX:
+            del applied[0]
+
+    def _applied_since(self, heads: frozenset[bytes], now: frozenset[bytes]) -> list[tuple[bytes, bytes]] | None:
+        """The changes a chain of remembered applies took the document through from `heads` to
+        `now` (None if no such chain: something else changed it in between)."""
+        applied = self.__dict__.get("_applied") or []
+        for start in range(len(applied) - 1, -1, -1):
+            if applied[start][0] != heads:
+                continue
+            changes, at = [], heads
+            for before, after, new in applied[start:]:
+                if before != at:
+                    break
+                changes += new
+                at = after
+                if at == now:
+                    return changes
+        return None
 
     def merge(self, other: MeshState) -> bool:
         """Merge every change of `other` into this document; True if anything was new."""
