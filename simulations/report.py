@@ -282,10 +282,42 @@ DOC_TAIL = """## Reading the figures
   3. Pipelines started 4 deep: a lone seed shared by N hubs held 4N requests, and a hub's
      in-flight budget sat in that queue while the other hubs' uplinks idled (one hub finished 3 s
      after the rest). They start 2 deep now (`depth_start`) and grow per on-time delivery: 1.40.
-  What is left is the tail: the seed's last chunks reach one hub, which relays each to the
-  other hubs one after another (requests queued at it stay there when a second holder appears),
-  and a venue's air then carries the last chunk to its 8 stations (0.35 s). The bound ignores
-  both. The full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not
+  Where the rest goes (a trace of seed 7; the bound is F/wan = 16 chunks x 0.42 s = 6.71 s).
+  The seed is not it: its WAN uplink is busy without a gap from 0.19 s to 6.92 s and sends each
+  chunk once. The hubs finish at 7.83, 7.86, 8.36, 8.78 and 9.07 s, and the last station 0.34 s
+  after its hub (the air carrying the last chunk to 8 stations). Three things make up the
+  2.7 s between the bound and the last station:
+  1. The cold start. The seed's uplink is one FIFO, so hubs get their first chunk at 0.63, 1.05,
+     1.47 and 1.89 s, and the first holder's four copies of its chunk go out one after another
+     (1.12 ... 2.38 s): each hub's downlink idles 0.4 to 1.3 s in the first two seconds.
+  2. Slow holders, not requests stuck in queues. A peer's serve queue holds only the asker's own
+     requests (one connection each), and pipelines to slow peers are 1 or 2 deep, so a request
+     starts at once; it waits in the holder's WAN uplink behind one job per other asker (up to 5,
+     2.1 s), where a ChunkCancel can no longer reach it. Hub-03 asked hub-05 for the last chunk
+     at 6.97 s and got it at 9.06 s. The seed's uplink meanwhile idles from 6.92 to 7.97 s: it
+     declined that chunk three times (`ChunkBusy`, asked again after `seed_busy_retry_s`).
+  3. In-flight budget starvation (the worst seeds). A hub whose sources are slow measures a low
+     receive rate (0.5 MB/s), so its budget falls to `inflight_bytes_min` (2 MiB), which its
+     requests to slow peers already fill, while peers that hold chunks it lacks have nothing of
+     ours in flight. Seed 6: hub-02's downlink idles 0.63-2.31 and 2.80-4.41 s; it finishes at
+     10.39 s, the others by 8.70 s (ratio 1.60).
+  Seeds 1-7 give 1.37, 1.40, 1.36, 1.42, 1.48, 1.60, 1.40 (mean 1.43). Changes measured and not
+  kept, because none reaches 1.3 without regressing something: moving a request to a peer that
+  announces the chunk (2.2-3.4x: the old copy had already started, so every chunk came two or
+  three times); endgame copies sooner (worse: they join the same FIFO uplinks); choosing among
+  holders by measured latency, and a seed that serves copies once every chunk has left it (no
+  change); letting a peer with nothing of ours in flight take one request past the budget
+  (mean 1.43 -> 1.37, seed 6 1.60 -> 1.33, 10 hubs of 8 x 32 MiB 1.56 -> 1.39, but the venue
+  of 20 x 64 MiB with `--no-medium-hint` 1.99 -> 10.5, the congestion collapse the budget exists
+  to prevent; capped at one chunk past the budget: 1.38, and that venue run 2.05 with 71
+  duplicates instead of 32).
+  In this model the floor is about 6.92 s (the seed's last chunk out) + 0.84 s (that chunk to
+  four more hubs, holders doubling) + 0.34 s (the air) = 8.1 s, 1.21x, so 1.3x leaves 0.6 s for
+  the cold start and queueing at holders. What reaching it seems to need is upload slots: a core
+  that serves one chunk at a time per bottleneck instead of one per connection (which
+  connections share a bottleneck would have to be measured from the pace of `ChunkServed`), and
+  picks the next request itself, rarest first, with the waiting ones still cancellable because
+  they wait in the core. The full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not
   the WAN: p50 / p90 / max went from 71.7 / 73.8 / 76.1 s to 69.2 / 70.4 / 78.6 s (ratio 1.13 to
   1.17). With pipelines still 4 deep the new model ends at 77.8 s (p90 73.4 s): the honest
   serving costs the last node about 1.8 s there, and the shallower start 0.7 s more while it
