@@ -57,6 +57,7 @@ ACTIVE_OBJECTS_MAX = 32  # background media files fetched at once (on-demand one
 ON_DEMAND_S = 30.0  # a browser's request puts a file first in line for this long
 OBJECTS_PER_PEER_MAX = 1 << 17  # files one peer may announce as held; more are ignored
 INVENTORY_BATCH_MAX = 4096  # files asked of the store in one LoadObjects
+MEDIA_STATUS_S = 0.5  # `status()["media"]` is counted again at most this often
 EVICT_HEADROOM = 0.05  # eviction frees down to this share of the budget below it
 PREVIEW_SIZE_GUESS = 128 * 1024  # a raw preview's size for the in-flight budget until its bytes arrive
 ON_DEMAND_ACTIVE_MAX = 8  # files fetched for waiting browsers at once (more wait their turn)
@@ -157,6 +158,16 @@ class MediaSwarming:
             return None
 
     def _media_status(self) -> dict:
+        """The `media` part of `status()`: one pass over every media object, so a status asked
+        many times a second (dashboards, `/api/status`) reuses it for MEDIA_STATUS_S."""
+        cached = getattr(self, "_media_status_cached", None)
+        if cached is not None and 0 <= self._now - cached[0] < MEDIA_STATUS_S:
+            return dict(cached[1])
+        made = self._media_status_now()
+        self._media_status_cached = (self._now, made)
+        return dict(made)
+
+    def _media_status_now(self) -> dict:
         previews = wants_previews(self.identity.role)
         belongs = [o for o in self.media.values()
                    if o.status == VISIBLE and (o.pinned or (o.kind != ORIGINAL and previews))]
@@ -176,28 +187,53 @@ class MediaSwarming:
 
     def _refresh_media(self, records: list[AssetRecord], statuses: dict[str, str], now: float) -> bool:
         """Follow the shared state's assets, consent and pins; True if any object's status changed
-        or objects came or went (the withheld blocks must be computed again)."""
+        or objects came or went (the withheld blocks must be computed again). An asset whose record,
+        status and pin are as the last pass saw them is skipped (a pass follows every asset: at
+        10,000 only the few that changed cost more than a comparison)."""
         self.pinned_tags = pinned_tags(self.state, self.identity.node_id, self.identity.role, self.pin_tags,
                                        self.pin_canonical)
-        seen: set[Cid] = set()
+        last = getattr(self, "_followed", {})  # asset CID -> (record, status, pinned, its roots)
+        followed: dict[str, tuple] = {}
+        touched: list[Cid] = []  # objects whose class may have changed
         changed = False
         for record in records:
             status = statuses.get(record.cid, VISIBLE)
             pinned = status == VISIBLE and wants_original(record, self.pinned_tags)
+            before = last.get(record.cid)
+            if before is not None and before[1] == status and before[2] == pinned and before[0] == record:
+                followed[record.cid] = before
+                continue
+            roots = []
             for item in asset_objects(record):
                 try:
                     root = Cid.parse(item.cid)
                 except ValueError:
                     continue
-                seen.add(root)
+                roots.append(root)
+                touched.append(root)
                 changed |= self._follow(root, item, record, status, pinned and item.kind == ORIGINAL)
-        for root in [r for r in self.media if r not in seen]:
-            self._forget_object(root)
-            changed = True
+            followed[record.cid] = (record, status, pinned, roots)
+        self._followed = followed
+        if touched or len(followed) != len(last):  # an asset changed or went: drop what none follows
+            owners: dict[Cid, list[str]] = {}
+            for cid, entry in followed.items():
+                for root in entry[3]:
+                    owners.setdefault(root, []).append(cid)
+            for root in [r for r in self.media if r not in owners]:
+                self._forget_object(root)
+                changed = True
+            for root in {r for r in touched if len(owners.get(r, ())) > 1}:  # shared by assets: the
+                for cid in sorted(owners[root]):  # last in CID order decides, as when all are followed
+                    record, status, pinned, _ = followed[cid]
+                    for item in asset_objects(record):
+                        if item.cid == str(root):
+                            changed |= self._follow(root, item, record, status, pinned and item.kind == ORIGINAL)
         if changed:
             self._index_served()
-        for root, obj in self.media.items():
-            self._classify(obj, now)
+        for root in touched:
+            obj = self.media.get(root)
+            if obj is not None:
+                self._classify(obj, now)
         self._media_due = True
         return changed
 

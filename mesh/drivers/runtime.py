@@ -118,6 +118,10 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
+        # Passes over every asset of the state (the core's consent pass, the gateway's catalog, the purge's keep set) run
+        # on a worker one at a time: each holds the GIL most of its time, and the event loop competes
+        # with every such thread for it.
+        self.state_passes = trio.CapacityLimiter(1)
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)
         self.counters: Counter[str] = Counter()  # bytes_in, bytes_out, chunks_served, views
@@ -392,11 +396,10 @@ class Agent:
         fork = state.fork()
         try:
             records, statuses = await trio.to_thread.run_sync(
-                asset_statuses, fork, action.authority_public_key, action.at)
+                asset_statuses, fork, action.authority_public_key, action.at, limiter=self.state_passes)
         except Exception:  # a bug: evaluate in place rather than leave the core waiting
             log.exception("core.evaluate_failed")
             records, statuses = asset_statuses(state, action.authority_public_key, action.at)
-        state.adopt_reads(fork)  # the gateway's next catalog needs the same records
         await self._events_send.send(AssetsEvaluated(action.at, tuple(records), statuses))
 
     async def _load_objects(self, roots: tuple[str, ...]) -> None:
@@ -694,7 +697,8 @@ class Agent:
                 continue  # nothing changed; retention still gets a pass every few rounds
             started = time.time()
             try:
-                report = await trio.to_thread.run_sync(self._purge_now(started), limiter=self._store_limiter)
+                async with self.state_passes:  # its keep set is a pass over every asset
+                    report = await trio.to_thread.run_sync(self._purge_now(started), limiter=self._store_limiter)
             except (OSError, MeshError) as exc:  # EMFILE, a full disk: the next round tries again
                 log.warning("store.purge_failed error=%s", exc)
                 continue

@@ -150,9 +150,11 @@ class CatalogKeeper:
     """The catalog of a live state (`state()` returns it, or None before the agent runs), rebuilt
     on a worker thread after every change; see the module docstring."""
 
-    def __init__(self, state: Callable[[], object | None], authority_public_key: Callable[[], bytes | None]) -> None:
+    def __init__(self, state: Callable[[], object | None], authority_public_key: Callable[[], bytes | None],
+                 limiter: trio.CapacityLimiter | None = None) -> None:
         self._state = state
         self._key = authority_public_key
+        self._limiter = limiter  # shared with the agent's other passes over every asset
         self._catalog: Catalog | None = None
         self._wanted: trio.Event | None = None  # set: a build should start (None: no builder runs yet)
         self.builds = 0  # catalogs built (on a worker or, the first, in place)
@@ -249,11 +251,10 @@ class CatalogKeeper:
             state = self._state()
             heads, fork, now = tuple(state.heads()), state.fork(), time.time()
             try:
-                built = await trio.to_thread.run_sync(build_catalog, fork, self._key(), now)
+                built = await trio.to_thread.run_sync(build_catalog, fork, self._key(), now, limiter=self._limiter)
             except Exception:  # a bug: keep the last catalog (verdicts stay live) and say so
                 log.exception("gateway.catalog_failed")
                 await trio.sleep(1.0)
                 continue
-            state.adopt_reads(fork)
             self.builds += 1
             self._catalog = replace(built, heads=heads)

@@ -49,7 +49,8 @@ class AgentView:
         self.agent = agent
         self._release_cache: tuple[str, dict[str, DirEntry]] | None = None
         self._catalogs = CatalogKeeper(lambda: agent.core.state if agent.core is not None else None,
-                                       lambda: agent.home.info.authority_public_key)
+                                       lambda: agent.home.info.authority_public_key,
+                                       getattr(agent, "state_passes", None))
         self._write_lock = trio.Lock()
         self._badge_limiter = trio.CapacityLimiter(1)  # badge checks (scrypt): one core at most
         self._hosts: tuple[float, frozenset[str]] | None = None  # (monotonic time, names) cached

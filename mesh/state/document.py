@@ -59,6 +59,7 @@ VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skippe
 ACTOR_SUFFIX_BYTES_MAX = 16
 SUBJECTS_PER_ASSET_MAX = 256
 CHANGE_HASH_BYTES = 32
+ASSETS_READS_KEPT = 2  # asset reads kept per process, one per set of heads (~1 KB per asset each)
 APPLIED_KEPT = 64  # recent applies remembered for change_hashes_since and changes_since ...
 APPLIED_BYTES_MAX = 4 * 1024 * 1024  # ... with at most this many bytes of their chunks
 _CHUNK_MAGIC = bytes([0x85, 0x6F, 0x4A, 0x83])  # Automerge storage chunk magic
@@ -220,6 +221,9 @@ def applied_hashes(ids: list[tuple[bytes, tuple[bytes, ...]]], before: Iterable[
             found.append(change)
             held.discard(change)
     return found
+
+
+_ASSETS_READ: dict[tuple[bytes, ...], list[AssetRecord]] = {}  # heads -> every asset record, see `assets`
 
 
 def _genesis() -> am.Document:
@@ -408,19 +412,22 @@ class MeshState:
     def assets(self, tag: str | None = None) -> list[AssetRecord]:
         """Every well-formed asset (optionally only those with `tag`), sorted by CID.
 
-        Read once per set of heads (~30 us per asset): the core's consent pass, the gateway's
-        catalog and the purge all ask after the same change, and records are immutable."""
-        heads = tuple(self._doc.get_heads())
-        cached = getattr(self, "_assets_read", None)
-        if cached is None or cached[0] != heads:
+        Read once per set of heads (~30 us per asset) by any state or fork in this process: the
+        core's consent pass, the gateway's catalog and the purge all ask after the same change,
+        each from its own fork, and records are immutable (the heads name the content)."""
+        heads = tuple(sorted(self._doc.get_heads()))
+        cached = _ASSETS_READ.get(heads)
+        if cached is None:
             assets = self._root_map("assets")
             records = []
             for cid in sorted(self._keys(assets)):
                 record = self._read_asset(cid, self._child_map(assets, cid))
                 if record is not None:
                     records.append(record)
-            cached = self._assets_read = (heads, records)
-        return list(cached[1]) if tag is None else [r for r in cached[1] if tag in r.tags]
+            cached = _ASSETS_READ[heads] = records
+            while len(_ASSETS_READ) > ASSETS_READS_KEPT:
+                _ASSETS_READ.pop(next(iter(_ASSETS_READ)), None)
+        return list(cached) if tag is None else [r for r in cached if tag in r.tags]
 
     def asset_count(self) -> int:
         """How many entries the assets map holds (well-formed or not); cheap."""
@@ -807,40 +814,30 @@ class MeshState:
         copy._doc = self._doc.fork()
         return copy
 
-    def adopt_reads(self, fork: MeshState) -> None:
-        """Take what was read from `fork` (its assets) if this state is still at the same heads:
-        an evaluation on a worker thread then also serves the next `assets()` here."""
-        read = getattr(fork, "_assets_read", None)
-        if read is not None and read[0] == tuple(self._doc.get_heads()):
-            self._assets_read = read
-
     def save(self) -> bytes:
         """The whole document, compressed."""
         return self._doc.save()
 
     def changes_since(self, heads: Iterable[bytes]) -> bytes:
-        """Concatenated change chunks not covered by `heads` (unknown hashes are ignored; as
-        received, without a walk over the history, when recent applies lead from `heads` here)."""
-        heads = list(heads)
-        remembered = self._remembered_since(heads)
-        if remembered is not None:
-            return b"".join(chunk for _, chunk in remembered)
-        return b"".join(change.bytes for change in self._changes_since(heads))
+        """Concatenated change chunks not covered by `heads` (unknown hashes are ignored)."""
+        return b"".join(chunk for _, chunk in self._since(list(heads)))
 
-    def _remembered_since(self, heads: list[bytes]) -> list[tuple[bytes, bytes]] | None:
+    def change_hashes_since(self, heads: Iterable[bytes]) -> list[bytes]:
+        """Hashes of the changes `changes_since(heads)` would return."""
+        return [change for change, _ in self._since(list(heads))]
+
+    def _since(self, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
+        """(hash, chunk) of the changes since `heads`: from recent applies when a chain of them
+        leads from `heads` to now (no walk over the history), else from the history, remembered
+        so the next question about the same range (the log, then the peers) is free."""
         now = frozenset(self._doc.get_heads())
         if now == frozenset(heads):
             return []
-        return self._applied_since(frozenset(heads), now)
-
-    def change_hashes_since(self, heads: Iterable[bytes]) -> list[bytes]:
-        """Hashes of the changes `changes_since(heads)` would return (without a walk over the
-        history when recent `apply_changes` calls took the heads from `heads` to now)."""
-        heads = list(heads)
-        remembered = self._remembered_since(heads)
-        if remembered is not None:
-            return [change for change, _ in remembered]
-        return [change.hash for change in self._changes_since(heads)]
+        remembered = self._applied_since(frozenset(heads), now)
+        if remembered is None:
+            remembered = [(change.hash, change.bytes) for change in self._changes_since(heads)]
+            self._note_applied(heads, list(now), remembered)
+        return remembered
 
     def _changes_since(self, heads: list[bytes]) -> list[Any]:
         """The changes that are not `heads` or their ancestors, in causal order.
@@ -897,8 +894,7 @@ class MeshState:
         (the last APPLIED_KEPT applies, their chunks while they total at most APPLIED_BYTES_MAX)."""
         applied = self.__dict__.setdefault("_applied", [])
         if sum(len(chunk) for _, chunk in changes) > APPLIED_BYTES_MAX:
-            applied.clear()  # too big to keep (a bootstrap): the chain through it is broken anyway
-            return
+            return  # too big to keep (a bootstrap): no chain passes through it
         applied.append((frozenset(before), frozenset(after), changes))
         del applied[:-APPLIED_KEPT]
         while sum(len(chunk) for entry in applied for _, chunk in entry[2]) > APPLIED_BYTES_MAX:
