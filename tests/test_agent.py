@@ -147,7 +147,7 @@ async def _stranger_bytes(port: int, local: LocalIdentity | None, authority: byt
     recorder = _Recorder(stream)
     with trio.move_on_after(10):
         if local is None:
-            await stream.send_all(b"\x00\x01\x41")  # offer: ChaCha only, no AES preference, large records
+            await stream.send_all(b"\x00\x01\x61")  # offer: ChaCha only, no AES preference, large records, head room
             await recorder.receive_some(3)
             await stream.send_all(b"\x00\x30" + os.urandom(48))
         else:
@@ -210,7 +210,7 @@ def test_strangers_learn_nothing_about_the_mesh_from_its_listeners(tmp_path: Pat
         attempts = (("random", None), ("other mesh", stranger), ("no key", nobody))
         seen = {(node.home.parent.name, kind): trio.run(_stranger_bytes, node.port, local, theirs)
                 for node in (a, b) for kind, local in attempts}
-        assert set(seen.values()) == {b"\x00\x01\x40"}, seen  # length 1, choice ChaCha + large records, nothing more
+        assert set(seen.values()) == {b"\x00\x01\xc0"}, seen  # length 1, choice ChaCha + large records + head room, nothing more
         for node in (a, b):
             wait_until(lambda n=node: n.log().count("not this mesh") >= 3, 10, "the refusals to be logged")
             assert node.proc.poll() is None

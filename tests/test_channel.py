@@ -16,9 +16,12 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mesh.drivers.channel import (
+    LARGE_RECORD_HEAD_ROOM_BYTES,
+    LARGE_RECORD_PLAINTEXT_BYTES_MAX,
     MESSAGE_3_BYTES_MAX,
     NOISE_AESGCM,
     NOISE_CHACHA,
+    RECORD_PLAINTEXT_BYTES_MAX_ANY,
     HandshakeError,
     LocalIdentity,
     SecureChannelError,
@@ -115,7 +118,8 @@ async def tcp_pair(
     records: str = "large",
 ) -> tuple[SecureStream, SecureStream]:
     """(client side, server side) of one secure connection over real TCP. `records`: "large"
-    (both ends of this version), "old-client" or "old-server" (one end older than large records)."""
+    (both ends of this version), "old-client" or "old-server" (one end older than large records),
+    "roomless-client" or "roomless-server" (one end with large records but no head room)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     accepted: list[SecureStream] = []
@@ -124,7 +128,7 @@ async def tcp_pair(
         transport = await listeners[0].accept()
         accepted.append(
             await secure_accept(transport, server, mesh.authenticate, ciphers=server_ciphers,
-                                large_records=records != "old-server")
+                                large_records=records != "old-server", head_room=records != "roomless-server")
         )
 
     async with trio.open_nursery() as nursery:
@@ -132,7 +136,7 @@ async def tcp_pair(
         transport = await trio.open_tcp_stream("127.0.0.1", port)
         client_side = await secure_connect(
             transport, client, mesh.authenticate, ciphers=client_ciphers,
-            large_records=records != "old-client",
+            large_records=records != "old-client", head_room=records != "roomless-client",
         )
     await listeners[0].aclose()
     return client_side, accepted[0]
@@ -197,7 +201,7 @@ async def wait_for_log(caplog: pytest.LogCaptureFixture, needle: str) -> str:
 # ---- members talk --------------------------------------------------------------------------------
 
 
-RECORD_MODES = ["large", "old-client", "old-server"]
+RECORD_MODES = ["large", "old-client", "old-server", "roomless-client", "roomless-server"]
 
 
 @pytest.mark.parametrize("records", RECORD_MODES)
@@ -208,7 +212,13 @@ def test_two_members_handshake_and_exchange_both_ways(records: str) -> None:
 
     async def main() -> None:
         client, server = await tcp_pair(mesh.organizer, edge, mesh, records=records)
-        assert client.large_records is server.large_records is (records == "large")
+        assert client.large_records is server.large_records is (records in ("large", "roomless-client", "roomless-server"))
+        assert client.head_room is server.head_room is (records == "large")
+        room = LARGE_RECORD_HEAD_ROOM_BYTES if records == "large" else 0
+        expected = {"large": LARGE_RECORD_PLAINTEXT_BYTES_MAX + room}.get(records, LARGE_RECORD_PLAINTEXT_BYTES_MAX)
+        if records.startswith("old"):
+            expected = 65535 - 16
+        assert client.record_plaintext_bytes_max == server.record_plaintext_bytes_max == expected
         assert client.peer.node_id == node_id_of(mesh.organizer)
         assert client.peer.role is Role.ORGANIZER
         assert client.peer_public_key == public_key_bytes(mesh.organizer.node_key)
@@ -274,6 +284,30 @@ def test_records_that_arrived_together_come_back_in_one_read() -> None:
         assert all(len(read) <= 64 * 1024 for read in reads)
         assert reads[0] == b"".join(messages)  # 50 records, one read (the next record is too big)
         assert len(reads) <= 4
+        await client.aclose()
+        await server.aclose()
+
+    run(main)
+
+
+@pytest.mark.parametrize("records", ["large", "roomless-server"])
+def test_a_piece_and_its_head_sent_in_one_write_arrive_in_one_read(records: str) -> None:
+    """With head room (both ends of this version) a 1 MiB chunk piece behind its message head is
+    one record: the receiver reads it whole, once. A peer without head room gets the same bytes
+    as a full record and a short one."""
+    mesh = make_mesh()
+    edge = mesh.invite("edge")
+    frame = os.urandom(60) + os.urandom(2**20)
+
+    async def main() -> None:
+        client, server = await tcp_pair(mesh.organizer, edge, mesh, records=records)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, frame)
+            reads = [await server.receive_some(RECORD_PLAINTEXT_BYTES_MAX_ANY)]
+            while sum(map(len, reads)) < len(frame):
+                reads.append(await server.receive_some(RECORD_PLAINTEXT_BYTES_MAX_ANY))
+        assert b"".join(reads) == frame
+        assert len(reads) == (1 if records == "large" else 2)
         await client.aclose()
         await server.aclose()
 
@@ -400,9 +434,9 @@ async def tampering_relay(
 @pytest.mark.parametrize(
     ("direction", "offset", "mask"),
     [("to-server", 2, 0x80), ("to-server", 2, 0x02), ("to-client", 2, 0x01), ("to-server", 2, 0x40),
-     ("to-client", 2, 0x40)],
+     ("to-client", 2, 0x40), ("to-server", 2, 0x20), ("to-client", 2, 0x80)],
     ids=["offer-drops-aes-preference", "offer-drops-aes", "choice-flipped", "offer-drops-large-records",
-         "choice-drops-large-records"],
+         "choice-drops-large-records", "offer-drops-head-room", "choice-drops-head-room"],
 )
 def test_cipher_negotiation_cannot_be_downgraded(
     direction: str, offset: int, mask: int, caplog: pytest.LogCaptureFixture
@@ -628,7 +662,7 @@ BAD_RECORDS = [  # (length, body, reason)
     (5, b"abcde", "shorter than a tag"),
     (256, bytes(10), "closed in the middle of a record"),
     (200_000, bytes(10), "closed in the middle of a record"),  # large records: read straight into place
-    (2**20 + 17, bytes(10), "exceeds"),
+    (2**20 + LARGE_RECORD_HEAD_ROOM_BYTES + 17, bytes(10), "exceeds"),
 ]
 
 

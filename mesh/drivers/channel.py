@@ -31,6 +31,11 @@ Theory of operation:
 - After the handshake every record is a 2-byte big-endian length, then one Noise transport message
   (ciphertext with its 16-byte tag, at most 65535 bytes). A record that fails to decrypt or has an
   impossible length breaks the stream (`SecureChannelError`, also a `trio.BrokenResourceError`).
+- Large records (both ends of a version that speaks them: a bit in the offer and the choice) are
+  a 4-byte length and up to 1 MiB of plaintext under keys derived from the handshake. Both ends
+  of this version also take head room (another offer bit, echoed in the choice as 0x80): up to
+  `LARGE_RECORD_HEAD_ROOM_BYTES` more, so a 1 MiB chunk piece and its message head travel as one
+  record (one read, one wake-up and one hand-off to the core at the receiver instead of two).
 - Every handshake message travels in the same length-prefixed form.
 """
 
@@ -79,6 +84,8 @@ NOISE_AESGCM = b"Noise_XXpsk0_25519_AESGCM_SHA256"
 SUITES = (NOISE_CHACHA, NOISE_AESGCM)  # bit i of an offer byte = SUITES[i] is acceptable
 PREFERS_AES_BIT = 0x80  # in the offer: the initiator has AES instructions and prefers AES-GCM
 LARGE_RECORDS_BIT = 0x40  # in the offer: "I speak large records"; in the choice: "we both do"
+HEAD_ROOM_BIT = 0x20  # in the offer: "I take large records with head room" (older nodes ignore it)
+HEAD_ROOM_CHOSEN_BIT = 0x80  # in the choice: "we both do" (0x20 would be part of the suite index)
 SUITE_MASK = 0x3F  # the choice byte's suite index
 PROLOGUE = b"assetmesh/channel/v2"
 STATIC_KEY_CONTEXT = b"assetmesh/channel/v1/noise-static-key\x00"
@@ -100,6 +107,8 @@ REFUSAL_BYTES_MAX = 256  # the reason a refused member-to-be is told
 SEND_BATCH_BYTES_MAX = 4 * 65537  # small records joined into one transport write
 LARGE_PREFIX_BYTES = 4  # large records: a 4-byte length
 LARGE_RECORD_PLAINTEXT_BYTES_MAX = 1024 * 1024  # a whole chunk piece is one record
+LARGE_RECORD_HEAD_ROOM_BYTES = 4096  # with head room: a piece's message head rides in its record too
+RECORD_PLAINTEXT_BYTES_MAX_ANY = LARGE_RECORD_PLAINTEXT_BYTES_MAX + LARGE_RECORD_HEAD_ROOM_BYTES
 LARGE_RECORD_CONTEXT = b"assetmesh/channel/v3/records"  # HKDF info for the large-record keys
 DIRECT_READ_BYTES_MIN = 64 * 1024  # a record's remainder at least this large is read straight into place
 RECEIVE_LOW_WATER_MAX = 256 * 1024  # while reading one, wake for no fewer bytes than this (or the rest)
@@ -189,12 +198,35 @@ def default_ciphers() -> tuple[bytes, ...]:
     return (NOISE_AESGCM, NOISE_CHACHA) if cpu_has_fast_aes() else (NOISE_CHACHA, NOISE_AESGCM)
 
 
-def _offer_byte(ciphers: Sequence[bytes], large_records: bool) -> int:
+def _offer_byte(ciphers: Sequence[bytes], large_records: bool, head_room: bool) -> int:
     """The initiator's offer: which suites it accepts, whether it prefers AES-GCM, and whether
-    it speaks large records (every node of this version does; older ones never set the bit)."""
+    it speaks large records and their head room (every node of this version does; older ones
+    never set the bits)."""
     offer = sum(1 << SUITES.index(name) for name in set(ciphers))
     offer |= PREFERS_AES_BIT if ciphers[0] == NOISE_AESGCM else 0
-    return offer | (LARGE_RECORDS_BIT if large_records else 0)
+    if large_records:
+        offer |= LARGE_RECORDS_BIT | (HEAD_ROOM_BIT if head_room else 0)
+    return offer
+
+
+def _choice_byte(suite: bytes, offer: int, large_records: bool, head_room: bool) -> int:
+    """The responder's choice: the suite's index, and the record features both ends speak."""
+    choice = SUITES.index(suite)
+    if large_records and offer & LARGE_RECORDS_BIT:
+        choice |= LARGE_RECORDS_BIT | (HEAD_ROOM_CHOSEN_BIT if head_room and offer & HEAD_ROOM_BIT else 0)
+    return choice
+
+
+def _choice_allowed(offer: int) -> int:
+    """The bits a choice may set in answer to `offer`."""
+    allowed = SUITE_MASK | (offer & LARGE_RECORDS_BIT)
+    return allowed | (HEAD_ROOM_CHOSEN_BIT if offer & LARGE_RECORDS_BIT and offer & HEAD_ROOM_BIT else 0)
+
+
+def _records(choice: int) -> tuple[bool, bool]:
+    """(large records, head room) as the choice settled them."""
+    large = bool(choice & LARGE_RECORDS_BIT)
+    return large, large and bool(choice & HEAD_ROOM_CHOSEN_BIT)
 
 
 def _choose_suite(offer: int, ciphers: Sequence[bytes]) -> bytes:
@@ -354,14 +386,15 @@ async def _initiator_handshake(
     authenticate: Authenticate,
     ciphers: Sequence[bytes],
     large_records: bool,
-) -> tuple[NoiseConnection, Member, bytes, bool]:
+    head_room: bool,
+) -> tuple[NoiseConnection, Member, bytes, int]:
     """-> offer; <- choice; -> e; <- e, ee, s, es + responder identity;
-    -> s, se + our identity; <- accepted."""
-    offer = _offer_byte(ciphers, large_records)
+    -> s, se + our identity; <- accepted. Returns the choice byte last."""
+    offer = _offer_byte(ciphers, large_records, head_room)
     await _send_message(stream, bytes([offer]))
     choice = (await _receive_message(stream, "the peer closed the connection", "choice", 1, 1))[0]
     suite = choice & SUITE_MASK
-    if not (suite < len(SUITES) and SUITES[suite] in ciphers) or choice & ~(offer | SUITE_MASK):
+    if not (suite < len(SUITES) and SUITES[suite] in ciphers) or choice & ~_choice_allowed(offer):
         raise HandshakeError(f"the peer chose suite {choice}, which we did not offer")
     noise = _new_noise(True, SUITES[suite], PROLOGUE + bytes([offer, choice]), local.psk)
     await _send_message(stream, bytes(noise.write_message()))
@@ -377,7 +410,7 @@ async def _initiator_handshake(
     refusal = bytes(_noise_step(lambda: noise.decrypt(message), "bad acceptance record"))
     if refusal:
         raise HandshakeError(f"the peer refused us: {refusal.decode('utf-8', 'replace')}")
-    return noise, member, key, bool(choice & LARGE_RECORDS_BIT)
+    return noise, member, key, choice
 
 
 async def _responder_handshake(
@@ -385,14 +418,15 @@ async def _responder_handshake(
     candidates: Sequence[tuple[LocalIdentity, Authenticate]],
     ciphers: Sequence[bytes],
     large_records: bool,
-) -> tuple[NoiseConnection, Member, bytes, bool, int]:
+    head_room: bool,
+) -> tuple[NoiseConnection, Member, bytes, int, int]:
     """<- offer; -> choice; <- e; -> e, ee, s, es + our identity;
     <- s, se + initiator identity; -> accepted. Message 1 selects the candidate (the mesh) whose
-    key it was made with; the last item returned is its index."""
+    key it was made with; the last items returned are the choice byte and its index."""
     message = await _receive_message(stream, "the peer closed the connection", "cipher offer", 1, 1)
     offer = message[0]
     suite = _choose_suite(offer, ciphers)
-    choice = SUITES.index(suite) | (offer & LARGE_RECORDS_BIT if large_records else 0)  # if both speak them
+    choice = _choice_byte(suite, offer, large_records, head_room)
     await _send_message(stream, bytes([choice]))
     message = await _receive_message(
         stream, "the peer closed the connection", "handshake message 1", MESSAGE_1_BYTES, MESSAGE_1_BYTES
@@ -416,7 +450,7 @@ async def _responder_handshake(
                     pass  # it hung up first
         raise
     await _send_message(stream, noise.encrypt(b""))
-    return noise, member, key, bool(choice & LARGE_RECORDS_BIT), index
+    return noise, member, key, choice, index
 
 
 def _select_mesh(suite: bytes, prologue: bytes, message: bytes,
@@ -445,6 +479,7 @@ async def _secure(
     initiator: bool,
     ciphers: Sequence[bytes] | None,
     large_records: bool = True,
+    head_room: bool = True,
 ) -> tuple[int, SecureStream]:
     """Run one side of the handshake under a deadline; close the transport on any failure. An
     initiator has one candidate; a responder selects one by message 1 (its index is returned)."""
@@ -454,12 +489,12 @@ async def _secure(
         _check_ciphers(ciphers)
         with trio.fail_after(handshake_timeout_s):
             if initiator:
-                noise, member, key, large = await _initiator_handshake(
-                    stream, local, authenticate, ciphers, large_records)
+                noise, member, key, choice = await _initiator_handshake(
+                    stream, local, authenticate, ciphers, large_records, head_room)
                 index = 0
             else:
-                noise, member, key, large, index = await _responder_handshake(
-                    stream, candidates, ciphers, large_records)
+                noise, member, key, choice, index = await _responder_handshake(
+                    stream, candidates, ciphers, large_records, head_room)
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise HandshakeError(f"no handshake within {handshake_timeout_s} s") from None
@@ -469,7 +504,8 @@ async def _secure(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return index, SecureStream(stream, noise, member, key, large_records=large)
+    large, room = _records(choice)
+    return index, SecureStream(stream, noise, member, key, large_records=large, head_room=room)
 
 
 async def secure_connect(
@@ -480,13 +516,16 @@ async def secure_connect(
     *,
     ciphers: Sequence[bytes] | None = None,
     large_records: bool = True,
+    head_room: bool = True,
 ) -> SecureStream:
     """Handshake as the initiator over `stream`; the peer's `Member` is on the result.
 
     `ciphers`: the Noise protocol names we accept, preferred first (default `default_ciphers()`).
-    `large_records=False` behaves as a node older than large records (tests, benchmarks).
+    `large_records=False` behaves as a node older than large records, `head_room=False` as one
+    older than their head room (tests, benchmarks).
     """
-    return (await _secure(stream, [(local, authenticate)], handshake_timeout_s, True, ciphers, large_records))[1]
+    return (await _secure(stream, [(local, authenticate)], handshake_timeout_s, True, ciphers,
+                          large_records, head_room))[1]
 
 
 async def secure_accept(
@@ -497,9 +536,11 @@ async def secure_accept(
     *,
     ciphers: Sequence[bytes] | None = None,
     large_records: bool = True,
+    head_room: bool = True,
 ) -> SecureStream:
     """Handshake as the responder over `stream`; the peer's `Member` is on the result."""
-    return (await _secure(stream, [(local, authenticate)], handshake_timeout_s, False, ciphers, large_records))[1]
+    return (await _secure(stream, [(local, authenticate)], handshake_timeout_s, False, ciphers,
+                          large_records, head_room))[1]
 
 
 async def secure_accept_any(
@@ -509,6 +550,7 @@ async def secure_accept_any(
     *,
     ciphers: Sequence[bytes] | None = None,
     large_records: bool = True,
+    head_room: bool = True,
 ) -> tuple[int, SecureStream]:
     """Handshake as the responder of several meshes on one listener (a co-op hub): message 1
     selects the mesh whose key made it, each candidate being (our identity in that mesh, its
@@ -518,7 +560,7 @@ async def secure_accept_any(
     mesh only."""
     if not candidates:
         raise ValueError("no mesh to accept for")
-    return await _secure(stream, candidates, handshake_timeout_s, False, ciphers, large_records)
+    return await _secure(stream, candidates, handshake_timeout_s, False, ciphers, large_records, head_room)
 
 
 # ---- transport -------------------------------------------------------------------------------
@@ -567,10 +609,12 @@ class _LargeRecords:
         self._counter += 1
         return nonce
 
-    def seal(self, piece: memoryview) -> bytearray:
-        """The record for `piece`: its 4-byte length, then the ciphertext and tag, in one buffer."""
+    def seal(self, piece: memoryview, into: bytearray | None = None) -> bytearray | memoryview:
+        """The record for `piece`: its 4-byte length, then the ciphertext and tag, in one buffer
+        (a new one, or the front of `into`, which the caller reuses once the record is sent)."""
         length = len(piece) + TAG_BYTES
-        record = bytearray(LARGE_PREFIX_BYTES + length)
+        size = LARGE_PREFIX_BYTES + length
+        record = bytearray(size) if into is None else memoryview(into)[:size]
         record[:LARGE_PREFIX_BYTES] = length.to_bytes(LARGE_PREFIX_BYTES, "big")
         self._aead.encrypt_into(self._nonce(), piece, None, memoryview(record)[LARGE_PREFIX_BYTES:])
         return record
@@ -582,23 +626,27 @@ class _LargeRecords:
 class SecureStream(trio.abc.Stream):
     """An authenticated, encrypted `trio.abc.Stream` to one mesh member (no half-close).
 
-    Records: with `large_records` (both ends of this version), a 4-byte length and one AEAD
-    record of up to 1 MiB of plaintext under keys derived from the Noise handshake, so a chunk
+    Records: with `large_records`, a 4-byte length and one AEAD record of up to 1 MiB of
+    plaintext (with `head_room`, both ends of this version: 1 MiB + 4 KiB, so a chunk piece and
+    its message head are one record) under keys derived from the Noise handshake, so a chunk
     piece is sealed and opened in one call; otherwise Noise transport messages (2-byte length,
-    at most 65519 bytes of plaintext each)."""
+    at most 65519 bytes of plaintext each). `record_plaintext_bytes_max` says how much one
+    `send_all` may hold to arrive as one record."""
 
     def __init__(
         self, transport: trio.abc.Stream, noise: NoiseConnection, peer: Member, peer_key: bytes,
         large_records: bool = False,
+        head_room: bool = False,
     ) -> None:
         self.transport = transport  # the underlying byte stream (TCP)
         self.peer = peer  # the authenticated peer's membership
         self.peer_public_key = peer_key  # the peer's raw Ed25519 node public key
         self.protocol_name: bytes = noise.protocol_name  # the Noise protocol (cipher suite) in use
         self.large_records = large_records
+        self.head_room = large_records and head_room
         if large_records:
             self._prefix = LARGE_PREFIX_BYTES
-            self._plain_max = LARGE_RECORD_PLAINTEXT_BYTES_MAX
+            self._plain_max = LARGE_RECORD_PLAINTEXT_BYTES_MAX + (LARGE_RECORD_HEAD_ROOM_BYTES if head_room else 0)
             self._sealer = _LargeRecords(noise, sending=True)
             self._opener = _LargeRecords(noise, sending=False)
             self._seal_one = self._sealer.seal
@@ -611,6 +659,12 @@ class SecureStream(trio.abc.Stream):
             self._seal_one = self._seal_noise
             self._decrypt_one = functools.partial(self._decrypt, None)
         self._record_bytes_max = self._plain_max + TAG_BYTES
+        # Large records are sealed into, and read into, one buffer each that lives as long as the
+        # stream (made at the first one): a fresh 1 MiB per record cost its zeroing and ~250 page
+        # faults (bench/datapath_bench.py: an edge's faults fell from ~60,000 to ~12,000).
+        self._send_record: bytearray | None = None
+        self._receive_record: bytearray | None = None
+        self._low_water = 1  # the socket's SO_RCVLOWAT as we last set it
         self._direct = isinstance(transport, trio.SocketStream)  # large remainders read into place
         self._send_busy = _Busy("sending")
         self._receive_busy = _Busy("receiving")
@@ -621,6 +675,11 @@ class SecureStream(trio.abc.Stream):
         self._closed = False
         self._send_broken = False
         self._receive_broken = False
+
+    @property
+    def record_plaintext_bytes_max(self) -> int:
+        """The most plaintext one record carries on this stream."""
+        return self._plain_max
 
     # -- sending --
 
@@ -655,7 +714,14 @@ class SecureStream(trio.abc.Stream):
         size = 0
         for view in views:
             for start in range(0, len(view), self._plain_max):
-                record = self._seal_one(view[start : start + self._plain_max])
+                piece = view[start : start + self._plain_max]
+                if self.large_records and LARGE_PREFIX_BYTES + len(piece) + TAG_BYTES >= SEND_BATCH_BYTES_MAX:
+                    if batch:
+                        yield b"".join(batch)
+                        batch, size = [], 0
+                    yield self._sealer.seal(piece, self._send_buffer())  # sent before the next is sealed
+                    continue
+                record = self._seal_one(piece)
                 if len(record) >= SEND_BATCH_BYTES_MAX:
                     if batch:
                         yield b"".join(batch)
@@ -669,6 +735,11 @@ class SecureStream(trio.abc.Stream):
                     batch, size = [], 0
         if batch:
             yield b"".join(batch)
+
+    def _send_buffer(self) -> bytearray:
+        if self._send_record is None:
+            self._send_record = bytearray(LARGE_PREFIX_BYTES + self._record_bytes_max)
+        return self._send_record
 
     def _seal_noise(self, piece: memoryview) -> bytes:
         """A Noise transport message with its 2-byte length."""
@@ -733,16 +804,18 @@ class SecureStream(trio.abc.Stream):
 
     async def _read_record_into_place(self, length: int) -> None:
         """The rest of a large record, read from the socket straight into its own buffer (no
-        copy out of a read buffer), then opened. Reads nothing past the record."""
-        record = bytearray(length)
+        copy out of a read buffer; the buffer is the stream's, reused), then opened. Reads
+        nothing past the record."""
+        if self._receive_record is None:
+            self._receive_record = bytearray(self._record_bytes_max)
+        view = memoryview(self._receive_record)[:length]
         have = len(self._rx) - self._prefix
-        record[:have] = memoryview(self._rx)[self._prefix:]
+        view[:have] = memoryview(self._rx)[self._prefix:]
         self._rx = bytearray()
-        view = memoryview(record)
         sock = self.transport.socket  # type: ignore[attr-defined]
         try:
             while have < length:
-                _set_receive_low_water(sock, min(length - have, RECEIVE_LOW_WATER_MAX))
+                self._set_low_water(sock, min(length - have, RECEIVE_LOW_WATER_MAX))
                 got = await sock.recv_into(view[have:])
                 if not got:
                     self._break("connection closed in the middle of a record")
@@ -751,8 +824,14 @@ class SecureStream(trio.abc.Stream):
             self._closed = self._closed or isinstance(exc, trio.ClosedResourceError)
             raise trio.BrokenResourceError(f"reading a record: {exc}") from exc
         finally:
-            _set_receive_low_water(sock, 1)
+            self._set_low_water(sock, 1)
         self._open_one(view)
+
+    def _set_low_water(self, sock: trio.socket.SocketType, count: int) -> None:
+        """`_set_receive_low_water`, skipped when the socket already has that value."""
+        if count != self._low_water:
+            _set_receive_low_water(sock, count)
+            self._low_water = count
 
     def _complete_partial(self, view: memoryview) -> memoryview:
         """Move bytes from `view` into the partial record; open it once whole. Returns the rest."""

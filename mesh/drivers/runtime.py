@@ -38,7 +38,10 @@ from mesh.core.events import DropTlsKeys, LoadTlsKey, ServeTls, StoreTlsKey
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limit
 from mesh.drivers.agentfiles import write_status
-from mesh.drivers.channel import HandshakeError, LocalIdentity, channel_psk, secure_accept_any, secure_connect
+from mesh.drivers.channel import (
+    LARGE_RECORD_HEAD_ROOM_BYTES, RECORD_PLAINTEXT_BYTES_MAX_ANY, HandshakeError, LocalIdentity, channel_psk,
+    secure_accept_any, secure_connect,
+)
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
 from mesh.drivers.loopwatch import LoopWatch, Stall
@@ -56,7 +59,8 @@ log = logging.getLogger("mesh.agent")
 
 DIAL_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
-READ_BYTES_MAX = m.CHUNK_PIECE_BYTES_MAX  # a whole large record (a chunk piece) per read; the core buffers 4 MiB
+READ_BYTES_MAX = RECORD_PLAINTEXT_BYTES_MAX_ANY  # a whole large record (a chunk piece and its head) per read; the core buffers 4 MiB
+PIECE_HEAD_ROOM_BYTES = m.CHUNK_DATA_HEAD_BYTES_MAX  # left before each piece in a serve's read buffer
 SHUTDOWN_GRACE_S = 3.0
 CLOSE_DRAIN_S = 5.0
 WRITE_GATHER_BYTES_MAX = 64 * 1024  # queued frames joined into one write, at most
@@ -454,34 +458,36 @@ class Agent:
         if len(self._used) < RECENT_EVENTS_MAX * 50:
             self._used.add(cid)
 
-    async def _serve_chunk(self, secure, conn_id: int, cid_text: str) -> None:
+    async def _serve_chunk(self, secure, conn_id: int, cid_text: str, pieces: _PieceBuffer | None = None) -> None:
         """Send one chunk as ChunkData pieces, checked against its local checksum just before it
         leaves. Read on this thread when the page cache holds it (no hand-off to a worker and
         back: ~20% of a seed's CPU when every chunk crossed threads), else on a worker thread."""
         cid = _cid_bytes(cid_text)
+        pieces = _PieceBuffer() if pieces is None else pieces
         try:
             try:
-                data = self.store.read_for_peer(cid_text, cached_only=True)
+                size = self.store.read_for_peer_into(cid_text, pieces.lay_out, cached_only=True)
             except BlockingIOError:
-                data = await trio.to_thread.run_sync(self.store.read_for_peer, cid_text, limiter=self._serve_limiter)
+                size = await trio.to_thread.run_sync(self.store.read_for_peer_into, cid_text, pieces.lay_out,
+                                                     limiter=self._serve_limiter)
         except MeshError:
             await secure.send_all(m.encode(m.ChunkMissing(cid)))
             await self._events_send.send(ChunkServed(conn_id, cid_text, 0))
             return
         if self.upload_share is None:
-            await self._send_chunk(secure, cid, data)
+            await self._send_chunk(secure, cid, pieces)
         else:  # a hub: the meshes share the uplink fairly (mesh.drivers.fairshare)
             async with self.upload_share.slot(self.home.info.mesh_id):
-                await self._send_chunk(secure, cid, data)
+                await self._send_chunk(secure, cid, pieces)
         self.counters["chunks_served"] += 1
-        await self._events_send.send(ChunkServed(conn_id, cid_text, len(data)))
+        await self._events_send.send(ChunkServed(conn_id, cid_text, size))
 
-    async def _send_chunk(self, secure, cid: bytes, data) -> None:
-        view, piece = memoryview(data), m.CHUNK_PIECE_BYTES_MAX
-        for offset in range(0, max(len(data), 1), piece):
-            part = view[offset:offset + piece]
-            await secure.send_parts((m.chunk_data_head(cid, offset, len(data), len(part)), part))
-            self.counters["bytes_out"] += len(part)  # the frame heads are counted with messages
+    async def _send_chunk(self, secure, cid: bytes, pieces: _PieceBuffer) -> None:
+        """Each piece as one write of its ChunkData frame: the head is put in the room left before
+        the piece, so a peer of this version gets one record per piece (see `_PieceBuffer`)."""
+        for offset, length, message in pieces.messages(cid):
+            await secure.send_all(message)
+            self.counters["bytes_out"] += length  # the frame heads are counted with messages
 
     def _close(self, conn_id: int, reason: str) -> None:
         """Let the writer drain what is queued, then end the connection."""
@@ -627,13 +633,14 @@ class Agent:
     async def _writer(self, secure, conn_id: int, outbox: trio.MemoryReceiveChannel) -> None:
         """Send queued frames until the outbox is closed (CloseConnection): all of it goes out."""
         jobs: deque[_ChunkJob] = deque()  # chunks to serve, in order, behind any queued frames
+        pieces = _PieceBuffer()  # the connection's read buffer for the chunks it serves
         async with outbox:
             while True:
                 frames = _take_queued(outbox, jobs)
                 if frames:
                     await self._write(secure, frames)
                 if jobs:
-                    await self._chunk_job(secure, conn_id, jobs.popleft())
+                    await self._chunk_job(secure, conn_id, jobs.popleft(), pieces)
                 elif not frames:
                     try:
                         item = await outbox.receive()
@@ -649,7 +656,7 @@ class Agent:
         await secure.send_all(data)
         self.counters["bytes_out"] += len(data)
 
-    async def _chunk_job(self, secure, conn_id: int, job: _ChunkJob) -> None:
+    async def _chunk_job(self, secure, conn_id: int, job: _ChunkJob, pieces: _PieceBuffer) -> None:
         conn = self._connections.get(conn_id)
         if conn is not None:
             conn.queued[job.cid] -= 1
@@ -659,7 +666,7 @@ class Agent:
             conn.cancelled.discard(job.cid)
             await self._events_send.send(ChunkServed(conn_id, job.cid, 0))
             return
-        await self._serve_chunk(secure, conn_id, job.cid)
+        await self._serve_chunk(secure, conn_id, job.cid, pieces)
 
     # ---- discovery and status ---------------------------------------------------------------------
 
@@ -913,6 +920,48 @@ class Acceptor:
             self._shed_logged_at = now
             self._emit("peer.shed", addr=_fmt(remote), reason="too many unproven connections",
                        total=self._counters["preauth_shed"])
+
+
+class _PieceBuffer:
+    """A chunk read for a peer, laid out as its ChunkData frames will travel: before each piece
+    (of at most CHUNK_PIECE_BYTES_MAX) room for its frame and message head, which `messages`
+    writes there. A frame is then one contiguous write (one record of the secure channel, whose
+    head room takes the few bytes past a 1 MiB piece), not a head and a piece in two records
+    the receiver reads, wakes for and hands to its core separately, then joins."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._buffer = memoryview(b"")
+        self._kept: bytearray | None = None  # reused for chunks of one piece (a fresh 1 MiB costs its zeroing and page faults)
+
+    def lay_out(self, size: int) -> list[memoryview]:
+        """Room for a chunk of `size` bytes; the views its pieces are read into, in order. One
+        buffer of one piece's size is kept for the next chunk; larger ones are made each time."""
+        piece, room = m.CHUNK_PIECE_BYTES_MAX, PIECE_HEAD_ROOM_BYTES
+        count = max(1, -(-size // piece))
+        self.size = size
+        if count > 1:
+            self._buffer = memoryview(bytearray(size + count * room))
+        else:
+            if self._kept is None:
+                self._kept = bytearray(room + piece)
+            self._buffer = memoryview(self._kept)
+        return [self._buffer[index * (room + piece) + room:][:min(piece, size - index * piece)]
+                for index in range(count)]
+
+    def messages(self, cid: bytes):  # -> Iterator[tuple[int, int, memoryview]]
+        """(offset, piece length, the whole ChunkData frame) per piece, heads written in place."""
+        piece, room = m.CHUNK_PIECE_BYTES_MAX, PIECE_HEAD_ROOM_BYTES
+        for index in range(max(1, -(-self.size // piece))):
+            offset = index * piece
+            length = min(piece, self.size - offset)
+            head = m.chunk_data_head(cid, offset, self.size, length)
+            end = index * (room + piece) + room
+            self._buffer[end - len(head):end] = head
+            yield offset, length, self._buffer[end - len(head):end + length]
+
+
+assert PIECE_HEAD_ROOM_BYTES <= LARGE_RECORD_HEAD_ROOM_BYTES  # a head and a whole piece fit one record
 
 
 def _take_queued(outbox: trio.MemoryReceiveChannel, jobs: deque[_ChunkJob]) -> bytes:

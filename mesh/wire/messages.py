@@ -732,6 +732,7 @@ _CHUNK_DATA_CODE = type_code_of(ChunkData)
 _CHUNK_DATA_ITEMS = 1 + len(record_fields(ChunkData))  # the type code, then the fields
 _CBOR_UINT, _CBOR_BYTES, _CBOR_ARRAY = 0, 2, 4  # major types
 CHUNK_DATA_PREFIX_BYTES = 1 + 1 + 2 + CID_BYTES_MAX  # array head, type code, CID head, CID
+CHUNK_DATA_HEAD_BYTES_MAX = FRAME_HEADER_BYTES + CHUNK_DATA_PREFIX_BYTES + 9 + 9 + 9  # + offset, total, piece head
 
 
 _CHUNK_DATA_START = bytes([_CBOR_ARRAY << 5 | _CHUNK_DATA_ITEMS, _CHUNK_DATA_CODE])  # both < 24: one byte each
