@@ -104,6 +104,8 @@ class Run:
     cpu_s_per_gib: float  # sum(cpu_s) / (edges x release GiB)
     seed_upload_releases: float | None  # the seed's bytes on the wire / release bytes (mesh only)
     transfer_seconds: float | None = None  # mesh: the first edge's release.current .. the last edge done
+    faults: dict[str, int] | None = None  # mesh: agent -> minor page faults in the window (all threads)
+    wakeups: dict[str, int] | None = None  # mesh: agent -> voluntary context switches in the window (all threads)
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -157,12 +159,66 @@ def run_mesh(name: str, release_dir: Path, workdir: Path, edges: int, cap_mbit: 
     homes = sb.make_homes(workdir / name, release_dir, edges, publish=False)
     logs = workdir / "logs" / name  # each run its own logs: edges are done at their first release.complete
     logs.mkdir(parents=True)
-    hooks = _PerfRecorder(perf, name) if perf is not None else _Profiler(profile, name) if profile is not None else None
-    result = sb.run_swarm(homes, "publish", cap_mbit, timeout_s, total, "info", logs, hooks=hooks)
+    counters = _KernelCounters()
+    hooks = [counters]
+    if perf is not None or profile is not None:
+        hooks.append(_PerfRecorder(perf, name) if perf is not None else _Profiler(profile, name))
+    result = sb.run_swarm(homes, "publish", cap_mbit, timeout_s, total, "info", logs, hooks=_Hooks(hooks))
     delivered = edges * total
     return Run(name, edges, cap_mbit, result.seconds, result.cpu_s, result.cpu_system_s,
                sum(result.cpu_s.values()) / (delivered / GIB), result.seed_upload_releases,
-               result.transfer_seconds)
+               result.transfer_seconds, counters.delta("faults"), counters.delta("wakeups"))
+
+
+class _Hooks:
+    """Several run hooks as one (`sb.run_swarm` takes one)."""
+
+    def __init__(self, hooks: list) -> None:
+        self.hooks = hooks
+
+    def started(self, agents: list[sb.Agent]) -> None:
+        for hook in self.hooks:
+            hook.started(agents)
+
+    def finished(self) -> None:
+        for hook in self.hooks:
+            hook.finished()
+
+
+class _KernelCounters:
+    """Minor page faults and voluntary context switches (wake-ups after a wait) of every agent
+    over the run's window, all threads: counts that CPU time on a shared machine only hints at."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, int] = {}
+        self.before: dict[str, dict[str, int]] = {}
+        self.after: dict[str, dict[str, int]] = {}
+
+    def started(self, agents: list[sb.Agent]) -> None:
+        self.agents = {agent.name: agent.process.pid for agent in agents}
+        self.before = {name: _proc_counts(pid) for name, pid in self.agents.items()}
+
+    def finished(self) -> None:
+        self.after = {name: _proc_counts(pid) for name, pid in self.agents.items()}
+
+    def delta(self, what: str) -> dict[str, int]:
+        return {name: self.after[name][what] - self.before[name][what]
+                for name in self.agents if name in self.after and name in self.before}
+
+
+def _proc_counts(pid: int) -> dict[str, int]:
+    """{"faults": minor faults, "wakeups": voluntary context switches} of a process, all threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        wakeups = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        wakeups += int(line.split()[1])
+        return {"faults": int(fields[7]), "wakeups": wakeups}
+    except OSError:
+        return {"faults": 0, "wakeups": 0}
 
 
 class _Profiler:
@@ -367,8 +423,8 @@ def report(results: dict) -> str:
              f"load {results['load_before']:.2f} -> {results['load_after']:.2f}; "
              f"page reporting {results['page_reporting']}",
              "| run | edges | cap Mbit/s | seconds (from release.current) | CPU-s per GiB delivered | seed uploads "
-             "| CPU-s by process |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| CPU-s by process | k faults / k wake-ups by process |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, run_ in results["runs"].items():
         cap = "-" if run_["cap_mbit"] is None else f"{run_['cap_mbit']:g}"
         upload = "" if run_["seed_upload_releases"] is None else f"{run_['seed_upload_releases']:.3f} F"
@@ -376,8 +432,10 @@ def report(results: dict) -> str:
         per = " ".join(f"{k}={v:.2f}" + (f" ({kernel[k]:.2f} sys)" if k in kernel else "")
                        for k, v in sorted(run_["cpu_s"].items()))
         moved = f" ({run_['transfer_seconds']:.2f})" if run_.get("transfer_seconds") is not None else ""
+        faults, wakeups = run_.get("faults") or {}, run_.get("wakeups") or {}
+        counts = " ".join(f"{k}={faults[k] / 1000:.1f}/{wakeups.get(k, 0) / 1000:.1f}" for k in sorted(faults))
         lines.append(f"| {name} | {run_['edges']} | {cap} | {run_['seconds']:.2f}{moved} | "
-                     f"{run_['cpu_s_per_gib']:.2f} | {upload} | {per} |")
+                     f"{run_['cpu_s_per_gib']:.2f} | {upload} | {per} | {counts} |")
     for key, value in results["figures"].items():
         lines.append(f"{key}: {value:.2f}")
     for label, top in results.get("profile", {}).items():
