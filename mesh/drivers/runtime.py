@@ -122,9 +122,9 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self._store_limiter = trio.CapacityLimiter(2)  # verifying and storing run on worker threads
-        # Passes over every asset of the state (the core's consent pass, the gateway's catalog, the purge's keep set) run
-        # on a worker one at a time: each holds the GIL most of its time, and the event loop competes
-        # with every such thread for it.
+        # Passes over every asset of the state (the core's consent pass, the gateway's catalog, the
+        # purge's keep set) run on a worker one at a time: each holds the GIL most of its time, and
+        # the event loop competes with every such thread for it.
         self.state_passes = trio.CapacityLimiter(1)
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)

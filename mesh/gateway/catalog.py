@@ -5,9 +5,9 @@ At 10,000 assets building a catalog reads every asset record (~0.4 s), so a runn
 builds it on the event loop after the first time: `CatalogKeeper` forks the state (an Automerge
 fork, ~20-40 ms) and builds on a worker thread, one build at a time, whenever the state's heads
 moved (a moment after they did: CATALOG_GAP_S_MIN plus a little per asset, so a burst of changes
-costs a few builds). Until the fresh catalog lands the last one answers lists and counts, and every single CID a
-request names is judged against the live state (`CatalogKeeper.verdict`: the asset's record read
-again, ~50 us, under the consent in force now). That judgement fails closed: a CID the last catalog
+costs a few builds). Until the fresh catalog lands the last one answers lists and counts, and
+every single CID a request names is judged against the live state (`CatalogKeeper.verdict`: the
+asset's record read again, ~50 us, under the consent in force now). That judgement fails closed: a CID the last catalog
 does not know and the live state names as no asset (a new asset's thumbnail, say) is "unsure",
 which serves no bytes until the fresh catalog vouches for it. CIDs consent or retention may hide
 later (`Catalog.revocable`) are judged against the clock on every request, so an expiry needs no

@@ -3,9 +3,10 @@
 
 Routes: `GET /drop/ID` (what is left, a reserve button; with `?order=CODE` the order's code, QR and
 status), `GET /drop/ID/updates[?order=CODE]` (server-sent events: what is left and the order's
-status whenever they change; the page's script applies them), `POST /drop/ID/reserve` (form, CSRF), `GET /api/drops`, `GET /api/drops/ID`,
-`POST /api/drops/ID/reserve` ({"order","expires","pay_url"}), and for the POS or crew (a crew token
-as `Authorization: Bearer`) `POST /api/drops/ID/sell` and `/cancel` with {"order": CODE}.
+status whenever they change; the page's script applies them), `POST /drop/ID/reserve` (form,
+CSRF), `GET /api/drops`, `GET /api/drops/ID`, `POST /api/drops/ID/reserve`
+({"order","expires","pay_url"}), and for the POS or crew (a crew token as `Authorization: Bearer`)
+`POST /api/drops/ID/sell` and `/cancel` with {"order": CODE}.
 A box reserves only from its own allowance; writes go through the state file like the CLI's.
 """
 

@@ -31,6 +31,7 @@ Theory of operation:
 from __future__ import annotations
 
 import hashlib
+import threading
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ VIEW_COUNT_MAX = 1 << 53  # an entry above this (or negative) is junk and skippe
 ACTOR_SUFFIX_BYTES_MAX = 16
 SUBJECTS_PER_ASSET_MAX = 256
 CHANGE_HASH_BYTES = 32
-ASSETS_READS_KEPT = 2  # asset reads kept per process, one per set of heads (~1 KB per asset each)
+ASSETS_READS_KEPT = 4  # asset reads kept per process (a hub's meshes too), one per set of heads, ~1 KB an asset
 APPLIED_KEPT = 64  # recent applies remembered for change_hashes_since and changes_since ...
 APPLIED_BYTES_MAX = 4 * 1024 * 1024  # ... with at most this many bytes of their chunks
 _CHUNK_MAGIC = bytes([0x85, 0x6F, 0x4A, 0x83])  # Automerge storage chunk magic
@@ -224,6 +225,7 @@ def applied_hashes(ids: list[tuple[bytes, tuple[bytes, ...]]], before: Iterable[
 
 
 _ASSETS_READ: dict[tuple[bytes, ...], list[AssetRecord]] = {}  # heads -> every asset record, see `assets`
+_ASSETS_READ_LOCK = threading.Lock()
 
 
 def _genesis() -> am.Document:
@@ -424,9 +426,10 @@ class MeshState:
                 record = self._read_asset(cid, self._child_map(assets, cid))
                 if record is not None:
                     records.append(record)
-            cached = _ASSETS_READ[heads] = records
-            while len(_ASSETS_READ) > ASSETS_READS_KEPT:
-                _ASSETS_READ.pop(next(iter(_ASSETS_READ)), None)
+            with _ASSETS_READ_LOCK:  # forks read on worker threads
+                _ASSETS_READ[heads] = cached = records
+                while len(_ASSETS_READ) > ASSETS_READS_KEPT:
+                    del _ASSETS_READ[next(iter(_ASSETS_READ))]
         return list(cached) if tag is None else [r for r in cached if tag in r.tags]
 
     def asset_count(self) -> int:
