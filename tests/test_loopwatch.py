@@ -59,6 +59,23 @@ def test_longest_step_is_kept_for_the_window_then_forgotten_but_not_since_start(
     assert summary["stall_max_ms"] == 0.0 and summary["since_start"]["stall_task"] == "slow"
 
 
+def test_a_slow_step_says_how_much_of_it_was_computing_and_how_much_waiting() -> None:
+    """With a CPU clock, a step that waited (for the GIL, for a CPU) shows less CPU than wall time."""
+    clock, cpu = _Clock(), _Clock()
+    watch = LoopWatch(clock=clock, cpu_clock=cpu, slow_step_ms=10)
+    watch.before_task_step(_Task("waited"))
+    clock.now += 0.150
+    cpu.now += 0.004  # computed 4 ms of it
+    watch.after_task_step(_Task("waited"))
+    _step(watch, clock, "busy", 30)  # wall time only: the CPU clock did not move
+    steps = {s["task"]: s for s in watch.summary()["slow_steps"]}
+    assert steps["waited"]["ms"] == 150.0 and steps["waited"]["cpu_ms"] == 4.0
+    assert steps["busy"]["cpu_ms"] == 0.0
+    plain = LoopWatch(clock=clock, slow_step_ms=10)  # the agent's default: no CPU clock, no cost
+    _step(plain, clock, "busy", 30)
+    assert [set(s) for s in plain.summary()["slow_steps"]] == [{"at", "task", "ms"}]
+
+
 def test_an_agent_reports_a_blocking_step_with_its_task_name(tmp_path: Path, caplog) -> None:
     home_dir = tmp_path / "org"
     assert run_mesh("init", "stall-test", "--node-name", "org", home=home_dir).returncode == 0

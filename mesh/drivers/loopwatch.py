@@ -11,7 +11,10 @@ can. It keeps, cheaply enough to stay on in production:
   histogram since start, so a benchmark can attribute stalls to what it did when;
 - a callback for each step of at least `stall_log_ms`, at most once per `stall_log_gap_s` (the
   next call says how many were left out), which the agent turns into a `loop.stall` event.
-The clock is injected (default `time.perf_counter`), so tests can drive it.
+The clock is injected (default `time.perf_counter`), so tests can drive it. With a `cpu_clock`
+(`time.thread_time`; the agent uses it when MESH_LOOP_CPU=1, for benchmarks: it costs two more
+clock reads a step) each slow step also says how much of it the trio thread spent computing: a
+step much longer than its CPU time waited for the GIL (a worker thread) or for a CPU (a busy host).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class LoopWatch(trio.abc.Instrument):
                  stall_log_ms: float = STALL_LOG_MS, stall_log_gap_s: float = STALL_LOG_GAP_S,
                  on_stall: Callable[[Stall], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter, wall_clock: Callable[[], float] = time.time,
-                 slow_step_ms: float = SLOW_STEP_MS, slow_steps_max: int = SLOW_STEPS_MAX) -> None:
+                 slow_step_ms: float = SLOW_STEP_MS, slow_steps_max: int = SLOW_STEPS_MAX,
+                 cpu_clock: Callable[[], float] | None = None) -> None:
         self.window_s = window_s
         self.stall_log_ms = stall_log_ms
         self.stall_log_gap_s = stall_log_gap_s
@@ -68,7 +72,10 @@ class LoopWatch(trio.abc.Instrument):
         self._clock = clock
         self._wall_clock = wall_clock
         self.slow_step_ms = slow_step_ms
-        self.slow_steps: deque[tuple[float, str, float]] = deque(maxlen=slow_steps_max)  # (wall time, task, ms)
+        # (wall time, task, ms, CPU ms or None)
+        self.slow_steps: deque[tuple[float, str, float, float | None]] = deque(maxlen=slow_steps_max)
+        self._cpu_clock = cpu_clock
+        self._step_cpu = 0.0
         self._counts = [0] * len(BUCKET_BOUNDS_MS)  # steps per bucket since start
         self._slot_s = window_s / slots
         self._slots_max = slots
@@ -85,6 +92,8 @@ class LoopWatch(trio.abc.Instrument):
     # ---- the instrument -------------------------------------------------------------------------
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._cpu_clock is not None:
+            self._step_cpu = self._cpu_clock()
         self._step_started = self._clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -104,7 +113,8 @@ class LoopWatch(trio.abc.Instrument):
             if ms > self.max_ms:
                 self.max_ms, self.max_task = ms, task.name
         if ms >= self.slow_step_ms:
-            self.slow_steps.append((self._wall_clock(), task.name, round(ms, 3)))
+            cpu_ms = None if self._cpu_clock is None else round((self._cpu_clock() - self._step_cpu) * 1000.0, 3)
+            self.slow_steps.append((self._wall_clock(), task.name, round(ms, 3), cpu_ms))
             if ms >= self.stall_log_ms:
                 self._stalled(task.name, ms, now)
 
@@ -125,7 +135,8 @@ class LoopWatch(trio.abc.Instrument):
                             "stall_log_ms": self.stall_log_ms,
                             "histogram_ms": [[b, c] for b, c in zip(BUCKET_BOUNDS_MS[:-1], self._counts) if c]
                             + ([["inf", self._counts[-1]]] if self._counts[-1] else [])},
-            "slow_steps": [{"at": at, "task": task, "ms": ms} for at, task, ms in self.slow_steps],
+            "slow_steps": [{"at": at, "task": task, "ms": ms, **({} if cpu is None else {"cpu_ms": cpu})}
+                           for at, task, ms, cpu in self.slow_steps],
             "slow_step_ms": self.slow_step_ms,
         }
 

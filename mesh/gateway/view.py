@@ -119,27 +119,32 @@ class AgentView:
     # ---- files ------------------------------------------------------------------------------------
 
     def served_file(self, cid: str) -> ServedFile | None:
-        """What `/c/CID` needs for a file held here and not hidden, cached while the catalog is
-        that of the state now (a CID consent or retention may hide is judged again each time);
-        None for anything else (unknown, hidden, malformed, arriving), which takes the full path.
-        A file deleted from the store in that time fails its first chunk read: 404, never bytes."""
+        """What `/c/CID` needs for a file held here and not hidden; None for anything else
+        (unknown, hidden, malformed, arriving), which takes the full path. The store's part (size,
+        chunks) is kept per built catalog; whether the CID may be served, and how long a browser
+        may keep it, is judged on every request (`CatalogKeeper.verdict`: a few dict lookups, or a
+        record read while a newer catalog is being built). A file deleted from the store meanwhile
+        fails its first chunk read: 404, never bytes."""
+        if not _looks_like_cid(cid):
+            return None
+        kind, _ = self._catalogs.verdict(cid)
+        if kind == HIDDEN or (kind == UNSURE and not self._in_release(cid)):
+            return None
         catalog = self.catalog()
-        if not self._catalogs.fresh(catalog):
-            return self._look_up_served(cid) if _looks_like_cid(cid) else None  # judged live, not kept
         cached_for, served = self._served
         if cached_for is not catalog:
             served = {}
             self._served = (catalog, served)
         found = served.get(cid)
-        if found is not None and cid in catalog.revocable and self.is_hidden(cid):
-            return None
-        if found is None and cid not in catalog.hidden and _looks_like_cid(cid):
+        if found is None:
             found = self._look_up_served(cid)
-            if found is not None:
-                if len(served) >= SERVED_FILES_MAX:
-                    served.clear()
-                served[cid] = found
-        return found
+            if found is None:
+                return None
+            if len(served) >= SERVED_FILES_MAX:
+                served.clear()
+            served[cid] = found
+        cache = REVALIDATE if self.may_hide(cid) else IMMUTABLE
+        return found if found.cache == cache else ServedFile(found.ref, cache, found.spans)
 
     def _look_up_served(self, cid: str) -> ServedFile | None:
         ref = self.file_by_cid(cid)
