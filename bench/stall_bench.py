@@ -18,6 +18,7 @@ and its task, and the p99 step (histogram bucket bound). Nothing leaves loopback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -70,7 +71,7 @@ def make_home(root: Path, assets: int) -> tuple[Path, str, str]:
         for index in range(assets):
             record = asset_record(index, info.node_id)
             if index % SUBJECT_EVERY == 0:
-                record = record.__class__(**{**record.__dict__, "subjects": frozenset({code})})
+                record = dataclasses.replace(record, subjects=frozenset({code}))
             state.put_asset(record)
     return home, cid, code
 

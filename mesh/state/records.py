@@ -13,7 +13,7 @@ TAGS_PER_ASSET_MAX = 64
 NAME_CHARS_MAX = 255
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~10,000 per read, fewer objects for the collector
 class AssetRecord:
     """A file the mesh knows about."""
 
