@@ -311,17 +311,35 @@ DOC_TAIL = """## Reading the figures
   of 20 x 64 MiB with `--no-medium-hint` 1.99 -> 10.5, the congestion collapse the budget exists
   to prevent; capped at one chunk past the budget: 1.38, and that venue run 2.05 with 71
   duplicates instead of 32).
-  In this model the floor is about 6.92 s (the seed's last chunk out) + 0.84 s (that chunk to
-  four more hubs, holders doubling) + 0.34 s (the air) = 8.1 s, 1.21x, so 1.3x leaves 0.6 s for
-  the cold start and queueing at holders. What reaching it seems to need is upload slots: a core
-  that serves one chunk at a time per bottleneck instead of one per connection (which
-  connections share a bottleneck would have to be measured from the pace of `ChunkServed`), and
-  picks the next request itself, rarest first, with the waiting ones still cancellable because
-  they wait in the core. The full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not
-  the WAN: p50 / p90 / max went from 71.7 / 73.8 / 76.1 s to 69.2 / 70.4 / 78.6 s (ratio 1.13 to
-  1.17). With pipelines still 4 deep the new model ends at 77.8 s (p90 73.4 s): the honest
-  serving costs the last node about 1.8 s there, and the shallower start 0.7 s more while it
-  gains 3 s at p90.
+  In this model the floor is about 6.92 s (the seed's last chunk out) + 0.84 s (that chunk to four
+  more hubs, holders doubling) + 0.34 s (the air) = 8.1 s, 1.21x, so 1.3x leaves 0.6 s for the cold
+  start and queueing at holders. Upload slots were built and measured next (2026-12-07, not kept):
+  the core handed the driver at most N chunk jobs per link (connections grouped by the pace of their
+  `ChunkServed`, within 3x of each other; N grew while a job kept its group's solo pace and shrank
+  when it slowed beside others, at least 2) and kept the other requests waiting in the core, to be
+  picked rarest first and cancelled there. Seeds 1-7: 1.42, 1.41, 1.43, 1.48, 1.46, 1.41, 1.46 (mean
+  1.44); coop-multi 1.19 -> 1.23; venue unchanged (1.00, and 1.98 without the hint). They cannot pay
+  in this model: its uplinks and WAN links are FIFO, so five jobs at once already go out one after
+  another (the first at its solo pace), which is what a slot does; and no cancel reached a waiting
+  request (seed 7: askers cancel only when a copy arrived elsewhere). One job per link is worse
+  (1.54; 1.52 with jobs to stations exempt): a job also ends only once past the receiver's WAN
+  downlink, and meanwhile our uplink idles. Variants on top, none better than 1.41: the order of
+  waiting requests (rarest chunk, askers with nothing in the driver, the least complete asker,
+  oldest: 1.42-1.44); `ChunkBusy` for a request that would wait over 0.5 s (1.43); `ChunkBusy` for
+  waiting requests once our copy to another peer is out, so holders double (1.43: such late declines
+  send away requests that already waited); slots with the in-flight budget at least 4 MiB (1.42;
+  no-hint venue 2.06) or one request past the budget for idle peers (1.41; no-hint venue 3.13, 752
+  duplicates); moving a request to a peer that announces the chunk (2.13, about 450 duplicates a
+  run: the jobs had started); asking seeds like any holder once every missing chunk has a non-seed
+  holder (1.43, no-hint venue 1.92; with slots 1.41). What is left is on the receivers' side: hubs'
+  WAN downlinks idle while their few requests wait at busy holders (seed 7's last hub, hub-03,
+  receives its other 15 chunks in the 8.4 s after its first, 20 chunk times). Where concurrent flows
+  share a link (TCP) instead of queueing, five jobs at once do each take five times as long, and
+  slots should matter there; this model would have to share links that way first to show it. The
+  full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not the WAN: p50
+  / p90 / max went from 71.7 / 73.8 / 76.1 s to 69.2 / 70.4 / 78.6 s (ratio 1.13 to 1.17). With
+  pipelines still 4 deep the new model ends at 77.8 s (p90 73.4 s): the honest serving costs the
+  last node about 1.8 s there, and the shallower start 0.7 s more while it gains 3 s at p90.
 - **coop-multi**: three meshes publish at once through two hub boxes. Each box's WAN downlink has
   to carry all three releases, so a mesh's own bound (as if alone on the boxes) is a third of the
   shared one; the ratio that measures the scheduler is the one to the shared bound.
