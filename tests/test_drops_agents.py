@@ -175,7 +175,7 @@ def test_the_phone_page_reserves_and_the_pos_marks_paid(tmp_path: Path) -> None:
         status, headers, _ = phone.request("POST", f"/drop/{drop_id}/reserve",
                                            {"Content-Type": "application/x-www-form-urlencoded"},
                                            urlencode({"csrf": csrf}).encode())
-        assert status == 303, "reserve redirects to the order"
+        assert status == 303, f"reserve redirects to the order: {status} {_!r}"
         location = headers["location"]
         code = location.rsplit("=", 1)[1]
         status, _, body = phone.request("GET", location, {"Accept": "text/html"})

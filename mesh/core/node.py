@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from mesh.config import CoreLimits
 from mesh.core.events import (
-    Action, Address, AnswerDropAsks, AssetsEvaluated, ChunkRejected, ChunkServed, ChunkStored, CloseConnection, Connected, DataReceived,
-    Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LiveWindowSigned, LocalChanges, ObjectsEvicted,
+    Action, Address, AnswerDropAsks, AssetsEvaluated, ChunkRejected, ChunkServed, ChunkStored, CloseConnection,
+    Connected, DataReceived, Dial, DialFailed, Disconnected, Emit, Event, FetchRequested, LiveWindowSigned, LocalChanges, ObjectsEvicted,
     ObjectsInventory, ObjectsUsed, PeerDiscovered, PersistChanges, ReleaseInventory, Send, ShutdownRequested,
     StateReloaded, StoreUsage, Tick, TlsKeyLoaded,
 )
@@ -172,6 +172,11 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
         """Run what is due: timers, dials, flushes, the scheduler (see `take`)."""
         self._now = now
         self._on_timers(now)
+
+    def persist_now(self) -> None:
+        """Persist what this state holds beyond its log at once (a PersistChanges action), not at
+        the next flush: a writer about to open a state-file transaction wants it there."""
+        self._persist_now()
 
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []

@@ -63,6 +63,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 READ_BYTES_MAX = RECORD_PLAINTEXT_BYTES_MAX_ANY  # a whole large record (a chunk piece and its head) per read; the core buffers 4 MiB
 PIECE_HEAD_ROOM_BYTES = m.CHUNK_DATA_HEAD_BYTES_MAX  # left before each piece in a serve's read buffer
 SHUTDOWN_GRACE_S = 3.0
+PERSISTED_WAIT_S = 2.0  # a gateway write waits at most this long for the state log to catch up ...
+PERSISTED_POLL_S = 0.01  # ... looking this often
 CLOSE_DRAIN_S = 5.0
 WRITE_GATHER_BYTES_MAX = 64 * 1024  # queued frames joined into one write, at most
 STORE_QUEUE_MAX = 1024  # received chunks waiting to be verified and stored
@@ -510,6 +512,18 @@ class Agent:
         if conn is not None:
             conn.outbox.close()
             conn.scope.deadline = min(conn.scope.deadline, trio.current_time() + CLOSE_DRAIN_S)
+
+    async def persisted(self, timeout_s: float = PERSISTED_WAIT_S) -> None:
+        """Return once everything this node's state holds is in its state log (at most
+        `timeout_s`): a state-file transaction then sees what the gateway has shown."""
+        if self.core is None:
+            return
+        self.core.persist_now()
+        for action in self.core.take_actions():
+            self._execute(action)
+        with trio.move_on_after(timeout_s):
+            while self._unpersisted:
+                await trio.sleep(PERSISTED_POLL_S)
 
     def _persist(self, data: bytes | AnswerDropAsks) -> None:
         """Queue changes for the state log (or a drop answer to decide after them); `_persist_loop`

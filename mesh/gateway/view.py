@@ -535,7 +535,9 @@ class AgentView:
             raise CredentialError(why)
 
     async def _transact(self, body: Callable):
-        """Run `body(state)` inside a state-file transaction on a worker thread, one at a time."""
+        """Run `body(state)` inside a state-file transaction on a worker thread, one at a time,
+        once the state log holds what the agent's state does (a drop that arrived a moment ago
+        and is on the page, say)."""
         statefile = self.agent.statefile
         actor = actor_id(self.agent.home.info.node_id, os.urandom(8))
 
@@ -544,6 +546,9 @@ class AgentView:
                 return body(state)
 
         async with self._write_lock:
+            persisted = getattr(self.agent, "persisted", None)
+            if persisted is not None:
+                await persisted()
             return await trio.to_thread.run_sync(run)
 
 

@@ -901,13 +901,15 @@ class DropWatch:
     """What changed in the drops since the last look, as event rows for a node's log and outbox:
     `drop.order` per new or settled order, `drop.entry_refused` per entry that does not verify
     (a forged transfer, another mesh's statement, junk). Remembers at most VERIFY_CACHE_MAX keys.
-    After each call `asks_from_others` says whether a drop it touched has an open request for more
-    from a node other than `node_id` (one this node may answer)."""
+    After each call `asks_from_others` says whether a drop it touched has open requests for more
+    from other nodes that `node_id` may answer (it holds ANSWER_SPARE_MIN or more), unless those
+    requests and what it holds are as when it last said so (that answer is decided already)."""
 
     def __init__(self, node_id: str = "") -> None:
         self._node_id = node_id
         self._seen: set[str] = set()
         self._statuses: dict[tuple[str, str, str], str] = {}  # (drop, node, code) -> status last told
+        self._asks_told: dict[str, tuple[frozenset[str], int]] = {}  # drop -> (open asks, units held) last told
         self.asks_from_others = False
 
     def changed(self, state: MeshState, authority_public_key: bytes, now: float) -> list[tuple[str, dict]] | None:
@@ -927,8 +929,16 @@ class DropWatch:
             if book.drop(key) is not None:
                 tally = book.tally(key)
                 rows += self._order_rows(tally)
-                self.asks_from_others |= not tally.closed and any(a.node != self._node_id for a in tally.open_asks())
+                self.asks_from_others |= self._worth_answering(tally)
         return rows
+
+    def _worth_answering(self, tally: Tally) -> bool:
+        asks = frozenset(a.id for a in tally.open_asks() if a.node != self._node_id)
+        left = tally.node(self._node_id).left
+        if tally.closed or not asks or left < ANSWER_SPARE_MIN or self._asks_told.get(tally.drop.id) == (asks, left):
+            return False
+        self._asks_told[tally.drop.id] = (asks, left)
+        return True
 
     def _order_rows(self, tally: Tally) -> list[tuple[str, dict]]:
         rows = []
