@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,17 +31,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mesh.drivers.tcp import free_port
+
 SMALL_BYTES = 20 * 1024
 READ_BYTES = 1024 * 1024
 LARGE_SECONDS_MAX = 60.0  # the large-file run stops after this long ...
 LARGE_DOWNLOADS = 6  # ... or this many downloads, whichever is first
 RSS_SAMPLE_S = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def mesh(home: Path, *args: str) -> str:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mesh.drivers.hubhome import HubHome  # noqa: E402
+from mesh.drivers.tcp import free_port  # noqa: E402
 
 MIB = 1024 * 1024
 DONE_TIMEOUT_S = 300.0
@@ -41,12 +41,6 @@ def mesh(home: Path, *args: str) -> str:
     if result.returncode != 0:
         raise SystemExit(f"mesh {' '.join(args)} failed: {result.stderr.decode().strip()}")
     return result.stdout.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Proc:

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,17 +38,12 @@ from state_bench import asset_record  # noqa: E402
 
 from mesh.drivers.home import Home  # noqa: E402
 from mesh.drivers.statefile import StateFile  # noqa: E402
+from mesh.drivers.tcp import free_port  # noqa: E402
 from mesh.state.consent import new_subject_code  # noqa: E402
 from mesh.state.document import actor_id  # noqa: E402
 
 PHASES = ("gateway", "tag", "consent")
 SUBJECT_EVERY = 100  # one asset in this many names the subject
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def mesh(home: Path, *args: str) -> str:

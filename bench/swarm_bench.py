@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.netlab.lab import build_lab, mbit_to_bytes_per_s  # noqa: E402
 from mesh.drivers.agentfiles import read_status  # noqa: E402
+from mesh.drivers.tcp import free_port  # noqa: E402
 from mesh.testing.netns import Lab, lab_available  # noqa: E402
 
 AGENT_PORT = 7450
@@ -453,12 +454,6 @@ class LoopbackRun:
     ratio: float  # mesh_mb_s / raw_mb_s
     transfer_ratio: float  # mesh_transfer_mb_s / raw_mb_s
     cpu_s: dict[str, float]  # agent -> CPU seconds during the mesh run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_loopback_mesh(seed_home: Path, edge_home: Path, timeout_s: float, log_level: str,

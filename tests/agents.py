@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlencode
 
+from mesh.drivers.tcp import free_port
 from tests.conftest import mesh_env, run_mesh
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_status(url: str, method: str = "GET", headers: dict | None = None) -> int:

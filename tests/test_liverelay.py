@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,13 +10,8 @@ import pytest
 
 from mesh.drivers.liverelay import run_relay
 from mesh.drivers.livesource import Segment, run_segmenter
+from mesh.drivers.tcp import free_port
 from mesh.testing.livestream import RtmpSink, push_test_stream
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from mesh.drivers.livesource import LiveSourceError, Segment, h264_encoder, probe_source, run_segmenter
 from mesh.errors import MeshError
+from mesh.drivers.tcp import free_port
 from mesh.testing.livestream import (
     clock_bits,
     clock_from_bits,
@@ -30,12 +31,6 @@ from mesh.testing.livestream import (
 SEGMENT_S = 2.0
 KEYFRAME_S = 1.0  # the test camera's keyframe interval
 FPS = 25
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Collector:

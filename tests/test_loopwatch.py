@@ -96,7 +96,9 @@ def test_an_agent_reports_a_blocking_step_with_its_task_name(tmp_path: Path, cap
     with caplog.at_level(logging.INFO, logger="mesh.agent"):
         status = trio.run(main)
     loop = status["loop"]
-    assert loop["stall_task"] == "deliberate-blocker" and loop["stall_max_ms"] >= 150
+    # the step is named among the slow steps (start-up on a loaded machine may block longer still)
+    assert loop["stall_max_ms"] >= 150
+    assert any(s["task"] == "deliberate-blocker" and s["ms"] >= 150 for s in loop["slow_steps"])
     assert any("loop.stall" in r.getMessage() and "deliberate-blocker" in r.getMessage() for r in caplog.records)
 
 

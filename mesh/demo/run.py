@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.cli import output
+from mesh.drivers.tcp import free_port
 from mesh.errors import MeshError, UsageError
 
 HOST = "127.0.0.1"
@@ -54,12 +54,6 @@ class DemoNode:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.http_port}/"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _mesh(home: Path, *args: str) -> str:
@@ -187,7 +181,7 @@ def _watch(nodes: list[DemoNode]) -> None:
 
 def _nodes(base: Path) -> list[DemoNode]:
     names = ("organizer", *EDGES)
-    nodes = [DemoNode(name, base / name, _free_port(), _free_port()) for name in names]
+    nodes = [DemoNode(name, base / name, free_port(HOST), free_port(HOST)) for name in names]
     for node in nodes:
         node.log_path = base / f"{node.name}.log"
     return nodes

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
+import socket
+from pathlib import Path
 
 import trio
 
@@ -10,6 +13,36 @@ from mesh.core.events import Address
 from mesh.ports import StreamHandler
 
 log = logging.getLogger("mesh.tcp")
+
+PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PICKED_PORT = 10000
+_handed: set[int] = set()  # ports this process picked: none twice before its listener binds it
+
+
+def free_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A TCP port free on `host` now, for a process started next to listen on (`mesh demo`, the
+    tests and benches). Picked below the kernel's ephemeral range: a port the kernel handed out
+    for `bind(0)` is one it may hand again to any outgoing connection before the listener binds
+    it (seen as "already in use" about once in a few hundred starts)."""
+    try:
+        ephemeral_low = int(PORT_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = max(ephemeral_low - 1, LOWEST_PICKED_PORT + 1000)
+    for _ in range(attempts):
+        port = random.randint(LOWEST_PICKED_PORT, high)
+        if port in _handed:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    with socket.socket() as probe:  # a crowded range: let the kernel choose
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 class TcpTransport:
