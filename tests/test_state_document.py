@@ -197,6 +197,23 @@ def test_fresh_replica_syncs_a_thousand_assets() -> None:
     assert fresh.assets() == big.assets()
 
 
+def test_a_new_read_of_the_assets_sees_each_change_and_shares_the_unchanged_records() -> None:
+    state = replica("reads", 1)
+    for i in range(50):
+        state.put_asset(record(f"bafk{i:04d}", {"stage"}))
+    before = {r.cid: r for r in state.assets()}
+    state.tag_asset("bafk0007", add={"vip"}, remove={"stage"})
+    state.put_asset(record("bafk0050", {"door"}))
+    fork = state.fork()  # another replica's read at the same heads: the same answer
+    after = {r.cid: r for r in state.assets()}
+    assert after["bafk0007"].tags == {"vip"} and before["bafk0007"].tags == {"stage"}
+    assert after["bafk0050"].tags == {"door"} and "bafk0050" not in before
+    assert all(after[cid] is before[cid] for cid in before if cid != "bafk0007")
+    assert fork.assets() == state.assets()
+    assert [r.tags for r in MeshState.load(state.save(), actor_id("fresh", b"\x03")).assets()] == \
+        [r.tags for r in state.assets()]
+
+
 def test_one_change_behind_receives_far_fewer_bytes_than_a_save() -> None:
     a = replica("a", 1)
     for i in range(300):
