@@ -107,7 +107,8 @@ class _Connection:
 def _freeze_startup_objects() -> None:
     """Move what start-up made (modules, the state's records, the core's media tables) out of the
     cyclic garbage collector's view: every full collection otherwise walks all of them (~70 ms
-    at 10,000 assets, in whichever task step it lands). Once, after the first consent pass. Only
+    at 10,000 assets, in whichever task step it lands). Once the core is made, and again after
+    the first consent pass (the first full collection came before that pass ended). Only
     the young generations are collected first: a full collection here is itself the stall it
     spares (35 ms on a fresh home, >150 ms on a loaded machine); the little start-up garbage that
     survives in the old generation stays, frozen."""
@@ -186,6 +187,7 @@ class Agent:
             self._nursery = nursery
             self.listen_address = await nursery.start(self.transport.serve, self.config.listen, self._accepted)
             self.core = self._make_core(state)
+            _freeze_startup_objects()  # modules and what loading made; the records after the first pass
             nursery.start_soon(self._core_loop)
             nursery.start_soon(self._store_writer)
             nursery.start_soon(self._status_loop)

@@ -868,26 +868,14 @@ class MeshState:
         return changes
 
     def _changes_since(self, heads: list[bytes]) -> list[Any]:
-        """The changes that are not `heads` or their ancestors, in causal order.
-
-        The binding's `get_changes(have_deps)` walks the whole history at ~12 us a change (a
-        quarter second at 20,000), even when nothing is new; `get_changes([])` lists it 15 times
-        faster. So: list every change, then walk it newest first, marking the ancestors of `heads`.
-        """
-        known = {h for h in heads if isinstance(h, bytes) and len(h) == CHANGE_HASH_BYTES}
-        if known and known == set(self._doc.get_heads()):
+        """The changes that are not `heads` or their ancestors, in causal order (hashes the
+        document does not hold are ignored). The binding answers from its change graph: ~1-3 ms at
+        10,000-20,000 changes, whether one change or thousands are new, against ~25 ms for
+        listing every change (`get_changes([])`) and walking it here."""
+        known = [h for h in heads if isinstance(h, bytes) and len(h) == CHANGE_HASH_BYTES]
+        if known and set(known) == set(self._doc.get_heads()):
             return []
-        changes = self._doc.get_changes([])
-        if not known:
-            return changes
-        ancestors, since = known, []
-        for change in reversed(changes):  # every descendant of a change comes after it
-            if change.hash in ancestors:
-                ancestors.update(change.deps)
-            else:
-                since.append(change)
-        since.reverse()
-        return since
+        return self._doc.get_changes(known)
 
     def apply_changes(self, data: bytes) -> list[bytes]:
         """Apply `changes_since` output (document chunks, such as a persisted snapshot, may be
