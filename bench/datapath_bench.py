@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import swarm_bench as sb  # noqa: E402
+from bench.netlab.host import page_reporting  # noqa: E402
 from bench.netlab.lab import build_lab, mbit_to_bytes_per_s  # noqa: E402
 
 GIB = 1024**3
@@ -126,32 +127,6 @@ def warm_page_pool(directory: Path, size: int) -> None:
         for _ in range(-(-size // len(block))):
             handle.write(block)
     path.unlink()
-
-
-PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
-PAGE_ORDER_NEVER = 11  # above the buddy allocator's largest order: no free block is reported
-
-
-@contextlib.contextmanager
-def page_reporting(mode: str):
-    """With "off", stop virtio-balloon free page reporting while the bench runs (yields what was
-    done, for the report). A freed page the guest reported is unmapped by the host, and its next
-    use faults in the host: measured here, four processes writing 256 MiB each into new files
-    spent 0.35-0.7 s of system time each with reporting on and 0.08-0.15 s with it off (a single
-    writer reuses its own freed pages before they are reported, and pays 0.05-0.1 s either way)."""
-    if mode != "off" or not PAGE_REPORTING_ORDER.exists():
-        yield "kept" if mode != "off" else "not present"
-        return
-    before = PAGE_REPORTING_ORDER.read_text().strip()
-    try:
-        PAGE_REPORTING_ORDER.write_text(str(PAGE_ORDER_NEVER))
-    except OSError:
-        yield "kept (not writable)"
-        return
-    try:
-        yield f"off (order {before} -> {PAGE_ORDER_NEVER} for the run)"
-    finally:
-        PAGE_REPORTING_ORDER.write_text(before)
 
 
 def run_mesh(name: str, release_dir: Path, workdir: Path, edges: int, cap_mbit: float | None, total: int,

@@ -869,13 +869,29 @@ class MeshState:
 
     def _changes_since(self, heads: list[bytes]) -> list[Any]:
         """The changes that are not `heads` or their ancestors, in causal order (hashes the
-        document does not hold are ignored). The binding answers from its change graph: ~1-3 ms at
-        10,000-20,000 changes, whether one change or thousands are new, against ~25 ms for
-        listing every change (`get_changes([])`) and walking it here."""
-        known = [h for h in heads if isinstance(h, bytes) and len(h) == CHANGE_HASH_BYTES]
-        if known and set(known) == set(self._doc.get_heads()):
+        document does not hold are ignored).
+
+        The binding's `get_changes(have_deps)` answers a linear history (one head asked about,
+        one head now: a local write, the usual case) in ~1 ms at 20,000 changes, but takes
+        ~240 ms whenever either side has concurrent heads. Then: list every change (~10 ms) and
+        walk it newest first, marking the ancestors of `heads` (~15 ms more)."""
+        known = {h for h in heads if isinstance(h, bytes) and len(h) == CHANGE_HASH_BYTES}
+        now = self._doc.get_heads()
+        if known and known == set(now):
             return []
-        return self._doc.get_changes(known)
+        if len(known) == 1 and len(now) == 1:
+            return self._doc.get_changes(list(known))
+        changes = self._doc.get_changes([])
+        if not known:
+            return changes
+        ancestors, since = known, []
+        for change in reversed(changes):  # every descendant of a change comes after it
+            if change.hash in ancestors:
+                ancestors.update(change.deps)
+            else:
+                since.append(change)
+        since.reverse()
+        return since
 
     def apply_changes(self, data: bytes) -> list[bytes]:
         """Apply `changes_since` output (document chunks, such as a persisted snapshot, may be
