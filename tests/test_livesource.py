@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.drivers.livesource import LiveSourceError, Segment, h264_encoder, probe_source, run_segmenter
-from mesh.errors import MeshError
 from mesh.drivers.tcp import free_port
+from mesh.errors import MeshError
 from mesh.testing.livestream import (
     clock_bits,
     clock_from_bits,
