@@ -419,10 +419,10 @@ class MeshState:
         Read once per set of heads (~30 us per asset) by any state or fork in this process: the
         core's consent pass, the gateway's catalog and the purge all ask after the same change,
         each from its own fork, and records are immutable (the heads name the content)."""
+        global _ASSETS_LATEST
         heads = tuple(sorted(self._doc.get_heads()))
         cached = _ASSETS_READ.get(heads)
         if cached is None:
-            global _ASSETS_LATEST
             assets, latest = self._root_map("assets"), _ASSETS_LATEST
             records = []
             for cid in sorted(self._keys(assets)):
