@@ -43,3 +43,52 @@ def test_fetch_then_apply_reads_what_another_process_appended(tmp_path: Path) ->
     writer.compact()  # a new generation: the whole file comes back and merges
     assert reader_file.maybe_new(reader)
     assert not reader_file.apply_new(reader, reader_file.fetch_new(reader))
+
+
+def test_a_state_pass_answers_for_one_set_of_heads_while_the_core_keeps_writing() -> None:
+    """The consent pass, the catalog and the purge read the live document from a worker thread
+    while the trio thread goes on writing: each answer is what a full read at one of the heads the
+    document passed through answers (never a mix), and a pass that keeps being overtaken still
+    finishes, over a fork."""
+    import threading
+
+    import trio
+
+    from mesh.drivers import passes
+
+    state = MeshState(b"\x01" * 16)
+    for index in range(300):
+        state.put_asset(_record(index))
+    state.assets()  # the core's index exists, as in a running agent
+    truth: dict[tuple[bytes, ...], list[str]] = {}
+    seen: list[tuple[list[str], int]] = []
+    calls = {"n": 0}
+
+    def slow_read(reader: MeshState, pause_s: float) -> list[str]:
+        calls["n"] += 1
+        cids = []
+        for record in reader.assets():  # the owner's read at the reader's heads ...
+            cids.append(record.cid)
+        threading.Event().wait(pause_s)  # ... and reads of the live document while it moves
+        return [cid for cid in cids if reader.asset(cid) is not None]
+
+    async def main() -> None:
+        async def writer() -> None:
+            for index in range(300, 340):
+                state.remove_asset(_record(index - 300).cid)
+                state.put_asset(_record(index))
+                truth[tuple(state.heads())] = [r.cid for r in state.assets()]
+                await trio.sleep(0.002)
+
+        truth[tuple(state.heads())] = [r.cid for r in state.assets()]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            for pause_s in (0.0, 0.001, 0.05):
+                found = await passes.state_pass(state, slow_read, pause_s)
+                seen.append((found, calls["n"]))
+
+    trio.run(main)
+    answers = [sorted(cids) for cids in truth.values()]
+    for found, _ in seen:
+        assert sorted(found) in answers  # one version's answer, not a mix of two
+    assert calls["n"] > len(seen)  # the writer overtook some passes: they ran again

@@ -436,3 +436,150 @@ def test_applied_changes_are_named_without_walking_the_history_and_exactly_as_th
     behind.apply_changes(reader.changes_since(start))  # what a peer at `start` is sent
     assert behind.heads() == reader.heads()
     assert applied_hashes([], [], []) == []
+
+
+# -- the asset index: what `assets()` answers after any change equals a read of every asset -----
+
+index_op = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 2), st.sampled_from(CIDS), st.frozensets(st.sampled_from(TAGS), max_size=2)),
+    st.tuples(st.just("tag"), st.integers(0, 2), st.sampled_from(CIDS), st.frozensets(st.sampled_from(TAGS), max_size=2)),
+    st.tuples(st.just("remove"), st.integers(0, 2), st.sampled_from(CIDS), st.just(None)),
+    st.tuples(st.sampled_from(["junk-map", "junk-edit", "junk-scalar", "junk-tags", "junk-field", "junk-root"]),
+              st.integers(0, 2), st.sampled_from(CIDS), st.just(None)),
+    st.tuples(st.sampled_from(["sync", "merge", "apply"]), st.integers(0, 2), st.integers(0, 2), st.just(None)),
+)
+
+
+def _junk(state: MeshState, kind: str, cid: str) -> None:
+    """A member writes with the raw binding what our code never would: an asset map of its own
+    making (well-formed, so it counts), edits inside it, a scalar or a list in an asset's place,
+    junk tags, a field of the wrong type, or a new assets map at the root."""
+    S = am.ScalarType
+
+    def body(raw, tx):
+        assets = raw.get(am.ROOT, "assets")
+        if assets is None or assets[0] != am.ObjType.Map:
+            return
+        assets = assets[1]
+        entry = raw.get(assets, cid)
+        obj = entry[1] if entry is not None and entry[0] == am.ObjType.Map else None
+        if kind == "junk-map":
+            obj = tx.put_object(assets, cid, am.ObjType.Map)
+            for key, value in (("name", "own.jpg"), ("media_type", "image/jpeg"), ("added_by", "x")):
+                tx.put(obj, key, S.Str, value)
+            tx.put(obj, "size", S.Int, 7)
+            tx.put(obj, "added_at", S.F64, 2.0)
+            tags = tx.put_object(obj, "tags", am.ObjType.Map)
+            tx.put(tags, "vip", S.Boolean, True)
+        elif kind == "junk-edit" and obj is not None:
+            tx.put(obj, "name", S.Str, "edited.jpg")
+            tags = raw.get(obj, "tags")
+            if tags is not None and tags[0] == am.ObjType.Map:
+                tx.put(tags[1], "door", S.Boolean, True)
+        elif kind == "junk-scalar":
+            tx.put(assets, cid, S.Str, "not a map")
+        elif kind == "junk-tags" and obj is not None:
+            tx.put(obj, "tags", S.Int, 3)
+        elif kind == "junk-field" and obj is not None:
+            tx.put(obj, "size", S.Str, "huge")
+        elif kind == "junk-root":
+            fresh = tx.put_object(am.ROOT, "assets", am.ObjType.Map)
+            tx.put_object(fresh, cid, am.ObjType.Map)
+
+    _write_junk(state, body)
+
+
+def _every_asset_read_afresh(state: MeshState) -> list[AssetRecord]:
+    """The truth: each entry of the assets map read on its own, no index, no kept read."""
+    keys = state._keys(state._root_map("assets"))
+    return sorted((r for r in map(state.asset, keys) if r is not None), key=lambda r: r.cid)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(index_op, max_size=24))
+def test_the_asset_index_answers_what_a_read_of_every_asset_answers(ops) -> None:
+    """Three replicas put, tag, remove and write junk, and exchange changes by sync, merge and
+    apply; after every step each replica's indexed `assets()` (incremental: only the assets a
+    change can have touched are read again) equals a read of every asset, tag filters included."""
+    from mesh.state import document
+
+    replicas = [replica(f"ix{i}") for i in range(3)]
+    for i, (kind, who, what, tags) in enumerate(ops):
+        state = replicas[who]
+        try:
+            if kind == "put":
+                state.put_asset(record(what, tags, at=float(i)))
+            elif kind == "tag":
+                state.tag_asset(what, add=tags, remove=set(TAGS) - tags - {"stage"})
+            elif kind == "remove":
+                state.remove_asset(what)
+            elif kind.startswith("junk"):
+                _junk(state, kind, what)
+            elif who != what:
+                other = replicas[what]
+                if kind == "sync":
+                    sync_pair(state, other)
+                elif kind == "merge":
+                    state.merge(other)
+                else:
+                    state.apply_changes(other.changes_since(state.heads()))
+        except (NotFoundError, RemoteProtocolError):
+            pass  # absent asset, or a junk root map our writes refuse to write into
+        for r in replicas:
+            document._ASSETS_READ.clear()  # a read kept for these heads must not answer for the index
+            truth = _every_asset_read_afresh(r)
+            assert r.assets() == truth
+            assert r.assets("vip") == [a for a in truth if "vip" in a.tags]
+
+
+def test_change_actor_tables_and_sync_message_chunks_read_as_the_binding_reads_them() -> None:
+    a, b = replica("ta"), replica("tb")
+    a.put_asset(record("bafk1", {"stage"}))
+    b.merge(a)
+    b.tag_asset("bafk1", add={"vip"})  # b's change touches the asset map a's skeleton made
+    b.put_member("node-m", b"chain", "edge", "M", 1.0)
+    from mesh.state.document import change_chunk_actors, change_chunk_ids, sync_message_changes
+
+    for change in b._doc.get_changes([]):
+        assert change_chunk_actors(change.bytes) == (change.actor_id, *change.other_actor_ids)
+    assert change_chunk_actors(b"not a change") is None
+    fresh = replica("tc")
+    had = {c.hash for c in fresh._doc.get_changes([])}  # the genesis
+    sent, state_b, state_c = [], b.new_sync_state(), fresh.new_sync_state()
+    for _ in range(20):
+        message, reply = b.generate_sync_message(state_b), None
+        if message is not None:
+            sent.extend(sync_message_changes(message))
+            fresh.receive_sync_message(state_c, message)
+        reply = fresh.generate_sync_message(state_c)
+        if reply is not None:
+            assert sync_message_changes(reply) == []  # the fresh replica has nothing to give
+            b.receive_sync_message(state_b, reply)
+        if message is None and reply is None:
+            break
+    carried = [digest for digest, _ in change_chunk_ids(sent)]
+    assert sorted(carried) == sorted(c.hash for c in b._doc.get_changes([]) if c.hash not in had)
+    assert all(change_chunk_actors(chunk) is not None for chunk in sent)
+    assert fresh.heads() == b.heads()
+    assert sync_message_changes(b"\x42\x05") is None and sync_message_changes(b"") is None
+
+
+def test_a_reader_reads_the_live_document_and_knows_when_it_moved() -> None:
+    s = replica("rd")
+    s.put_asset(record("bafk1", {"stage"}))
+    s.assets()  # the owner has an index: its reader takes the owner's read
+    reader = s.reader()
+    assert [r.cid for r in reader.assets()] == ["bafk1"] and reader.unmoved()
+    with pytest.raises((AttributeError, TypeError)):
+        reader.put_asset(record("bafk2"))  # a reader has no writes
+    assert s.assets() == [reader.asset("bafk1")]
+    s.put_asset(record("bafk2"))
+    assert not reader.unmoved()  # what it reads now is not what it was made at
+    assert reader.heads() != s.heads()
+    fresh = replica("rd2")
+    fresh.merge(s)
+    cold = fresh.reader()  # no index yet: the reader reads every asset and the owner adopts its read
+    assert [r.cid for r in cold.assets()] == ["bafk1", "bafk2"]
+    fresh.adopt_index(cold)
+    fresh.tag_asset("bafk1", add={"vip"})
+    assert [r.cid for r in fresh.assets("vip")] == ["bafk1"]

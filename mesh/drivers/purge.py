@@ -1,8 +1,8 @@
 """What the store must keep: the roots of garbage collection, under consent and retention.
 
 Used by `mesh gc`, `mesh consent forget` and the running agent's periodic purge. The agent
-computes its keep set on a worker thread from a fork of its state (`MeshState.fork`), never on the trio
-thread (reading 10,000 assets takes ~0.3 s) and never from the live document (not thread-safe).
+computes its keep set on a worker thread (`mesh.drivers.passes.state_pass`), never on the trio
+thread (reading 10,000 assets takes ~0.3 s).
 """
 
 from __future__ import annotations

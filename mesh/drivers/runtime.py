@@ -47,6 +47,7 @@ from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
 from mesh.drivers.loopwatch import LoopWatch, Stall
 from mesh.drivers.netinfo import wireless_route
+from mesh.drivers.passes import state_pass
 from mesh.drivers.purge import agent_keep_set
 from mesh.drivers.statefile import StateFile
 from mesh.drivers.tls import TlsWatch, carry_out
@@ -173,9 +174,12 @@ class Agent:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or a shutdown signal; `task_status.started(listen_address)`."""
         trio.lowlevel.add_instrument(self.loopwatch)
+        if os.environ.get("MESH_LOOP_STACKS") == "1":
+            self.loopwatch.start_sampling()  # slow steps say where they were (benchmarks)
         try:
             await self._run(task_status)
         finally:
+            self.loopwatch.stop_sampling()
             with contextlib.suppress(KeyError):  # trio drops an instrument that raised
                 trio.lowlevel.remove_instrument(self.loopwatch)
 
@@ -412,13 +416,12 @@ class Agent:
         await self._events_send.send(ReleaseInventory(root, tuple(manifests), tuple(present)))
 
     async def _evaluate_assets(self, action: EvaluateAssets) -> None:
-        """Carry out `EvaluateAssets` on a worker thread over a fork of the state (the fork is
-        ~20 ms here at 10,000 assets; the pass it spares this thread ~0.3 s)."""
+        """Carry out `EvaluateAssets` on a worker thread (`state_pass`: the pass would hold this
+        thread ~0.3 s at 10,000 assets)."""
         state = self.core.state
-        fork = state.fork()
         try:
-            records, statuses = await trio.to_thread.run_sync(
-                asset_statuses, fork, action.authority_public_key, action.at, limiter=self.state_passes)
+            records, statuses = await state_pass(state, asset_statuses, action.authority_public_key, action.at,
+                                                 limiter=self.state_passes)
         except Exception:  # a bug: evaluate in place rather than leave the core waiting
             log.exception("core.evaluate_failed")
             records, statuses = asset_statuses(state, action.authority_public_key, action.at)
@@ -447,8 +450,7 @@ class Agent:
         (their chunks go unless something kept shares them)."""
         started = time.time()
         try:
-            report = await trio.to_thread.run_sync(self._purge_now(started, frozenset(roots)),
-                                                   limiter=self._store_limiter)
+            report = await self._purge_now(started, frozenset(roots))
         except MeshError as exc:
             log.warning("store.evict_failed error=%s", exc)
             await self._events_send.send(ObjectsEvicted((), 0))
@@ -739,7 +741,7 @@ class Agent:
             started = time.time()
             try:
                 async with self.state_passes:  # its keep set is a pass over every asset
-                    report = await trio.to_thread.run_sync(self._purge_now(started), limiter=self._store_limiter)
+                    report = await self._purge_now(started)
             except (OSError, MeshError) as exc:  # EMFILE, a full disk: the next round tries again
                 log.warning("store.purge_failed error=%s", exc)
                 continue
@@ -747,19 +749,15 @@ class Agent:
             if report.chunks_removed:
                 self._emit_log("store.purged", chunks=report.chunks_removed, bytes=report.bytes_freed)
 
-    def _purge_now(self, started: float, evicting: frozenset = frozenset()) -> Callable[[], Any]:
-        """A purge for a worker thread: what the core wants kept is taken here, on the trio thread
-        (a fork of the state, ~20 ms at 10,000 assets, and copies of its lists); the keep set is
-        computed from them on the worker, then the store collects."""
+    async def _purge_now(self, started: float, evicting: frozenset = frozenset()) -> Any:
+        """A purge: the keep set is a `state_pass` (what the core wants kept besides the assets is
+        copied here, on the trio thread), then the store collects on a worker thread."""
         core = self.core
-        args = (core.state.fork(), self.store, self.home.info.authority_public_key, started,
-                tuple(core.arriving_chunks()), core.withheld, tuple(core.kept_roots()), self.home.info.node_id)
-
-        def purge():
-            keep = agent_keep_set(*args, evicting=evicting)
-            return self.store.gc(keep.roots, keep.hidden, started)
-
-        return purge
+        keep = await state_pass(core.state, agent_keep_set, self.store, self.home.info.authority_public_key, started,
+                                tuple(core.arriving_chunks()), core.withheld, tuple(core.kept_roots()),
+                                self.home.info.node_id, evicting, limiter=self._store_limiter)
+        return await trio.to_thread.run_sync(self.store.gc, keep.roots, keep.hidden, started,
+                                             limiter=self._store_limiter)
 
     async def _status_loop(self) -> None:
         while True:

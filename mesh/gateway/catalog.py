@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from mesh.drivers.passes import state_pass
 from mesh.drivers.purge import consent_view
 from mesh.state import consent as cs
 from mesh.state.records import AssetRecord
@@ -238,7 +239,7 @@ class CatalogKeeper:
         self._wanted.set()
 
     async def _builder(self) -> None:
-        """Build one catalog at a time from a fork of the state, on a worker thread; a change made
+        """Build one catalog at a time on a worker thread (`state_pass`); a change made
         while one builds starts the next right after."""
         while True:
             await self._wanted.wait()
@@ -249,9 +250,9 @@ class CatalogKeeper:
             await trio.sleep(CATALOG_GAP_S_MIN + CATALOG_GAP_PER_ASSET_S * state.asset_count())
             self._wanted = trio.Event()  # changes from here on want the next build
             state = self._state()
-            heads, fork, now = tuple(state.heads()), state.fork(), time.time()
+            heads, now = tuple(state.heads()), time.time()
             try:
-                built = await trio.to_thread.run_sync(build_catalog, fork, self._key(), now, limiter=self._limiter)
+                built = await state_pass(state, build_catalog, self._key(), now, limiter=self._limiter)
             except Exception:  # a bug: keep the last catalog (verdicts stay live) and say so
                 log.exception("gateway.catalog_failed")
                 await trio.sleep(1.0)
