@@ -1,7 +1,7 @@
 """Core loop stalls (issue 20): the longest trio task step of a real agent holding 10,000 assets.
 
     python bench/stall_bench.py [--assets 10000] [--baseline-assets 100] [--phase-s 10] [--json]
-                                [--page-reporting off|keep]
+                                [--page-reporting off|keep] [--stacks]
 
 A real `mesh up --no-mdns --http` on loopback, `gc_interval_s = 1` (a purge round every second
 the state changed), its gateway hit all along by two client threads (`GET /c/CID` of a small
@@ -13,7 +13,8 @@ Phases, one after the other:
   consent   `mesh consent grant/revoke CODE photo` every second for a subject 1% of the assets name
 Baseline in the same run: the same agent and phases on a state of `--baseline-assets` assets.
 Figures per phase from the agent's own LoopWatch (run/status.json every second): the longest step
-and its task, and the p99 step (histogram bucket bound). Like the data path bench, it stops the VM's
+and its task, and the p99 step (histogram bucket bound); with --stacks (MESH_LOOP_STACKS=1 in the
+agent) also where the sampler saw the longest steps (`mesh/drivers/loopwatch.py`). Like the data path bench, it stops the VM's
 free page reporting for the run where it can (`bench/netlab/host.py`; an edge box has no balloon).
 Nothing leaves loopback.
 """
@@ -174,10 +175,12 @@ def run_phase(phase: str, home: Path, cid: str, code: str, seconds: float) -> di
         "stall_p99_ms": p99_ms(before, histogram(loop)),
         "slow_steps": len(slow),
         "by_task_max_ms": dict(sorted(by_task.items(), key=lambda kv: -kv[1])[:5]),
+        "longest_samples": [{"task": step["task"], "ms": step["ms"], "samples": step["samples"]}
+                            for step in sorted(slow.values(), key=lambda s: -s["ms"]) if step.get("samples")][:3],
     }
 
 
-def run_agent(root: Path, assets: int, phase_s: float) -> dict:
+def run_agent(root: Path, assets: int, phase_s: float, stacks: bool = False) -> dict:
     home, cid, code = make_home(root, assets)
     config = root / f"agent{assets}.toml"
     config.write_text("gc_interval_s = 1\n")
@@ -186,7 +189,8 @@ def run_agent(root: Path, assets: int, phase_s: float) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "mesh", "--home", str(home), "up", "--no-mdns",
                              "--listen", f"127.0.0.1:{listen}", "--http", f"127.0.0.1:{http_port}",
                              "--config", str(config)], stdout=log, stderr=log, start_new_session=True,
-                            env={**os.environ, "MESH_LOOP_CPU": "1"})  # slow steps say their CPU time
+                            env={**os.environ, "MESH_LOOP_CPU": "1",  # slow steps say their CPU time ...
+                                 "MESH_LOOP_STACKS": "1" if stacks else "0"})  # ... and where they were
     try:
         deadline = time.monotonic() + 120
         while read_loop(home) is None:
@@ -219,12 +223,14 @@ def main() -> None:
     parser.add_argument("--page-reporting", choices=("off", "keep"), default="off",
                         help="free page reporting to the hypervisor during the bench: on this VM the first "
                         "fork of a 10,000-asset state after start-up faulted in fresh pages for 100-200 ms")
+    parser.add_argument("--stacks", action="store_true",
+                        help="sample the agent's trio thread during slow steps and print where the longest were")
     args = parser.parse_args()
     with page_reporting(args.page_reporting) as reporting, \
             tempfile.TemporaryDirectory(prefix="stall-bench-") as tmp:
         root = Path(tmp)
         base = run_agent(root, args.baseline_assets, args.phase_s)
-        big = run_agent(root, args.assets, args.phase_s)
+        big = run_agent(root, args.assets, args.phase_s, args.stacks)
     result = {"assets": args.assets, "baseline_assets": args.baseline_assets, "page_reporting": reporting,
               "baseline": base, "loaded": big}
     if args.json:
@@ -243,6 +249,10 @@ def main() -> None:
         for task, ms in g["by_task_max_ms"].items():
             print(f"{'':10} {ms:>9}  {task}")
         print(f"{'':10} CPU: longest {g['cpu_max_ms']} ms ({g['cpu_task']}), baseline {b['cpu_max_ms']} ms")
+        for step in g["longest_samples"]:
+            print(f"{'':10} {step['ms']} ms in {step['task']}:")
+            for sample in step["samples"]:
+                print(f"{'':12} {sample}")
 
 
 if __name__ == "__main__":

@@ -116,3 +116,62 @@ def test_the_stall_figure_is_in_mesh_status_and_metrics(tmp_path: Path) -> None:
         assert "mesh_loop_stall_max_seconds" in text
     finally:
         node.stop()
+
+
+def _busy_for(seconds: float) -> None:
+    """Pure Python work on the trio thread (it lets go of the GIL, so the sampler can look)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(range(100))
+
+
+def test_the_sampler_says_where_a_slow_step_was_and_only_for_slow_steps() -> None:
+    watch = LoopWatch(slow_step_ms=10)
+
+    async def main() -> None:
+        watch.start_sampling()
+        try:
+            _busy_for(0.08)  # one slow step ...
+            await trio.sleep(0)
+            for _ in range(20):
+                _busy_for(0.001)  # ... then quick ones
+                await trio.sleep(0)
+        finally:
+            watch.stop_sampling()
+
+    trio.run(main, instruments=[watch])
+    slow = watch.summary()["slow_steps"]
+    assert len(slow) == 1 and slow[0]["ms"] >= 80
+    samples = slow[0]["samples"]
+    assert 1 <= len(samples) <= 4
+    assert all("test_loopwatch.py" in line and "_busy_for" in line for line in samples)
+    plain = LoopWatch(slow_step_ms=10)  # not sampling: no samples, no thread
+    trio.run(_slow_step_only, instruments=[plain])
+    assert plain.summary()["slow_steps"] and "samples" not in plain.summary()["slow_steps"][0]
+
+
+async def _slow_step_only() -> None:
+    _busy_for(0.05)
+    await trio.sleep(0)
+
+
+def test_while_sampling_a_slow_step_says_how_long_the_collector_ran_in_it() -> None:
+    import gc
+
+    watch = LoopWatch(slow_step_ms=10)
+
+    async def main() -> None:
+        watch.start_sampling()
+        try:
+            junk = [[i] for i in range(300_000)]  # many tracked objects: a full collection takes a while
+            _busy_for(0.012)
+            gc.collect()
+            del junk
+            await trio.sleep(0)
+        finally:
+            watch.stop_sampling()
+
+    trio.run(main, instruments=[watch])
+    (step,) = watch.summary()["slow_steps"]
+    assert any(line.startswith("gc ") for line in step["samples"])
+    assert watch._collecting not in gc.callbacks  # stopped: nothing left behind

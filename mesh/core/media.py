@@ -65,6 +65,15 @@ EVICT_GRACE_S = 10.0  # the file read (or fetched for a browser) last, this rece
 EVICT_BACKOFF_S = 30.0  # after an eviction that freed nothing, the next waits this long
 
 
+def _unown(owners: dict[Cid, set[str]], regrouped: set[Cid], cid: str, roots: list[Cid]) -> None:
+    """Asset `cid` no longer has these objects (its record changed, or it went)."""
+    for root in roots:
+        found = owners.get(root)
+        if found is not None:
+            found.discard(cid)
+        regrouped.add(root)
+
+
 @dataclass
 class _Object:
     """One media file this node knows of (an asset's original or preview)."""
@@ -193,8 +202,10 @@ class MediaSwarming:
         self.pinned_tags = pinned_tags(self.state, self.identity.node_id, self.identity.role, self.pin_tags,
                                        self.pin_canonical)
         last = getattr(self, "_followed", {})  # asset CID -> (record, status, pinned, its roots)
+        owners = self.__dict__.setdefault("_owners", {})  # root -> the followed assets it is an object of
         followed: dict[str, tuple] = {}
         touched: list[Cid] = []  # objects whose class may have changed
+        regrouped: set[Cid] = set()  # roots whose owners changed
         changed = False
         for record in records:
             status = statuses.get(record.cid, VISIBLE)
@@ -203,6 +214,8 @@ class MediaSwarming:
             if before is not None and before[1] == status and before[2] == pinned and before[0] == record:
                 followed[record.cid] = before
                 continue
+            if before is not None:
+                _unown(owners, regrouped, record.cid, before[3])
             roots = []
             for item in asset_objects(record):
                 try:
@@ -212,16 +225,20 @@ class MediaSwarming:
                 roots.append(root)
                 touched.append(root)
                 changed |= self._follow(root, item, record, status, pinned and item.kind == ORIGINAL)
+            for root in roots:
+                owners.setdefault(root, set()).add(record.cid)
+                regrouped.add(root)
             followed[record.cid] = (record, status, pinned, roots)
         self._followed = followed
-        if touched or len(followed) != len(last):  # an asset changed or went: drop what none follows
-            owners: dict[Cid, list[str]] = {}
-            for cid, entry in followed.items():
-                for root in entry[3]:
-                    owners.setdefault(root, []).append(cid)
-            for root in [r for r in self.media if r not in owners]:
-                self._forget_object(root)
-                changed = True
+        if regrouped or len(followed) != len(last):  # an asset changed or went: drop what none follows
+            for cid in last.keys() - followed.keys():
+                _unown(owners, regrouped, cid, last[cid][3])
+            for root in regrouped:
+                if not owners.get(root):
+                    owners.pop(root, None)
+                    if root in self.media:
+                        self._forget_object(root)
+                        changed = True
             for root in {r for r in touched if len(owners.get(r, ())) > 1}:  # shared by assets: the
                 for cid in sorted(owners[root]):  # last in CID order decides, as when all are followed
                     record, status, pinned, _ = followed[cid]

@@ -15,11 +15,22 @@ The clock is injected (default `time.perf_counter`), so tests can drive it. With
 (`time.thread_time`; the agent uses it when MESH_LOOP_CPU=1, for benchmarks: it costs two more
 clock reads a step) each slow step also says how much of it the trio thread spent computing: a
 step much longer than its CPU time waited for the GIL (a worker thread) or for a CPU (a busy host).
+With `start_sampling` (the agent calls it when MESH_LOOP_STACKS=1, for benchmarks) a daemon thread
+looks at the trio thread every `SAMPLE_EVERY_S` while a step has run `SAMPLE_AFTER_MS` or more and
+notes where it is (the innermost frames), so a slow step says what it was doing: a sampling
+profiler aimed at the steps that matter. It sees the trio thread only when that thread lets go of
+the GIL, so a step spent in one native call that holds it is seen after the call, or not at all.
+While it samples, each slow step also says how long the cyclic garbage collector ran during it
+(`gc.callbacks`: a collection stops every thread, whichever thread's allocation set it off).
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
+import os
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +45,10 @@ STALL_LOG_GAP_S = 10.0  # ... at most once in this many seconds
 SLOW_STEP_MS = 10.0  # steps at least this long are kept in `slow_steps` ...
 SLOW_STEPS_MAX = 32  # ... the last this many
 # Upper bounds (ms) of the histogram buckets: √2 apart from 1/16 ms to ~46 s, then infinity.
+SAMPLE_AFTER_MS = 8.0  # the sampler looks at a step once it has run this long ...
+SAMPLE_EVERY_S = 0.004  # ... every this many seconds
+SAMPLES_PER_STEP_MAX = 4  # ... at most this many times a step
+SAMPLE_FRAMES = 6  # frames kept per sample, innermost first
 BUCKET_BOUNDS_MS = tuple(round(0.0625 * 2 ** (i / 2), 4) for i in range(40)) + (float("inf"),)
 
 
@@ -72,8 +87,8 @@ class LoopWatch(trio.abc.Instrument):
         self._clock = clock
         self._wall_clock = wall_clock
         self.slow_step_ms = slow_step_ms
-        # (wall time, task, ms, CPU ms or None)
-        self.slow_steps: deque[tuple[float, str, float, float | None]] = deque(maxlen=slow_steps_max)
+        # (wall time, task, ms, CPU ms or None, samples: where the sampler saw the step)
+        self.slow_steps: deque[tuple[float, str, float, float | None, tuple[str, ...]]] = deque(maxlen=slow_steps_max)
         self._cpu_clock = cpu_clock
         self._step_cpu = 0.0
         self._counts = [0] * len(BUCKET_BOUNDS_MS)  # steps per bucket since start
@@ -88,12 +103,19 @@ class LoopWatch(trio.abc.Instrument):
         self.stalls = 0  # steps of at least stall_log_ms since start
         self._reported_at = float("-inf")
         self._unreported = 0
+        self._samples: list[str] = []  # where the sampler saw the running step (one line a sample)
+        self._gc_ms = 0.0  # the collector's time during the running step (while sampling)
+        self._gc_started: float | None = None
+        self._sampling: threading.Event | None = None  # set to stop the sampler
 
     # ---- the instrument -------------------------------------------------------------------------
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if self._cpu_clock is not None:
             self._step_cpu = self._cpu_clock()
+        if self._samples:
+            self._samples = []
+        self._gc_ms = 0.0
         self._step_started = self._clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -114,7 +136,8 @@ class LoopWatch(trio.abc.Instrument):
                 self.max_ms, self.max_task = ms, task.name
         if ms >= self.slow_step_ms:
             cpu_ms = None if self._cpu_clock is None else round((self._cpu_clock() - self._step_cpu) * 1000.0, 3)
-            self.slow_steps.append((self._wall_clock(), task.name, round(ms, 3), cpu_ms))
+            samples = tuple(self._samples) + ((f"gc {self._gc_ms:.1f} ms",) if self._gc_ms >= 1.0 else ())
+            self.slow_steps.append((self._wall_clock(), task.name, round(ms, 3), cpu_ms, samples))
             if ms >= self.stall_log_ms:
                 self._stalled(task.name, ms, now)
 
@@ -135,10 +158,44 @@ class LoopWatch(trio.abc.Instrument):
                             "stall_log_ms": self.stall_log_ms,
                             "histogram_ms": [[b, c] for b, c in zip(BUCKET_BOUNDS_MS[:-1], self._counts) if c]
                             + ([["inf", self._counts[-1]]] if self._counts[-1] else [])},
-            "slow_steps": [{"at": at, "task": task, "ms": ms, **({} if cpu is None else {"cpu_ms": cpu})}
-                           for at, task, ms, cpu in self.slow_steps],
+            "slow_steps": [{"at": at, "task": task, "ms": ms, **({} if cpu is None else {"cpu_ms": cpu}),
+                            **({"samples": list(samples)} if samples else {})}
+                           for at, task, ms, cpu, samples in self.slow_steps],
             "slow_step_ms": self.slow_step_ms,
         }
+
+    # ---- the stack sampler --------------------------------------------------------------------
+
+    def start_sampling(self) -> None:
+        """Sample the calling thread (the trio thread) during slow steps, until `stop_sampling`."""
+        if self._sampling is None:
+            gc.callbacks.append(self._collecting)
+            self._sampling = threading.Event()
+            threading.Thread(target=self._sample, args=(threading.get_ident(), self._sampling),
+                             name="mesh.loopwatch.sampler", daemon=True).start()
+
+    def stop_sampling(self) -> None:
+        if self._sampling is not None:
+            self._sampling.set()
+            self._sampling = None
+            gc.callbacks.remove(self._collecting)
+
+    def _collecting(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = self._clock()
+        elif self._gc_started is not None:
+            self._gc_ms += (self._clock() - self._gc_started) * 1000.0
+            self._gc_started = None
+
+    def _sample(self, ident: int, stop: threading.Event) -> None:
+        while not stop.wait(SAMPLE_EVERY_S):
+            started = self._step_started
+            if started is None or (self._clock() - started) * 1000.0 < SAMPLE_AFTER_MS:
+                continue
+            frame = sys._current_frames().get(ident)
+            if frame is not None and self._step_started == started and len(self._samples) < SAMPLES_PER_STEP_MAX:
+                at_ms = round((self._clock() - started) * 1000.0)
+                self._samples.append(f"{at_ms} ms: " + " < ".join(_where(frame)))
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -161,6 +218,17 @@ class LoopWatch(trio.abc.Instrument):
         self._reported_at = now
         stall, self._unreported = Stall(task, ms, self._unreported), 0
         self.on_stall(stall)
+
+
+def _where(frame) -> list[str]:
+    """The innermost `SAMPLE_FRAMES` frames: file (last two path parts), line, function."""
+    found = []
+    while frame is not None and len(found) < SAMPLE_FRAMES:
+        code = frame.f_code
+        path = os.sep.join(code.co_filename.split(os.sep)[-2:])
+        found.append(f"{path}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return found
 
 
 def _quantile_ms(histograms: list[list[int]], q: float) -> float:
