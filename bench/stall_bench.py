@@ -158,7 +158,9 @@ def run_phase(phase: str, home: Path, cid: str, code: str, seconds: float) -> di
             slow[(step["at"], step["task"])] = step
     by_task: dict[str, float] = {}
     by_task_cpu: dict[str, float] = {}
+    by_task_count: dict[str, int] = {}
     for step in slow.values():
+        by_task_count[step["task"]] = by_task_count.get(step["task"], 0) + 1
         by_task[step["task"]] = max(by_task.get(step["task"], 0.0), step["ms"])
         by_task_cpu[step["task"]] = max(by_task_cpu.get(step["task"], 0.0), step.get("cpu_ms", 0.0))
     worst = max(slow.values(), key=lambda s: s["ms"], default=None)
@@ -175,6 +177,7 @@ def run_phase(phase: str, home: Path, cid: str, code: str, seconds: float) -> di
         "stall_p99_ms": p99_ms(before, histogram(loop)),
         "slow_steps": len(slow),
         "by_task_max_ms": dict(sorted(by_task.items(), key=lambda kv: -kv[1])[:5]),
+        "by_task_slow_steps": by_task_count,  # steps of at least slow_step_ms (10 ms) per task
         "longest_samples": [{"task": step["task"], "ms": step["ms"], "samples": step["samples"]}
                             for step in sorted(slow.values(), key=lambda s: -s["ms"]) if step.get("samples")][:3],
     }
@@ -247,7 +250,7 @@ def main() -> None:
         print(f"{phase:10} {g['stall_max_ms']!s:>9} {b['stall_max_ms']!s:>9} {ratio:>6} {g['stall_p99_ms']:>7} "
               f"{b['stall_p99_ms']:>8}  {g['stall_task']}")
         for task, ms in g["by_task_max_ms"].items():
-            print(f"{'':10} {ms:>9}  {task}")
+            print(f"{'':10} {ms:>9}  {task} ({g['by_task_slow_steps'][task]} slow steps)")
         print(f"{'':10} CPU: longest {g['cpu_max_ms']} ms ({g['cpu_task']}), baseline {b['cpu_max_ms']} ms")
         for step in g["longest_samples"]:
             print(f"{'':10} {step['ms']} ms in {step['task']}:")

@@ -117,3 +117,47 @@ def test_a_burst_of_changes_costs_a_few_builds_not_one_per_change() -> None:
         assert {f"burst{i}" for i in range(30)} <= set(keeper.catalog().visible)
 
     trio.run(main)
+
+
+def test_warming_builds_the_first_catalog_on_a_worker_so_no_request_builds_it_in_place() -> None:
+    mesh = _mesh()
+    state = _state(mesh)
+    keeper = CatalogKeeper(lambda: state, lambda: mesh.founder.authority_public_key)
+
+    async def main() -> None:
+        keeper.warm()
+        with trio.fail_after(10):
+            while keeper.builds == 0:
+                await trio.sleep(0.01)
+        first = keeper.catalog()  # what a request asks: the warmed catalog, nothing built now
+        assert keeper.builds == 1 and keeper.fresh(first) and "portrait" in first.visible
+        keeper.warm()  # once there is a catalog, warming asks nothing more
+        await trio.sleep(0.2)
+        assert keeper.builds == 1
+
+    trio.run(main)
+
+
+def test_a_running_agent_warms_its_gateway_catalog_before_any_request(tmp_path) -> None:
+    from mesh.config import AgentConfig
+    from mesh.drivers.home import Home
+    from mesh.drivers.runtime import Agent
+    from mesh.drivers.tcp import TcpTransport
+    from mesh.gateway.view import AgentView
+    from tests.conftest import run_mesh
+
+    home_dir = tmp_path / "org"
+    assert run_mesh("init", "warm-test", "--node-name", "org", home=home_dir).returncode == 0
+    agent = Agent(Home.open(home_dir), AgentConfig(listen=("127.0.0.1", 0), mdns=False), TcpTransport())
+    view = AgentView(agent)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            with trio.fail_after(20):
+                while view._catalogs.builds == 0:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert view._catalogs._catalog is not None  # built by the warm-up: nothing asked for a page

@@ -173,5 +173,5 @@ def test_while_sampling_a_slow_step_says_how_long_the_collector_ran_in_it() -> N
 
     trio.run(main, instruments=[watch])
     (step,) = watch.summary()["slow_steps"]
-    assert any(line.startswith("gc ") for line in step["samples"])
+    assert any(line.startswith("gc ") and line.endswith("(oldest generation 2)") for line in step["samples"])
     assert watch._collecting not in gc.callbacks  # stopped: nothing left behind

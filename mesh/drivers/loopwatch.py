@@ -104,7 +104,8 @@ class LoopWatch(trio.abc.Instrument):
         self._reported_at = float("-inf")
         self._unreported = 0
         self._samples: list[str] = []  # where the sampler saw the running step (one line a sample)
-        self._gc_ms = 0.0  # the collector's time during the running step (while sampling)
+        self._gc_ms = 0.0  # the collector's time during the running step (while sampling) ...
+        self._gc_oldest = 0  # ... and the oldest generation it collected
         self._gc_started: float | None = None
         self._sampling: threading.Event | None = None  # set to stop the sampler
 
@@ -115,7 +116,7 @@ class LoopWatch(trio.abc.Instrument):
             self._step_cpu = self._cpu_clock()
         if self._samples:
             self._samples = []
-        self._gc_ms = 0.0
+        self._gc_ms, self._gc_oldest = 0.0, 0
         self._step_started = self._clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -136,7 +137,8 @@ class LoopWatch(trio.abc.Instrument):
                 self.max_ms, self.max_task = ms, task.name
         if ms >= self.slow_step_ms:
             cpu_ms = None if self._cpu_clock is None else round((self._cpu_clock() - self._step_cpu) * 1000.0, 3)
-            samples = tuple(self._samples) + ((f"gc {self._gc_ms:.1f} ms",) if self._gc_ms >= 1.0 else ())
+            samples = tuple(self._samples) + ((f"gc {self._gc_ms:.1f} ms (oldest generation {self._gc_oldest})",)
+                                              if self._gc_ms >= 1.0 else ())
             self.slow_steps.append((self._wall_clock(), task.name, round(ms, 3), cpu_ms, samples))
             if ms >= self.stall_log_ms:
                 self._stalled(task.name, ms, now)
@@ -185,6 +187,7 @@ class LoopWatch(trio.abc.Instrument):
             self._gc_started = self._clock()
         elif self._gc_started is not None:
             self._gc_ms += (self._clock() - self._gc_started) * 1000.0
+            self._gc_oldest = max(self._gc_oldest, info.get("generation", 0))
             self._gc_started = None
 
     def _sample(self, ident: int, stop: threading.Event) -> None:
