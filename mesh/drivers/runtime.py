@@ -143,7 +143,6 @@ class Agent:
         # the event loop competes with every such thread for it.
         self.state_passes = trio.CapacityLimiter(1)
         self._frozen = False  # start-up's objects moved out of the garbage collector's view
-        self.on_ready: list[Callable[[], None]] = []  # called once the first consent pass is in (the gateway's warm-up)
         self._serve_limiter = trio.CapacityLimiter(2)  # reads for peers never queue behind fsyncs
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_QUEUE_MAX)
         self.counters: Counter[str] = Counter()  # bytes_in, bytes_out, chunks_served, views
@@ -431,8 +430,6 @@ class Agent:
             await trio.sleep(0)  # the core takes the pass first
             self._frozen = True
             _freeze_startup_objects()
-            for ready in self.on_ready:
-                ready()
 
     async def _load_objects(self, roots: tuple[str, ...]) -> None:
         def inventory() -> tuple[ReleaseInventory, ...]:

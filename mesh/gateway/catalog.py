@@ -175,12 +175,6 @@ class CatalogKeeper:
             self._want_build()
         return catalog
 
-    def warm(self) -> None:
-        """Build the first catalog on a worker thread now (the agent calls this once its state is
-        in), so that no request has to build it on the trio thread (~35-60 ms at 10,000 assets)."""
-        if self._catalog is None and self._state() is not None:
-            self._want_build()
-
     def fresh(self, catalog: Catalog) -> bool:
         state = self._state()
         return state is not None and catalog.heads == tuple(state.heads())

@@ -51,8 +51,6 @@ class AgentView:
         self._catalogs = CatalogKeeper(lambda: agent.core.state if agent.core is not None else None,
                                        lambda: agent.home.info.authority_public_key,
                                        getattr(agent, "state_passes", None))
-        if hasattr(agent, "on_ready"):
-            agent.on_ready.append(self._catalogs.warm)
         self._write_lock = trio.Lock()
         self._badge_limiter = trio.CapacityLimiter(1)  # badge checks (scrypt): one core at most
         self._hosts: tuple[float, frozenset[str]] | None = None  # (monotonic time, names) cached
