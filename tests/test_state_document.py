@@ -450,10 +450,11 @@ index_op = st.one_of(
 )
 
 
-def _junk(state: MeshState, kind: str, cid: str) -> None:
+def _junk(state: MeshState, kind: str, cid: str, step: int) -> None:
     """A member writes with the raw binding what our code never would: an asset map of its own
     making (well-formed, so it counts), edits inside it, a scalar or a list in an asset's place,
-    junk tags, a field of the wrong type, or a new assets map at the root."""
+    junk tags, a field of the wrong type, or a new assets map at the root. Each write has an actor
+    of its own (one actor writing two diverging histories is not a valid document)."""
     S = am.ScalarType
 
     def body(raw, tx):
@@ -486,7 +487,14 @@ def _junk(state: MeshState, kind: str, cid: str) -> None:
             fresh = tx.put_object(am.ROOT, "assets", am.ObjType.Map)
             tx.put_object(fresh, cid, am.ObjType.Map)
 
-    _write_junk(state, body)
+    import hashlib
+
+    raw = am.Document.load(state.save())
+    raw.set_actor(b"\xee" + hashlib.sha256(f"junk/{step}".encode()).digest()[:15])
+    heads = raw.get_heads()
+    with raw.transaction() as tx:
+        body(raw, tx)
+    state.apply_changes(b"".join(c.bytes for c in raw.get_changes(heads)))
 
 
 def _every_asset_read_afresh(state: MeshState) -> list[AssetRecord]:
@@ -514,7 +522,7 @@ def test_the_asset_index_answers_what_a_read_of_every_asset_answers(ops) -> None
             elif kind == "remove":
                 state.remove_asset(what)
             elif kind.startswith("junk"):
-                _junk(state, kind, what)
+                _junk(state, kind, what, i)
             elif who != what:
                 other = replicas[what]
                 if kind == "sync":
