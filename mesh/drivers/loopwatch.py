@@ -44,11 +44,11 @@ STALL_LOG_MS = 100.0  # a step at least this long is reported (`loop.stall`)
 STALL_LOG_GAP_S = 10.0  # ... at most once in this many seconds
 SLOW_STEP_MS = 10.0  # steps at least this long are kept in `slow_steps` ...
 SLOW_STEPS_MAX = 32  # ... the last this many
-# Upper bounds (ms) of the histogram buckets: √2 apart from 1/16 ms to ~46 s, then infinity.
 SAMPLE_AFTER_MS = 8.0  # the sampler looks at a step once it has run this long ...
 SAMPLE_EVERY_S = 0.004  # ... every this many seconds
 SAMPLES_PER_STEP_MAX = 4  # ... at most this many times a step
 SAMPLE_FRAMES = 6  # frames kept per sample, innermost first
+# Upper bounds (ms) of the histogram buckets: √2 apart from 1/16 ms to ~46 s, then infinity.
 BUCKET_BOUNDS_MS = tuple(round(0.0625 * 2 ** (i / 2), 4) for i in range(40)) + (float("inf"),)
 
 

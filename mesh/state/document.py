@@ -416,9 +416,6 @@ class _PinnedDocument:
     def values(self, obj: bytes) -> list[Any]:
         return self._live.values(obj)
 
-    def fork(self) -> am.Document:
-        return self._live.fork(self._heads)
-
 
 def _genesis() -> am.Document:
     """The genesis document: identical bytes, hence an identical change hash, everywhere."""
@@ -430,11 +427,11 @@ def _genesis() -> am.Document:
     return doc
 
 
-GENESIS_HEADS = frozenset(_genesis().get_heads())  # the heads of a document with nothing in it
-GENESIS_SAVED = _genesis().save()  # ... saved: what a log of changes loads on top of when there is no snapshot
-
-
-GENESIS_ASSETS = _genesis().get(am.ROOT, "assets")[1]  # the assets map every skeleton writes into
+_GENESIS = _genesis()
+GENESIS_HEADS = frozenset(_GENESIS.get_heads())  # the heads of a document with nothing in it
+GENESIS_SAVED = _GENESIS.save()  # ... saved: what a log of changes loads on top of when there is no snapshot
+GENESIS_ASSETS = _GENESIS.get(am.ROOT, "assets")[1]  # the assets map every skeleton writes into
+del _GENESIS
 
 
 def _skeleton_actor(cid: str) -> bytes:
@@ -1116,8 +1113,8 @@ class MeshState:
     def fork(self) -> MeshState:
         """A copy at the current heads that shares nothing mutable with this state (an Automerge
         fork: ~20-40 ms at 10,000 assets, against ~0.4 s for save and load): other threads may read
-        it while this one goes on changing the original. Readers asking at the same heads (the
-        consent pass, the catalog, the purge) share one fork: nobody may write to it."""
+        it while this one goes on changing the original. Passes that fall back to a fork
+        (`mesh.drivers.passes.state_pass`) at the same heads share one: nobody may write to it."""
         heads = tuple(self._doc.get_heads())
         shared = self.__dict__.get("_fork")
         if shared is not None and shared[0] == heads:
