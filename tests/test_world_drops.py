@@ -114,7 +114,11 @@ class DropRun:
         box, code = buyer.order
         if not world.node(box).alive:
             return world.elapsed + rng.uniform(1.0, 3.0)  # the box is down mid-sale: come back
-        world.mutate(box, lambda s: dr.mark_paid(s, self.signer(box), self.drop_id, code, world.now))
+        try:
+            world.mutate(box, lambda s: dr.mark_paid(s, self.signer(box), self.drop_id, code, world.now))
+        except UsageError:  # the box was down past the hold: the reservation lapsed, start over
+            buyer.order = None
+            return self._later(buyer, 1.0, 3.0)
         buyer.done = True
         return None
 
@@ -130,7 +134,8 @@ class DropRun:
         queue = list(crowd)
         heapq.heapify(queue)
         fault_at, down, healed_at = 2.0, {}, None
-        while world.elapsed < until_s and (queue or down or healed_at is not None):
+        # Within EPSILON_S of the end is the end: no step that short is taken, so it would spin.
+        while world.elapsed + EPSILON_S < until_s and (queue or down or healed_at is not None):
             step_to = min(queue[0].at if queue else until_s, fault_at if faults else until_s, until_s)
             if step_to > world.elapsed + EPSILON_S:
                 world.run_for(max(step_to - world.elapsed, EPSILON_S))
