@@ -436,6 +436,10 @@ def test_applied_changes_are_named_without_walking_the_history_and_exactly_as_th
     behind.apply_changes(reader.changes_since(start))  # what a peer at `start` is sent
     assert behind.heads() == reader.heads()
     assert applied_hashes([], [], []) == []
+    q, d, x, p = (bytes([n]) * 32 for n in (1, 2, 3, 4))
+    # x came with d, on top of q: q may have waited for d and been applied now, unnamed: ask the history
+    assert applied_hashes([(d, (p,)), (x, (q, d))], [p], [x]) is None
+    assert applied_hashes([(d, (p,)), (x, (d,))], [p], [x]) == [d, x]
 
 
 # -- the asset index: what `assets()` answers after any change equals a read of every asset -----

@@ -276,9 +276,10 @@ def applied_hashes(ids: list[tuple[bytes, tuple[bytes, ...]]], before: Iterable[
     """Which of these changes (`change_chunk_ids`) the document gained as its heads went from
     `before` to `after`: those reachable from the new heads through each other's dependencies, in
     the given order, each once. Every change gained is named, and only changes it holds (one it
-    already held may be named too, if it came again with new ones on top). None if a new head is
-    none of them (a change that waited for a missing dependency was applied too): then only the
-    document's history can tell."""
+    already held may be named too, if it came again with new ones on top). None when the chunks
+    cannot vouch for that: a new head is none of them, or one of them depends on a change that is
+    neither among them nor an old head (held long before, or one that had waited for a missing
+    dependency and was applied now: only the document's history can tell which)."""
     deps = dict(ids)
     before = set(before)
     stack = [h for h in after if h not in before]
@@ -290,7 +291,12 @@ def applied_hashes(ids: list[tuple[bytes, tuple[bytes, ...]]], before: Iterable[
         if change in held:
             continue
         held.add(change)
-        stack.extend(d for d in deps[change] if d in deps and d not in before)
+        for dep in deps[change]:
+            if dep in deps:
+                if dep not in before:
+                    stack.append(dep)
+            elif dep not in before:
+                return None
     found = []
     for change, _ in ids:  # the same change may come twice (a skeleton two writers both made)
         if change in held:
