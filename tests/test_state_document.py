@@ -595,3 +595,38 @@ def test_a_reader_reads_the_live_document_and_knows_when_it_moved() -> None:
     fresh.adopt_index(cold)
     fresh.tag_asset("bafk1", add={"vip"})
     assert [r.cid for r in fresh.assets("vip")] == ["bafk1"]
+
+
+def test_changes_resting_on_an_older_head_or_on_a_change_that_waited_are_all_named() -> None:
+    """A peer's change that depends on a head we had earlier (we moved on since) is named from its
+    chunk; a change resting on one that had waited for a missing dependency, and came in unnamed
+    with this batch, sends the apply to the history, so the one that waited is named too."""
+    ours, peer = replica("po"), replica("pp")
+    ours.put_asset(record("bafk1"))
+    peer.merge(ours)
+    ours.tag_asset("bafk1", add={"vip"})  # we move on; the peer's next change builds on our old head
+    start = peer.heads()
+    peer.tag_asset("bafk1", add={"door"})
+    before = ours.heads()
+    new = ours.apply_changes(peer.changes_since(start))
+    assert [c.hash for c in ours._changes_since(before)] == new and len(new) == 1
+    blind = replica("pb")
+    blind.merge(peer)
+    made = []
+    for edit in ({"add": {"stage"}}, {"add": {"day-1"}}, {"remove": {"stage"}}):  # s, then q on s, then x on q
+        before_edit = blind.heads()
+        blind.tag_asset("bafk1", **edit)
+        (change,) = blind._doc.get_changes(before_edit)
+        made.append(change)
+    s_, q, x = made
+    behind = replica("pq")
+    behind.merge(peer)
+    assert behind.apply_changes(q.bytes) == []  # q waits for s
+    gained = behind.apply_changes(s_.bytes + x.bytes)  # s lets q in; x rests on q, which the chunks do not show
+    assert sorted(gained) == sorted([s_.hash, q.hash, x.hash])  # q is named too: the history was asked
+    assert sorted(behind.change_hashes_since(peer.heads())) == sorted(gained)
+    fresh = replica("pf")
+    fresh.apply_changes(ours.changes_since([]))  # everything at once, in one batch: named from chunks
+    later = replica("pl")
+    later.merge(fresh)
+    assert sorted(later.heads()) == sorted(ours.heads())

@@ -66,6 +66,7 @@ APPLIED_KEPT = 64  # recent applies remembered for change_hashes_since and chang
 APPLIED_BYTES_MAX = 4 * 1024 * 1024  # ... with at most this many bytes of their chunks
 WALKS_REMEMBERED_CHANGES_MAX = 256  # a walk over the history is remembered when it found at most this many
 INDEX_CHANGES_MAX = 4096  # more changes than this since the asset index's heads: read every asset again
+PAST_HEADS_KEPT = 1024  # recent heads remembered: changes known held (see `_note_chunks`)
 _CHUNK_MAGIC = bytes([0x85, 0x6F, 0x4A, 0x83])  # Automerge storage chunk magic
 _CHUNK_TYPE_AT = 8  # after the magic and the 4-byte checksum
 _DOCUMENT_CHUNK = 0  # chunk type of a saved document (1 and 2 are changes)
@@ -561,6 +562,7 @@ class MeshState:
         before = self._doc.get_heads()
         with self._doc.transaction() as tx:
             body(tx)
+        self._saw_heads(self._doc.get_heads())
         self._index_wrote(before, assets)
 
     def _require_root(self, key: str) -> bytes:
@@ -1237,7 +1239,12 @@ class MeshState:
         that had waited for a missing dependency was applied too)."""
         after = self._doc.get_heads()
         ids = change_chunk_ids(chunks)
-        new = None if ids is None else applied_hashes(ids, before, after)
+        # A change that was ever a head was held then (a change that waits is no head): what the
+        # chunks depend on among those needs no walk of the history to be known held before.
+        held = self.__dict__.setdefault("_past_heads", {})
+        new = None if ids is None else applied_hashes(ids, held.keys() | before, after)
+        self._saw_heads(before)
+        self._saw_heads(after)
         if new is not None:
             by_hash = {change: chunk for (change, _), chunk in zip(ids, chunks)}
             self._note_applied(before, after, [(change, by_hash[change]) for change in new])
@@ -1245,6 +1252,15 @@ class MeshState:
             if all(table is not None for table in tables):
                 self._index_saw(before, tables)
         return new
+
+    def _saw_heads(self, heads: Iterable[bytes]) -> None:
+        """Remember these as heads this document had (the last PAST_HEADS_KEPT)."""
+        past = self.__dict__.setdefault("_past_heads", {})
+        for head in heads:
+            past.pop(head, None)
+            past[head] = None
+        while len(past) > PAST_HEADS_KEPT:
+            del past[next(iter(past))]
 
     def _note_applied(self, before: list[bytes], after: list[bytes], changes: list[tuple[bytes, bytes]]) -> None:
         """Remember that these (hash, chunk) changes took the heads from `before` to `after`, so
@@ -1279,6 +1295,7 @@ class MeshState:
         """Merge every change of `other` into this document; True if anything was new."""
         before = self._doc.get_heads()
         self._doc.merge(other._doc)
+        self._saw_heads(before)
         return self._doc.get_heads() != before
 
     def merge_snapshot(self, snapshot: MeshState) -> bool:
