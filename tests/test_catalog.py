@@ -117,3 +117,49 @@ def test_a_burst_of_changes_costs_a_few_builds_not_one_per_change() -> None:
         assert {f"burst{i}" for i in range(30)} <= set(keeper.catalog().visible)
 
     trio.run(main)
+
+
+def test_a_warmed_keeper_builds_off_the_loop_and_a_new_thumbnail_waits_for_its_catalog_not_a_404() -> None:
+    mesh = _mesh()
+    state = _state(mesh)
+    keeper = CatalogKeeper(lambda: state, lambda: mesh.founder.authority_public_key)
+
+    async def main() -> None:
+        await keeper.warm()  # what the agent does before its HTTP side listens
+        assert keeper.builds == 1 and keeper.fresh(keeper.catalog())
+        await keeper.warm()
+        assert keeper.builds == 1  # once
+
+        await keeper.settle("portrait-thumb", 5.0)  # known: no wait, no build
+        assert keeper.builds == 1
+
+        state.put_asset(_asset("early", thumbnail="early-thumb"))
+        keeper.catalog()  # a build starts (after its gap) ...
+        with trio.fail_after(10):
+            while keeper._started < 2:
+                await trio.sleep(0)
+        state.put_asset(_asset("late", thumbnail="late-thumb"))  # ... from a state without this one
+        assert keeper.verdict("late-thumb")[0] == UNSURE
+        with trio.fail_after(10):
+            await keeper.settle("late-thumb", 5.0)
+        assert keeper.verdict("late-thumb") == (PREVIEW, state.asset("late"))
+        assert keeper.builds in (2, 3)  # the running build (if it read the change: it reads the live
+        #                                 document, again when it moved) or the next one
+
+        with trio.fail_after(10):  # a CID no asset names: judged by the next catalog, then OTHER
+            await keeper.settle("bafknobody", 5.0)
+        assert keeper.verdict("bafknobody") == (OTHER, None)
+
+        assert keeper.fresh(await keeper.current(5.0))  # fresh already: at once
+        builds = keeper.builds
+        state.put_asset(_asset("listed"))  # a page that lists assets right after a change
+        with trio.fail_after(10):
+            listed = await keeper.current(5.0)
+        assert "listed" in listed.visible and keeper.builds == builds + 1
+
+        state.put_asset(_asset("later", thumbnail="later-thumb"))
+        started = trio.current_time()
+        await keeper.settle("later-thumb", 0.0)  # the wait is bounded: still unsure, no bytes
+        assert trio.current_time() - started < 1.0 and keeper.verdict("later-thumb")[0] == UNSURE
+
+    trio.run(main)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.errors import NotFoundError, RemoteProtocolError, UsageError
-from mesh.state.document import MeshState, actor_id
+from mesh.state.document import MeshState, actor_id, split_chunks
 from mesh.state.records import AssetRecord
 
 CIDS = [f"bafkcid{i}" for i in range(4)]
@@ -630,3 +630,23 @@ def test_changes_resting_on_an_older_head_or_on_a_change_that_waited_are_all_nam
     later = replica("pl")
     later.merge(fresh)
     assert sorted(later.heads()) == sorted(ours.heads())
+
+
+def test_a_new_assets_skeleton_resting_on_genesis_is_named_from_its_chunk_without_the_history() -> None:
+    """A skeleton change (a new asset's, a consent subject's) depends on genesis, never a head of a
+    state that holds anything: every state holds genesis, so the chunks vouch for it."""
+    ours, peer = replica("go"), replica("gp")
+    ours.put_asset(record("bafk1"))
+    peer.merge(ours)
+    start = peer.heads()
+    peer.put_asset(record("bafk2"))  # a skeleton on genesis, then the record on it and on our head
+    chunks = peer.changes_since(start)
+    assert len(split_chunks(chunks)) == 2
+    walks = []
+    real = ours._changes_since
+    ours._changes_since = lambda heads: walks.append(heads) or real(heads)
+    before = ours.heads()
+    new = ours.apply_changes(chunks)
+    assert walks == []
+    assert sorted(new) == sorted(c.hash for c in real(before)) and len(new) == 2
+    assert [r.cid for r in ours.assets()] == ["bafk1", "bafk2"]

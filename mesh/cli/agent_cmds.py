@@ -256,7 +256,7 @@ async def _run_agent(home, config: AgentConfig) -> None:
 
         nursery.start_soon(live_loop, agent, config)  # `mesh live start` / `relay` requests
         output.stderr.print(f"node {home.info.node_id} ({home.info.name}) listening on {listen[0]}:{listen[1]}")
-        http_app, https_app = _web_apps(agent, config)
+        http_app, https_app = await _web_apps(agent, config)
         if https_app is not None:
             from mesh.drivers.tls import serve_https
 
@@ -295,7 +295,10 @@ async def _run_hub(hub, config: AgentConfig) -> None:
         if config.http is not None:
             from mesh.gateway.app import serve_http
 
-            await nursery.start(serve_http, _hub_web_app(runtime, config), config.http)
+            app, views = _hub_web_app(runtime, config)
+            for view in views:
+                await view.warm()
+            await nursery.start(serve_http, app, config.http)
             where = f"{config.http[0]}:{config.http[1]}"
             output.stderr.print(f"http on http://{where}/ (hub page /hub, `mesh hub token`); meshes by host: "
                                 + ", ".join(f"{entry.host} ({agent.home.info.mesh_name})"
@@ -320,20 +323,23 @@ def _hub_web_app(runtime, config: AgentConfig):
     from mesh.gateway.hub import HubRouter, hub_app
     from mesh.gateway.view import AgentView
 
-    apps = {entry.host: create_app(AgentView(agent)) for entry, agent in zip(runtime.entries, runtime.agents)}
+    views = [AgentView(agent) for agent in runtime.agents]
+    apps = {entry.host: create_app(view) for entry, view in zip(runtime.entries, views)}
     names = own_names(config.http_hosts)
-    return HubRouter(apps, hub_app(runtime.status, lambda: runtime.hub.operator_token, lambda: names))
+    return HubRouter(apps, hub_app(runtime.status, lambda: runtime.hub.operator_token, lambda: names)), views
 
 
-def _web_apps(agent, config: AgentConfig) -> tuple[object | None, object | None]:
+async def _web_apps(agent, config: AgentConfig) -> tuple[object | None, object | None]:
     """(HTTP app, HTTPS app): one app for both; while HTTPS runs, the HTTP side redirects browsers
-    there (mesh.gateway.redirect)."""
+    there (mesh.gateway.redirect). Returns once the first catalog is built (on a worker)."""
     if config.http is None and config.https is None:
         return None, None
     from mesh.gateway.app import create_app
     from mesh.gateway.view import AgentView
 
-    app = create_app(AgentView(agent))
+    view = AgentView(agent)
+    await view.warm()
+    app = create_app(view)
     if config.https is None:
         return app, None
     from mesh.gateway.redirect import HttpsRedirect

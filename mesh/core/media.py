@@ -199,8 +199,10 @@ class MediaSwarming:
         or objects came or went (the withheld blocks must be computed again). An asset whose record,
         status and pin are as the last pass saw them is skipped (a pass follows every asset: at
         10,000 only the few that changed cost more than a comparison)."""
+        pins_before = getattr(self, "pinned_tags", None)
         self.pinned_tags = pinned_tags(self.state, self.identity.node_id, self.identity.role, self.pin_tags,
                                        self.pin_canonical)
+        same_pins = self.pinned_tags == pins_before
         last = getattr(self, "_followed", {})  # asset CID -> (record, status, pinned, its roots)
         owners = self.__dict__.setdefault("_owners", {})  # root -> the followed assets it is an object of
         followed: dict[str, tuple] = {}
@@ -209,8 +211,11 @@ class MediaSwarming:
         changed = False
         for record in records:
             status = statuses.get(record.cid, VISIBLE)
-            pinned = status == VISIBLE and wants_original(record, self.pinned_tags)
             before = last.get(record.cid)
+            if before is not None and before[0] is record and before[1] == status and same_pins:
+                followed[record.cid] = before  # the state's index hands out the same record unchanged
+                continue
+            pinned = status == VISIBLE and wants_original(record, self.pinned_tags)
             if before is not None and before[1] == status and before[2] == pinned and before[0] == record:
                 followed[record.cid] = before
                 continue

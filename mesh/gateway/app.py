@@ -86,7 +86,8 @@ class GatewayView(Protocol):
 
     # Optional (AgentView has them; a bare view serves the CDN routes only): `is_hidden(cid)`,
     # `record_view(cid)`, `catalog()`, `search(q, tag)`, `asset(cid)`, consent and crew methods;
-    # `served_file(cid)` (a cached ServedFile, or None for the full path).
+    # `served_file(cid)` (a cached ServedFile, or None for the full path); `settle(cid)`, awaited
+    # before a CID the view's catalog cannot vouch for yet is judged.
 
 
 def create_app(view: GatewayView) -> Starlette:
@@ -207,6 +208,9 @@ class CdnRoute:
             Cid.parse(text)
         except ValueError:
             return JSONResponse({"error": "not a CID"}, status_code=400)
+        settle = getattr(view, "settle", None)
+        if settle is not None:  # a CID the catalog being built will vouch for (or not): wait for it
+            await settle(text)
         if _hidden(view, text):
             return _gone()
         may_hide = getattr(view, "may_hide", None)

@@ -2,8 +2,9 @@
 thumbnails and previews, and search over them.
 
 At 10,000 assets building a catalog reads every asset record (~0.4 s), so a running gateway never
-builds it on the event loop after the first time: `CatalogKeeper` forks the state (an Automerge
-fork, ~20-40 ms) and builds on a worker thread, one build at a time, whenever the state's heads
+builds it on the event loop: the agent builds the first one on a worker before its HTTP side
+listens (`CatalogKeeper.warm`), and `CatalogKeeper` builds the next ones on a worker thread
+(`state_pass`: the live document read from there), one build at a time, whenever the state's heads
 moved (a moment after they did: CATALOG_GAP_S_MIN plus a little per asset, so a burst of changes
 costs a few builds). Until the fresh catalog lands the last one answers lists and counts, and
 every single CID a request names is judged against the live state (`CatalogKeeper.verdict`: the
@@ -158,7 +159,10 @@ class CatalogKeeper:
         self._limiter = limiter  # shared with the agent's other passes over every asset
         self._catalog: Catalog | None = None
         self._wanted: trio.Event | None = None  # set: a build should start (None: no builder runs yet)
-        self.builds = 0  # catalogs built (on a worker or, the first, in place)
+        self._started = 0  # builds started off the loop ...
+        self._landed = 0  # ... and the number of the last that landed
+        self._landing: trio.Event | None = None  # set when the next build lands
+        self.builds = 0  # catalogs built (on a worker; in place only without `warm` or outside trio)
 
     def catalog(self) -> Catalog:
         """The latest catalog built: exact for the state it was built from (`fresh` says whether
@@ -167,7 +171,7 @@ class CatalogKeeper:
         if state is None:
             return EMPTY_CATALOG
         catalog = self._catalog
-        if catalog is None or not self._in_trio():  # the first (start-up), or a caller outside trio
+        if catalog is None or not self._in_trio():  # the first without `warm` (tests), or a caller outside trio
             if catalog is None or not self.fresh(catalog):
                 catalog = self._catalog = self._build(state)
             return catalog
@@ -249,13 +253,54 @@ class CatalogKeeper:
                 continue
             await trio.sleep(CATALOG_GAP_S_MIN + CATALOG_GAP_PER_ASSET_S * state.asset_count())
             self._wanted = trio.Event()  # changes from here on want the next build
-            state = self._state()
-            heads, now = tuple(state.heads()), time.time()
             try:
-                built = await state_pass(state, build_catalog, self._key(), now, limiter=self._limiter)
+                await self._build_off_loop(self._state())
             except Exception:  # a bug: keep the last catalog (verdicts stay live) and say so
                 log.exception("gateway.catalog_failed")
                 await trio.sleep(1.0)
-                continue
+
+    async def settle(self, cid: str, timeout: float) -> None:
+        """Return once `cid` is no longer UNSURE: at once if it is not, else when a catalog built
+        from the state as it is now (or later) landed, or after `timeout` seconds. A request for
+        a new asset's thumbnail waits here for its catalog instead of failing."""
+        await self._wait_built(lambda: self.verdict(cid)[0] != UNSURE, timeout)
+
+    async def current(self, timeout: float) -> Catalog:
+        """The catalog of the state as it is now: the latest if it is, else the one built next
+        (waiting at most `timeout` seconds, then the latest). Pages that list assets ask for it,
+        so a list right after a change (or start-up) is not the one from before it."""
+        await self._wait_built(lambda: self.fresh(self.catalog()), timeout)
+        return self.catalog()
+
+    async def _wait_built(self, done: Callable[[], bool], timeout: float) -> None:
+        """Until `done()`, or a build that started from now on landed, or `timeout` passed."""
+        if done():
+            return
+        mark = self._started  # a build already running may predate the change that matters
+        self._want_build()
+        with trio.move_on_after(timeout):
+            while self._landed <= mark and not done():
+                if self._landing is None:
+                    self._landing = trio.Event()
+                await self._landing.wait()
+
+    async def warm(self) -> None:
+        """Build the first catalog on a worker thread (the agent does this before its HTTP side
+        listens, so no request builds one on the event loop); a no-op once there is one."""
+        state = self._state()
+        if state is not None and self._catalog is None:
+            await self._build_off_loop(state)
+
+    async def _build_off_loop(self, state) -> None:
+        self._started += 1
+        number = self._started
+        heads, now = tuple(state.heads()), time.time()
+        try:
+            built = await state_pass(state, build_catalog, self._key(), now, limiter=self._limiter)
             self.builds += 1
             self._catalog = replace(built, heads=heads)
+        finally:  # landed, or failed: waiters judge again either way
+            self._landed = max(self._landed, number)
+            landing, self._landing = self._landing, None
+            if landing is not None:
+                landing.set()

@@ -114,6 +114,7 @@ def routes(view) -> list:
     """The attendee routes over an AgentView."""
 
     async def home(request: Request) -> Response:
+        await view.refresh()
         catalog = view.catalog()
         recent = view.search()[:RECENT_ASSETS_MAX]
         files = view.release_paths()[:RELEASE_LISTED_MAX]
@@ -124,15 +125,18 @@ def routes(view) -> list:
     async def search(request: Request) -> Response:
         query = request.query_params.get("q", "")[:100]
         tag = _tag_param(request)
+        await view.refresh()
         found = view.search(query, tag)
         return render(request, view, "search.html", query=query, tag=tag, assets=found,
                       tags=view.catalog().tags)
 
     async def api_search(request: Request) -> JSONResponse:
+        await view.refresh()
         found = view.search(request.query_params.get("q", "")[:100], _tag_param(request))
         return JSONResponse({"assets": [asset_json(r) for r in found]})
 
     async def api_tags(request: Request) -> JSONResponse:
+        await view.refresh()
         return JSONResponse({"tags": [t.__dict__ for t in view.catalog().tags]})
 
     async def asset_page(request: Request) -> Response:
@@ -226,6 +230,7 @@ def routes(view) -> list:
 
     async def offline_list(request: Request) -> JSONResponse:
         release = view.status().get("release") or {}
+        await view.refresh()
         thumbs = [f"/c/{r.thumbnail}" for r in view.search() if r.thumbnail and view.has_file(r.thumbnail)]
         files = ["/release/current/" + quote(path) for path in view.offline_files()]
         pages = ["/", "/search", "/consent", "/static/style.css", "/static/app.js", "/static/consent.js"]

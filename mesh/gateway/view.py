@@ -39,6 +39,8 @@ FETCH_RENEW_S = 10.0  # while a browser waits, the fetch is asked for again this
 DROP_ORDERS_SHOWN_MAX = 20  # a drop's unpaid reservations listed on the dashboard (the rest are counted)
 HOSTS_REFRESH_S = 10.0  # the allowed host names are re-read this often (a new certificate adds names)
 UNAVAILABLE_GRACE_S = 2.0  # a file no connected peer holds is given this long for an announcement
+LIST_WAIT_S = 1.0  # how long a page that lists assets waits for the catalog of the state as it is now
+SETTLE_S = 3.0  # how long a request for a CID the catalog cannot vouch for yet waits for the next one
 SERVED_FILES_MAX = 4096  # `/c/CID` answers cached per catalog (dropped all at once past this)
 
 
@@ -313,6 +315,20 @@ class AgentView:
         after each change, so it may be a moment older than the state; single CIDs are judged
         against the live state meanwhile (`asset`, `is_hidden`, `file_by_cid`)."""
         return self._catalogs.catalog()
+
+    async def warm(self) -> None:
+        """The first catalog, built on a worker (before the HTTP side listens)."""
+        await self._catalogs.warm()
+
+    async def refresh(self) -> None:
+        """Wait (at most LIST_WAIT_S) for the catalog of the state as it is now; pages that list
+        assets call this first."""
+        await self._catalogs.current(LIST_WAIT_S)
+
+    async def settle(self, cid: str) -> None:
+        """Wait (at most SETTLE_S) while `cid` is one the last catalog cannot vouch for yet (a new
+        asset's thumbnail, say) for the catalog of the state as it is now."""
+        await self._catalogs.settle(cid, SETTLE_S)
 
     def search(self, query: str = "", tag: str | None = None) -> list[AssetRecord]:
         """Visible assets matching, newest first (each one still visible now)."""
