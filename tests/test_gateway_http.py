@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import socket
+import time
 
 import pytest
 from PIL import Image
@@ -414,3 +417,44 @@ def test_the_health_signal_carries_store_and_media_for_other_nodes_dashboards(me
     assert health["store"]["bytes"] >= len(mesh["clip_bytes"])
     status = json.loads(mesh["client"].request("GET", "/api/status", bearer)[2])
     assert {k: health["media"][k] for k in ("wanted", "held")} == {k: status["media"][k] for k in ("wanted", "held")}
+
+
+# ---- connections -------------------------------------------------------------------------------
+
+
+def _open_sockets(pid: int) -> int:
+    found = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            continue  # closed meanwhile
+    return found
+
+
+@pytest.mark.parametrize("path", ["/api/status", "/c/{stage}"])
+def test_a_connection_the_browser_closed_is_closed_at_once_and_a_flood_of_them_holds_no_sockets(mesh, path) -> None:
+    """A client that closes its keep-alive connection after the response gets the server's close
+    at once (not after the 5 s keep-alive timer), so a burst of short connections leaves no
+    sockets behind (each would hold a file descriptor: a flood would run the agent out of them)."""
+    path = path.format(stage=mesh["stage"])
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{mesh['port']}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", mesh["port"]), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        conn.shutdown(socket.SHUT_WR)  # done: the server sees end of file
+        started = time.monotonic()
+        conn.settimeout(4.0)
+        while conn.recv(65536):  # the rest of the body, then the server's close
+            pass
+        assert time.monotonic() - started < 2.0
+    pid = mesh["org"].proc.pid
+    before = _open_sockets(pid)
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", mesh["port"]), timeout=10) as conn:
+            conn.sendall(request)
+            conn.recv(65536)
+    wait_until(lambda: _open_sockets(pid) <= before + 5, 2.5, "the closed connections' sockets to close")
