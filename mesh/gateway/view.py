@@ -158,12 +158,13 @@ class AgentView:
             return None
         return ServedFile(ref, REVALIDATE if self.may_hide(cid) else IMMUTABLE, spans)
 
-    def file_by_cid(self, cid: str) -> FileRef | None:
+    def file_by_cid(self, cid: str, vouched: bool = False) -> FileRef | None:
         """A file held completely here and not hidden; None otherwise (never partial bytes, never
         an asset lacking consent or past its retention, nor its thumbnail; while the catalog is
-        rebuilt, nor a CID it cannot vouch for yet)."""
+        rebuilt, nor a CID it cannot vouch for yet, unless it is a release's file or the caller
+        `vouched` for it as no asset's: a live segment the core names)."""
         kind, _ = self._catalogs.verdict(cid)
-        if kind == HIDDEN or (kind == UNSURE and not self._in_release(cid)):
+        if kind == HIDDEN or (kind == UNSURE and not vouched and not self._in_release(cid)):
             return None
         store = self.agent.store
         try:
