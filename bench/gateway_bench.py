@@ -3,13 +3,15 @@
 (sendfile on, one worker; skipped if not installed) serving the same bytes in the same run, and,
 as the gateway's ceiling, hypercorn's trio worker with a trivial app answering from memory.
 Loopback only, bounded load (a few client threads, a fixed duration, fresh connection per request
-as http.server closes after each). Prints a table and the gateway/baseline ratios.
+as http.server closes after each; `--keep-alive`: each client keeps its connection, as a browser
+loading a page of thumbnails does, and gets a new one from a server that closed it). Prints a
+table and the gateway/baseline ratios.
 
 `--rss`: instead, the agent's memory while 50 keep-alive connections (browsers) download media
 from it until 10 GB have moved (or `--rss-seconds` pass): its VmRSS sampled every 50 ms from
 /proc/PID/status, the peak and VmHWM reported.
 
-    python bench/gateway_bench.py [--seconds 5] [--clients 4] [--large-mib 64] [--json]
+    python bench/gateway_bench.py [--seconds 5] [--clients 4] [--large-mib 64] [--keep-alive] [--json]
     python bench/gateway_bench.py --rss [--rss-gb 10] [--rss-clients 50] [--rss-file-mib 256]
 """
 
@@ -57,9 +59,13 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def fetch(port: int, path: str) -> int:
-    """One GET on a fresh connection (http.server closes after each); the bytes read."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def fetch(port: int, path: str, conn: http.client.HTTPConnection | None = None) -> int:
+    """One GET, on a fresh connection or on `conn` (kept open, as a browser keeps its
+    connections; http.client opens a new one when the server closed it, as http.server does
+    after each response); the bytes read."""
+    fresh = conn is None
+    if conn is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", path)
     response = conn.getresponse()
     total = 0
@@ -68,7 +74,8 @@ def fetch(port: int, path: str) -> int:
         if not piece:
             break
         total += len(piece)
-    conn.close()
+    if fresh:
+        conn.close()
     if response.status != 200:
         raise RuntimeError(f"GET {path}: {response.status}")
     return total
@@ -92,25 +99,29 @@ def cpu_s(group: int) -> float:
 
 
 def load(port: int, path: str, seconds: float, clients: int, max_requests: int | None = None,
-         group: int | None = None) -> dict:
-    """`clients` threads fetching `path` until `seconds` pass (or max_requests are done); with
-    `group`, the server's CPU milliseconds per request too."""
+         group: int | None = None, keep_alive: bool = False) -> dict:
+    """`clients` threads fetching `path` until `seconds` pass (or max_requests are done), each on
+    a fresh connection per request or (`keep_alive`) on one it keeps; with `group`, the server's
+    CPU milliseconds per request too."""
     latencies: list[float] = []
     done_bytes = [0]
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
     def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60) if keep_alive else None
         while time.monotonic() < stop_at:
             with lock:
                 if max_requests is not None and len(latencies) >= max_requests:
-                    return
+                    break
             start = time.perf_counter()
-            size = fetch(port, path)
+            size = fetch(port, path, conn)
             elapsed = time.perf_counter() - start
             with lock:
                 latencies.append(elapsed)
                 done_bytes[0] += size
+        if conn is not None:
+            conn.close()
 
     cpu_before = cpu_s(group) if group is not None else 0.0
     began = time.perf_counter()
@@ -197,6 +208,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--large-mib", type=int, default=64)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep-alive", action="store_true",
+                        help="each client keeps its connection, as browsers do (servers that close it get a new one)")
     parser.add_argument("--rss", action="store_true", help="measure the agent's memory under media load instead")
     parser.add_argument("--rss-gb", type=float, default=10.0, help="bytes to move in the --rss run (GB)")
     parser.add_argument("--rss-clients", type=int, default=50, help="concurrent keep-alive connections")
@@ -215,7 +228,8 @@ def main() -> None:
 
 def print_table(results: dict, args) -> None:
     print(f"{args.clients} clients, {args.seconds:g} s per small run; "
-          f"2 clients, {LARGE_DOWNLOADS} downloads per large run")
+          f"2 clients, {LARGE_DOWNLOADS} downloads per large run; "
+          + ("connections kept (keep-alive)" if args.keep_alive else "a fresh connection per request"))
     print(f"{'file':6} {'server':36} {'req/s':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10}")
     for size in ("small", "large"):
         for server, r in results[size].items():
@@ -277,7 +291,7 @@ def run(root: Path, args) -> dict:
             rows = {}
             for name, (proc, port, pattern) in servers.items():
                 path = pattern.format(cid=cids[file_name], name=file_name)
-                rows[name] = load(port, path, seconds, clients, cap, proc.pid)
+                rows[name] = load(port, path, seconds, clients, cap, proc.pid, args.keep_alive)
             gateway = rows["gateway"]
             rows["ratio"] = {name: {k: gateway[k] / r[k] for k in ("req_s", "mb_s", "p50_ms", "p99_ms", "cpu_ms")}
                              for name, r in rows.items() if name != "gateway"}
