@@ -6,13 +6,14 @@ builds it on the event loop: the agent builds the first one on a worker before i
 listens (`CatalogKeeper.warm`), and `CatalogKeeper` builds the next ones on a worker thread
 (`state_pass`: the live document read from there), one build at a time, whenever the state's heads
 moved (a moment after they did: CATALOG_GAP_S_MIN plus a little per asset, so a burst of changes
-costs a few builds). Until the fresh catalog lands the last one answers lists and counts, and
-every single CID a request names is judged against the live state (`CatalogKeeper.verdict`: the
-asset's record read again, ~50 us, under the consent in force now). That judgement fails closed: a CID the last catalog
-does not know and the live state names as no asset (a new asset's thumbnail, say) is "unsure",
-which serves no bytes until the fresh catalog vouches for it. CIDs consent or retention may hide
-later (`Catalog.revocable`) are judged against the clock on every request, so an expiry needs no
-rebuild either.
+costs a few builds). Until the fresh catalog lands the last one answers counts, pages that list
+assets wait a moment for the fresh one (`current`), and every single CID a request names is
+judged against the live state (`CatalogKeeper.verdict`: the asset's record read again, ~50 us,
+under the consent in force now). That judgement fails closed: a CID the last catalog does not
+know and the live state names as no asset (a new asset's thumbnail, say) is "unsure", which
+serves no bytes until a catalog vouches for it; a request for one waits for the fresh catalog
+(`settle`). CIDs consent or retention may hide later (`Catalog.revocable`) are judged against the
+clock on every request, so an expiry needs no rebuild either.
 """
 
 from __future__ import annotations
