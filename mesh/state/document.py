@@ -616,7 +616,13 @@ class MeshState:
         return found
 
     def asset(self, cid: str) -> AssetRecord | None:
-        """The asset with this CID, or None if absent or malformed."""
+        """The asset with this CID, or None if absent or malformed: from the asset index when it
+        is at the document's heads and no change since its last read can have touched the asset
+        (a dict lookup, where a read costs ~30-50 us), else read."""
+        index = self.__dict__.get("_index")
+        if (index is not None and not index.reconcile and cid not in index.dirty and cid not in index.irregular
+                and index.heads == frozenset(self._doc.get_heads())):
+            return index.records.get(cid)  # not among the map's entries, or malformed: None
         return self._read_asset(cid, self._child_map(self._root_map("assets"), cid))
 
     def assets(self, tag: str | None = None) -> list[AssetRecord]:
