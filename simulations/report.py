@@ -335,7 +335,12 @@ DOC_TAIL = """## Reading the figures
   WAN downlinks idle while their few requests wait at busy holders (seed 7's last hub, hub-03,
   receives its other 15 chunks in the 8.4 s after its first, 20 chunk times). Where concurrent flows
   share a link (TCP) instead of queueing, five jobs at once do each take five times as long, and
-  slots should matter there; this model would have to share links that way first to show it. The
+  slots should matter there; this model would have to share links that way first to show it.
+  Parameters alone (2026-12-07, session 15, seeds 1-7, mean 1.43 as they stand): asking a seed
+  that declined again after 0.4 or 0.2 s instead of 1 s (`seed_busy_retry_s`: 1.435, 1.449; the
+  seed's idle second at the end is not where the time goes), an in-flight budget of 4 s of the
+  measured rate instead of 2 (`inflight_queue_s`: 1.373, seed 5 still 1.51) or at least 4 MiB
+  (`inflight_bytes_min`: 1.387), both (1.381); none kept. The
   full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not the WAN: p50
   / p90 / max went from 71.7 / 73.8 / 76.1 s to 69.2 / 70.4 / 78.6 s (ratio 1.13 to 1.17). With
   pipelines still 4 deep the new model ends at 77.8 s (p90 73.4 s): the honest serving costs the
