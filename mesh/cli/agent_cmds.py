@@ -295,10 +295,7 @@ async def _run_hub(hub, config: AgentConfig) -> None:
         if config.http is not None:
             from mesh.gateway.app import serve_http
 
-            app, views = _hub_web_app(runtime, config)
-            for view in views:
-                await view.warm()
-            await nursery.start(serve_http, app, config.http)
+            await nursery.start(serve_http, await _hub_web_app(runtime, config), config.http)
             where = f"{config.http[0]}:{config.http[1]}"
             output.stderr.print(f"http on http://{where}/ (hub page /hub, `mesh hub token`); meshes by host: "
                                 + ", ".join(f"{entry.host} ({agent.home.info.mesh_name})"
@@ -317,16 +314,21 @@ async def _hub_signals(runtime, scope) -> None:
             return
 
 
-def _hub_web_app(runtime, config: AgentConfig):
+async def _hub_web_app(runtime, config: AgentConfig):
+    """The hub's one HTTP app (each mesh's under its host name); returns once every mesh's first
+    catalog is built (on a worker)."""
     from mesh.gateway.app import create_app
     from mesh.gateway.hosts import own_names
     from mesh.gateway.hub import HubRouter, hub_app
     from mesh.gateway.view import AgentView
 
-    views = [AgentView(agent) for agent in runtime.agents]
-    apps = {entry.host: create_app(view) for entry, view in zip(runtime.entries, views)}
+    apps = {}
+    for entry, agent in zip(runtime.entries, runtime.agents):
+        view = AgentView(agent)
+        await view.warm()
+        apps[entry.host] = create_app(view)
     names = own_names(config.http_hosts)
-    return HubRouter(apps, hub_app(runtime.status, lambda: runtime.hub.operator_token, lambda: names)), views
+    return HubRouter(apps, hub_app(runtime.status, lambda: runtime.hub.operator_token, lambda: names))
 
 
 async def _web_apps(agent, config: AgentConfig) -> tuple[object | None, object | None]:

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -115,8 +116,6 @@ def _shorter_gil_turns() -> None:
     to get it back: a small-file response made of four system calls took 20-26 ms of wall time
     for 1 ms of CPU while a pass ran. A thread alone holds the GIL as long as it likes either way;
     the interval only bounds the wait of a thread that asks for it."""
-    import sys
-
     sys.setswitchinterval(GIL_SWITCH_S)
 
 

@@ -129,8 +129,7 @@ class AgentView:
         fails its first chunk read: 404, never bytes."""
         if not _looks_like_cid(cid):
             return None
-        kind, _ = self._catalogs.verdict(cid)
-        if kind == HIDDEN or (kind == UNSURE and not self._in_release(cid)):
+        if not self._may_serve(cid):
             return None
         catalog = self.catalog()
         cached_for, served = self._served
@@ -163,8 +162,7 @@ class AgentView:
         an asset lacking consent or past its retention, nor its thumbnail; while the catalog is
         rebuilt, nor a CID it cannot vouch for yet, unless it is a release's file or the caller
         `vouched` for it as no asset's: a live segment the core names)."""
-        kind, _ = self._catalogs.verdict(cid)
-        if kind == HIDDEN or (kind == UNSURE and not vouched and not self._in_release(cid)):
+        if not self._may_serve(cid, vouched):
             return None
         store = self.agent.store
         try:
@@ -184,6 +182,12 @@ class AgentView:
     def is_hidden(self, cid: str) -> bool:
         """The CID is a hidden asset or a hidden asset's thumbnail (serve 410, never bytes)."""
         return self._catalogs.verdict(cid)[0] == HIDDEN
+
+    def _may_serve(self, cid: str, vouched: bool = False) -> bool:
+        """Not hidden, and not a CID the catalog cannot vouch for yet, unless it is a release's
+        file or the caller `vouched` for it as no asset's."""
+        kind, _ = self._catalogs.verdict(cid)
+        return kind != HIDDEN and (kind != UNSURE or vouched or self._in_release(cid))
 
     def _in_release(self, cid: str) -> bool:
         return any(str(entry.cid) == cid for entry in self._release_entries().values())
