@@ -116,14 +116,14 @@ class Node:
         self.proc = subprocess.Popen([*prefix, *self.up_argv(*extra)], stdout=log, stderr=log, env=mesh_env(),
                                      start_new_session=True)
         log.close()
-        wait_until(self._running, 20, f"{self.home.name} to start")
+        wait_until(lambda: self._running("--http" in extra), 20, f"{self.home.name} to start")
         return self
 
-    def _running(self) -> bool:
+    def _running(self, http: bool = False) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"{self.home.name} exited early:\n{self.log()}")
         status = self.json("status")
-        return bool(status.get("running")) and "state" in status
+        return bool(status.get("running")) and "state" in status and (not http or bool(status.get("http_listening")))
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15) -> int | None:
         if self.proc is None:

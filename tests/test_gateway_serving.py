@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import sqlite3
 import time
 
@@ -141,8 +142,15 @@ def test_fast_path_requests_are_counted_and_foreign_hosts_refused(node) -> None:
     assert status == 421 and b"does not answer" in body
 
 
-def test_buffers_come_back_after_browsers_leave_mid_download(node) -> None:
+def _open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_buffers_and_files_come_back_after_browsers_leave_mid_download(node) -> None:
     cid, data = node["files"]["clip.mp4"]
+    pid = node["org"].proc.pid
+    assert node["client"].get(f"/c/{cid}")[2] == data
+    files_before = _open_files(pid)
     for _ in range(48):  # more than the pool's buffers, were any kept by an abandoned response
         conn = http.client.HTTPConnection("127.0.0.1", node["port"], timeout=15)
         conn.request("GET", f"/c/{cid}")
@@ -151,6 +159,8 @@ def test_buffers_come_back_after_browsers_leave_mid_download(node) -> None:
     began = time.monotonic()
     status, _, body = node["client"].get(f"/c/{cid}")
     assert status == 200 and body == data and time.monotonic() - began < 5
+    # ... and the chunk files large pieces are sent from (os.sendfile) are closed, not leaked
+    wait_until(lambda: _open_files(pid) <= files_before + 2, 5, "the abandoned responses' files to close")
 
 
 # ---- the buffer pool ----------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from tests.conftest import run_mesh
 class HubNode(Node):
     """A hub home's `mesh up`."""
 
-    def _running(self) -> bool:
+    def _running(self, http: bool = False) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"{self.home.name} exited early:\n{self.log()}")
         status = self.json("status")
-        return bool(status.get("running")) and all(m.get("running") for m in status["meshes"])
+        return (bool(status.get("running")) and all(m.get("running") for m in status["meshes"])
+                and (not http or bool(status.get("http_listening"))))
 
     def mesh_home(self, mesh_id: str) -> Path:
         return self.home / "meshes" / mesh_id

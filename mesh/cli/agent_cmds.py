@@ -267,6 +267,7 @@ async def _run_agent(home, config: AgentConfig) -> None:
             from mesh.gateway.app import serve_http
 
             await nursery.start(serve_http, http_app, config.http)
+            agent.http_listening = config.http  # `mesh status` says so: scripts may wait for it
             output.stderr.print(f"http on http://{config.http[0]}:{config.http[1]}/")
             if sys.stderr.isatty():  # never into a journal or a log file: `mesh crew-token` prints one on request
                 from mesh.cli.web_cmds import crew_token_for
@@ -296,6 +297,7 @@ async def _run_hub(hub, config: AgentConfig) -> None:
             from mesh.gateway.app import serve_http
 
             await nursery.start(serve_http, await _hub_web_app(runtime, config), config.http)
+            runtime.http_listening = config.http
             where = f"{config.http[0]}:{config.http[1]}"
             output.stderr.print(f"http on http://{where}/ (hub page /hub, `mesh hub token`); meshes by host: "
                                 + ", ".join(f"{entry.host} ({agent.home.info.mesh_name})"

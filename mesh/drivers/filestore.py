@@ -522,10 +522,21 @@ class FileStore:
         self._read_checked(cid, size, expected, buffers, cached_only)
         return size
 
+    def open_for_peer_into(self, cid: str, buffers: list[memoryview], cached_only: bool = False) -> tuple[int, int]:
+        """`read_for_peer_into`, keeping the chunk's file open: (size, file descriptor). The
+        gateway sends the bytes just checked from it with `os.sendfile` instead of copying the
+        buffers, and closes it; a chunk's file is never rewritten in place (a repair renames a
+        new one over it), so those are the bytes checked."""
+        size, expected = self._size_and_checksum(cid)
+        if size is None or size > sum(len(buffer) for buffer in buffers):
+            raise NotFoundError(f"chunk {cid} is not in this store" if size is None else f"chunk {cid} is larger")
+        return size, self._read_checked(cid, size, expected, buffers, cached_only, keep_open=True)
+
     def _read_checked(self, cid: str, size: int, expected: bytes | None, buffers: list[memoryview],
-                      cached_only: bool) -> None:
+                      cached_only: bool, keep_open: bool = False) -> int | None:
         """Read chunk `cid` (`size` bytes, the index says) into `buffers` in order, checking
-        them against `expected` (its XXH3 checksum; None: its CID's own hash)."""
+        them against `expected` (its XXH3 checksum; None: its CID's own hash). `keep_open`: the
+        file's descriptor, still open, once they passed (closed on any error)."""
         if cached_only and not _NOWAIT_READS:
             raise BlockingIOError(errno.EAGAIN, "reads that never wait are not available here")
         if expected is not None:
@@ -540,32 +551,38 @@ class FileStore:
         except OSError as exc:
             raise _os_error(exc, f"reading chunk {cid}") from None
         try:
-            if os.fstat(fd).st_size != size:
-                raise CorruptChunkError(cid, f"chunk {cid} is corrupt (wrong size)")
-            flags = os.RWF_NOWAIT if cached_only else 0
-            done = 0
-            for buffer in buffers:
-                view = buffer[:min(len(buffer), size - done)]
-                filled = 0
-                while filled < len(view):
-                    got = os.preadv(fd, [view[filled:]], done + filled, flags)
-                    if got == 0:
-                        raise CorruptChunkError(cid, f"chunk {cid} is corrupt (it shrank)")
-                    filled += got
-                hasher.update(view)
-                done += filled
-                if done == size:
-                    break
-        except OSError as exc:
-            if cached_only and exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
-                if exc.errno != errno.EAGAIN:
-                    _NOWAIT_READS.clear()  # this kernel or file system has no RWF_NOWAIT
-                raise BlockingIOError(errno.EAGAIN, "the chunk is not in the page cache") from None
-            raise _os_error(exc, f"reading chunk {cid}") from None
-        finally:
+            try:
+                if os.fstat(fd).st_size != size:
+                    raise CorruptChunkError(cid, f"chunk {cid} is corrupt (wrong size)")
+                flags = os.RWF_NOWAIT if cached_only else 0
+                done = 0
+                for buffer in buffers:
+                    view = buffer[:min(len(buffer), size - done)]
+                    filled = 0
+                    while filled < len(view):
+                        got = os.preadv(fd, [view[filled:]], done + filled, flags)
+                        if got == 0:
+                            raise CorruptChunkError(cid, f"chunk {cid} is corrupt (it shrank)")
+                        filled += got
+                    hasher.update(view)
+                    done += filled
+                    if done == size:
+                        break
+            except OSError as exc:
+                if cached_only and exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                    if exc.errno != errno.EAGAIN:
+                        _NOWAIT_READS.clear()  # this kernel or file system has no RWF_NOWAIT
+                    raise BlockingIOError(errno.EAGAIN, "the chunk is not in the page cache") from None
+                raise _os_error(exc, f"reading chunk {cid}") from None
+            if hasher.digest() != expected:
+                raise CorruptChunkError(cid)
+        except BaseException:
             os.close(fd)
-        if hasher.digest() != expected:
-            raise CorruptChunkError(cid)
+            raise
+        if keep_open:
+            return fd
+        os.close(fd)
+        return None
 
     chunk_bytes_max = CHUNK_BYTES_MAX  # refuse larger blocks (manifests are far smaller)
 

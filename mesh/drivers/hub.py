@@ -89,6 +89,7 @@ class HubRuntime:
     entries: list[HubMesh] = dataclasses.field(default_factory=list)
     counters: Counter = dataclasses.field(default_factory=Counter)
     listen_address: Address | None = None
+    http_listening: Address | None = None  # set once the hub's HTTP side accepts requests
     started_at: float = dataclasses.field(default_factory=time.time)
     _stopped: set = dataclasses.field(default_factory=set)  # agents whose run() returned
     disk_bytes: int | None = None  # chunk data on disk, every inode once (refreshed by `_disk_loop`)
@@ -171,7 +172,7 @@ class HubRuntime:
         for entry, agent in zip(self.entries, self.agents):
             meshes.append(mesh_summary(entry, agent.home, agent.status() if agent.core is not None else None))
         return {"hub": self.hub.name, "name": self.hub.name, "listen": list(self.listen_address or ()),
-                "meshes": meshes, "pid": os.getpid(), "updated_at": time.time(),
+                "http_listening": list(self.http_listening) if self.http_listening else None, "meshes": meshes, "pid": os.getpid(), "updated_at": time.time(),
                 "disk_bytes": self.disk_bytes, "started_at": self.started_at, "counters": dict(self.counters)}
 
 

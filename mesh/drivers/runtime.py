@@ -163,6 +163,7 @@ class Agent:
         self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS_MAX)  # for the dashboard
         self._views: Counter[str] = Counter()  # canonical tag -> views not yet in shared state
         self.outbox_status: dict | None = None  # set by the outbox loop when an uplink is configured
+        self.http_listening: tuple[str, int] | None = None  # set once the HTTP side accepts requests
         self._mdns_running = False  # the discovery task is up
         self._mdns_seen: set[str] = set()  # node ids discovery reported
         self.pending_boxes: dict[str, dict] = {}  # node id -> {node_id, addr, seen}: boxes waiting to be admitted
@@ -800,6 +801,7 @@ class Agent:
         chunks, stored = self._usage
         doc.update({
             "listen_addresses": [list(a) for a in self.listen_addresses()],
+            "http_listening": list(self.http_listening) if self.http_listening else None,
             "store": {"chunks": chunks, "bytes": stored},
             "outbox": self.outbox_status,
             "pending_boxes": sorted(self.pending_boxes.values(), key=lambda box: -box["seen"]),

@@ -15,7 +15,10 @@ How file bytes leave (`send_file`):
 - Memory: chunks are read into a pool of page-aligned buffers, SERVE_BUFFER_BYTES_MAX for all
   responses together (`BufferPool`); a response waits for room, and its buffers return once their
   last byte went to the server (or the client left). Beyond that each response holds one
-  SEND_PIECE_BYTES copy (hypercorn has no zero-copy send: the body is handed over as bytes).
+  SEND_PIECE_BYTES copy (the body is handed to the server as bytes).
+- Over HTTP/1.1 a piece of ZEROCOPY_MIN_BYTES or more is checked the same way, and then its
+  buffers return at once and the bytes go from the chunk's file, still open, to the socket with
+  `os.sendfile` (`mesh.gateway.zerocopy`): no copy in the agent.
 - `/c/CID` of a file the view has cached for this state head (`served_file`) is answered by
   `CdnRoute.layer` in front of the middlewares, doing their work (Host check, security headers,
   request count) with their own functions; everything else goes the whole way through them.
@@ -24,6 +27,7 @@ How file bytes leave (`send_file`):
 from __future__ import annotations
 
 import mmap
+import os
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +40,7 @@ from starlette.routing import Route
 
 from mesh.content.cid import Cid
 from mesh.errors import MeshError, NotFoundError
+from mesh.gateway import zerocopy
 from mesh.gateway.hosts import HostGuard, is_local_request, own_names, request_header
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -46,6 +51,7 @@ SERVE_BUFFER_BYTES_MAX = 32 * 1024 * 1024  # buffers for the chunks all response
 SERVE_SLOT_BYTES = 1024 * 1024  # ... in page-aligned pieces of this size (a chunk takes as many as it needs)
 SERVE_WAIT_S = 30.0  # a response waits this long for room in that buffer, then gives up (503 / ends short)
 SEND_PIECE_BYTES = 256 * 1024  # a verified chunk goes to the server in body messages of this size
+ZEROCOPY_MIN_BYTES = 64 * 1024  # ... or, this much of it or more, from its file (mesh.gateway.zerocopy)
 _CONDITIONAL_HEADERS = (b"if-none-match", b"range", b"if-range")
 
 
@@ -87,7 +93,9 @@ class GatewayView(Protocol):
     # Optional (AgentView has them; a bare view serves the CDN routes only): `is_hidden(cid)`,
     # `record_view(cid)`, `catalog()`, `search(q, tag)`, `asset(cid)`, consent and crew methods;
     # `served_file(cid)` (a cached ServedFile, or None for the full path); `settle(cid)`, awaited
-    # before a CID the view's catalog cannot vouch for yet is judged.
+    # before a CID the view's catalog cannot vouch for yet is judged; `open_chunk_into(cid,
+    # buffers, cached_only)`, `read_chunk_into` returning the chunk file's open descriptor, from
+    # which large pieces are sent without a copy (`zerocopy`).
 
 
 def create_app(view: GatewayView) -> Starlette:
@@ -356,14 +364,15 @@ async def _send_body(scope, receive, send, view, pool: BufferPool, ref: FileRef,
     """The headers, then the pieces' bytes. The first chunk of a file held here is read before the
     headers go, so a file whose first chunk is missing or damaged answers 404 or 500 instead."""
     first = None
+    by_file = zerocopy.available(scope) and getattr(view, "open_chunk_into", None) is not None
     if pieces and not ref.arriving:
         try:
-            first = (await _take_and_read(view, pool, pieces[0], None), pieces[0])
+            first = (await _take_and_read(view, pool, pieces[0], None, by_file), pieces[0])
         except MeshError as exc:
             return await _refuse_file(scope, send, exc, extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     if len(pieces) > 1 or first is None:
-        await _send_chunks(receive, send, view, pool, ref, pieces, first)
+        await _send_chunks(receive, send, view, pool, ref, pieces, first, by_file)
     else:
         await _send_owned(send, pool, first, last=True)
     return status
@@ -387,38 +396,57 @@ class ServeBusyError(MeshError):
     """No room in the serving buffer for SERVE_WAIT_S."""
 
 
-async def _take_and_read(view, pool: BufferPool, piece, wait) -> list[memoryview]:
-    """Buffers from the pool holding the piece's whole chunk, checked; MeshError if it cannot be
-    had (ServeBusyError after SERVE_WAIT_S without room)."""
-    chunk_cid, length = piece[0], piece[1]
+async def _take_and_read(view, pool: BufferPool, piece, wait, by_file: bool = False) -> list[memoryview] | int:
+    """The piece's whole chunk, checked: in buffers from the pool or, with `by_file` and a piece
+    of at least ZEROCOPY_MIN_BYTES, as the open file descriptor those bytes were read from (the
+    buffers back in the pool). MeshError if it cannot be had (ServeBusyError after SERVE_WAIT_S
+    without room)."""
+    chunk_cid, length, lo, hi = piece
     buffers = None
     with trio.move_on_after(SERVE_WAIT_S):
         buffers = await pool.take(length)
     if buffers is None:
         raise ServeBusyError(f"no room to serve {chunk_cid} for {SERVE_WAIT_S:g} s")
+    by_file = by_file and hi - lo >= ZEROCOPY_MIN_BYTES
+    read = view.open_chunk_into if by_file else view.read_chunk_into
     try:
         if wait is not None:
             await wait(chunk_cid)
-        await _read_checked(view, chunk_cid, buffers)
+        try:
+            got = read(chunk_cid, buffers, True)
+        except BlockingIOError:  # not in the page cache: a worker thread waits for the disk (not
+            # abandoned on cancel: it writes into the buffers, which return to the pool after it)
+            got = await trio.to_thread.run_sync(read, chunk_cid, buffers, False)
     except BaseException:
         pool.give_back(buffers)
         raise
-    return buffers
+    if not by_file:
+        return buffers
+    pool.give_back(buffers)
+    return got
 
 
-async def _read_checked(view, chunk_cid: str, buffers: list[memoryview]) -> None:
-    try:
-        view.read_chunk_into(chunk_cid, buffers, True)
-    except BlockingIOError:  # not in the page cache: a worker thread waits for the disk (not
-        # abandoned on cancel: it writes into the buffers, which return to the pool after it)
-        await trio.to_thread.run_sync(view.read_chunk_into, chunk_cid, buffers, False)
+def _release(pool: BufferPool, held: list[memoryview] | int) -> None:
+    """Return what `_take_and_read` gave: buffers to the pool, or close the file."""
+    if isinstance(held, int):
+        os.close(held)
+    else:
+        pool.give_back(held)
 
 
 async def _send_owned(send, pool: BufferPool, item, last: bool = False) -> None:
-    """Bytes [lo, hi) of a checked chunk in SEND_PIECE_BYTES messages (`last`: ending the body);
-    its buffers go back to the pool after."""
-    buffers, (_, _, lo, hi) = item
-    slot = pool.slot_bytes
+    """Bytes [lo, hi) of a checked chunk (`last`: ending the body), then its buffers go back to
+    the pool, or its file is closed: from a file, one zero-copy message; from buffers, in
+    SEND_PIECE_BYTES messages."""
+    held, (_, _, lo, hi) = item
+    if isinstance(held, int):
+        try:
+            await send({"type": zerocopy.ZEROCOPY_SEND, "file": held, "offset": lo, "count": hi - lo,
+                        "more_body": not last})
+        finally:
+            os.close(held)
+        return
+    buffers, slot = held, pool.slot_bytes
     try:
         for at in range(lo, hi, SEND_PIECE_BYTES):
             upto = min(hi, at + SEND_PIECE_BYTES, (at // slot + 1) * slot)  # within one buffer
@@ -428,7 +456,7 @@ async def _send_owned(send, pool: BufferPool, item, last: bool = False) -> None:
         pool.give_back(buffers)
 
 
-async def _send_chunks(receive, send, view, pool: BufferPool, ref: FileRef, pieces, first) -> None:
+async def _send_chunks(receive, send, view, pool: BufferPool, ref: FileRef, pieces, first, by_file: bool) -> None:
     """Send every piece (the first already read, unless the file is arriving), reading the next
     chunk while the current one goes out. Ends short (the server then closes the connection) at
     the first chunk that cannot be had; stops when the client goes away."""
@@ -439,7 +467,7 @@ async def _send_chunks(receive, send, view, pool: BufferPool, ref: FileRef, piec
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
         chunks_tx, chunks_rx = trio.open_memory_channel(0)  # the reader holds one chunk ahead at most
-        nursery.start_soon(_read_ahead, view, pool, rest, wait_one, chunks_tx)
+        nursery.start_soon(_read_ahead, view, pool, rest, wait_one, chunks_tx, by_file)
         if first is not None:
             await _send_owned(send, pool, first)
         async with chunks_rx:
@@ -451,17 +479,17 @@ async def _send_chunks(receive, send, view, pool: BufferPool, ref: FileRef, piec
         nursery.cancel_scope.cancel()
 
 
-async def _read_ahead(view, pool: BufferPool, pieces, wait, chunks_tx) -> None:
+async def _read_ahead(view, pool: BufferPool, pieces, wait, chunks_tx, by_file: bool) -> None:
     async with chunks_tx:
         for piece in pieces:
             try:
-                buffers = await _take_and_read(view, pool, piece, wait)
+                held = await _take_and_read(view, pool, piece, wait, by_file)
             except MeshError:
                 return  # a chunk went bad or stopped coming: end short rather than send wrong bytes
             try:
-                await chunks_tx.send((buffers, piece))
+                await chunks_tx.send((held, piece))
             except BaseException:
-                pool.give_back(buffers)
+                _release(pool, held)
                 raise
 
 
@@ -538,6 +566,7 @@ async def serve_http(app: Starlette, address: tuple[str, int], *, certfile: str 
     from hypercorn.trio import serve
 
     _close_on_peer_eof()
+    zerocopy.install()
     config = Config()
     host, port = address
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

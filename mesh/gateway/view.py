@@ -306,6 +306,11 @@ class AgentView:
         the event loop, BlockingIOError if the page cache lacks them; otherwise it blocks."""
         return self.agent.store.read_for_peer_into(cid, buffers, cached_only)
 
+    def open_chunk_into(self, cid: str, buffers: list[memoryview], cached_only: bool = False) -> int:
+        """`read_chunk_into`, keeping the chunk's file open: its descriptor, to send the bytes just
+        checked from (the caller closes it)."""
+        return self.agent.store.open_for_peer_into(cid, buffers, cached_only)[1]
+
     def has_file(self, cid: str) -> bool:
         try:
             self.agent.store.object_chunks(cid)
