@@ -18,7 +18,7 @@ How file bytes leave (`send_file`):
   SEND_PIECE_BYTES copy (the body is handed to the server as bytes).
 - Over HTTP/1.1 a piece of ZEROCOPY_MIN_BYTES or more is checked the same way, and then its
   buffers return at once and the bytes go from the chunk's file, still open, to the socket with
-  `os.sendfile` (`mesh.gateway.zerocopy`): no copy in the agent.
+  `os.sendfile` (`mesh.gateway.hypercorn_ext`): no copy in the agent.
 - `/c/CID` of a file the view has cached for this state head (`served_file`) is answered by
   `CdnRoute.layer` in front of the middlewares, doing their work (Host check, security headers,
   request count) with their own functions; everything else goes the whole way through them.
@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from mesh.content.cid import Cid
 from mesh.errors import MeshError, NotFoundError
-from mesh.gateway import zerocopy
+from mesh.gateway import hypercorn_ext
 from mesh.gateway.hosts import HostGuard, is_local_request, own_names, request_header
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -51,7 +51,7 @@ SERVE_BUFFER_BYTES_MAX = 32 * 1024 * 1024  # buffers for the chunks all response
 SERVE_SLOT_BYTES = 1024 * 1024  # ... in page-aligned pieces of this size (a chunk takes as many as it needs)
 SERVE_WAIT_S = 30.0  # a response waits this long for room in that buffer, then gives up (503 / ends short)
 SEND_PIECE_BYTES = 256 * 1024  # a verified chunk goes to the server in body messages of this size
-ZEROCOPY_MIN_BYTES = 64 * 1024  # ... or, this much of it or more, from its file (mesh.gateway.zerocopy)
+ZEROCOPY_MIN_BYTES = 64 * 1024  # ... or, this much of it or more, from its file (mesh.gateway.hypercorn_ext)
 _CONDITIONAL_HEADERS = (b"if-none-match", b"range", b"if-range")
 
 
@@ -95,7 +95,7 @@ class GatewayView(Protocol):
     # `served_file(cid)` (a cached ServedFile, or None for the full path); `settle(cid)`, awaited
     # before a CID the view's catalog cannot vouch for yet is judged; `open_chunk_into(cid,
     # buffers, cached_only)`, `read_chunk_into` returning the chunk file's open descriptor, from
-    # which large pieces are sent without a copy (`zerocopy`).
+    # which large pieces are sent without a copy (`hypercorn_ext`).
 
 
 def create_app(view: GatewayView) -> Starlette:
@@ -364,7 +364,7 @@ async def _send_body(scope, receive, send, view, pool: BufferPool, ref: FileRef,
     """The headers, then the pieces' bytes. The first chunk of a file held here is read before the
     headers go, so a file whose first chunk is missing or damaged answers 404 or 500 instead."""
     first = None
-    by_file = zerocopy.available(scope) and getattr(view, "open_chunk_into", None) is not None
+    by_file = hypercorn_ext.available(scope) and getattr(view, "open_chunk_into", None) is not None
     if pieces and not ref.arriving:
         try:
             first = (await _take_and_read(view, pool, pieces[0], None, by_file), pieces[0])
@@ -441,7 +441,7 @@ async def _send_owned(send, pool: BufferPool, item, last: bool = False) -> None:
     held, (_, _, lo, hi) = item
     if isinstance(held, int):
         try:
-            await send({"type": zerocopy.ZEROCOPY_SEND, "file": held, "offset": lo, "count": hi - lo,
+            await send({"type": hypercorn_ext.ZEROCOPY_SEND, "file": held, "offset": lo, "count": hi - lo,
                         "more_body": not last})
         finally:
             os.close(held)
@@ -531,33 +531,6 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return start, end
 
 
-def _close_on_peer_eof() -> None:
-    """Make hypercorn's trio worker close a connection as soon as the client has closed it.
-
-    Its `TCPServer.run` reads until end of file and then leaves the connection's task group,
-    which waits for the keep-alive timer still running in it: every connection a client closed
-    after its response stays open (CLOSE-WAIT, a file descriptor and ~40 objects the collector
-    walks) for `keep_alive_timeout` (5 s). At 150 fresh connections a second that is ~750 open
-    sockets, and a flood of short connections runs the process out of file descriptors. Stopping
-    the timer once reading ended lets the task group, and the connection, close at once (what the
-    asyncio worker does). Applied once; a hypercorn without these internals is left as it is."""
-    from hypercorn.trio import tcp_server
-
-    server = getattr(tcp_server, "TCPServer", None)
-    read = getattr(server, "_read_data", None)
-    if read is None or getattr(read, "_mesh_stops_idle", False):
-        return
-
-    async def read_then_stop_idle(self) -> None:
-        await read(self)
-        idle = getattr(self, "idle_task", None)
-        if idle is not None:
-            await idle.stop()
-
-    read_then_stop_idle._mesh_stops_idle = True
-    server._read_data = read_then_stop_idle
-
-
 async def serve_http(app: Starlette, address: tuple[str, int], *, certfile: str | None = None,
                      keyfile: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` on address with hypercorn's trio worker until cancelled; over TLS (HTTP/2 and
@@ -565,8 +538,7 @@ async def serve_http(app: Starlette, address: tuple[str, int], *, certfile: str 
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    _close_on_peer_eof()
-    zerocopy.install()
+    hypercorn_ext.install()
     config = Config()
     host, port = address
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -1,4 +1,4 @@
-"""Zero-copy file bodies (mesh.gateway.zerocopy) on the real server: hypercorn's trio worker as the
+"""What mesh.gateway.hypercorn_ext adds to hypercorn, on the real server: hypercorn's trio worker as the
 agent runs it (`serve_http`), real sockets, real files. An app sends `http.response.zerocopysend`
 messages between ordinary body messages; the client must get exactly the file's bytes, framed
 right; over plain TCP they leave by `os.sendfile`, over TLS through the TLS stream; a client that
@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from mesh.drivers.tcp import free_port
-from mesh.gateway import zerocopy
+from mesh.gateway import hypercorn_ext
 from mesh.gateway.app import serve_http
 from tests.tls_certs import TestCa
 
@@ -37,12 +37,12 @@ def _app(path: Path, declared: int | None = None):
         length = len(DATA) if declared is None else declared
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(length).encode())]})
-        if not zerocopy.available(scope):
+        if not hypercorn_ext.available(scope):
             await send({"type": "http.response.body", "body": DATA})
             return
         with open(path, "rb") as file:
             for offset, count in SPANS:
-                await send({"type": zerocopy.ZEROCOPY_SEND, "file": file, "offset": offset, "count": count,
+                await send({"type": hypercorn_ext.ZEROCOPY_SEND, "file": file, "offset": offset, "count": count,
                             "more_body": True})
         await send({"type": "http.response.body", "body": DATA[-100:]})
 
@@ -144,3 +144,80 @@ def test_a_file_shorter_than_its_span_ends_the_response_short(tmp_path: Path) ->
 
     body, complete = trio.run(_serve, _app(path), fetch_short)
     assert not complete and body == DATA[:len(body)] and len(body) <= (1 << 20) + 5000
+
+
+# ---- a response's head with its first body bytes ------------------------------------------------
+
+
+@pytest.fixture
+def counted_writes(monkeypatch):
+    """The real SocketStream.send_all, counting the writes that carried bytes."""
+    writes = [0]
+    real = trio.SocketStream.send_all
+
+    async def send_all(self, data):
+        if len(data):
+            writes[0] += 1
+        await real(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", send_all)
+    return writes
+
+
+def _small_app(body: bytes):
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"x-test", b"1")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def test_a_small_response_leaves_in_one_write_with_its_head(counted_writes) -> None:
+    body = os.urandom(20 * 1024)
+
+    def fetch(port: int) -> list:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        got = []
+        for method in ("GET", "GET", "HEAD", "GET"):
+            conn.request(method, "/thumb", headers={"Host": "event.test"})
+            response = conn.getresponse()
+            got.append((method, response.status, response.getheader("x-test"), response.read()))
+        conn.close()
+        return got
+
+    got = trio.run(_serve, _small_app(body), fetch)
+    assert got == [("GET", 200, "1", body)] * 2 + [("HEAD", 200, "1", b""), ("GET", 200, "1", body)]
+    assert counted_writes[0] == 4  # head and body together, and no write for an empty end
+
+
+def test_a_stream_without_a_length_sends_its_head_at_once() -> None:
+    """An event stream's client must see the response start before the first event."""
+    released = trio.Event()
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        with trio.fail_after(5):
+            await released.wait()  # set by the client once it has the head
+        await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+
+    def fetch(port: int) -> bytes:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/events", headers={"Host": "event.test"})
+        response = conn.getresponse()
+        trio.from_thread.run_sync(released.set)
+        body = response.read()
+        conn.close()
+        return body
+
+    assert trio.run(_serve, app, fetch) == b"data: 1\n\n"
