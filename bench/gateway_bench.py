@@ -1,7 +1,8 @@
 """Gateway benchmark: requests/s, MB/s and p50/p99 latency for a small (20 KiB) and a large
 (64 MiB) file served by a real `mesh up --http` node, against `python -m http.server` and nginx
 (sendfile on, one worker; skipped if not installed) serving the same bytes in the same run, and,
-as the gateway's ceiling, hypercorn's trio worker with a trivial app answering from memory.
+as the gateway's ceiling, hypercorn's trio worker as the agent runs it (with
+mesh.gateway.hypercorn_ext) and a trivial app answering from memory.
 Loopback only, bounded load (a few client threads, a fixed duration, fresh connection per request
 as http.server closes after each; `--keep-alive`: each client keeps its connection, as a browser
 loading a page of thumbnails does, and gets a new one from a server that closed it). Prints a
@@ -164,6 +165,8 @@ BARE_HYPERCORN = """
 import sys, trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from mesh.gateway import hypercorn_ext
+hypercorn_ext.install()  # the server as the agent runs it
 files = sys.argv[2]
 bodies = {}
 async def app(scope, receive, send):
@@ -185,7 +188,8 @@ trio.run(serve, app, config)
 
 
 def start_bare_hypercorn(directory: Path, port: int) -> subprocess.Popen:
-    """The ceiling for the gateway: hypercorn's trio worker and a five-line app answering from memory."""
+    """The ceiling for the gateway: hypercorn's trio worker, with what the agent adds to it
+    (mesh.gateway.hypercorn_ext), and a five-line app answering from memory."""
     return subprocess.Popen([sys.executable, "-c", BARE_HYPERCORN, str(port), str(directory)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -230,14 +234,14 @@ def print_table(results: dict, args) -> None:
     print(f"{args.clients} clients, {args.seconds:g} s per small run; "
           f"2 clients, {LARGE_DOWNLOADS} downloads per large run; "
           + ("connections kept (keep-alive)" if args.keep_alive else "a fresh connection per request"))
-    print(f"{'file':6} {'server':36} {'req/s':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10}")
+    print(f"{'file':6} {'server':44} {'req/s':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10}")
     for size in ("small", "large"):
         for server, r in results[size].items():
             if server != "ratio":
-                print(f"{size:6} {server:36} {r['req_s']:8.1f} {r['mb_s']:8.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
+                print(f"{size:6} {server:44} {r['req_s']:8.1f} {r['mb_s']:8.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
                       f" {r['cpu_ms']:10.3f}")
         for base, ratio in results[size]["ratio"].items():
-            print(f"{size:6} {'ratio vs ' + base:36} {ratio['req_s']:8.2f} {ratio['mb_s']:8.2f}"
+            print(f"{size:6} {'ratio vs ' + base:44} {ratio['req_s']:8.2f} {ratio['mb_s']:8.2f}"
                   f" {ratio['p50_ms']:8.2f} {ratio['p99_ms']:8.2f} {ratio['cpu_ms']:10.2f}")
 
 
@@ -272,7 +276,7 @@ def run(root: Path, args) -> dict:
     port = free_port()
     servers["python -m http.server"] = (start_http_server(files, port), port, "/{name}")
     port = free_port()
-    servers["hypercorn, bytes in memory"] = (start_bare_hypercorn(files, port), port, "/{name}")
+    servers["agent's hypercorn, bytes in memory"] = (start_bare_hypercorn(files, port), port, "/{name}")
     port = free_port()
     nginx = start_nginx(files, port)
     if nginx is not None:
