@@ -370,7 +370,12 @@ async def _send_body(scope, receive, send, view, pool: BufferPool, ref: FileRef,
             first = (await _take_and_read(view, pool, pieces[0], None, by_file), pieces[0])
         except MeshError as exc:
             return await _refuse_file(scope, send, exc, extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+    except BaseException:  # cancelled (the client left): what the first chunk holds goes back
+        if first is not None:
+            _release(pool, first[0])
+        raise
     if len(pieces) > 1 or first is None:
         await _send_chunks(receive, send, view, pool, ref, pieces, first, by_file)
     else:

@@ -174,7 +174,8 @@ def _span(message) -> FileSpan:
 
 
 class FileEndedError(Exception):
-    """The file ended before the span did: the response is short, and its connection closes."""
+    """The file ended before the span did, or could not be read: the response is short, and its
+    connection closes."""
 
 
 async def _send_span(stream, span: FileSpan) -> None:
@@ -192,14 +193,17 @@ async def _send_span(stream, span: FileSpan) -> None:
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
                     raise trio.BrokenResourceError(str(exc)) from None
-                raise
+                raise FileEndedError(f"reading the file: {exc}") from None  # EIO: end the response short
             if sent == 0:
                 raise FileEndedError(f"{left} bytes short")
             offset, left = offset + sent, left - sent
         return
     offset, end = span.offset, span.offset + span.count  # TLS: the bytes must pass through Python
     while offset < end:
-        data = os.pread(span.fd, min(TLS_PIECE_BYTES, end - offset), offset)
+        try:
+            data = os.pread(span.fd, min(TLS_PIECE_BYTES, end - offset), offset)
+        except OSError as exc:
+            raise FileEndedError(f"reading the file: {exc}") from None
         if not data:
             raise FileEndedError(f"{end - offset} bytes short")
         await stream.send_all(data)
