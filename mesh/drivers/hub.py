@@ -172,7 +172,8 @@ class HubRuntime:
         for entry, agent in zip(self.entries, self.agents):
             meshes.append(mesh_summary(entry, agent.home, agent.status() if agent.core is not None else None))
         return {"hub": self.hub.name, "name": self.hub.name, "listen": list(self.listen_address or ()),
-                "http_listening": list(self.http_listening) if self.http_listening else None, "meshes": meshes, "pid": os.getpid(), "updated_at": time.time(),
+                "http_listening": list(self.http_listening) if self.http_listening else None,
+                "meshes": meshes, "pid": os.getpid(), "updated_at": time.time(),
                 "disk_bytes": self.disk_bytes, "started_at": self.started_at, "counters": dict(self.counters)}
 
 
