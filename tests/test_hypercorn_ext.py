@@ -221,3 +221,64 @@ def test_a_stream_without_a_length_sends_its_head_at_once() -> None:
         return body
 
     assert trio.run(_serve, app, fetch) == b"data: 1\n\n"
+
+
+# ---- one keep-alive timer per connection ------------------------------------------------------------
+
+
+@pytest.fixture
+def short_keep_alive(monkeypatch):
+    """Hypercorn's keep-alive limit at 0.5 s (its default is 5 s), for every server made after."""
+    from hypercorn.config import Config
+
+    monkeypatch.setattr(Config, "keep_alive_timeout", 0.5)
+    return 0.5
+
+
+def _slow_app(delay_s: float):
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await trio.sleep(delay_s if scope["path"] == "/slow" else 0)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def _request(sock: socket.socket, path: str) -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: event.test\r\n\r\n".encode())
+    data = b""
+    while not data.endswith(b"\r\n\r\nok"):
+        piece = sock.recv(4096)
+        assert piece, f"the server closed the connection during {path}"
+        data += piece
+    return data
+
+
+def test_an_idle_kept_connection_is_closed_after_the_keep_alive_limit(short_keep_alive) -> None:
+    import time
+
+    def use_then_idle(port: int) -> float:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for _ in range(3):  # reused within the limit: the same connection answers each time
+                assert _request(sock, "/").startswith(b"HTTP/1.1 200")
+                time.sleep(short_keep_alive / 2)
+            began = time.monotonic()
+            assert sock.recv(100) == b""  # then idle: the server closes it
+            return time.monotonic() - began
+
+    waited = trio.run(_serve, _slow_app(0), use_then_idle)
+    assert short_keep_alive * 0.5 <= waited < short_keep_alive * 6
+
+
+def test_a_response_slower_than_the_keep_alive_limit_is_not_cut(short_keep_alive) -> None:
+    def slow(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert _request(sock, "/").startswith(b"HTTP/1.1 200")  # idle, then busy again ...
+            return _request(sock, "/slow")  # ... for four times the limit
+
+    assert trio.run(_serve, _slow_app(4 * short_keep_alive), slow).startswith(b"HTTP/1.1 200")
