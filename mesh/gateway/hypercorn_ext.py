@@ -1,6 +1,6 @@
 """What the gateway adds to hypercorn's trio worker, applied once by `install()` (from
-`serve_http`). Each part patches one or two of its methods; a hypercorn without those internals
-is left as it is (and `available` stays false).
+`serve_http`). Each part replaces one or two of its methods (part 4: the class of one attribute);
+a hypercorn without those internals is left as it is (and `available` stays false).
 
 1. **A connection the client closed is closed at once** (`TCPServer._read_data`). Hypercorn's
    `TCPServer.run` reads until end of file and then leaves the connection's task group, which
