@@ -24,9 +24,9 @@ DATA = os.urandom(3 * 1024 * 1024 + 12345)
 SPANS = [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, len(DATA) - (2 << 20) - 100)]  # then 100 bytes as a copy
 
 
-def _app(path: Path, declared: int | None = None):
-    """Sends DATA from `path`: three zero-copy spans, then the last 100 bytes as an ordinary body
-    message (`declared`: the Content-Length to claim instead of the true one)."""
+def _asgi(respond):
+    """An ASGI app that answers hypercorn's lifespan messages and each HTTP request with
+    `respond(scope, send)`."""
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -34,9 +34,18 @@ def _app(path: Path, declared: int | None = None):
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        length = len(DATA) if declared is None else declared
+        await respond(scope, send)
+
+    return app
+
+
+def _app(path: Path):
+    """Sends DATA from `path`: three zero-copy spans, then the last 100 bytes as an ordinary body
+    message."""
+
+    async def respond(scope, send) -> None:
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(length).encode())]})
+                    "headers": [(b"content-length", str(len(DATA)).encode())]})
         if not hypercorn_ext.available(scope):
             await send({"type": "http.response.body", "body": DATA})
             return
@@ -46,7 +55,7 @@ def _app(path: Path, declared: int | None = None):
                             "more_body": True})
         await send({"type": "http.response.body", "body": DATA[-100:]})
 
-    return app
+    return _asgi(respond)
 
 
 async def _serve(app, fn, certfile=None, keyfile=None):
@@ -165,17 +174,12 @@ def counted_writes(monkeypatch):
 
 
 def _small_app(body: bytes):
-    async def app(scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    async def respond(scope, send) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode()), (b"x-test", b"1")]})
         await send({"type": "http.response.body", "body": body})
 
-    return app
+    return _asgi(respond)
 
 
 def test_a_small_response_leaves_in_one_write_with_its_head(counted_writes) -> None:
@@ -200,12 +204,7 @@ def test_a_stream_without_a_length_sends_its_head_at_once() -> None:
     """An event stream's client must see the response start before the first event."""
     released = trio.Event()
 
-    async def app(scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    async def respond(scope, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         with trio.fail_after(5):
             await released.wait()  # set by the client once it has the head
@@ -220,7 +219,7 @@ def test_a_stream_without_a_length_sends_its_head_at_once() -> None:
         conn.close()
         return body
 
-    assert trio.run(_serve, app, fetch) == b"data: 1\n\n"
+    assert trio.run(_serve, _asgi(respond), fetch) == b"data: 1\n\n"
 
 
 # ---- one keep-alive timer per connection ------------------------------------------------------------
@@ -236,17 +235,12 @@ def short_keep_alive(monkeypatch):
 
 
 def _slow_app(delay_s: float):
-    async def app(scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    async def respond(scope, send) -> None:
         await trio.sleep(delay_s if scope["path"] == "/slow" else 0)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    return app
+    return _asgi(respond)
 
 
 def _request(sock: socket.socket, path: str) -> bytes:

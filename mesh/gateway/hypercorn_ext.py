@@ -244,19 +244,15 @@ def _close_on_peer_eof() -> None:
 class IdleTimer:
     """Part 4: what `TCPServer.idle_task` is asked to do (`restart(task_group, action)` when the
     connection goes idle, `stop()` when a request comes), with one task for the connection's life.
-    `action` is the server's `_idle_timeout`; anything else is handed to hypercorn's own
-    `TrioSingleTask`."""
+    `action` is the server's `_idle_timeout` (`_one_idle_timer` installs this only where it is):
+    the timeout and the close are the server's own."""
 
     def __init__(self) -> None:
         self._scope: trio.CancelScope | None = None  # the waiting task's; its deadline is the idle limit
         self._ended = False
-        self._fallback = None
 
     async def restart(self, task_group, action) -> None:
-        server = getattr(action, "__self__", None)
-        if self._fallback is not None or getattr(action, "__func__", None) is not _idle_timeout_of(server):
-            await self._fall_back().restart(task_group, action)
-            return
+        server = action.__self__
         timeout = server.config.keep_alive_timeout
         if self._scope is None:
             self._scope = trio.CancelScope()
@@ -264,9 +260,7 @@ class IdleTimer:
         self._scope.deadline = trio.current_time() + (math.inf if timeout is None else timeout)
 
     async def stop(self) -> None:
-        if self._fallback is not None:
-            await self._fallback.stop()
-        elif self._scope is not None:
+        if self._scope is not None:
             self._scope.deadline = math.inf  # busy: no limit until the next restart
 
     def end(self) -> None:
@@ -282,17 +276,6 @@ class IdleTimer:
             return
         with trio.CancelScope(shield=True):  # idle too long, or the worker terminates: close, as hypercorn did
             await server._initiate_server_close()
-
-    def _fall_back(self):
-        if self._fallback is None:
-            from hypercorn.trio.worker_context import TrioSingleTask
-
-            self._fallback = TrioSingleTask()
-        return self._fallback
-
-
-def _idle_timeout_of(server):
-    return getattr(type(server), "_idle_timeout", None) if server is not None else None
 
 
 def _one_idle_timer() -> None:
