@@ -3,7 +3,9 @@
 Bounds (the same run's parameters):
 - distribution: max(F/u_seed, F/d_min, N*F/(u_seed + sum u_i)) over the nodes that must receive
   F bytes, plus the terms of shared pipes the run has (an access point's airtime must carry every
-  byte a station receives; a site's WAN downlink must carry F).
+  byte a station receives; a site's WAN downlink must carry F). Where a file moves in few parts
+  over links of one speed (coop's hubs), `parts_bound_s` adds what the fluid bound leaves out:
+  a part is forwarded only once it has all arrived.
 - push gossip: log2 N + ln N rounds (Pittel); our cores flood every change to every ready peer,
   so on a connected session graph the floor is the origin's eccentricity (reported as well).
 """
@@ -45,6 +47,18 @@ def distribution_bound(file_bytes: int, receivers: int, seed_up: float, down_min
     terms.update(extra or {})
     terms["bound_s"] = max(terms.values())
     return terms
+
+
+def parts_bound_s(file_bytes: int, part_bytes_min: int, clients: int, up: float) -> float:
+    """The least time in which a seed and `clients` peers, each uploading at `up` bytes/s, can
+    give every client a file of `file_bytes` in parts of at least `part_bytes_min`, when a peer
+    forwards a part only once it holds all of it: F/u + floor(log2 N) c/u. The seed must send
+    every part once; the last one it sends still has to double its holders to reach N clients.
+    For M equal parts that is M + floor(log2 N) part times, the optimum of Mundinger, Weber and
+    Weiss, "Optimal scheduling of peer-to-peer file dissemination" (J. Scheduling 2008);
+    tests/test_sim_bounds.py checks it against an exhaustive search of small cases."""
+    doublings = math.floor(math.log2(clients)) if clients > 1 else 0
+    return (file_bytes + doublings * part_bytes_min) / up
 
 
 @dataclass

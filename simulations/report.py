@@ -159,8 +159,18 @@ def _markdown(results: dict[str, dict], gossip: list[dict], walls: dict[str, flo
         lines.append(f"| {n} | {r['topology']['sessions_per_node']:.1f} | {s['rounds']} | {s['eccentricity']} | "
                      f"{s['gossip_bound_rounds']:.1f} | {s['rounds_ratio_to_bound']:.2f} | {s['convergence_s']:.3f} | "
                      f"{s['duplicate_deliveries']} | {walls[f'gossip-{n}']:.0f} |")
-    lines += ["", "![gossip rounds](simulations/gossip_rounds.png)", "", DOC_TAIL]
+    lines += ["", "![gossip rounds](simulations/gossip_rounds.png)", "", _tail(results)]
     return "\n".join(lines) + "\n"
+
+
+def _tail(results: dict[str, dict]) -> str:
+    """DOC_TAIL with this run's coop ratio against its chunk bound and against the fluid one."""
+    coop = results.get("coop", {}).get("distribution")
+    if coop is None:
+        return DOC_TAIL.format(coop_ratio="(not run)", coop_fluid="(not run)")
+    took = coop["ratio_to_bound"] * coop["bound"]["bound_s"]
+    return DOC_TAIL.format(coop_ratio=f"{coop['ratio_to_bound']:.2f}",
+                           coop_fluid=f"{took / coop['bound']['F/u_seed']:.2f}")
 
 
 DOC_HEAD = """# Simulations: the real protocol at scale
@@ -266,7 +276,17 @@ DOC_TAIL = """## Reading the figures
   them what it is also sending to another station instead of declining (`ChunkBusy`): seed share 1,
   the air carries each byte once. Without the hint (`--no-medium-hint`) the seed avoidance that is
   right on a switched LAN sends most chunks station to station: ratio 1.98, as before the hint.
-- **coop ratio 1.40** in this small set (6 hubs of 8, 16 MiB; it was 2.09). Three causes:
+- **coop ratio {coop_ratio}** in this small set (6 hubs of 8, 16 MiB), against the least time its
+  16 chunks allow. A hub forwards a chunk only once all of it has arrived and verified, so after
+  the seed has sent the release once (F/u = 16 chunks x 0.42 s = 6.71 s) its last chunk still has
+  to double its holders floor(log2 5) = 2 times to reach the five hubs, and then cross a venue's
+  air to its 8 stations: F/u + floor(log2 N) c/u + n c/W = 6.71 + 0.84 + 0.34 = 7.89 s. For M
+  equal parts and equal uplinks that is the optimum, M + floor(log2 N) part times (Mundinger,
+  Weber and Weiss, "Optimal scheduling of peer-to-peer file dissemination", 2008);
+  `tests/test_sim_bounds.py` checks it against an exhaustive search of small swarms. Against the
+  fluid bound F/wan alone this run is at {coop_fluid}; at 64 MiB (64 chunks, the two bounds 27.7 and
+  26.8 s) seeds 1-7 finish at 1.04-1.08 (mean 1.06) of the chunk bound. How it came down from
+  2.09 (ratios to F/wan, as they were measured):
   1. The simulator's serving model (a simulator bug): it reported `ChunkServed` once the hub's
      own uplink (unlimited) had taken the bytes, while they still waited seconds in the 20 Mbit
      WAN pipe, and `CancelServe` did nothing. The seed never looked busy, so it never declined
@@ -282,11 +302,23 @@ DOC_TAIL = """## Reading the figures
   3. Pipelines started 4 deep: a lone seed shared by N hubs held 4N requests, and a hub's
      in-flight budget sat in that queue while the other hubs' uplinks idled (one hub finished 3 s
      after the rest). They start 2 deep now (`depth_start`) and grow per on-time delivery: 1.40.
-  Where the rest goes (a trace of seed 7; the bound is F/wan = 16 chunks x 0.42 s = 6.71 s).
-  The seed is not it: its WAN uplink is busy without a gap from 0.19 s to 6.92 s and sends each
-  chunk once. The hubs finish at 7.83, 7.86, 8.36, 8.78 and 9.07 s, and the last station 0.34 s
-  after its hub (the air carrying the last chunk to 8 stations). Three things make up the
-  2.7 s between the bound and the last station:
+  4. In-flight budget starvation at the seed (the worst seeds). A hub whose requests wait in the
+     seed's queue measures a low receive rate (0.5 MB/s), so its budget falls to
+     `inflight_bytes_min` (2 MiB), which two requests to the seed fill, while hubs that hold chunks
+     it lacks have nothing of its to send. Seed 6: hub-02's requests to the seed waited 4.1 and
+     4.2 s, its downlink idled 0.63-2.31 and 2.80-4.41 s, and it finished at 10.39 s, the others by
+     8.70 s (1.60). A request to a seed for what only the seed had now leaves the budget once it is
+     `seed_queue_s` (2 s) old: the budget keeps our downlink's queue to 2 s of its rate, so a
+     request still unanswered then waits at the seed, not on our link. Seeds 1-7 against the chunk
+     bound: 1.17, 1.20, 1.15, 1.20, 1.26, 1.36, 1.19 (mean 1.22) before, 1.18, 1.20, 1.26, 1.15,
+     1.26, 1.21, 1.14 (mean 1.20) after; against F/wan mean 1.43 -> 1.41, worst 1.60 -> 1.49. The
+     no-hint venue (20 x 64 MiB) went 1.99 -> 1.98 with 24 duplicate chunks instead of 32, the
+     hinted venue and coop-multi are unchanged (1.00, 1.19). Counting every late request out, not
+     only those at seeds, gave coop the same and the no-hint venue 11.0 with 5,380 duplicates: the
+     stations' requests are all late for one reason, the shared air; at most one chunk of them out
+     of the budget, 1.19 and 2.04 with 64 duplicates; after 3 s instead of 2, 1.21.
+  What is left (a trace of seed 7 before step 4; its hubs finished at 7.83-9.07 s, the last station
+  0.34 s after its hub):
   1. The cold start. The seed's uplink is one FIFO, so hubs get their first chunk at 0.63, 1.05,
      1.47 and 1.89 s, and the first holder's four copies of its chunk go out one after another
      (1.12 ... 2.38 s): each hub's downlink idles 0.4 to 1.3 s in the first two seconds.
@@ -296,55 +328,25 @@ DOC_TAIL = """## Reading the figures
      2.1 s), where a ChunkCancel can no longer reach it. Hub-03 asked hub-05 for the last chunk
      at 6.97 s and got it at 9.06 s. The seed's uplink meanwhile idles from 6.92 to 7.97 s: it
      declined that chunk three times (`ChunkBusy`, asked again after `seed_busy_retry_s`).
-  3. In-flight budget starvation (the worst seeds). A hub whose sources are slow measures a low
-     receive rate (0.5 MB/s), so its budget falls to `inflight_bytes_min` (2 MiB), which its
-     requests to slow peers already fill, while peers that hold chunks it lacks have nothing of
-     ours in flight. Seed 6: hub-02's downlink idles 0.63-2.31 and 2.80-4.41 s; it finishes at
-     10.39 s, the others by 8.70 s (ratio 1.60).
-  Seeds 1-7 give 1.37, 1.40, 1.36, 1.42, 1.48, 1.60, 1.40 (mean 1.43). Changes measured and not
-  kept, because none reaches 1.3 without regressing something: moving a request to a peer that
-  announces the chunk (2.2-3.4x: the old copy had already started, so every chunk came two or
-  three times); endgame copies sooner (worse: they join the same FIFO uplinks); choosing among
-  holders by measured latency, and a seed that serves copies once every chunk has left it (no
-  change); letting a peer with nothing of ours in flight take one request past the budget
-  (mean 1.43 -> 1.37, seed 6 1.60 -> 1.33, 10 hubs of 8 x 32 MiB 1.56 -> 1.39, but the venue
-  of 20 x 64 MiB with `--no-medium-hint` 1.99 -> 10.5, the congestion collapse the budget exists
-  to prevent; capped at one chunk past the budget: 1.38, and that venue run 2.05 with 71
-  duplicates instead of 32).
-  In this model the floor is about 6.92 s (the seed's last chunk out) + 0.84 s (that chunk to four
-  more hubs, holders doubling) + 0.34 s (the air) = 8.1 s, 1.21x, so 1.3x leaves 0.6 s for the cold
-  start and queueing at holders. Upload slots were built and measured next (2026-12-07, not kept):
-  the core handed the driver at most N chunk jobs per link (connections grouped by the pace of their
-  `ChunkServed`, within 3x of each other; N grew while a job kept its group's solo pace and shrank
-  when it slowed beside others, at least 2) and kept the other requests waiting in the core, to be
-  picked rarest first and cancelled there. Seeds 1-7: 1.42, 1.41, 1.43, 1.48, 1.46, 1.41, 1.46 (mean
-  1.44); coop-multi 1.19 -> 1.23; venue unchanged (1.00, and 1.98 without the hint). They cannot pay
-  in this model: its uplinks and WAN links are FIFO, so five jobs at once already go out one after
-  another (the first at its solo pace), which is what a slot does; and no cancel reached a waiting
-  request (seed 7: askers cancel only when a copy arrived elsewhere). One job per link is worse
-  (1.54; 1.52 with jobs to stations exempt): a job also ends only once past the receiver's WAN
-  downlink, and meanwhile our uplink idles. Variants on top, none better than 1.41: the order of
-  waiting requests (rarest chunk, askers with nothing in the driver, the least complete asker,
-  oldest: 1.42-1.44); `ChunkBusy` for a request that would wait over 0.5 s (1.43); `ChunkBusy` for
-  waiting requests once our copy to another peer is out, so holders double (1.43: such late declines
-  send away requests that already waited); slots with the in-flight budget at least 4 MiB (1.42;
-  no-hint venue 2.06) or one request past the budget for idle peers (1.41; no-hint venue 3.13, 752
-  duplicates); moving a request to a peer that announces the chunk (2.13, about 450 duplicates a
-  run: the jobs had started); asking seeds like any holder once every missing chunk has a non-seed
-  holder (1.43, no-hint venue 1.92; with slots 1.41). What is left is on the receivers' side: hubs'
-  WAN downlinks idle while their few requests wait at busy holders (seed 7's last hub, hub-03,
-  receives its other 15 chunks in the 8.4 s after its first, 20 chunk times). Where concurrent flows
-  share a link (TCP) instead of queueing, five jobs at once do each take five times as long, and
-  slots should matter there; this model would have to share links that way first to show it.
-  Parameters alone (2026-12-07, session 15, seeds 1-7, mean 1.43 as they stand): asking a seed
-  that declined again after 0.4 or 0.2 s instead of 1 s (`seed_busy_retry_s`: 1.435, 1.449; the
-  seed's idle second at the end is not where the time goes), an in-flight budget of 4 s of the
-  measured rate instead of 2 (`inflight_queue_s`: 1.373, seed 5 still 1.51) or at least 4 MiB
-  (`inflight_bytes_min`: 1.387), both (1.381); none kept. The
-  full-size command (20 hubs of 25, 64 MiB) is bound by each venue's air (67.1 s), not the WAN: p50
-  / p90 / max went from 71.7 / 73.8 / 76.1 s to 69.2 / 70.4 / 78.6 s (ratio 1.13 to 1.17). With
-  pipelines still 4 deep the new model ends at 77.8 s (p90 73.4 s): the honest serving costs the
-  last node about 1.8 s there, and the shallower start 0.7 s more while it gains 3 s at p90.
+  Measured and not kept (ratios to F/wan, mean of seeds 1-7 about 1.43 when they ran): moving a
+  request to a peer that announces the chunk (2.1-3.4x: the old copy had already started, so
+  chunks came two or three times); endgame copies sooner (worse: they join the same FIFO uplinks);
+  choosing among holders by measured latency, and a seed that serves copies once every chunk has
+  left it (no change); letting a peer with nothing of ours in flight take one request past the
+  budget (1.37, but the no-hint venue 10.5, the congestion collapse the budget exists to prevent;
+  capped at one chunk, 1.38 and that venue 2.05). Upload slots (the core handing the driver at
+  most N chunk jobs per link and keeping the rest waiting in the core, rarest first, cancellable
+  there): 1.44, coop-multi 1.23; with variants (the order of waiting requests, `ChunkBusy` for long
+  waits, a larger budget, asking seeds like any holder once every chunk has another holder)
+  1.41-1.44. They cannot pay in this model: its uplinks and WAN links are FIFO, so five jobs at once
+  already go out one after another, which is what a slot does. Where concurrent flows share a link
+  (TCP) instead of queueing, five jobs at once each take five times as long, and slots should
+  matter there; this model would have to share links that way first to show it. Parameters alone:
+  `seed_busy_retry_s` 0.4 or 0.2 s (1.435, 1.449), `inflight_queue_s` 4 s (1.373),
+  `inflight_bytes_min` 4 MiB (1.387), both (1.381). The full-size command (20 hubs of 25, 64 MiB)
+  is bound by each venue's air (67.1 s), not the WAN: p50 / p90 / max 69.0 / 69.9 / 70.4 s (ratio
+  1.05, 18 duplicate chunks) since step 4, from 69.2 / 70.4 / 78.6 s (1.17) before it and 71.7 /
+  73.8 / 76.1 s (1.13) before the serve queue.
 - **coop-multi**: three meshes publish at once through two hub boxes. Each box's WAN downlink has
   to carry all three releases, so a mesh's own bound (as if alone on the boxes) is a third of the
   shared one; the ratio that measures the scheduler is the one to the shared bound.
@@ -355,12 +357,14 @@ DOC_TAIL = """## Reading the figures
 |---|---|---|---|---|
 | `venue --nodes 40 --release-mb 512 --wifi-mbit 200 --seed 7` | **78 s** | 550,000 | 840 s | all 39 complete, ratio 1.00, 0 duplicate chunks of 19,968 |
 | the same command before the medium hint (`--no-medium-hint` matches it at 20 nodes) | 77 s | 673,000 | 1,660 s | all 39 complete, ratio 1.98, 133 duplicate chunks |
-| `coop --hubs 20 --nodes-per-hub 25 --wan-mbit 20 --seed 7` (2026-12-06, serve queue) | 347 s | 399,000 | 81 s | all 519 complete, ratio 1.17 (p90 1.05), 23 duplicate chunks |
+| `coop --hubs 20 --nodes-per-hub 25 --wan-mbit 20 --seed 7` (2026-12-07, requests waiting at the seed leave the budget) | 136 s | 397,000 | 73 s | all 519 complete, ratio 1.05 (p90 1.04), 18 duplicate chunks |
+| the same command on 2026-12-06 (serve queue) | 347 s | 399,000 | 81 s | all 519 complete, ratio 1.17 (p90 1.05), 23 duplicate chunks |
 | the same command before the serve queue (same day, same machine) | 271 s | 404,000 | 79 s | all 519 complete, ratio 1.13 (p90 1.10), 76 duplicate chunks |
 | `gossip --nodes 1000 --seed 7` | **66 s** | 66,630 | | 5 rounds vs log2 N + ln N = 16.9 |
 
-The two coop rows ran on 2026-12-06 with other runs sharing the machine (the first alongside
-tests, so its wall time is not comparable). The first two venue rows measured 2026-12-03 with another engineer's tests sharing the machine: stations
+The 2026-12-07 coop row shared the machine with other simulations for part of its run; the two
+of 2026-12-06 ran with other runs sharing the machine (the first alongside tests, so its wall time
+is not comparable). The first two venue rows measured 2026-12-03 with another engineer's tests sharing the machine: stations
 that say they are on Wi-Fi take every chunk from the wired seed, so the air carries 21.0 GB instead
 of 41.5 GB and the run takes half the virtual time. The notes below are from 2026-11-26 (session 4).
 

@@ -85,6 +85,18 @@ def test_coop_seed_sends_each_chunk_over_its_wan_link_about_once() -> None:
     assert seed_wan <= 1.3, f"seed={SEED}: the seed sent {seed_wan:.2f} F over its WAN link"
 
 
+def test_a_hub_whose_requests_wait_at_the_seed_asks_the_hubs_that_hold_other_chunks() -> None:
+    """Regression (issue #21): five hubs behind one seed's WAN link. A hub's requests to the seed
+    (for chunks only it had) waited there for seconds behind the other hubs' and filled the hub's
+    in-flight budget, while hubs holding other chunks had nothing of its to send: its downlink
+    idled 0.6-2.3 s and 2.8-4.4 s, and seed 6 finished at 1.36x the least time its 16 chunks
+    allow (1.60x the fluid bound)."""
+    result = scenarios.coop(seed=6, hubs=6, nodes_per_hub=8, release_mb=16)["distribution"]
+    bound = result["bound"]
+    assert bound["bound_s"] == bound["parts F/u+floor(log2 N)c/u+n*c/W"] > bound["F/u_seed"]
+    assert result["ratio_to_bound"] <= 1.3, f"seed=6: {result['ratio_to_bound']:.3f}"
+
+
 def small_multi(seed: int = SEED) -> dict:
     return scenarios.coop_multi(seed=seed, meshes=3, hubs=2, nodes_per_site=2, release_mb=2)
 

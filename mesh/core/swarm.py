@@ -99,6 +99,8 @@ class SwarmLimits:
     inflight_bytes_start: int = 8 * 1024 * 1024  # ... until a receive rate is measured
     inflight_bytes_max: int = 256 * 1024 * 1024  # ... at most
     inflight_queue_s: float = 2.0  # the budget is this many seconds of the measured receive rate
+    seed_queue_s: float = 2.0  # a request to a seed (for what only it had) unanswered this long waits
+    # behind the seed's other askers, not on our downlink: it leaves the in-flight budget
     rate_window_s: float = 2.0  # the receive rate is measured over this window
     seed_cancel_s: float = 1.0  # a seed's request this young is cancelled when a non-seed announces it
     seed_busy_retry_s: float = 1.0  # a chunk a peer declined (ChunkBusy) is asked of it again after this
@@ -130,6 +132,7 @@ class Transfers:
         self.lacked: dict[Cid, dict[str, float]] = {}  # manifest -> {peer that said it lacks it: ask again from}
         self.at_seed: dict[Cid, str] = {}  # chunk -> the seed it was asked of (may be stale: checked)
         self.expire_at = float("inf")  # no request times out before this
+        self.stale_at = float("inf")  # no request to a seed leaves the budget before this (see `open_round`)
         self.changed = True  # room or budget may have been freed since the last round
         self._received: deque[tuple[float, int]] = deque()  # (when, bytes) of recent deliveries
         self._busy_since: float | None = None  # when requests last went from none to some in flight
@@ -170,6 +173,8 @@ class Transfers:
         if budgeted:
             self.budget_left -= size
         self.expire_at = min(self.expire_at, now + self.limits.request_timeout_s)
+        if self.at_seed.get(cid) == node:
+            self.stale_at = min(self.stale_at, now + self.limits.seed_queue_s)
 
     def drop(self, node: str, cid: Cid) -> float | None:
         """Forget our request for `cid` to `node`; when it was sent, or None if there was none."""
@@ -233,14 +238,39 @@ class Transfers:
         if self._round_open:
             return
         self._round_open = True
-        inflight_bytes = sum(self.sizes.get(cid, 0) for lane in self.lanes.values() for cid in lane.inflight)
+        inflight_bytes, counted_bytes, self.stale_at = self._inflight(now)
         if not inflight_bytes and not self.storing:
             self._busy_since = None  # idle until now: the rate is measured afresh
         rate = self._receive_rate(now)
         expected_s = inflight_bytes / rate if rate else self.limits.inflight_queue_s
         self.late_s = max(self.limits.request_latency_target_s, 2 * expected_s)
-        self.budget_left = self._budget(rate) - inflight_bytes
+        self.budget_left = self._budget(rate) - counted_bytes
         self.round_fetching = self.fetching()
+
+    def _inflight(self, now: float) -> tuple[int, int, float]:
+        """Bytes in flight; those the budget counts; when the next counted one leaves it. A lone seed
+        shared by N askers holds N requests and sends them one after another, so ours may wait
+        there for seconds while our downlink idles and peers holding other chunks have nothing of
+        ours to send (coop's hubs, behind a seed's WAN link). The budget is there to keep our
+        downlink's queue short, so such a request leaves it once it is `seed_queue_s` old: a
+        request our downlink were queueing would have arrived by then. Only requests to seeds
+        (for what nobody else had): among stations that share an access point (without the hint)
+        every peer is slow for the same reason, and letting their late requests go uncounted
+        would flood the air."""
+        sizes, at_seed, wait = self.sizes, self.at_seed, self.limits.seed_queue_s
+        young = now - wait
+        inflight_bytes = counted_bytes = 0
+        oldest = float("inf")
+        for node, lane in self.lanes.items():
+            for cid, sent in lane.inflight.items():
+                size = sizes.get(cid, 0)
+                inflight_bytes += size
+                if at_seed.get(cid) != node:
+                    counted_bytes += size
+                elif sent > young:
+                    counted_bytes += size
+                    oldest = min(oldest, sent)
+        return inflight_bytes, counted_bytes, oldest + wait
 
     def note_requests(self, now: float) -> None:
         """Requests went out this round (the receive rate is measured from the first of a busy spell)."""
@@ -329,6 +359,8 @@ class Transfers:
 
     def expired(self, now: float) -> list[tuple[str, Cid]]:
         """Requests past their timeout, now returned to the pool (each peer's depth halves)."""
+        if now >= self.stale_at:  # a request to a seed left the budget: room for one elsewhere
+            self.changed, self.stale_at = True, float("inf")
         if now < self.expire_at:
             return []
         limit = now - self.limits.request_timeout_s
@@ -353,7 +385,8 @@ class Transfers:
         return gone
 
     def next_deadline(self) -> float | None:
-        return self.expire_at if self.expire_at != float("inf") else None
+        deadline = min(self.expire_at, self.stale_at)
+        return deadline if deadline != float("inf") else None
 
     # ---- manifests ----------------------------------------------------------------------------
 
