@@ -54,6 +54,7 @@ PEER_HAVE_BYTES_MAX = 4 * 1024 * 1024  # ... and their bitfields' bytes, per pee
 SERVE_HOLD_S = 1.0  # hold a request for a chunk sent to another peer this recently, this long
 SERVE_HOLD_MAX_S = 5.0  # ... and while that copy is still being sent, at most this long
 HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
+HAVE_BATCH_S = 0.1  # a track sends at most one HaveUpdate this often (live streams: no limit)
 
 
 # Priority classes of what a node wants, scheduled in this order (rarest first within a class).
@@ -76,7 +77,9 @@ class Track:
     klass: int = CLASS_RELEASE  # priority class of a media file (releases: see `_rank`)
     order: float = 0.0  # position within the class (a media file's: random per node)
     inventories_due: int = 0  # LoadRelease actions not yet answered: request nothing until then
-    have_updates: list[int] = field(default_factory=list)  # indices to announce after this event
+    have_updates: list[int] = field(default_factory=list)  # indices to announce (see `_flush_have_updates`)
+    have_due_at: float | None = None  # when they are announced
+    have_sent_at: float = float("-inf")  # when the last HaveUpdate went out
     have_owed: set[str] = field(default_factory=set)  # peers not told of chunks they hold: a Have is due
     have_owed_at: float | None = None  # when that Have is sent (at the latest)
     completed: bool = False  # release.complete was announced
@@ -332,10 +335,15 @@ class ReleaseSwarming:
                 track.swarm.peer_have(session.node_id, known[0], bytes(known[1]))
 
     def _flush_have_updates(self, track: Track, now: float) -> None:
-        """Announce new chunks to the peers that lack them. A peer that holds a chunk does not need
-        it from us, so it is told only by a whole Have within HAVE_OWED_S (or when we complete),
-        which keeps its view of our progress honest at a fraction of the messages."""
-        indices, track.have_updates = tuple(track.have_updates), []
+        """Announce new chunks to the peers that lack them, at most once per HAVE_BATCH_S: a chunk
+        stored after a quiet spell at once, those that follow it sooner together (a capped edge
+        stores a chunk every ~40 ms, and one HaveUpdate per chunk to each peer was most of the
+        messages it sent and received, each a record, a wake-up and a core pass at both ends;
+        a hub behind a WAN link, a chunk every 0.4 s, announces each at once). A peer that holds
+        a chunk does not need it from us, so it is told only by a whole Have within HAVE_OWED_S
+        (or when we complete), which keeps its view of our progress honest at a fraction of the
+        messages."""
+        indices, track.have_updates, track.have_sent_at = tuple(track.have_updates), [], now
         root = track.swarm.root.to_bytes()
         encoded: dict[tuple[int, ...], list[bytes]] = {}  # most peers lack the same: encode once
         for session in self.peers():
@@ -605,6 +613,9 @@ class ReleaseSwarming:
             elif manifest is None:
                 index = track.swarm.mark_have(cid)
                 if index is not None:
+                    if not track.have_updates:
+                        gap = 0.0 if track.klass < CLASS_RELEASE else HAVE_BATCH_S
+                        track.have_due_at = max(now, track.have_sent_at + gap)
                     track.have_updates.append(index)
                     self._check_complete(track)
 
@@ -649,7 +660,7 @@ class ReleaseSwarming:
             self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
         for track in self._ordered_tracks():
             swarm = track.swarm
-            if track.have_updates:
+            if track.have_updates and (now >= track.have_due_at or swarm.complete):
                 self._flush_have_updates(track, now)
             if track.have_owed_at is not None and (now >= track.have_owed_at or swarm.complete):
                 self._send_owed_haves(track, now)
@@ -685,6 +696,7 @@ class ReleaseSwarming:
     def _swarm_deadline(self) -> float | None:
         times = [t.swarm.next_deadline() for t in self.tracks.values()]
         times += [t.have_owed_at for t in self.tracks.values()]
+        times += [t.have_due_at for t in self.tracks.values() if t.have_updates]
         times.append(self.transfers.next_deadline())
         if self._held_at != float("inf"):
             times.append(self._held_at)

@@ -575,6 +575,8 @@ class World:
         self.invariants: list[Callable[[World], None]] = []  # called after every step
         # called after a DataReceived reached a core: (world, node, event, summary of its messages)
         self.observers: list[Callable[[World, NodeHandle, DataReceived, tuple], None]] = []
+        # called when a node writes bytes: (world, node, its side's connection, summary of their messages)
+        self.write_observers: list[Callable[[World, NodeHandle, int, tuple], None]] = []
         self.action_handlers: dict[type, Callable[[World, NodeHandle, object], None]] = {}  # other actions
         # Stations of a medium know it of themselves (as a box sees its interface is wireless) and
         # declare it to their cores; False: no node knows (nor is told) what its link is.
@@ -977,6 +979,8 @@ class World:
         if summary is None:
             summary = self.summarize(data)
         self._count(summary, handle.traffic, inbound=False, peer=peer.node)
+        for observer in self.write_observers:
+            observer(self, handle, conn_id, summary)
         at = self.net.transmit(handle.name, peer.node, len(data), self.now, endpoint.conn_id)
         receiver = self.nodes[peer.node]
         self._push(at, _Delivery(receiver.name, receiver.incarnation, DataReceived(peer.conn_id, data), summary))
