@@ -135,6 +135,7 @@ class Transfers:
         self.stale_at = float("inf")  # no request to a seed leaves the budget before this (see `open_round`)
         self.changed = True  # room or budget may have been freed since the last round
         self._received: deque[tuple[float, int]] = deque()  # (when, bytes) of recent deliveries
+        self._received_bytes = 0  # ... their sum
         self._busy_since: float | None = None  # when requests last went from none to some in flight
         self.late_s = limits.request_latency_target_s  # a request older than this is late
         self.budget_left = limits.inflight_bytes_start  # bytes the budget has left this round
@@ -283,13 +284,13 @@ class Transfers:
         window = self.limits.rate_window_s
         received = self._received
         while received and received[0][0] < now - window:
-            received.popleft()
+            self._received_bytes -= received.popleft()[1]
         if self._busy_since is None:
             return None
         elapsed = min(window, now - self._busy_since)
         if elapsed < window / 2 or (elapsed < window and not received):
             return None
-        return sum(size for _, size in received) / elapsed
+        return self._received_bytes / elapsed
 
     def _budget(self, rate: float | None) -> int:
         limits = self.limits
@@ -310,6 +311,7 @@ class Transfers:
             lane.delivered_bytes += size
             lane.stalled = False
             self._received.append((now, size))
+            self._received_bytes += size
         others_asked = self.manifest_inflight.pop(cid, {})
         self.storing.add(cid)
         cancels = [(other_node, cid) for other_node in others_asked if other_node != node]
@@ -882,10 +884,20 @@ class Swarm:
             room = {n: r for n, r in room.items() if n in wired}  # a wired seed holds it all: no station is asked
         if not room or transfers.budget_left <= 0:
             return []
-        wanted = [i for i in self._missing if chunks[i] not in fetching]
+        peers, rejected_by, busy_until = self._peers, transfers.rejected_by, transfers.busy_until
+        # Only chunks a peer with room holds can be asked for this round; the loop below passes over
+        # the others without a trace, except those a peer declined, whose retry time it notes.
+        held = 0
+        for node in room:
+            held |= int.from_bytes(peers[node].bits, "big")
+        held_bits = held.to_bytes(len(peers[next(iter(room))].bits), "big")
+        index_of = self._index
+        taken = {index_of[cid] for cid in fetching if cid in index_of}  # a few: what is in flight
+        declined = {index_of[cid] for cid in busy_until if cid in index_of} if busy_until else ()
+        wanted = [i for i in self._missing
+                  if (held_bits[i >> 3] & (0x80 >> (i & 7)) or i in declined) and i not in taken]
         availability, ties = self._availability, self._ties
         wanted.sort(key=lambda i: availability[i] * total + ties[i])
-        peers, rejected_by, busy_until = self._peers, transfers.rejected_by, transfers.busy_until
         requests = []
         for index in wanted:
             cid = chunks[index]
