@@ -59,6 +59,23 @@ def test_longest_step_is_kept_for_the_window_then_forgotten_but_not_since_start(
     assert summary["stall_max_ms"] == 0.0 and summary["since_start"]["stall_task"] == "slow"
 
 
+def test_since_start_counts_every_step_after_its_slot_left_the_window() -> None:
+    """The since-start histogram is folded from the slots as they leave the window (the per-step
+    hook keeps one counter), so nothing may be lost or counted twice when they do."""
+    clock = _Clock()
+    watch = LoopWatch(window_s=60, slots=6, clock=clock)
+    for _ in range(15):  # a slot (10 s) each: the first nine leave the six the watch keeps
+        for _ in range(100):
+            _step(watch, clock, "fast", 0.2)
+        _step(watch, clock, "medium", 3.0)
+        clock.now += 10.5
+    clock.now += 70  # the window (60 s, give or take a slot) is empty now
+    summary = watch.summary()
+    assert summary["stall_p99_ms"] == 0.0 and summary["stall_max_ms"] == 0.0
+    assert summary["since_start"]["steps"] == watch.steps == 15 * 101
+    assert {bound: count for bound, count in summary["since_start"]["histogram_ms"]} == {0.25: 1500, 4.0: 15}
+
+
 def test_a_slow_step_says_how_much_of_it_was_computing_and_how_much_waiting() -> None:
     """With a CPU clock, a step that waited (for the GIL, for a CPU) shows less CPU than wall time."""
     clock, cpu = _Clock(), _Clock()

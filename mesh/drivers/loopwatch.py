@@ -91,13 +91,12 @@ class LoopWatch(trio.abc.Instrument):
         self.slow_steps: deque[tuple[float, str, float, float | None, tuple[str, ...]]] = deque(maxlen=slow_steps_max)
         self._cpu_clock = cpu_clock
         self._step_cpu = 0.0
-        self._counts = [0] * len(BUCKET_BOUNDS_MS)  # steps per bucket since start
+        self._retired = [0] * len(BUCKET_BOUNDS_MS)  # steps per bucket of the slots dropped so far
         self._slot_s = window_s / slots
         self._slots_max = slots
         self._started_at = clock()
         self._slots: list[_Slot] = [_Slot(self._started_at + self._slot_s)]
         self._step_started: float | None = None  # None: added in the middle of a step
-        self.steps = 0  # task steps since start
         self.max_ms = 0.0  # the longest step since start
         self.max_task = ""  # ... and its task's name
         self.stalls = 0  # steps of at least stall_log_ms since start
@@ -108,16 +107,40 @@ class LoopWatch(trio.abc.Instrument):
         self._gc_oldest = 0  # ... and the oldest generation it collected
         self._gc_started: float | None = None
         self._sampling: threading.Event | None = None  # set to stop the sampler
+        self._hooks()
 
     # ---- the instrument -------------------------------------------------------------------------
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._step_started = self._clock()  # the plain hook (every step: keep it to one clock read)
+
+    def _before_task_step_fully(self, task: trio.lowlevel.Task) -> None:
+        """The hook while the CPU clock or the sampler is on (`_hooks`)."""
         if self._cpu_clock is not None:
             self._step_cpu = self._cpu_clock()
         if self._samples:
             self._samples = []
         self._gc_ms, self._gc_oldest = 0.0, 0
         self._step_started = self._clock()
+
+    def _hooks(self) -> None:
+        """Time each step with one clock read, unless the CPU clock or the sampler needs more."""
+        if self._cpu_clock is not None or self._sampling is not None:
+            self.before_task_step = self._before_task_step_fully  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("before_task_step", None)
+
+    @property
+    def steps(self) -> int:
+        """Task steps since start."""
+        return sum(self._since_start())
+
+    def _since_start(self) -> list[int]:
+        """Steps per bucket since start."""
+        counts = list(self._retired)
+        for slot in self._slots:
+            counts = [a + b for a, b in zip(counts, slot.counts)]
+        return counts
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         now = self._clock()
@@ -127,10 +150,7 @@ class LoopWatch(trio.abc.Instrument):
         slot = self._slots[-1]
         if now >= slot.ends_at:
             slot = self._rotate(now)
-        bucket = bisect.bisect_left(BUCKET_BOUNDS_MS, ms)
-        slot.counts[bucket] += 1
-        self._counts[bucket] += 1
-        self.steps += 1
+        slot.counts[bisect.bisect_left(BUCKET_BOUNDS_MS, ms)] += 1
         if ms > slot.max_ms:
             slot.max_ms, slot.max_task = ms, task.name
             if ms > self.max_ms:
@@ -150,16 +170,17 @@ class LoopWatch(trio.abc.Instrument):
         now = self._clock()
         live = [s for s in self._slots if s.ends_at > now - self.window_s]
         worst = max(live, key=lambda s: s.max_ms, default=None)
+        counts = self._since_start()
         return {
             "stall_max_ms": round(worst.max_ms, 3) if worst else 0.0,
             "stall_task": worst.max_task if worst else "",
             "stall_p99_ms": _quantile_ms([s.counts for s in live], 0.99),
             "window_s": self.window_s,
             "since_start": {"stall_max_ms": round(self.max_ms, 3), "stall_task": self.max_task,
-                            "steps": self.steps, "stalls": self.stalls,
+                            "steps": sum(counts), "stalls": self.stalls,
                             "stall_log_ms": self.stall_log_ms,
-                            "histogram_ms": [[b, c] for b, c in zip(BUCKET_BOUNDS_MS[:-1], self._counts) if c]
-                            + ([["inf", self._counts[-1]]] if self._counts[-1] else [])},
+                            "histogram_ms": [[b, c] for b, c in zip(BUCKET_BOUNDS_MS[:-1], counts) if c]
+                            + ([["inf", counts[-1]]] if counts[-1] else [])},
             "slow_steps": [{"at": at, "task": task, "ms": ms, **({} if cpu is None else {"cpu_ms": cpu}),
                             **({"samples": list(samples)} if samples else {})}
                            for at, task, ms, cpu, samples in self.slow_steps],
@@ -173,6 +194,7 @@ class LoopWatch(trio.abc.Instrument):
         if self._sampling is None:
             gc.callbacks.append(self._collecting)
             self._sampling = threading.Event()
+            self._hooks()
             threading.Thread(target=self._sample, args=(threading.get_ident(), self._sampling),
                              name="mesh.loopwatch.sampler", daemon=True).start()
 
@@ -180,6 +202,7 @@ class LoopWatch(trio.abc.Instrument):
         if self._sampling is not None:
             self._sampling.set()
             self._sampling = None
+            self._hooks()
             gc.callbacks.remove(self._collecting)
 
     def _collecting(self, phase: str, info: dict) -> None:
@@ -208,6 +231,8 @@ class LoopWatch(trio.abc.Instrument):
         while ends_at <= now:
             ends_at += self._slot_s
         self._slots.append(_Slot(ends_at))
+        for gone in self._slots[:-self._slots_max]:
+            self._retired = [a + b for a, b in zip(self._retired, gone.counts)]
         del self._slots[:-self._slots_max]
         return self._slots[-1]
 
