@@ -132,7 +132,7 @@ class Transfers:
         self.lacked: dict[Cid, dict[str, float]] = {}  # manifest -> {peer that said it lacks it: ask again from}
         self.at_seed: dict[Cid, str] = {}  # chunk -> the seed it was asked of (may be stale: checked)
         self.expire_at = float("inf")  # no request times out before this
-        self.stale_at = float("inf")  # no request to a seed leaves the budget before this (see `open_round`)
+        self.stale_at = float("inf")  # no request to a seed leaves the budget before this (see `_inflight`)
         self.changed = True  # room or budget may have been freed since the last round
         self._received: deque[tuple[float, int]] = deque()  # (when, bytes) of recent deliveries
         self._received_bytes = 0  # ... their sum
@@ -253,8 +253,8 @@ class Transfers:
         shared by N askers holds N requests and sends them one after another, so ours may wait
         there for seconds while our downlink idles and peers holding other chunks have nothing of
         ours to send (coop's hubs, behind a seed's WAN link). The budget is there to keep our
-        downlink's queue short, so such a request leaves it once it is `seed_queue_s` old: a
-        request our downlink were queueing would have arrived by then. Only requests to seeds
+        downlink's queue short, so such a request leaves it once it is `seed_queue_s` old: one
+        queued on our downlink would have arrived by then. Only requests to seeds
         (for what nobody else had): among stations that share an access point (without the hint)
         every peer is slow for the same reason, and letting their late requests go uncounted
         would flood the air."""

@@ -54,7 +54,7 @@ PEER_HAVE_BYTES_MAX = 4 * 1024 * 1024  # ... and their bitfields' bytes, per pee
 SERVE_HOLD_S = 1.0  # hold a request for a chunk sent to another peer this recently, this long
 SERVE_HOLD_MAX_S = 5.0  # ... and while that copy is still being sent, at most this long
 HAVE_OWED_S = 60.0  # a peer not sent a HaveUpdate (it held the chunk) gets a whole Have this soon
-HAVE_BATCH_S = 0.1  # a track sends at most one HaveUpdate this often (live streams: no limit)
+HAVE_BATCH_S = 0.1  # a track sends at most one HaveUpdate this often (live and on-demand: no limit)
 
 
 # Priority classes of what a node wants, scheduled in this order (rarest first within a class).
