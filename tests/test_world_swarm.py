@@ -250,12 +250,9 @@ def test_four_new_edges_get_a_release_near_the_seeds_upload_bound() -> None:
     world.check_stores()
 
 
-def test_a_release_published_to_four_met_edges_costs_the_seed_one_copy() -> None:
-    """The swarm lab's headline run in the World: every edge is up and has met the others when the
-    seed publishes 256 MiB at 200 Mbit/s each. Edges ask only the seed (the publisher) for the
-    manifests, not each other (who would only answer that they lack them); the seed declines a
-    request for a chunk it is sending to another edge (ChunkBusy), so it sends each chunk about
-    once, and the release arrives near the seed's upload bound."""
+def met_lab() -> tuple[World, list[str]]:
+    """The swarm lab in the World: a seed and four edges at 200 Mbit/s each, every one of them
+    met (the edges know the seed and learn each other from it)."""
     print(f"World seed={SEED} (replay: MESH_WORLD_SEED={SEED})")
     world = World(SEED)
     world.add_node("seed", identity=world.mesh.founder, upload_bytes_per_s=LAB_UPLOAD_BYTES_PER_S)
@@ -264,6 +261,16 @@ def test_a_release_published_to_four_met_edges_costs_the_seed_one_copy() -> None
         world.add_node(name, upload_bytes_per_s=LAB_UPLOAD_BYTES_PER_S)
         world.add_static_peer(name, "seed")
     world.run_until(lambda w: all(len(w.nodes[n].core.peers()) == 4 for n in ["seed", *edges]), 30, "all met")
+    return world, edges
+
+
+def test_a_release_published_to_four_met_edges_costs_the_seed_one_copy() -> None:
+    """The swarm lab's headline run in the World: every edge is up and has met the others when the
+    seed publishes 256 MiB at 200 Mbit/s each. Edges ask only the seed (the publisher) for the
+    manifests, not each other (who would only answer that they lack them); the seed declines a
+    request for a chunk it is sending to another edge (ChunkBusy), so it sends each chunk about
+    once, and the release arrives near the seed's upload bound."""
+    world, edges = met_lab()
     rng = random.Random(f"{SEED}/met")
     content = build_release({f"asset-{i:02d}.bin": rng.randbytes(4 * 1024 * KIB) for i in range(64)})
     release_id = seed_and_publish(world, "seed", content, "bench")
@@ -297,14 +304,7 @@ def test_an_edge_announces_chunks_it_stores_close_together_in_one_have_update() 
     lacked it was most of the messages edges exchanged (each a record, a wake-up and a core pass
     at both ends). A track now announces at most once per HAVE_BATCH_S, a chunk stored after a
     quiet spell at once: fewer messages, every chunk still announced, the swarm as fast."""
-    print(f"World seed={SEED} (replay: MESH_WORLD_SEED={SEED})")
-    world = World(SEED)
-    world.add_node("seed", identity=world.mesh.founder, upload_bytes_per_s=LAB_UPLOAD_BYTES_PER_S)
-    edges = [f"edge-{i}" for i in range(4)]
-    for name in edges:
-        world.add_node(name, upload_bytes_per_s=LAB_UPLOAD_BYTES_PER_S)
-    world.discover_all()
-    world.run_until(lambda w: w.all_connected(), 30, "everyone connected")
+    world, edges = met_lab()
     rng = random.Random(f"{SEED}/have-batch")
     content = build_release({f"asset-{i:02d}.bin": rng.randbytes(4 * 1024 * KIB) for i in range(16)})
     written: dict[tuple[str, int], list[float]] = {}  # (writer, its connection) -> when it wrote HaveUpdates

@@ -78,11 +78,15 @@ class Track:
     order: float = 0.0  # position within the class (a media file's: random per node)
     inventories_due: int = 0  # LoadRelease actions not yet answered: request nothing until then
     have_updates: list[int] = field(default_factory=list)  # indices to announce (see `_flush_have_updates`)
-    have_due_at: float | None = None  # when they are announced
     have_sent_at: float = float("-inf")  # when the last HaveUpdate went out
     have_owed: set[str] = field(default_factory=set)  # peers not told of chunks they hold: a Have is due
     have_owed_at: float | None = None  # when that Have is sent (at the latest)
     completed: bool = False  # release.complete was announced
+
+
+def _have_due(track: Track) -> float:
+    """When a track's pending HaveUpdate may go out (see `_flush_have_updates`)."""
+    return track.have_sent_at + (0.0 if track.klass < CLASS_RELEASE else HAVE_BATCH_S)
 
 
 class ReleaseSwarming:
@@ -613,9 +617,6 @@ class ReleaseSwarming:
             elif manifest is None:
                 index = track.swarm.mark_have(cid)
                 if index is not None:
-                    if not track.have_updates:
-                        gap = 0.0 if track.klass < CLASS_RELEASE else HAVE_BATCH_S
-                        track.have_due_at = max(now, track.have_sent_at + gap)
                     track.have_updates.append(index)
                     self._check_complete(track)
 
@@ -660,7 +661,7 @@ class ReleaseSwarming:
             self._assembling.pop((self._ready.get(node, -1), cid), None)  # its late pieces are dropped
         for track in self._ordered_tracks():
             swarm = track.swarm
-            if track.have_updates and (now >= track.have_due_at or swarm.complete):
+            if track.have_updates and (now >= _have_due(track) or swarm.complete):
                 self._flush_have_updates(track, now)
             if track.have_owed_at is not None and (now >= track.have_owed_at or swarm.complete):
                 self._send_owed_haves(track, now)
@@ -696,7 +697,7 @@ class ReleaseSwarming:
     def _swarm_deadline(self) -> float | None:
         times = [t.swarm.next_deadline() for t in self.tracks.values()]
         times += [t.have_owed_at for t in self.tracks.values()]
-        times += [t.have_due_at for t in self.tracks.values() if t.have_updates]
+        times += [_have_due(t) for t in self.tracks.values() if t.have_updates]
         times.append(self.transfers.next_deadline())
         if self._held_at != float("inf"):
             times.append(self._held_at)
