@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import swarm_bench as sb  # noqa: E402
-from bench.netlab.host import page_reporting  # noqa: E402
+from bench.netlab.host import fresh_filesystem, page_reporting  # noqa: E402
 from bench.netlab.lab import build_lab, mbit_to_bytes_per_s  # noqa: E402
 
 GIB = 1024**3
@@ -129,11 +129,10 @@ def warm_page_pool(directory: Path, size: int) -> None:
     path.unlink()
 
 
-def run_mesh(name: str, release_dir: Path, workdir: Path, edges: int, cap_mbit: float | None, total: int,
-             timeout_s: float, profile: Path | None, perf: Path | None = None) -> Run:
-    homes = sb.make_homes(workdir / name, release_dir, edges, publish=False)
-    logs = workdir / "logs" / name  # each run its own logs: edges are done at their first release.complete
-    logs.mkdir(parents=True)
+def run_mesh(name: str, release_dir: Path, run_dir: Path, logs: Path, edges: int, cap_mbit: float | None,
+             total: int, timeout_s: float, profile: Path | None, perf: Path | None = None) -> Run:
+    homes = sb.make_homes(run_dir / name, release_dir, edges, publish=False)
+    logs.mkdir(parents=True)  # each run its own logs: edges are done at their first release.complete
     counters = _KernelCounters()
     hooks = [counters]
     if perf is not None or profile is not None:
@@ -368,10 +367,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         cap = args.cap_mbit if capped else None
         print(f"# running {name} ...", file=sys.stderr, flush=True)
         warm_page_pool(workdir, (2 * edges + 1) * total)
-        if kind == "mesh":
-            result = run_mesh(name, release_dir, workdir, edges, cap, total, timeout_s, args.profile, args.perf)
-        else:
-            result = run_nginx(name, release_dir, paths, workdir, edges, cap, timeout_s)
+        with fresh_filesystem(args.fs, workdir, (2 * edges + 2) * total) as (run_dir, results["homes_on"]):
+            if kind == "mesh":
+                result = run_mesh(name, release_dir, run_dir, workdir / "logs" / name, edges, cap, total,
+                                  timeout_s, args.profile, args.perf)
+            else:
+                result = run_nginx(name, release_dir, paths, run_dir, edges, cap, timeout_s)
         results["runs"][name] = asdict(result)
     results["load_after"] = os.getloadavg()[0]
     if args.profile is not None:
@@ -396,7 +397,7 @@ def figures(runs: dict) -> dict:
 def report(results: dict) -> str:
     lines = [f"# {results['mib']} MiB in {results['files']} files; code {results['code']}; "
              f"load {results['load_before']:.2f} -> {results['load_after']:.2f}; "
-             f"page reporting {results['page_reporting']}",
+             f"page reporting {results['page_reporting']}; homes on {results.get('homes_on', 'the work directory')}",
              "| run | edges | cap Mbit/s | seconds (from release.current) | CPU-s per GiB delivered | seed uploads "
              "| CPU-s by process | k faults / k wake-ups by process |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -434,8 +435,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="free page reporting to the hypervisor during the bench (see page_reporting)")
     parser.add_argument("--perf", type=Path, default=None,
                         help="perf record every agent (kernel and user, all threads) into DIR")
+    parser.add_argument("--fs", choices=("fresh", "workdir"), default="fresh",
+                        help="where each run's homes live: a new ext4 per run (default, as root) or the work directory")
     parser.add_argument("--timeout-s", type=float, default=None, help="per run (default 60 + 10 x capped floor)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (homes, logs)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs; the homes too with --fs workdir)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 import trio
 import trio.testing
 
-from mesh.drivers.tcp import TcpTransport
+from mesh.drivers.tcp import UNSENT_BYTES_MAX, TcpTransport
 from mesh.testing.memory import (
     MemoryDiscovery, MemoryDiscoveryHub, MemoryNetwork, MemoryTransport, memory_stream_pair,
 )
@@ -109,5 +110,30 @@ def test_memory_discovery_reports_same_mesh_peers_only() -> None:
                 receive.receive_nowait()  # the other mesh's node was never reported
             nursery.cancel_scope.cancel()
         assert hub.announcements() == []  # everyone withdrew
+
+    trio.run(main)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="this kernel has no TCP_NOTSENT_LOWAT")
+def test_tcp_connections_take_a_chunk_record_in_large_writes_at_both_ends() -> None:
+    """trio sets 16 KiB of not-yet-sent bytes per socket, which made a capped seed wake ~15 times
+    per MiB it sent; both the dialled and the accepted end of ours allow UNSENT_BYTES_MAX."""
+    async def main() -> None:
+        transport = TcpTransport()
+        accepted: list[int] = []
+        done = trio.Event()
+
+        async def handler(stream, remote) -> None:
+            accepted.append(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(transport.serve, ("127.0.0.1", 0), handler)
+            stream = await transport.connect(address, timeout_s=5)
+            dialled = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+            await done.wait()
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+        assert dialled == accepted[0] == UNSENT_BYTES_MAX
 
     trio.run(main)

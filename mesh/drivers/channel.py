@@ -111,7 +111,6 @@ LARGE_RECORD_HEAD_ROOM_BYTES = 4096  # with head room: a piece's message head ri
 RECORD_PLAINTEXT_BYTES_MAX_ANY = LARGE_RECORD_PLAINTEXT_BYTES_MAX + LARGE_RECORD_HEAD_ROOM_BYTES
 LARGE_RECORD_CONTEXT = b"assetmesh/channel/v3/records"  # HKDF info for the large-record keys
 DIRECT_READ_BYTES_MIN = 64 * 1024  # a record's remainder at least this large is read straight into place
-RECEIVE_LOW_WATER_MAX = 256 * 1024  # while reading one, wake for no fewer bytes than this (or the rest)
 NONCE_MAX = 2**64 - 1
 RECEIVE_BYTES_MAX = 256 * 1024  # bytes asked of the transport per read; bounds buffered plaintext
 ED25519_SIGNATURE_BYTES = 64
@@ -815,7 +814,7 @@ class SecureStream(trio.abc.Stream):
         sock = self.transport.socket  # type: ignore[attr-defined]
         try:
             while have < length:
-                self._set_low_water(sock, min(length - have, RECEIVE_LOW_WATER_MAX))
+                self._set_low_water(sock, length - have)  # wake once the whole record is in
                 got = await sock.recv_into(view[have:])
                 if not got:
                     self._break("connection closed in the middle of a record")
