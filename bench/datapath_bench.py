@@ -170,6 +170,9 @@ class _KernelCounters:
 
     def started(self, agents: list[sb.Agent]) -> None:
         self.agents = {agent.name: agent.process.pid for agent in agents}
+        if os.environ.get("CPROFILE_DIR"):
+            for agent in agents:
+                os.kill(agent.process.pid, signal.SIGUSR1)
         self.before = {name: _proc_counts(pid) for name, pid in self.agents.items()}
 
     def finished(self) -> None:

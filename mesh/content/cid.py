@@ -109,8 +109,14 @@ class Cid:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Cid:
-        """Parse exactly one binary CIDv1; ValueError on anything else."""
+        """Parse exactly one binary CIDv1; ValueError on anything else. The same bytes give the
+        same object (while remembered): CIDs from the wire are dictionary keys in the core's
+        loops, and a key that is the very object stored is found without a comparison."""
         data = bytes(memoryview(data))
+        return _from_bytes(data) if cls is Cid else cls._from_bytes(data)
+
+    @classmethod
+    def _from_bytes(cls, data: bytes) -> Cid:
         if len(data) == 34 and data[:2] == b"\x12\x20":
             raise ValueError("CIDv0 is not supported; use CIDv1")
         version, offset = decode_varint(data, 0)
@@ -192,6 +198,11 @@ def cid_for_dag_cbor(encoded: bytes, hash_code: int = BLAKE3) -> Cid:
     hasher = ChunkHasher(DAG_CBOR, hash_code)
     hasher.update(encoded)
     return hasher.cid()
+
+
+@functools.lru_cache(maxsize=CID_CACHE_ENTRIES)
+def _from_bytes(data: bytes) -> Cid:
+    return Cid._from_bytes(data)  # a ValueError is raised each time, never cached
 
 
 @functools.lru_cache(maxsize=CID_CACHE_ENTRIES)

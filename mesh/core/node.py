@@ -145,6 +145,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
         self.last_seen: dict[str, float] = {}  # node -> when it last sent us anything
         self._timers_at = now  # no session timer or dial is due before this (see `_wake_timers`)
         self._handler_table = self._handlers()  # event type -> handler (built once: looked up per event)
+        self._message_table = self._message_handlers()  # ... and per message of a ready session
         self.drop_signer: Signer | None = None  # answers drop requests in this state (an in-memory node)
         self.drop_answers_queued = False  # or: ask the driver (AnswerDropAsks) to answer under its log's lock
         self._drops = DropWatch(identity.node_id)  # drop entries seen (orders, refused entries: events)
@@ -253,6 +254,35 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
             ShutdownRequested: self._on_shutdown,
         }
 
+    def _message_handlers(self) -> dict[type, Callable]:
+        return {
+            m.Ping: self._on_ping,
+            m.Pong: self._on_pong,
+            m.Close: self._on_close,
+            m.Revocations: self._on_revocations,
+            m.PeerAddresses: self._on_peer_addresses,
+            m.StateSync: self._on_state_sync,
+            m.StateSyncPart: self._on_state_sync_part,
+            m.StateHeads: self._on_state_heads,
+            m.StateChanges: self._on_state_changes,
+            m.StateChangesPart: self._on_state_changes_part,
+            m.StateSnapshotBegin: self._on_state_snapshot_begin,
+            m.StateSnapshotPart: self._on_state_snapshot_part,
+            m.StateSize: self._on_state_size,
+            m.Have: self._on_have,
+            m.HaveUpdate: self._on_have_update,
+            m.ChunkRequest: self._on_chunk_request,
+            m.ChunkCancel: self._on_chunk_cancel,
+            m.ChunkData: self._on_chunk_data,
+            m.ChunkMissing: self._on_chunk_missing,
+            m.ChunkBusy: self._on_chunk_busy,
+            m.HaveObjects: self._on_have_objects,
+            m.Health: self._on_health,
+            m.LiveWindow: self._on_live_window,
+            m.TlsKeyRequest: self._on_tls_key_request,
+            m.TlsKey: self._on_tls_key,
+        }
+
     def _on_connected(self, event: Connected, now: float) -> None:
         self._wake_timers()
         session = Session(
@@ -344,33 +374,7 @@ class NodeCore(ReleaseSwarming, MediaSwarming, TlsKeys, LiveStreams):
             if not isinstance(msg, m.Hello):
                 raise RemoteProtocolError(f"expected Hello, got {type(msg).__name__}")
             return self._on_hello(session, msg, now)
-        handler = {
-            m.Ping: self._on_ping,
-            m.Pong: self._on_pong,
-            m.Close: self._on_close,
-            m.Revocations: self._on_revocations,
-            m.PeerAddresses: self._on_peer_addresses,
-            m.StateSync: self._on_state_sync,
-            m.StateSyncPart: self._on_state_sync_part,
-            m.StateHeads: self._on_state_heads,
-            m.StateChanges: self._on_state_changes,
-            m.StateChangesPart: self._on_state_changes_part,
-            m.StateSnapshotBegin: self._on_state_snapshot_begin,
-            m.StateSnapshotPart: self._on_state_snapshot_part,
-            m.StateSize: self._on_state_size,
-            m.Have: self._on_have,
-            m.HaveUpdate: self._on_have_update,
-            m.ChunkRequest: self._on_chunk_request,
-            m.ChunkCancel: self._on_chunk_cancel,
-            m.ChunkData: self._on_chunk_data,
-            m.ChunkMissing: self._on_chunk_missing,
-            m.ChunkBusy: self._on_chunk_busy,
-            m.HaveObjects: self._on_have_objects,
-            m.Health: self._on_health,
-            m.LiveWindow: self._on_live_window,
-            m.TlsKeyRequest: self._on_tls_key_request,
-            m.TlsKey: self._on_tls_key,
-        }.get(type(msg))
+        handler = self._message_table.get(type(msg))
         if handler is None:
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} in a ready session")
         handler(session, msg, now)

@@ -463,6 +463,7 @@ class Swarm:
         self._manifests: dict[Cid, DirManifest | FileManifest] = {}
         self._manifest_data: dict[Cid, bytes] = {}  # ... as verified bytes, for serving them
         self._file_manifests: frozenset[Cid] = frozenset()  # the root's multi-chunk files, once known
+        self._unresolved: dict[Cid, None] = {}  # ... of those, the manifests not yet held, in the root's order
         self.chunks: list[Cid] | None = None  # the chunk list, once every manifest is known
         self._index: dict[Cid, int] = {}
         self._sizes: list[int] = []
@@ -559,6 +560,10 @@ class Swarm:
         self._manifest_data[cid] = data
         if cid == self.root and isinstance(manifest, DirManifest):
             self._file_manifests = frozenset(e.cid for e in manifest.entries if e.cid.codec != RAW)
+            self._unresolved = dict.fromkeys(e.cid for e in manifest.entries
+                                             if e.cid.codec != RAW and e.cid not in self._manifests)
+        else:
+            self._unresolved.pop(cid, None)
         self.transfers.manifest_inflight.pop(cid, None)
         self.transfers.storing.discard(cid)
         self._dirty = True  # the manifests it names may be asked for now
@@ -579,11 +584,7 @@ class Swarm:
             return [self.root]
         if not isinstance(root, DirManifest):
             return []
-        needed = []
-        for entry in root.entries:
-            if entry.cid.codec != RAW and entry.cid not in self._manifests:
-                needed.append(entry.cid)
-        return list(dict.fromkeys(needed))
+        return list(self._unresolved)  # kept as they arrive: a walk of the root per manifest was quadratic in files
 
     def _build_list(self) -> None:
         chunks, sizes = self._spans()
@@ -892,8 +893,8 @@ class Swarm:
             held |= int.from_bytes(peers[node].bits, "big")
         held_bits = held.to_bytes(len(peers[next(iter(room))].bits), "big")
         index_of = self._index
-        taken = {index_of[cid] for cid in fetching if cid in index_of}  # a few: what is in flight
-        declined = {index_of[cid] for cid in busy_until if cid in index_of} if busy_until else ()
+        taken = set(map(index_of.get, fetching))  # a few: what is in flight (None: another swarm's)
+        declined = set(map(index_of.get, busy_until)) if busy_until else ()
         wanted = [i for i in self._missing
                   if (held_bits[i >> 3] & (0x80 >> (i & 7)) or i in declined) and i not in taken]
         availability, ties = self._availability, self._ties

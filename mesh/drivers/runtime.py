@@ -46,6 +46,7 @@ from mesh.drivers.channel import (
 )
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
+from mesh.drivers.allocator import keep_chunk_buffers
 from mesh.drivers.loopwatch import LoopWatch, Stall
 from mesh.drivers.netinfo import wireless_route
 from mesh.drivers.passes import state_pass
@@ -188,6 +189,7 @@ class Agent:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or a shutdown signal; `task_status.started(listen_address)`."""
+        keep_chunk_buffers()  # the process's allocator reuses chunk-sized buffers (mesh.drivers.allocator)
         trio.lowlevel.add_instrument(self.loopwatch)
         if os.environ.get("MESH_LOOP_STACKS") == "1":
             self.loopwatch.start_sampling()  # slow steps say where they were (benchmarks)
