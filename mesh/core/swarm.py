@@ -70,9 +70,10 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from mesh.content.chunking import CHUNK_BYTES_START
@@ -473,6 +474,10 @@ class Swarm:
         self.total_bytes = 0
         self._availability: list[int] = []
         self._ties: list[int] = []  # chunk index -> its rank among equally rare chunks (random per node)
+        self._by_tie: list[int] = []  # ... and back
+        # The missing chunks rarest first: per availability, their ties in order; kept as holdings
+        # change, so a round walks only as far as it asks (None: rebuilt when a round needs it).
+        self._rank: list[list[int]] | None = None
         self._peers: dict[str, _Peer] = {}
         self._present: set[Cid] = set()  # chunks the store reported before the list was known
         self._retry_at: float | None = None  # when a late request (manifest or endgame) gets a copy
@@ -549,6 +554,7 @@ class Swarm:
             self._missing.pop(index, None)
             self.transfers.drop_everywhere(self.chunks[index])
         self._withheld = now_withheld
+        self._rank = None
         self._dirty = True
 
     def add_manifest(self, cid: Cid, data: bytes) -> None:
@@ -591,6 +597,10 @@ class Swarm:
         self.chunks, self._sizes = chunks, sizes
         self._ties = list(range(len(chunks)))
         self._rng.shuffle(self._ties)  # this node's random order among equally rare chunks
+        self._by_tie = [0] * len(chunks)
+        for index, tie in enumerate(self._ties):
+            self._by_tie[tie] = index
+        self._rank = None
         self._have = bytearray((len(chunks) + 7) // 8)
         self._missing = dict.fromkeys(range(len(chunks)))
         self._availability = [0] * len(chunks)
@@ -654,7 +664,9 @@ class Swarm:
         if index is None or _bit(self._have, index):
             return None
         _set_bit(self._have, index)
-        self._missing.pop(index, None)
+        if index in self._missing:
+            self._unrank(index)
+            del self._missing[index]
         self.have_bytes += self._sizes[index]
         return index
 
@@ -700,6 +712,7 @@ class Swarm:
             return
         self._dirty = True
         if peer.bits is not None:
+            self._rank = None
             for index in range(len(self._availability)):
                 if _bit(peer.bits, index):
                     self._availability[index] -= 1
@@ -718,15 +731,16 @@ class Swarm:
             if count == 0:  # the peer does not know the list yet
                 return
             raise RemoteProtocolError(f"Have lists {count} chunks, the root has {len(self.chunks)}")
+        if peer.bits is None:
+            self._rank = None  # a whole bitfield: ranked afresh when a round needs it
         old = peer.bits if peer.bits is not None else bytes(len(bits))
-        availability = self._availability
         for at, (before, after) in enumerate(zip(old, bits)):
             if before == after:
                 continue  # a Have mostly repeats what we knew: touch only the bytes that differ
             for bit in range(8):
                 mask = 0x80 >> bit
                 if (before ^ after) & mask:
-                    availability[at * 8 + bit] += 1 if after & mask else -1
+                    self._count_holder(at * 8 + bit, 1 if after & mask else -1)
         peer.bits = bytearray(bits)
         peer.count = int.from_bytes(bits, "big").bit_count()
         self._dirty = True
@@ -771,7 +785,7 @@ class Swarm:
                 raise RemoteProtocolError(f"HaveUpdate index {index} is past the chunk list")
             if not _bit(peer.bits, index):
                 _set_bit(peer.bits, index)
-                self._availability[index] += 1
+                self._count_holder(index, 1)
                 peer.count += 1
                 if index in self._missing and len(lane.inflight) < lane.depth and self.transfers.budget_left > 0:
                     self._dirty = True  # a chunk we lack at a peer with room, budget to spare
@@ -832,9 +846,53 @@ class Swarm:
         index = self._index.get(cid)
         if index is not None and peer.bits is not None and _bit(peer.bits, index):
             peer.bits[index >> 3] &= ~(0x80 >> (index & 7)) & 0xFF
-            self._availability[index] -= 1
+            self._count_holder(index, -1)
             peer.count -= 1
         self._dirty = True
+
+    # ---- rarest first ---------------------------------------------------------------------------
+
+    def _count_holder(self, index: int, change: int) -> None:
+        """One more (or one fewer) peer holds chunk `index`: a missing one moves to its new rank."""
+        rank = self._rank
+        if rank is None or index not in self._missing:
+            self._availability[index] += change
+            return
+        self._unrank(index)
+        self._availability[index] += change
+        bucket = self._availability[index]
+        while len(rank) <= bucket:
+            rank.append([])
+        bisect.insort(rank[bucket], self._ties[index])
+
+    def _unrank(self, index: int) -> None:
+        """Missing chunk `index` leaves its rank (it is held now, or its availability changes)."""
+        if self._rank is not None:
+            bucket, tie = self._rank[self._availability[index]], self._ties[index]
+            del bucket[bisect.bisect_left(bucket, tie)]
+
+    def _ranked(self) -> list[list[int]]:
+        """The missing chunks' ties per availability, each list in order (built when stale)."""
+        if self._rank is None:
+            availability, ties = self._availability, self._ties
+            rank: list[list[int]] = [[] for _ in range(max(availability, default=0) + 1)]
+            for index in self._missing:
+                rank[availability[index]].append(ties[index])
+            for bucket in rank:
+                bucket.sort()
+            self._rank = rank
+        return self._rank
+
+    def _wanted(self, held_bits: bytes, declined: set | tuple, taken: set) -> Iterator[int]:
+        """Missing chunks, rarest first (ties in this node's random order), that a peer with room
+        holds or a peer declined, and that are not in flight: as many as the round takes. A
+        round used to filter and sort every missing chunk, so a release of N chunks cost N^2."""
+        by_tie = self._by_tie
+        for bucket in self._ranked():
+            for tie in bucket:
+                index = by_tie[tie]
+                if (held_bits[index >> 3] & (0x80 >> (index & 7)) or index in declined) and index not in taken:
+                    yield index
 
     # ---- scheduling ---------------------------------------------------------------------------
 
@@ -895,12 +953,8 @@ class Swarm:
         index_of = self._index
         taken = set(map(index_of.get, fetching))  # a few: what is in flight (None: another swarm's)
         declined = set(map(index_of.get, busy_until)) if busy_until else ()
-        wanted = [i for i in self._missing
-                  if (held_bits[i >> 3] & (0x80 >> (i & 7)) or i in declined) and i not in taken]
-        availability, ties = self._availability, self._ties
-        wanted.sort(key=lambda i: availability[i] * total + ties[i])
         requests = []
-        for index in wanted:
+        for index in self._wanted(held_bits, declined, taken):
             cid = chunks[index]
             byte, mask = index >> 3, 0x80 >> (index & 7)
             refused = rejected_by.get(cid, ())
