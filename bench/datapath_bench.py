@@ -15,6 +15,10 @@ bridge, loopback-speed veths; nothing leaves the lab). Runs, each with fresh hom
   release directory, one `curl --parallel` per edge fetching every file into files on disk (as an edge stores them).
   CPU = nginx's worker and master plus every curl.
 
+Each run's homes (and curl's files) live on a fresh ext4 with a journal, made on a loop device for
+the run (`--fs fresh`, the default as root; see `bench.netlab.host.fresh_filesystem`): the VM's root
+filesystem has no journal, and its inode allocator then scans the inodes a previous run just freed.
+
 Before each run the bench writes and deletes a scratch file as large as the run will write (see
 `warm_page_pool`), and for the whole bench it stops the guest kernel's free page reporting to the
 hypervisor (`--page-reporting off`, the default where it can; restored at the end): reported pages
