@@ -15,7 +15,7 @@ kept per arena instead of returned.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024  # allocations below this come from the heap (a record is 1 MiB + 4 KiB)
 TRIM_THRESHOLD_BYTES = 16 * 1024 * 1024  # free heap kept at the top before it is given back
@@ -23,12 +23,12 @@ _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
 def keep_chunk_buffers() -> bool:
-    """Set the allocator so freed chunk-sized buffers are reused (process-wide, idempotent).
-    False where the C library has no glibc `mallopt` (musl accepts and ignores it; macOS lacks it)."""
-    name = ctypes.util.find_library("c")
+    """Set the allocator so freed chunk-sized buffers are reused (process-wide, once). False
+    where the C library has no glibc `mallopt` (musl accepts and ignores it; macOS lacks it)."""
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -40,13 +40,13 @@ from mesh.core.events import DropTlsKeys, LoadTlsKey, ServeTls, StoreTlsKey
 from mesh.core.node import CoreIdentity, NodeCore
 from mesh.drivers.admission import PreAuthGate, preauth_total_max, raise_fd_limit
 from mesh.drivers.agentfiles import write_status
+from mesh.drivers.allocator import keep_chunk_buffers
 from mesh.drivers.channel import (
     LARGE_RECORD_HEAD_ROOM_BYTES, RECORD_PLAINTEXT_BYTES_MAX_ANY, HandshakeError, LocalIdentity, channel_psk,
     secure_accept_any, secure_connect,
 )
 from mesh.drivers.filestore import FileStore
 from mesh.drivers.home import Home
-from mesh.drivers.allocator import keep_chunk_buffers
 from mesh.drivers.loopwatch import LoopWatch, Stall
 from mesh.drivers.netinfo import wireless_route
 from mesh.drivers.passes import state_pass
