@@ -118,6 +118,21 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def calibration_s() -> float:
+    """CPU seconds of a fixed piece of Python work (arithmetic, dict inserts, 256 MiB of copies):
+    this VM's speed moves +-10-15% from minute to minute, so a run's CPU figures are read beside
+    the calibration measured just before and after it."""
+    started = time.process_time()
+    total, table = 0, {}
+    for index in range(3_000_000):
+        total += index * index
+        table[index & 0xFFFF] = total
+    block = bytearray(1 << 20)
+    for _ in range(256):
+        bytes(block)
+    return time.process_time() - started
+
+
 def warm_page_pool(directory: Path, size: int) -> None:
     """Write and delete `size` bytes, so the run's page cache reuses pages the kernel just freed.
 
@@ -374,13 +389,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         cap = args.cap_mbit if capped else None
         print(f"# running {name} ...", file=sys.stderr, flush=True)
         warm_page_pool(workdir, (2 * edges + 1) * total)
+        before = calibration_s()
         with fresh_filesystem(args.fs, workdir, (2 * edges + 2) * total) as (run_dir, results["homes_on"]):
             if kind == "mesh":
                 result = run_mesh(name, release_dir, run_dir, workdir / "logs" / name, edges, cap, total,
                                   timeout_s, args.profile, args.perf)
             else:
                 result = run_nginx(name, release_dir, paths, run_dir, edges, cap, timeout_s)
-        results["runs"][name] = asdict(result)
+        results["runs"][name] = asdict(result) | {"calibration_s": (before, calibration_s())}
     results["load_after"] = os.getloadavg()[0]
     if args.profile is not None:
         results["profile"] = {path.stem: summarize_profile(path) for path in sorted(args.profile.glob("*.txt"))}
@@ -406,8 +422,8 @@ def report(results: dict) -> str:
              f"load {results['load_before']:.2f} -> {results['load_after']:.2f}; "
              f"page reporting {results['page_reporting']}; homes on {results.get('homes_on', 'the work directory')}",
              "| run | edges | cap Mbit/s | seconds (from release.current) | CPU-s per GiB delivered | seed uploads "
-             "| CPU-s by process | k faults / k wake-ups by process |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| CPU-s by process | k faults / k wake-ups by process | calibration s before / after |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, run_ in results["runs"].items():
         cap = "-" if run_["cap_mbit"] is None else f"{run_['cap_mbit']:g}"
         upload = "" if run_["seed_upload_releases"] is None else f"{run_['seed_upload_releases']:.3f} F"
@@ -417,8 +433,9 @@ def report(results: dict) -> str:
         moved = f" ({run_['transfer_seconds']:.2f})" if run_.get("transfer_seconds") is not None else ""
         faults, wakeups = run_.get("faults") or {}, run_.get("wakeups") or {}
         counts = " ".join(f"{k}={faults[k] / 1000:.1f}/{wakeups.get(k, 0) / 1000:.1f}" for k in sorted(faults))
+        calibration = "/".join(f"{value:.3f}" for value in run_.get("calibration_s", ()))
         lines.append(f"| {name} | {run_['edges']} | {cap} | {run_['seconds']:.2f}{moved} | "
-                     f"{run_['cpu_s_per_gib']:.2f} | {upload} | {per} | {counts} |")
+                     f"{run_['cpu_s_per_gib']:.2f} | {upload} | {per} | {counts} | {calibration} |")
     for key, value in results["figures"].items():
         lines.append(f"{key}: {value:.2f}")
     for label, top in results.get("profile", {}).items():
