@@ -119,9 +119,10 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def calibration_s() -> float:
-    """CPU seconds of a fixed piece of Python work (arithmetic, dict inserts, 256 MiB of copies):
-    this VM's speed moves +-10-15% from minute to minute, so a run's CPU figures are read beside
-    the calibration measured just before and after it."""
+    """CPU seconds of a fixed piece of Python work (arithmetic, dict inserts, 256 MiB of copies),
+    measured just before and after each run: the agents' CPU figures move 10-30% between periods
+    on a shared machine, and this says whether the core itself was slower then (in session 18 it
+    stayed at 0.25-0.28 s while the lab's figures moved: the cause lay elsewhere)."""
     started = time.process_time()
     total, table = 0, {}
     for index in range(3_000_000):
@@ -189,9 +190,6 @@ class _KernelCounters:
 
     def started(self, agents: list[sb.Agent]) -> None:
         self.agents = {agent.name: agent.process.pid for agent in agents}
-        if os.environ.get("CPROFILE_DIR"):
-            for agent in agents:
-                os.kill(agent.process.pid, signal.SIGUSR1)
         self.before = {name: _proc_counts(pid) for name, pid in self.agents.items()}
 
     def finished(self) -> None:
